@@ -1,0 +1,204 @@
+#!/usr/bin/env node
+/**
+ * `vtpm`: the command line. `vtpm serve` runs the service; every other
+ * command is a client of its API. Every command takes --json for one JSON
+ * document on stdout; failures exit with a code per error kind (see EXIT_CODES).
+ */
+import { readFileSync } from 'node:fs';
+import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
+import pino from 'pino';
+import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
+import { startServer } from '../control/server.js';
+import type { Attachment, HostView, VtpmView } from '../control/vtpm-service.js';
+import { KEY_MANAGER_KINDS } from '../keys/index.js';
+import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
+import { ApiClient } from './client.js';
+import { DEFAULT_LISTEN, defaultDataDir, defaultRunDir, defaultScratchDir, defaultUrl } from './defaults.js';
+import { fields, shellQuote, table } from './output.js';
+
+const packageVersion = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+interface GlobalOptions {
+  url: string;
+  token?: string;
+  dataDir: string;
+  json: boolean;
+}
+
+const program = new Command('vtpm')
+  .description('vtpm-manager: virtual TPMs for virtual machine fleets')
+  .version(packageVersion)
+  .option('--url <url>', 'control plane URL (env VTPM_URL)', defaultUrl())
+  .option('--token <token>', 'API token (env VTPM_TOKEN; default: <data-dir>/admin.token)')
+  .option('--data-dir <dir>', 'data directory (env VTPM_DATA_DIR)', defaultDataDir())
+  .option('--json', 'print one JSON document on stdout', false)
+  .showHelpAfterError()
+  .configureOutput({ outputError: (text, write) => write(text) });
+
+function globals(command: Command): GlobalOptions {
+  return command.optsWithGlobals<GlobalOptions>();
+}
+
+async function client(command: Command): Promise<ApiClient> {
+  const options = globals(command);
+  return ApiClient.connect({ url: options.url, token: options.token, dataDir: options.dataDir });
+}
+
+function emit(command: Command, json: unknown, human: () => string): void {
+  process.stdout.write((globals(command).json ? JSON.stringify(json, null, 2) : human()) + '\n');
+}
+
+const vmPath = (vm: string) => `/v1/vtpms/${encodeURIComponent(vm)}`;
+
+function keyValue(field: string) {
+  return (value: string, previous: Record<string, string> = {}): Record<string, string> => {
+    const at = value.indexOf('=');
+    if (at <= 0) throw new CommanderArgumentError(`${field} takes KEY=VALUE, got "${value}"`);
+    return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
+  };
+}
+
+const showVtpm = (vtpm: VtpmView) => fields(vtpm as unknown as Record<string, unknown>, ['vm', 'version', 'model', 'host', 'status', 'socket', 'project', 'created_at', 'updated_at']);
+const showAttachment = (attachment: Attachment) =>
+  [`socket       ${attachment.socket}`, `qemu args    ${attachment.qemu_args.map(shellQuote).join(' ')}`, 'libvirt xml', attachment.libvirt_xml].join('\n');
+
+program
+  .command('serve')
+  .description('run the control plane and this host\'s agent (embedded defaults: SQLite, local key manager)')
+  .option('--listen <host:port>', 'address to listen on', DEFAULT_LISTEN)
+  .option('--run-dir <dir>', 'where swtpm sockets and pid files go (env VTPM_RUN_DIR; default <data-dir>/run)')
+  .option('--scratch-dir <dir>', 'memory file system for short-lived secret configuration', defaultScratchDir())
+  .addOption(new Option('--key-manager <kind>', 'key manager backend').choices([...KEY_MANAGER_KINDS]).default('local'))
+  .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; logLevel: string }, command: Command) => {
+    const { dataDir } = globals(command);
+    const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
+    const server = await startServer({
+      dataDir,
+      listen: options.listen,
+      runDir: options.runDir ?? defaultRunDir(dataDir),
+      scratchDir: options.scratchDir,
+      keyManager: options.keyManager,
+      logger,
+      version: packageVersion,
+    });
+    const tokenNote = server.adminTokenCreated ? 'admin token created in' : 'admin token in';
+    process.stdout.write(`vtpm serve: listening on ${server.url}\nvtpm serve: data directory ${dataDir}\nvtpm serve: ${tokenNote} ${server.adminTokenPath}\n`);
+    const shutdown = (signal: string) => {
+      logger.info({ signal }, 'shutting down; running vTPMs keep running');
+      void server.close().then(() => process.exit(0));
+    };
+    process.once('SIGTERM', () => shutdown('SIGTERM'));
+    process.once('SIGINT', () => shutdown('SIGINT'));
+  });
+
+program
+  .command('create')
+  .description('create a vTPM for a VM (spec from --version/--model, flavor extra specs and image properties)')
+  .requiredOption('--vm <uuid>', 'UUID of the VM')
+  .addOption(new Option('--version <version>', 'TPM version').choices([...TPM_VERSIONS]))
+  .addOption(new Option('--model <model>', 'TPM model (default tpm-tis)').choices([...TPM_MODELS]))
+  .option('--flavor <key=value>', 'flavor extra spec, e.g. hw:tpm_version=2.0 (repeatable)', keyValue('--flavor'))
+  .option('--image <key=value>', 'image property, e.g. hw_tpm_model=tpm-crb (repeatable)', keyValue('--image'))
+  .action(async (options: { vm: string; version?: string; model?: string; flavor?: Record<string, string>; image?: Record<string, string> }, command: Command) => {
+    const created = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms', options);
+    emit(command, created, () => showVtpm(created));
+  });
+
+program
+  .command('list')
+  .description('list vTPMs')
+  .action(async (_options: unknown, command: Command) => {
+    const { vtpms } = await (await client(command)).request<{ vtpms: VtpmView[] }>('GET', '/v1/vtpms');
+    emit(command, vtpms, () => table(vtpms.map(({ vm, version, model, status, host }) => ({ vm, version, model, status, host })), ['vm', 'version', 'model', 'status', 'host']));
+  });
+
+program
+  .command('show')
+  .description('show one vTPM')
+  .argument('<vm>', 'VM UUID')
+  .action(async (vm: string, _options: unknown, command: Command) => {
+    const vtpm = await (await client(command)).request<VtpmView>('GET', vmPath(vm));
+    emit(command, vtpm, () => showVtpm(vtpm));
+  });
+
+program
+  .command('start')
+  .description('start the vTPM; prints its socket, QEMU arguments and libvirt XML')
+  .argument('<vm>', 'VM UUID')
+  .action(async (vm: string, _options: unknown, command: Command) => {
+    const started = await (await client(command)).request<VtpmView & Attachment>('POST', `${vmPath(vm)}/start`);
+    emit(command, started, () => `${showVtpm(started)}\n${showAttachment(started)}`);
+  });
+
+program
+  .command('stop')
+  .description('stop the vTPM')
+  .argument('<vm>', 'VM UUID')
+  .action(async (vm: string, _options: unknown, command: Command) => {
+    const stopped = await (await client(command)).request<VtpmView>('POST', `${vmPath(vm)}/stop`);
+    emit(command, stopped, () => showVtpm(stopped));
+  });
+
+program
+  .command('delete')
+  .description('delete the vTPM: its secret is destroyed (crypto-erase), then its state')
+  .argument('<vm>', 'VM UUID')
+  .option('--force', 'stop it first if it is running', false)
+  .action(async (vm: string, options: { force: boolean }, command: Command) => {
+    await (await client(command)).request<void>('DELETE', `${vmPath(vm)}${options.force ? '?force=true' : ''}`);
+    emit(command, { vm, deleted: true }, () => `deleted vTPM ${vm}`);
+  });
+
+program
+  .command('qemu-args')
+  .description('QEMU arguments that attach a guest to the vTPM')
+  .argument('<vm>', 'VM UUID')
+  .action(async (vm: string, _options: unknown, command: Command) => {
+    const attachment = await (await client(command)).request<Attachment>('GET', `${vmPath(vm)}/attachment`);
+    emit(command, { qemu_args: attachment.qemu_args }, () => attachment.qemu_args.map(shellQuote).join(' '));
+  });
+
+program
+  .command('libvirt-xml')
+  .description("libvirt <tpm> element (external backend) for the vTPM")
+  .argument('<vm>', 'VM UUID')
+  .action(async (vm: string, _options: unknown, command: Command) => {
+    const attachment = await (await client(command)).request<Attachment>('GET', `${vmPath(vm)}/attachment`);
+    emit(command, { libvirt_xml: attachment.libvirt_xml }, () => attachment.libvirt_xml);
+  });
+
+program
+  .command('ek')
+  .description('EK certificates of the vTPM, PEM')
+  .argument('<vm>', 'VM UUID')
+  .option('--key-type <type>', 'only this key type, e.g. rsa2048 or secp384r1')
+  .action(async (vm: string, options: { keyType?: string }, command: Command) => {
+    const { certificates } = await (await client(command)).request<{ certificates: Array<{ key_type: string; pem: string }> }>('GET', `${vmPath(vm)}/ek`);
+    const chosen = options.keyType === undefined ? certificates : certificates.filter((c) => c.key_type === options.keyType);
+    if (chosen.length === 0) {
+      throw new InvalidArgumentError('--key-type', `one of ${certificates.map((c) => c.key_type).join(', ')}`, options.keyType);
+    }
+    emit(command, { certificates: chosen }, () => chosen.map((c) => c.pem.trimEnd()).join('\n'));
+  });
+
+program
+  .command('hosts')
+  .description('hosts, their traits and how many vTPMs they hold')
+  .action(async (_options: unknown, command: Command) => {
+    const { hosts } = await (await client(command)).request<{ hosts: HostView[] }>('GET', '/v1/hosts');
+    emit(command, hosts, () => table(hosts.map((h) => ({ name: h.name, vtpms: h.vtpms, running: h.running, traits: h.traits.join(',') })), ['name', 'vtpms', 'running', 'traits']));
+  });
+
+function fail(error: unknown): never {
+  const json = program.opts<{ json?: boolean }>().json === true;
+  if (error instanceof VtpmError) {
+    if (json) process.stdout.write(JSON.stringify({ error: error.toJSON() }, null, 2) + '\n');
+    process.stderr.write(`vtpm: ${error.message} [${error.code}]\n`);
+    process.exit(EXIT_CODES[error.code] ?? 1);
+  }
+  process.stderr.write(`vtpm: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+}
+
+program.parseAsync(process.argv).catch(fail);

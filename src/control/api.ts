@@ -1,0 +1,202 @@
+/**
+ * The REST API under /v1: JSON, bearer tokens, an OpenAPI document at
+ * /openapi.json generated from the same schemas that validate requests.
+ * Errors always have the shape { error: { code, message, details } }.
+ */
+import swagger from '@fastify/swagger';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import { InternalError, InvalidArgumentError, NotFoundError, UnauthenticatedError, VtpmError } from '../errors.js';
+import type { Store } from '../store/index.js';
+import { authenticate } from './tokens.js';
+import type { Actor, VtpmService } from './vtpm-service.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    actor: Actor | null;
+  }
+}
+
+const ErrorBody = Type.Object({
+  error: Type.Object({ code: Type.String(), message: Type.String(), details: Type.Record(Type.String(), Type.Unknown()) }),
+}, { $id: 'Error' });
+
+const properties = (description: string) => Type.Record(Type.String(), Type.String(), { description });
+
+const CreateBody = Type.Object({
+  vm: Type.String({ description: 'UUID of the VM the vTPM belongs to' }),
+  version: Type.Optional(Type.String({ description: 'TPM version: 1.2 or 2.0' })),
+  model: Type.Optional(Type.String({ description: 'TPM model: tpm-tis (default) or tpm-crb (2.0 only)' })),
+  flavor: Type.Optional(properties('Flavor extra specs, e.g. hw:tpm_version, hw:tpm_model')),
+  image: Type.Optional(properties('Image properties, e.g. hw_tpm_version, hw_tpm_model')),
+}, { additionalProperties: false });
+
+const vtpmFields = {
+  vm: Type.String(),
+  project: Type.String(),
+  version: Type.String(),
+  model: Type.String(),
+  host: Type.String(),
+  status: Type.String({ description: 'creating, stopped, starting, running, stopping, deleting' }),
+  socket: Type.Union([Type.String(), Type.Null()]),
+  spec_sources: Type.Unknown(),
+  created_at: Type.String(),
+  updated_at: Type.String(),
+};
+const Vtpm = Type.Object(vtpmFields, { $id: 'Vtpm' });
+
+const AttachmentFields = {
+  socket: Type.String({ description: 'unix socket of the vTPM on its host' }),
+  qemu_args: Type.Array(Type.String(), { description: 'arguments to add to a QEMU command line' }),
+  libvirt_xml: Type.String({ description: "libvirt <tpm> element with <backend type='external'>" }),
+};
+
+const Started = Type.Object({ ...vtpmFields, ...AttachmentFields });
+const Attachment = Type.Object(AttachmentFields);
+
+const Host = Type.Object({
+  name: Type.String(),
+  traits: Type.Array(Type.String()),
+  vtpms: Type.Integer(),
+  running: Type.Integer(),
+  capabilities: Type.Unknown(),
+  last_seen: Type.String(),
+});
+
+const EkCertificates = Type.Object({
+  certificates: Type.Array(Type.Object({ key_type: Type.String(), pem: Type.String() })),
+});
+
+const VmParams = Type.Object({ vm: Type.String({ description: 'VM UUID' }) });
+const DeleteQuery = Type.Object({ force: Type.Optional(Type.Boolean({ default: false })) });
+
+const errors = (...statuses: number[]): Record<number, TSchema> =>
+  Object.fromEntries(statuses.map((status) => [status, Type.Ref(ErrorBody)]));
+
+/** Turns a schema validation failure into the product's error, naming the field. */
+function validationError(error: FastifyError): InvalidArgumentError {
+  const first = error.validation?.[0];
+  const missing = (first?.params as { missingProperty?: string } | undefined)?.missingProperty;
+  const extra = (first?.params as { additionalProperty?: string } | undefined)?.additionalProperty;
+  const path = (first?.instancePath ?? '').replace(/^\//, '').replaceAll('/', '.');
+  const field = [path, missing ?? extra].filter(Boolean).join('.') || error.validationContext || 'request';
+  if (missing) return new InvalidArgumentError(field, 'a value (it is required)');
+  if (extra) return new InvalidArgumentError(field, 'no such field; see /openapi.json');
+  return new InvalidArgumentError(field, first?.message ?? 'a valid value');
+}
+
+function actorOf(request: FastifyRequest): Actor {
+  if (!request.actor) throw new UnauthenticatedError();
+  return request.actor;
+}
+
+export async function buildApi(options: { service: VtpmService; store: Store; logger: Logger; version: string }): Promise<FastifyInstance> {
+  const { service, store } = options;
+  const app: FastifyInstance = Fastify({ loggerInstance: options.logger as FastifyBaseLogger, bodyLimit: 1024 * 1024 });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'vtpm-manager', version: options.version, description: 'Virtual TPMs for virtual machine fleets' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  app.addSchema(ErrorBody);
+  app.addSchema(Vtpm);
+
+  app.decorateRequest('actor', null);
+  app.addHook('onRequest', async (request) => {
+    if (!request.url.startsWith('/v1/')) return;
+    const header = request.headers.authorization ?? '';
+    const token = /^Bearer\s+(\S+)$/i.exec(header)?.[1];
+    const actor = token ? await authenticate(store, token) : undefined;
+    if (!actor) throw new UnauthenticatedError();
+    request.actor = actor;
+  });
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    let failure: VtpmError;
+    if (error instanceof VtpmError) failure = error;
+    else if (error.validation) failure = validationError(error);
+    else if (error.statusCode && error.statusCode < 500) failure = new InvalidArgumentError('request', 'a well-formed request', error.message);
+    else {
+      request.log.error({ err: error }, 'unexpected error');
+      failure = new InternalError();
+    }
+    if (failure.status >= 500) request.log.error({ code: failure.code, msg: failure.message }, 'request failed');
+    void reply.status(failure.status).send({ error: failure.toJSON() });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.status(404).send({ error: new NotFoundError('route', `${request.method} ${request.url}`).toJSON() });
+  });
+
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }));
+
+  app.get('/v1/vtpms', {
+    schema: { summary: 'List vTPMs', tags: ['vtpms'], response: { 200: Type.Object({ vtpms: Type.Array(Type.Ref(Vtpm)) }), ...errors(401) } },
+  }, async (request) => ({ vtpms: await service.list(actorOf(request)) }));
+
+  app.post<{ Body: Static<typeof CreateBody> }>('/v1/vtpms', {
+    schema: {
+      summary: 'Create a vTPM for a VM: resolve the spec, place it, manufacture it',
+      tags: ['vtpms'],
+      body: CreateBody,
+      response: { 201: Type.Ref(Vtpm), ...errors(400, 401, 409, 500) },
+    },
+  }, async (request, reply) => {
+    const created = await service.create(request.body, actorOf(request));
+    return reply.status(201).send(created);
+  });
+
+  app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm', {
+    schema: { summary: 'Show a vTPM', tags: ['vtpms'], params: VmParams, response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 404) } },
+  }, async (request) => service.show(request.params.vm, actorOf(request)));
+
+  app.delete<{ Params: Static<typeof VmParams>; Querystring: Static<typeof DeleteQuery> }>('/v1/vtpms/:vm', {
+    schema: {
+      summary: 'Delete a vTPM: its secret is destroyed first (crypto-erase), then its state',
+      tags: ['vtpms'],
+      params: VmParams,
+      querystring: DeleteQuery,
+      response: { 204: Type.Null(), ...errors(400, 401, 404, 409) },
+    },
+  }, async (request, reply) => {
+    await service.delete(request.params.vm, { force: request.query.force ?? false }, actorOf(request));
+    return reply.status(204).send();
+  });
+
+  app.post<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/start', {
+    schema: {
+      summary: 'Start the vTPM; returns the socket and how to attach QEMU or libvirt to it',
+      tags: ['vtpms'],
+      params: VmParams,
+      response: { 200: Started, ...errors(400, 401, 404, 409, 500) },
+    },
+  }, async (request) => service.start(request.params.vm, actorOf(request)));
+
+  app.post<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/stop', {
+    schema: { summary: 'Stop the vTPM', tags: ['vtpms'], params: VmParams, response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 404, 409) } },
+  }, async (request) => service.stop(request.params.vm, actorOf(request)));
+
+  app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/attachment', {
+    schema: {
+      summary: 'QEMU arguments and libvirt XML for the vTPM (valid once it is started)',
+      tags: ['vtpms'],
+      params: VmParams,
+      response: { 200: Attachment, ...errors(400, 401, 404) },
+    },
+  }, async (request) => service.attachmentOf(request.params.vm, actorOf(request)));
+
+  app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/ek', {
+    schema: { summary: 'EK certificates (PEM)', tags: ['vtpms'], params: VmParams, response: { 200: EkCertificates, ...errors(400, 401, 404, 409) } },
+  }, async (request) => ({ certificates: await service.ekCertificates(request.params.vm, actorOf(request)) }));
+
+  app.get('/v1/hosts', {
+    schema: { summary: 'Hosts, their traits and load', tags: ['hosts'], response: { 200: Type.Object({ hosts: Type.Array(Host) }), ...errors(401) } },
+  }, async () => ({ hosts: await service.hosts() }));
+
+  return app;
+}

@@ -1,0 +1,29 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { NoValidHostError } from '../errors.js';
+import { chooseHost } from './scheduler.js';
+
+const full = ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS', 'COMPUTE_SECURITY_TPM_CRB'];
+
+describe('chooseHost', () => {
+  it('picks the least loaded host that has every required trait', () => {
+    const chosen = chooseHost({ version: '2.0', model: 'tpm-crb' }, [
+      { name: 'a', traits: full, vtpms: 5 },
+      { name: 'b', traits: ['COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS'], vtpms: 0 },
+      { name: 'c', traits: full, vtpms: 2 },
+    ]);
+    assert.equal(chosen.name, 'c');
+  });
+  it('breaks ties by name', () => {
+    assert.equal(chooseHost({ version: '1.2', model: 'tpm-tis' }, [{ name: 'z', traits: full, vtpms: 1 }, { name: 'y', traits: full, vtpms: 1 }]).name, 'y');
+  });
+  it('names what each host lacks when none fits', () => {
+    assert.throws(
+      () => chooseHost({ version: '2.0', model: 'tpm-crb' }, [{ name: 'old', traits: ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS'], vtpms: 0 }]),
+      (error: unknown) => error instanceof NoValidHostError && /old lacks COMPUTE_SECURITY_TPM_2_0, COMPUTE_SECURITY_TPM_CRB/.test(error.message),
+    );
+  });
+  it('says so when there are no hosts at all', () => {
+    assert.throws(() => chooseHost({ version: '2.0', model: 'tpm-tis' }, []), /no host is registered/);
+  });
+});

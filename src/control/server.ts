@@ -1,0 +1,111 @@
+/**
+ * `vtpm serve`: the control plane with, on a single machine, the host agent
+ * in the same process. Embedded defaults: SQLite and the local key manager in
+ * the data directory.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { LocalHostAgent } from '../agent/local-host-agent.js';
+import { InvalidArgumentError } from '../errors.js';
+import { openKeyManager, type KeyManager } from '../keys/index.js';
+import { openEmbeddedStore, type Store } from '../store/index.js';
+import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
+import { buildApi } from './api.js';
+import { ensureAdminToken } from './tokens.js';
+import { VtpmService } from './vtpm-service.js';
+
+export interface ServeOptions {
+  dataDir: string;
+  listen: string;
+  runDir: string;
+  scratchDir: string;
+  keyManager: string;
+  logger: Logger;
+  version: string;
+}
+
+export interface RunningServer {
+  url: string;
+  adminTokenPath: string;
+  adminTokenCreated: boolean;
+  close(): Promise<void>;
+}
+
+export function parseListen(listen: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(listen);
+  const port = Number(match?.[3]);
+  if (!match || port > 65535) throw new InvalidArgumentError('listen', 'HOST:PORT such as 127.0.0.1:7390', listen);
+  return { host: match[1] ?? match[2]!, port };
+}
+
+/**
+ * The CA's key passwords are key-manager secrets whose references are kept in
+ * the store; the first start creates them.
+ */
+async function caPasswords(store: Store, keys: KeyManager): Promise<CaPasswords> {
+  const password = async (setting: string): Promise<string> => {
+    let ref = await store.getSetting(setting);
+    if (ref === undefined) {
+      const created = await keys.createSecret(setting, { project: 'admin' });
+      ref = await store.setSettingOnce(setting, created);
+      if (ref !== created) await keys.deleteSecret(created);
+    }
+    return (await keys.readSecret(ref)).toString('hex');
+  };
+  return { signing: await password('ca.signing_key_password'), root: await password('ca.root_key_password') };
+}
+
+const TMPFS_MAGIC = 0x01021994;
+
+async function checkScratchDir(path: string, logger: Logger): Promise<void> {
+  await mkdir(path, { recursive: true, mode: 0o700 });
+  if ((await statfs(path)).type !== TMPFS_MAGIC) {
+    logger.warn({ scratchDir: path }, 'the scratch directory is not on tmpfs: CA key passwords will briefly touch a disk; pass --scratch-dir on a memory file system');
+  }
+}
+
+export async function startServer(options: ServeOptions): Promise<RunningServer> {
+  const { logger } = options;
+  const { host, port } = parseListen(options.listen);
+  await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+  const store = await openEmbeddedStore(options.dataDir);
+  const keys = await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir });
+  // A scratch directory of its own per process: two services on one host never share one.
+  const scratchDir = join(options.scratchDir, `vtpm-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await checkScratchDir(scratchDir, logger);
+  const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
+  const agent = await LocalHostAgent.open({ dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }) });
+  const service = new VtpmService(store, keys, new Map([[agent.hostName, agent]]), logger.child({ component: 'control' }));
+  await service.registerHosts();
+  await service.reconcile();
+  const admin = await ensureAdminToken(store, options.dataDir);
+
+  let app: FastifyInstance;
+  try {
+    app = await buildApi({ service, store, logger, version: options.version });
+    await app.listen({ host, port });
+  } catch (error) {
+    await agent.close();
+    await keys.close();
+    await store.close();
+    throw error;
+  }
+  const address = app.server.address();
+  const boundPort = typeof address === 'object' && address ? address.port : port;
+  const shownHost = host.includes(':') ? `[${host}]` : host;
+  return {
+    url: `http://${shownHost}:${boundPort}`,
+    adminTokenPath: admin.path,
+    adminTokenCreated: admin.created,
+    async close() {
+      await app.close();
+      await agent.close();
+      await keys.close();
+      await store.close();
+      await rm(scratchDir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,288 @@
+/**
+ * Orchestration of vTPMs: the one place that decides what create, start,
+ * stop and delete mean, in which order the key manager, the store and the
+ * host agent are touched, and how a failure half-way is undone.
+ *
+ * Ordering rules that keep "nothing half-done, nothing acknowledged lost":
+ * - create writes a `creating` row first, so a crash mid-create is rolled back
+ *   by reconcile() rather than leaving an orphaned secret or state;
+ * - delete destroys the secret first (crypto-erase), then the state, then the row;
+ * - status moves are compare-and-set, and one VM's operations are serialised.
+ */
+import type { Logger } from 'pino';
+import type { HostAgent, VtpmExit } from '../agent/host-agent.js';
+import { InvalidArgumentError, NotFoundError, StateConflictError } from '../errors.js';
+import { libvirtTpmXml } from '../hypervisor/libvirt.js';
+import { qemuTpmArgs } from '../hypervisor/qemu.js';
+import type { KeyManager } from '../keys/key-manager.js';
+import { resolveTpmSpec, type SpecRequest } from '../spec/resolve.js';
+import { isTpmModel, isTpmVersion, type TpmSpec } from '../spec/tpm-spec.js';
+import type { Store, VtpmRecord } from '../store/index.js';
+import { openEkCertificates, sealEkCertificates, toPem } from './ek-certificates.js';
+import { KeyedLock } from './keyed-lock.js';
+import { chooseHost } from './scheduler.js';
+
+export interface Actor {
+  name: string;
+  role: string;
+  project: string;
+}
+
+export interface CreateRequest extends SpecRequest {
+  vm: string;
+}
+
+/** What the API shows of a vTPM: never the secret reference or sealed data. */
+export interface VtpmView {
+  vm: string;
+  project: string;
+  version: string;
+  model: string;
+  host: string;
+  status: string;
+  socket: string | null;
+  spec_sources: unknown;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface Attachment {
+  socket: string;
+  qemu_args: string[];
+  libvirt_xml: string;
+}
+
+export interface HostView {
+  name: string;
+  traits: string[];
+  vtpms: number;
+  running: number;
+  capabilities: unknown;
+  last_seen: string;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+export function normalizeVm(vm: string): string {
+  const normalized = vm.trim().toLowerCase();
+  if (!UUID.test(normalized)) throw new InvalidArgumentError('vm', 'a VM UUID such as 6f1c2a0e-9b7d-4c3e-8f21-0a1b2c3d4e5f', vm);
+  return normalized;
+}
+
+function specOf(record: VtpmRecord): TpmSpec {
+  if (!isTpmVersion(record.version) || !isTpmModel(record.model)) {
+    throw new StateConflictError(`vTPM ${record.vm} has an unknown spec in the store (${record.version}/${record.model})`);
+  }
+  return { version: record.version, model: record.model };
+}
+
+function view(record: VtpmRecord): VtpmView {
+  return {
+    vm: record.vm,
+    project: record.project,
+    version: record.version,
+    model: record.model,
+    host: record.host,
+    status: record.status,
+    socket: record.status === 'running' ? record.socket : null,
+    spec_sources: record.specClaims,
+    created_at: record.createdAt,
+    updated_at: record.updatedAt,
+  };
+}
+
+export class VtpmService {
+  private readonly lock = new KeyedLock();
+
+  constructor(
+    private readonly store: Store,
+    private readonly keys: KeyManager,
+    private readonly agents: ReadonlyMap<string, HostAgent>,
+    private readonly logger: Logger,
+  ) {
+    for (const agent of agents.values()) agent.onExit((exit) => void this.onSwtpmExit(exit));
+  }
+
+  private agentFor(host: string): HostAgent {
+    const agent = this.agents.get(host);
+    if (!agent) throw new StateConflictError(`host ${host} has no agent connected to this control plane`, { host });
+    return agent;
+  }
+
+  private async load(vm: string, actor: Actor): Promise<VtpmRecord> {
+    const record = await this.store.getVtpm(normalizeVm(vm));
+    // Another project's vTPM is reported exactly like a missing one: no existence leak.
+    if (!record || (actor.role !== 'admin' && record.project !== actor.project)) throw new NotFoundError('vTPM for VM', vm);
+    return record;
+  }
+
+  /** Registers every connected host's traits and capabilities. */
+  async registerHosts(): Promise<void> {
+    for (const agent of this.agents.values()) {
+      const description = await agent.describe();
+      await this.store.upsertHost({ name: description.name, traits: description.traits, capabilities: description.capabilities });
+    }
+  }
+
+  /**
+   * Brings the store in line with reality after a restart: finishes or rolls
+   * back operations a crash interrupted, and marks vTPMs running or stopped by
+   * what the agents actually run.
+   */
+  async reconcile(): Promise<void> {
+    for (const record of await this.store.listVtpms({ statuses: ['creating', 'deleting'] })) {
+      this.logger.warn({ vm: record.vm, status: record.status }, 'finishing an operation interrupted by a restart');
+      await this.erase(record);
+    }
+    const running = new Set<string>();
+    for (const agent of this.agents.values()) for (const instance of await agent.running()) running.add(instance.vm);
+    for (const record of await this.store.listVtpms({ statuses: ['starting', 'running', 'stopping', 'stopped'] })) {
+      if (!this.agents.has(record.host)) continue;
+      const isRunning = running.has(record.vm);
+      const status = isRunning ? 'running' : 'stopped';
+      if (record.status !== status) {
+        await this.store.updateVtpm(record.vm, { status, socket: isRunning ? this.agentFor(record.host).socketPath(record.vm) : null });
+      }
+    }
+  }
+
+  private async onSwtpmExit(exit: VtpmExit): Promise<void> {
+    // Not under the VM's lock: stop() holds it while it waits for this very exit.
+    await this.store.updateVtpm(exit.vm, { status: 'stopped', socket: null }, ['running', 'stopping']);
+  }
+
+  async create(request: CreateRequest, actor: Actor): Promise<VtpmView> {
+    const vm = normalizeVm(request.vm);
+    const { spec, claims } = resolveTpmSpec(request);
+    return this.lock.run(vm, async () => {
+      if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
+      const counts = await this.store.countVtpmsByHost();
+      const hosts = (await this.store.listHosts()).filter((host) => this.agents.has(host.name));
+      const host = chooseHost(spec, hosts.map((h) => ({ name: h.name, traits: h.traits, vtpms: counts.get(h.name)?.total ?? 0 })));
+      const secretRef = await this.keys.createSecret(`vtpm-${vm}`, { project: actor.project });
+      let record: VtpmRecord;
+      try {
+        record = await this.store.insertVtpm({
+          vm, project: actor.project, version: spec.version, model: spec.model, host: host.name, status: 'creating',
+          secretRef, specClaims: claims, ekCertificates: null, socket: null,
+        });
+      } catch (error) {
+        await this.keys.deleteSecret(secretRef);
+        throw error;
+      }
+      try {
+        const secret = await this.keys.readSecret(secretRef);
+        const certificates = await this.agentFor(host.name).manufacture({ vm, spec, stateKey: secret });
+        const ready = await this.store.updateVtpm(vm, { status: 'stopped', ekCertificates: sealEkCertificates(secret, vm, certificates) }, ['creating']);
+        secret.fill(0);
+        this.logger.info({ vm, host: host.name, version: spec.version, model: spec.model }, 'vTPM created');
+        return view(ready!);
+      } catch (error) {
+        this.logger.error({ vm, err: error }, 'vTPM creation failed; rolling back');
+        await this.erase(record);
+        throw error;
+      }
+    });
+  }
+
+  /** Crypto-erase first: once the secret is gone, any copy of the state is noise. */
+  private async erase(record: VtpmRecord): Promise<void> {
+    await this.keys.deleteSecret(record.secretRef);
+    if (this.agents.has(record.host)) await this.agentFor(record.host).destroy(record.vm);
+    await this.store.deleteVtpm(record.vm);
+  }
+
+  async list(actor: Actor): Promise<VtpmView[]> {
+    const records = await this.store.listVtpms();
+    return records.filter((r) => actor.role === 'admin' || r.project === actor.project).map(view);
+  }
+
+  async show(vm: string, actor: Actor): Promise<VtpmView> {
+    return view(await this.load(vm, actor));
+  }
+
+  async start(vm: string, actor: Actor): Promise<VtpmView & Attachment> {
+    const record = await this.load(vm, actor);
+    return this.lock.run(record.vm, async () => {
+      const current = await this.load(record.vm, actor);
+      if (current.status === 'running') throw new StateConflictError(`vTPM ${current.vm} is already running on ${current.host}`, { vm: current.vm, status: current.status });
+      const claimed = await this.store.updateVtpm(current.vm, { status: 'starting' }, ['stopped']);
+      if (!claimed) throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a stopped vTPM can be started`, { vm: current.vm, status: current.status });
+      const spec = specOf(current);
+      try {
+        const secret = await this.keys.readSecret(current.secretRef);
+        const started = await this.agentFor(current.host).start({ vm: current.vm, spec, stateKey: secret });
+        secret.fill(0);
+        const running = await this.store.updateVtpm(current.vm, { status: 'running', socket: started.socket }, ['starting']);
+        this.logger.info({ vm: current.vm, host: current.host, pid: started.pid }, 'vTPM started');
+        return { ...view(running ?? current), ...this.attachment(spec, started.socket) };
+      } catch (error) {
+        await this.store.updateVtpm(current.vm, { status: 'stopped', socket: null }, ['starting']);
+        throw error;
+      }
+    });
+  }
+
+  async stop(vm: string, actor: Actor): Promise<VtpmView> {
+    const record = await this.load(vm, actor);
+    return this.lock.run(record.vm, async () => {
+      const current = await this.load(record.vm, actor);
+      if (current.status === 'stopped') return view(current);
+      if (!(await this.store.updateVtpm(current.vm, { status: 'stopping' }, ['running']))) {
+        throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a running vTPM can be stopped`, { vm: current.vm, status: current.status });
+      }
+      await this.agentFor(current.host).stop(current.vm);
+      const stopped = await this.store.updateVtpm(current.vm, { status: 'stopped', socket: null }, ['stopping', 'stopped']);
+      this.logger.info({ vm: current.vm }, 'vTPM stopped');
+      return view(stopped ?? current);
+    });
+  }
+
+  async delete(vm: string, options: { force: boolean }, actor: Actor): Promise<void> {
+    const record = await this.load(vm, actor);
+    await this.lock.run(record.vm, async () => {
+      const current = await this.load(record.vm, actor);
+      if (current.status !== 'stopped' && !options.force) {
+        throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; stop it first or delete with --force`, { vm: current.vm, status: current.status });
+      }
+      if (current.status !== 'stopped') await this.agentFor(current.host).stop(current.vm);
+      await this.store.updateVtpm(current.vm, { status: 'deleting' });
+      await this.erase(current);
+      this.logger.info({ vm: current.vm }, 'vTPM deleted');
+    });
+  }
+
+  private attachment(spec: TpmSpec, socket: string): Attachment {
+    return { socket, qemu_args: qemuTpmArgs(spec, socket), libvirt_xml: libvirtTpmXml(spec, socket) };
+  }
+
+  /** How to attach a guest to the vTPM; the socket exists while the vTPM runs. */
+  async attachmentOf(vm: string, actor: Actor): Promise<Attachment> {
+    const record = await this.load(vm, actor);
+    return this.attachment(specOf(record), this.agentFor(record.host).socketPath(record.vm));
+  }
+
+  async ekCertificates(vm: string, actor: Actor): Promise<Array<{ key_type: string; pem: string }>> {
+    const record = await this.load(vm, actor);
+    if (!record.ekCertificates) throw new StateConflictError(`vTPM ${record.vm} has no EK certificate (it is ${record.status})`, { vm: record.vm });
+    const secret = await this.keys.readSecret(record.secretRef);
+    try {
+      return openEkCertificates(secret, record.vm, record.ekCertificates).map((c) => ({ key_type: c.keyType, pem: toPem(c.der) }));
+    } finally {
+      secret.fill(0);
+    }
+  }
+
+  async hosts(): Promise<HostView[]> {
+    const counts = await this.store.countVtpmsByHost();
+    return (await this.store.listHosts()).map((host) => ({
+      name: host.name,
+      traits: host.traits,
+      vtpms: counts.get(host.name)?.total ?? 0,
+      running: counts.get(host.name)?.running ?? 0,
+      capabilities: host.capabilities,
+      last_seen: host.lastSeen,
+    }));
+  }
+}
+

@@ -1,0 +1,162 @@
+/**
+ * Every failure the product reports is a VtpmError: a stable machine-readable
+ * code, the HTTP status the API answers with, and a message that says what was
+ * wrong and what to do. The CLI maps the same codes to exit codes, so a script
+ * can tell "not found" from "conflict" without parsing text.
+ *
+ * Messages and details must never carry secrets, TPM state or tokens.
+ */
+
+export type ErrorDetails = Record<string, unknown>;
+
+export abstract class VtpmError extends Error {
+  abstract readonly code: string;
+  abstract readonly status: number;
+  readonly details: ErrorDetails;
+
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(message);
+    this.name = new.target.name;
+    this.details = details;
+  }
+
+  toJSON(): { code: string; message: string; details: ErrorDetails } {
+    return { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+/** A field of a request has a value that is not accepted. */
+export class InvalidArgumentError extends VtpmError {
+  readonly code = 'invalid_argument';
+  readonly status = 400;
+  constructor(field: string, expected: string, received?: unknown) {
+    const shown = received === undefined ? '' : ` (got ${JSON.stringify(received)})`;
+    super(`${field}: expected ${expected}${shown}`, { field, expected, ...(received === undefined ? {} : { received }) });
+  }
+}
+
+/** Two sources of the TPM spec (flavor, image, explicit options) disagree, or a combination is impossible. */
+export class SpecConflictError extends VtpmError {
+  readonly code = 'spec_conflict';
+  readonly status = 400;
+  constructor(message: string, conflicts: Array<{ source: string; key: string; value: string }>) {
+    super(message, { conflicts });
+  }
+}
+
+export class UnauthenticatedError extends VtpmError {
+  readonly code = 'unauthenticated';
+  readonly status = 401;
+  constructor(message = 'missing or invalid API token: pass --token, set VTPM_TOKEN, or point --data-dir at the server\'s data directory') {
+    super(message);
+  }
+}
+
+export class NotFoundError extends VtpmError {
+  readonly code = 'not_found';
+  readonly status = 404;
+  constructor(kind: string, id: string) {
+    super(`${kind} ${id} not found`, { kind, id });
+  }
+}
+
+/** The request is valid but the resource is in a state that does not allow it. */
+export class StateConflictError extends VtpmError {
+  readonly code = 'state_conflict';
+  readonly status = 409;
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(message, details);
+  }
+}
+
+export class AlreadyExistsError extends VtpmError {
+  readonly code = 'already_exists';
+  readonly status = 409;
+  constructor(kind: string, id: string) {
+    super(`${kind} ${id} already exists`, { kind, id });
+  }
+}
+
+/** No host offers what the vTPM needs. */
+export class NoValidHostError extends VtpmError {
+  readonly code = 'no_valid_host';
+  readonly status = 409;
+  constructor(requiredTraits: string[], hosts: Array<{ name: string; missing: string[] }>) {
+    const why = hosts.length === 0
+      ? 'no host is registered'
+      : hosts.map((h) => `${h.name} lacks ${h.missing.join(', ')}`).join('; ');
+    super(`no host can run this vTPM (needs ${requiredTraits.join(', ')}): ${why}`, { required_traits: requiredTraits, hosts });
+  }
+}
+
+/** swtpm or swtpm_setup failed; the message carries their diagnostic output, never key material. */
+export class EmulatorError extends VtpmError {
+  readonly code = 'emulator_failed';
+  readonly status = 500;
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(message, details);
+  }
+}
+
+export class KeyManagerError extends VtpmError {
+  readonly code = 'key_manager_failed';
+  readonly status = 500;
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(message, details);
+  }
+}
+
+/** Stored data failed authentication: it was altered, truncated or belongs elsewhere. */
+export class IntegrityError extends VtpmError {
+  readonly code = 'integrity_failed';
+  readonly status = 500;
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(message, details);
+  }
+}
+
+/** A required program or system facility is missing or misconfigured on this host. */
+export class HostSetupError extends VtpmError {
+  readonly code = 'host_setup';
+  readonly status = 500;
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(message, details);
+  }
+}
+
+/** The control plane could not be reached or answered with something that is not the API. */
+export class UnreachableError extends VtpmError {
+  readonly code = 'unreachable';
+  readonly status = 503;
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(message, details);
+  }
+}
+
+export class InternalError extends VtpmError {
+  readonly code = 'internal';
+  readonly status = 500;
+  constructor(message = 'internal error; see the server log') {
+    super(message);
+  }
+}
+
+/**
+ * Exit codes of the CLI, one per error code, so that scripts can branch on them.
+ * 1 stays for anything unexpected; 2 is what commander uses for usage errors.
+ */
+export const EXIT_CODES: Readonly<Record<string, number>> = {
+  invalid_argument: 2,
+  spec_conflict: 2,
+  unauthenticated: 5,
+  not_found: 3,
+  state_conflict: 4,
+  already_exists: 4,
+  no_valid_host: 4,
+  emulator_failed: 6,
+  key_manager_failed: 6,
+  integrity_failed: 6,
+  host_setup: 6,
+  unreachable: 7,
+  internal: 1,
+};

@@ -1,0 +1,90 @@
+/**
+ * The embedded key manager: every secret is its own file, sealed under a
+ * master key. Deleting a vTPM deletes its file, which crypto-erases its state
+ * even in a backup of the database.
+ *
+ * The master key is the root of this backend and is a 0600 file in the data
+ * directory; a copied data directory therefore carries it. Sealing it to the
+ * host's TPM or keeping keys in an HSM are the other backends' job.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdir, open as openFile, readFile, rename, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InvalidArgumentError, KeyManagerError } from '../../errors.js';
+import { KEY_BYTES, open, seal } from '../aead.js';
+import type { KeyManager } from '../key-manager.js';
+
+const REF_PREFIX = 'local:';
+const REF_PATTERN = /^local:[0-9a-f-]{36}$/;
+
+async function writeFileAtomically(path: string, content: Buffer): Promise<void> {
+  const temporary = `${path}.tmp-${process.pid}`;
+  const handle = await openFile(temporary, 'wx', 0o600);
+  try {
+    await handle.writeFile(content);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await rename(temporary, path);
+}
+
+async function readOrCreateMasterKey(path: string): Promise<Buffer> {
+  try {
+    const key = await readFile(path);
+    if (key.length !== KEY_BYTES) throw new KeyManagerError(`master key ${path} is damaged: expected ${KEY_BYTES} bytes`, { path });
+    return key;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  const key = randomBytes(KEY_BYTES);
+  await writeFileAtomically(path, key);
+  return key;
+}
+
+export class LocalKeyManager implements KeyManager {
+  readonly kind = 'local';
+
+  private constructor(private readonly secretsDir: string, private readonly masterKey: Buffer) {}
+
+  static async open(dataDir: string): Promise<LocalKeyManager> {
+    const keysDir = join(dataDir, 'keys');
+    const secretsDir = join(keysDir, 'secrets');
+    await mkdir(secretsDir, { recursive: true, mode: 0o700 });
+    return new LocalKeyManager(secretsDir, await readOrCreateMasterKey(join(keysDir, 'master.key')));
+  }
+
+  private pathOf(ref: string): string {
+    if (!REF_PATTERN.test(ref)) throw new InvalidArgumentError('secret_ref', 'a local key manager reference (local:<uuid>)', ref);
+    return join(this.secretsDir, ref.slice(REF_PREFIX.length));
+  }
+
+  async createSecret(): Promise<string> {
+    const ref = `${REF_PREFIX}${randomUUID()}`;
+    await writeFileAtomically(this.pathOf(ref), seal(this.masterKey, randomBytes(KEY_BYTES), ref));
+    return ref;
+  }
+
+  async readSecret(ref: string): Promise<Buffer> {
+    let sealed: Buffer;
+    try {
+      sealed = await readFile(this.pathOf(ref));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new KeyManagerError(`secret ${ref} does not exist in the local key manager`, { ref });
+      throw error;
+    }
+    return open(this.masterKey, sealed, ref, `secret ${ref}`);
+  }
+
+  async deleteSecret(ref: string): Promise<void> {
+    try {
+      await unlink(this.pathOf(ref));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.masterKey.fill(0);
+  }
+}

@@ -1,0 +1,16 @@
+import { chmod } from 'node:fs/promises';
+import { join } from 'node:path';
+import { sqliteDialect } from './sqlite/sqlite-dialect.js';
+import { Store } from './store.js';
+
+/** Opens the embedded SQLite store in the data directory. */
+export async function openEmbeddedStore(dataDir: string): Promise<Store> {
+  const path = join(dataDir, 'vtpm.sqlite');
+  const store = await Store.open(sqliteDialect(path));
+  await chmod(path, 0o600);
+  return store;
+}
+
+export { Store } from './store.js';
+export type { VtpmRecord, HostRecord } from './store.js';
+export type { VtpmStatus } from './schema.js';

@@ -1,0 +1,53 @@
+/** Table shapes as the SQL builder sees them. Timestamps are ISO-8601 strings in UTC. */
+import type { Generated } from 'kysely';
+
+export type VtpmStatus = 'creating' | 'stopped' | 'starting' | 'running' | 'stopping' | 'deleting' | 'error';
+
+export interface VtpmTable {
+  vm: string;
+  project: string;
+  version: string;
+  model: string;
+  host: string;
+  status: VtpmStatus;
+  /** Key-manager reference of the vTPM's own secret; the secret never enters the database. */
+  secret_ref: string;
+  /** JSON of the claims (flavor, image, options) the spec was resolved from. */
+  spec_claims: string;
+  /** EK certificates, sealed under a key derived from the vTPM's secret. */
+  ek_certificates: Buffer | null;
+  socket: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface HostTable {
+  name: string;
+  /** JSON array of trait names. */
+  traits: string;
+  /** JSON of what the agent probed (swtpm and QEMU versions and features). */
+  capabilities: string;
+  last_seen: string;
+}
+
+export interface ApiTokenTable {
+  id: Generated<number>;
+  name: string;
+  project: string;
+  role: string;
+  /** SHA-256 of the token; the token itself is shown once and never stored. */
+  token_hash: string;
+  created_at: string;
+}
+
+export interface SettingTable {
+  key: string;
+  value: string;
+}
+
+export interface Database {
+  vtpms: VtpmTable;
+  hosts: HostTable;
+  api_tokens: ApiTokenTable;
+  settings: SettingTable;
+}

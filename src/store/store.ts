@@ -1,0 +1,189 @@
+/**
+ * The control plane's database. Every method is one statement or one
+ * transaction, written against the dialect-neutral query builder; status
+ * changes are compare-and-set so that two replicas (or two requests) can never
+ * both move the same vTPM.
+ */
+import { type Dialect, Kysely, type Selectable } from 'kysely';
+import { AlreadyExistsError } from '../errors.js';
+import { migrateToLatest } from './migrations.js';
+import type { Database, HostTable, VtpmStatus, VtpmTable } from './schema.js';
+
+export interface VtpmRecord {
+  vm: string;
+  project: string;
+  version: string;
+  model: string;
+  host: string;
+  status: VtpmStatus;
+  secretRef: string;
+  specClaims: unknown;
+  ekCertificates: Buffer | null;
+  socket: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface HostRecord {
+  name: string;
+  traits: string[];
+  capabilities: unknown;
+  lastSeen: string;
+}
+
+export type VtpmPatch = Partial<Pick<VtpmRecord, 'status' | 'ekCertificates' | 'socket'>>;
+
+const now = (): string => new Date().toISOString();
+
+function toVtpm(row: Selectable<VtpmTable>): VtpmRecord {
+  return {
+    vm: row.vm,
+    project: row.project,
+    version: row.version,
+    model: row.model,
+    host: row.host,
+    status: row.status,
+    secretRef: row.secret_ref,
+    specClaims: JSON.parse(row.spec_claims),
+    ekCertificates: row.ek_certificates === null ? null : Buffer.from(row.ek_certificates),
+    socket: row.socket,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+function toHost(row: Selectable<HostTable>): HostRecord {
+  return { name: row.name, traits: JSON.parse(row.traits), capabilities: JSON.parse(row.capabilities), lastSeen: row.last_seen };
+}
+
+function isUniqueViolation(error: unknown): boolean {
+  const code = (error as { code?: string }).code ?? '';
+  return code.startsWith('SQLITE_CONSTRAINT') || code === '23505';
+}
+
+export class Store {
+  private constructor(private readonly db: Kysely<Database>) {}
+
+  static async open(dialect: Dialect): Promise<Store> {
+    const db = new Kysely<Database>({ dialect });
+    await migrateToLatest(db as Kysely<unknown>);
+    return new Store(db);
+  }
+
+  async close(): Promise<void> {
+    await this.db.destroy();
+  }
+
+  async insertVtpm(record: Omit<VtpmRecord, 'createdAt' | 'updatedAt'>): Promise<VtpmRecord> {
+    const timestamp = now();
+    try {
+      await this.db
+        .insertInto('vtpms')
+        .values({
+          vm: record.vm,
+          project: record.project,
+          version: record.version,
+          model: record.model,
+          host: record.host,
+          status: record.status,
+          secret_ref: record.secretRef,
+          spec_claims: JSON.stringify(record.specClaims),
+          ek_certificates: record.ekCertificates,
+          socket: record.socket,
+          created_at: timestamp,
+          updated_at: timestamp,
+        })
+        .execute();
+    } catch (error) {
+      if (isUniqueViolation(error)) throw new AlreadyExistsError('vTPM for VM', record.vm);
+      throw error;
+    }
+    return { ...record, createdAt: timestamp, updatedAt: timestamp };
+  }
+
+  async getVtpm(vm: string): Promise<VtpmRecord | undefined> {
+    const row = await this.db.selectFrom('vtpms').selectAll().where('vm', '=', vm).executeTakeFirst();
+    return row && toVtpm(row);
+  }
+
+  async listVtpms(filter: { host?: string; statuses?: VtpmStatus[] } = {}): Promise<VtpmRecord[]> {
+    let query = this.db.selectFrom('vtpms').selectAll().orderBy('created_at').orderBy('vm');
+    if (filter.host !== undefined) query = query.where('host', '=', filter.host);
+    if (filter.statuses !== undefined) query = query.where('status', 'in', filter.statuses);
+    return (await query.execute()).map(toVtpm);
+  }
+
+  /**
+   * Applies the patch only if the vTPM is in one of `from` (when given).
+   * Returns the updated record, or undefined if it was not in an expected state.
+   */
+  async updateVtpm(vm: string, patch: VtpmPatch, from?: VtpmStatus[]): Promise<VtpmRecord | undefined> {
+    let query = this.db
+      .updateTable('vtpms')
+      .set({
+        ...(patch.status !== undefined && { status: patch.status }),
+        ...(patch.ekCertificates !== undefined && { ek_certificates: patch.ekCertificates }),
+        ...(patch.socket !== undefined && { socket: patch.socket }),
+        updated_at: now(),
+      })
+      .where('vm', '=', vm);
+    if (from !== undefined) query = query.where('status', 'in', from);
+    const result = await query.executeTakeFirst();
+    if (Number(result.numUpdatedRows) === 0) return undefined;
+    return this.getVtpm(vm);
+  }
+
+  async deleteVtpm(vm: string): Promise<void> {
+    await this.db.deleteFrom('vtpms').where('vm', '=', vm).execute();
+  }
+
+  async upsertHost(host: Omit<HostRecord, 'lastSeen'>): Promise<void> {
+    const values = { name: host.name, traits: JSON.stringify(host.traits), capabilities: JSON.stringify(host.capabilities), last_seen: now() };
+    await this.db
+      .insertInto('hosts')
+      .values(values)
+      .onConflict((c) => c.column('name').doUpdateSet({ traits: values.traits, capabilities: values.capabilities, last_seen: values.last_seen }))
+      .execute();
+  }
+
+  async listHosts(): Promise<HostRecord[]> {
+    return (await this.db.selectFrom('hosts').selectAll().orderBy('name').execute()).map(toHost);
+  }
+
+  async countVtpmsByHost(): Promise<Map<string, { total: number; running: number }>> {
+    const rows = await this.db.selectFrom('vtpms').select(['host', 'status']).execute();
+    const counts = new Map<string, { total: number; running: number }>();
+    for (const row of rows) {
+      const entry = counts.get(row.host) ?? { total: 0, running: 0 };
+      entry.total += 1;
+      if (row.status === 'running') entry.running += 1;
+      counts.set(row.host, entry);
+    }
+    return counts;
+  }
+
+  async insertToken(token: { name: string; project: string; role: string; tokenHash: string }): Promise<void> {
+    await this.db
+      .insertInto('api_tokens')
+      .values({ name: token.name, project: token.project, role: token.role, token_hash: token.tokenHash, created_at: now() })
+      .execute();
+  }
+
+  async findTokenByHash(tokenHash: string): Promise<{ name: string; project: string; role: string } | undefined> {
+    return this.db.selectFrom('api_tokens').select(['name', 'project', 'role']).where('token_hash', '=', tokenHash).executeTakeFirst();
+  }
+
+  async deleteTokensNamed(name: string): Promise<void> {
+    await this.db.deleteFrom('api_tokens').where('name', '=', name).execute();
+  }
+
+  async getSetting(key: string): Promise<string | undefined> {
+    return (await this.db.selectFrom('settings').select('value').where('key', '=', key).executeTakeFirst())?.value;
+  }
+
+  /** Sets the value unless one exists; returns the value that is now stored (first writer wins). */
+  async setSettingOnce(key: string, value: string): Promise<string> {
+    await this.db.insertInto('settings').values({ key, value }).onConflict((c) => c.column('key').doNothing()).execute();
+    return (await this.getSetting(key)) ?? value;
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * One running `swtpm socket` for one VM: a unix control socket that QEMU (by
+ * itself, or through libvirt's external backend) connects to. swtpm runs in
+ * its own process group so that it outlives a restart of the service, like a
+ * VM outlives a restart of libvirtd; `--terminate` makes it exit when QEMU's
+ * connection goes away, so a killed QEMU never leaves a TPM behind.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+import { EmulatorError, HostSetupError } from '../errors.js';
+import type { TpmSpec } from '../spec/tpm-spec.js';
+import { KEY_FD } from './run-program.js';
+import { SWTPM_KEY_OPTION, stateKeyMaterial } from './state-key.js';
+
+export interface InstancePaths {
+  stateDir: string;
+  socket: string;
+  pidFile: string;
+  logFile: string;
+}
+
+export interface ExitInfo {
+  code: number | null;
+  signal: string | null;
+}
+
+export interface SwtpmInstance {
+  pid: number;
+  /** Resolves once, when the process is gone. */
+  exited: Promise<ExitInfo>;
+}
+
+const READY_TIMEOUT_MS = 10_000;
+const ADOPTED_POLL_MS = 200;
+
+function socketAccepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.end();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+async function logTail(logFile: string): Promise<string> {
+  try {
+    return (await readFile(logFile, 'utf8')).trim().split('\n').slice(-10).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey: Buffer): Promise<SwtpmInstance> {
+  await rm(paths.socket, { force: true });
+  const logFd = openSync(paths.logFile, 'a', 0o600);
+  const child = (() => {
+    try {
+      return spawn(
+        'swtpm',
+        [
+          'socket',
+          ...(spec.version === '2.0' ? ['--tpm2'] : []),
+          '--tpmstate', `dir=${paths.stateDir},mode=0600`,
+          '--ctrl', `type=unixio,path=${paths.socket},mode=0600`,
+          '--key', SWTPM_KEY_OPTION,
+          '--pid', `file=${paths.pidFile}`,
+          '--terminate',
+        ],
+        { detached: true, stdio: ['ignore', logFd, logFd, 'pipe'] },
+      );
+    } finally {
+      closeSync(logFd);
+    }
+  })();
+  const exited = new Promise<ExitInfo>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const spawnFailure = new Promise<never>((_, reject) =>
+    child.once('error', (error: NodeJS.ErrnoException) =>
+      reject(error.code === 'ENOENT'
+        ? new HostSetupError('swtpm is not installed on this host; run the README\'s setup command (Debian package swtpm)')
+        : new EmulatorError(`swtpm could not be started: ${error.message}`))),
+  );
+  spawnFailure.catch(() => undefined);
+  const keyPipe = child.stdio[KEY_FD] as NodeJS.WritableStream;
+  (keyPipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
+  keyPipe.end(stateKeyMaterial(stateKey));
+  child.unref();
+
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let gone: ExitInfo | undefined;
+  void exited.then((info) => (gone = info));
+  while (Date.now() < deadline) {
+    await Promise.race([delay(20), spawnFailure]);
+    if (gone) {
+      throw new EmulatorError(`swtpm exited during start (${gone.signal ?? `status ${gone.code}`}): ${await logTail(paths.logFile) || 'no output'}`, { log: paths.logFile });
+    }
+    if (await socketAccepts(paths.socket)) return { pid: child.pid!, exited };
+  }
+  child.kill('SIGKILL');
+  throw new EmulatorError(`swtpm did not open its socket ${paths.socket} within ${READY_TIMEOUT_MS / 1000} s: ${await logTail(paths.logFile)}`, { log: paths.logFile });
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes back a swtpm started by an earlier run of the service, if its pid file
+ * names a live swtpm serving this very socket (a recycled pid is not adopted).
+ */
+export async function adoptSwtpm(paths: InstancePaths): Promise<SwtpmInstance | undefined> {
+  let pid: number;
+  try {
+    pid = Number.parseInt((await readFile(paths.pidFile, 'utf8')).trim(), 10);
+  } catch {
+    return undefined;
+  }
+  if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return undefined;
+  let commandLine: string;
+  try {
+    commandLine = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0').join(' ');
+  } catch {
+    return undefined;
+  }
+  if (!commandLine.includes('swtpm') || !commandLine.includes(`path=${paths.socket},`)) return undefined;
+  const exited = new Promise<ExitInfo>((resolve) => {
+    const timer = setInterval(() => {
+      if (!isAlive(pid)) {
+        clearInterval(timer);
+        resolve({ code: null, signal: null });
+      }
+    }, ADOPTED_POLL_MS);
+    timer.unref();
+  });
+  return { pid, exited };
+}
+
+/** SIGTERM, then SIGKILL if swtpm has not gone after `graceMs`. */
+export async function terminateSwtpm(instance: SwtpmInstance, graceMs = 5_000): Promise<void> {
+  const signal = (name: NodeJS.Signals) => {
+    try {
+      process.kill(instance.pid, name);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+    }
+  };
+  signal('SIGTERM');
+  const timedOut = Symbol('timeout');
+  const outcome = await Promise.race([instance.exited, delay(graceMs, timedOut)]);
+  if (outcome === timedOut) {
+    signal('SIGKILL');
+    await instance.exited;
+  }
+}

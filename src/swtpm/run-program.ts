@@ -1,0 +1,56 @@
+/**
+ * Runs swtpm's tools with the state key handed over on file descriptor 3
+ * through a pipe, so that the key never touches a file or a command line.
+ */
+import { spawn } from 'node:child_process';
+import { EmulatorError, HostSetupError } from '../errors.js';
+
+export const KEY_FD = 3;
+
+export interface ProgramResult {
+  stdout: string;
+  stderr: string;
+}
+
+export interface RunOptions {
+  env?: Record<string, string>;
+  /** Written to fd 3, then the pipe is closed. */
+  keyMaterial?: string;
+  timeoutMs?: number;
+}
+
+const tail = (text: string, lines = 15): string => text.trim().split('\n').slice(-lines).join('\n');
+
+export function runProgram(program: string, args: string[], options: RunOptions = {}): Promise<ProgramResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(program, args, {
+      env: { ...process.env, ...options.env },
+      stdio: ['ignore', 'pipe', 'pipe', options.keyMaterial === undefined ? 'ignore' : 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000);
+    child.on('error', (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(error.code === 'ENOENT'
+        ? new HostSetupError(`${program} is not installed on this host; run the README's setup command (Debian packages swtpm and swtpm-tools)`, { program })
+        : new EmulatorError(`${program} could not be started: ${error.message}`, { program }));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve({ stdout, stderr });
+      else {
+        const how = signal ? `was killed by ${signal}` : `exited with status ${code}`;
+        reject(new EmulatorError(`${program} ${how}: ${tail(stderr + stdout) || 'no output'}`, { program, status: code, signal }));
+      }
+    });
+    if (options.keyMaterial !== undefined) {
+      const keyPipe = child.stdio[KEY_FD] as NodeJS.WritableStream;
+      // EPIPE here means the program exited before reading; 'close' reports why.
+      (keyPipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
+      keyPipe.end(options.keyMaterial);
+    }
+  });
+}
