@@ -21,7 +21,7 @@ export class ApiClient {
 
   /** The token comes from --token, VTPM_TOKEN, or the server's data directory, in that order. */
   static async connect(options: ClientOptions): Promise<ApiClient> {
-    const token = options.token ?? process.env.VTPM_TOKEN ?? (await readFile(adminTokenPath(options.dataDir), 'utf8').then((t) => t.trim(), () => undefined));
+    const token = options.token || process.env.VTPM_TOKEN || (await readFile(adminTokenPath(options.dataDir), 'utf8').then((t) => t.trim(), () => undefined));
     return new ApiClient(options.url.replace(/\/+$/, ''), token);
   }
 

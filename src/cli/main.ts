@@ -20,23 +20,43 @@ const packageVersion = (JSON.parse(readFileSync(new URL('../../../package.json',
 
 interface GlobalOptions {
   url: string;
-  token?: string;
+  token: string | undefined;
   dataDir: string;
   json: boolean;
 }
 
-const program = new Command('vtpm')
+interface ClientFlags {
+  url?: string;
+  token?: string;
+  dataDir?: string;
+  json?: boolean;
+}
+
+/** Options every command understands, before or after the command name. */
+function withClientOptions(command: Command): Command {
+  return command
+    .option('--url <url>', 'control plane URL (env VTPM_URL; default http://127.0.0.1:7390)')
+    .option('--token <token>', 'API token (env VTPM_TOKEN; default: <data-dir>/admin.token)')
+    .option('--data-dir <dir>', 'data directory (env VTPM_DATA_DIR)')
+    .option('--json', 'print one JSON document on stdout');
+}
+
+// Positional options: `vtpm create --version 2.0` is the TPM version, `vtpm --version` the program's.
+const program = withClientOptions(new Command('vtpm'))
   .description('vtpm-manager: virtual TPMs for virtual machine fleets')
   .version(packageVersion)
-  .option('--url <url>', 'control plane URL (env VTPM_URL)', defaultUrl())
-  .option('--token <token>', 'API token (env VTPM_TOKEN; default: <data-dir>/admin.token)')
-  .option('--data-dir <dir>', 'data directory (env VTPM_DATA_DIR)', defaultDataDir())
-  .option('--json', 'print one JSON document on stdout', false)
+  .enablePositionalOptions()
   .showHelpAfterError()
   .configureOutput({ outputError: (text, write) => write(text) });
 
 function globals(command: Command): GlobalOptions {
-  return command.optsWithGlobals<GlobalOptions>();
+  const flags = command.optsWithGlobals<ClientFlags>();
+  return {
+    url: flags.url ?? defaultUrl(),
+    token: flags.token,
+    dataDir: flags.dataDir ?? defaultDataDir(),
+    json: flags.json === true,
+  };
 }
 
 async function client(command: Command): Promise<ApiClient> {
@@ -62,8 +82,7 @@ const showVtpm = (vtpm: VtpmView) => fields(vtpm as unknown as Record<string, un
 const showAttachment = (attachment: Attachment) =>
   [`socket       ${attachment.socket}`, `qemu args    ${attachment.qemu_args.map(shellQuote).join(' ')}`, 'libvirt xml', attachment.libvirt_xml].join('\n');
 
-program
-  .command('serve')
+withClientOptions(program.command('serve'))
   .description('run the control plane and this host\'s agent (embedded defaults: SQLite, local key manager)')
   .option('--listen <host:port>', 'address to listen on', DEFAULT_LISTEN)
   .option('--run-dir <dir>', 'where swtpm sockets and pid files go (env VTPM_RUN_DIR; default <data-dir>/run)')
@@ -92,8 +111,7 @@ program
     process.once('SIGINT', () => shutdown('SIGINT'));
   });
 
-program
-  .command('create')
+withClientOptions(program.command('create'))
   .description('create a vTPM for a VM (spec from --version/--model, flavor extra specs and image properties)')
   .requiredOption('--vm <uuid>', 'UUID of the VM')
   .addOption(new Option('--version <version>', 'TPM version').choices([...TPM_VERSIONS]))
@@ -105,16 +123,14 @@ program
     emit(command, created, () => showVtpm(created));
   });
 
-program
-  .command('list')
+withClientOptions(program.command('list'))
   .description('list vTPMs')
   .action(async (_options: unknown, command: Command) => {
     const { vtpms } = await (await client(command)).request<{ vtpms: VtpmView[] }>('GET', '/v1/vtpms');
     emit(command, vtpms, () => table(vtpms.map(({ vm, version, model, status, host }) => ({ vm, version, model, status, host })), ['vm', 'version', 'model', 'status', 'host']));
   });
 
-program
-  .command('show')
+withClientOptions(program.command('show'))
   .description('show one vTPM')
   .argument('<vm>', 'VM UUID')
   .action(async (vm: string, _options: unknown, command: Command) => {
@@ -122,8 +138,7 @@ program
     emit(command, vtpm, () => showVtpm(vtpm));
   });
 
-program
-  .command('start')
+withClientOptions(program.command('start'))
   .description('start the vTPM; prints its socket, QEMU arguments and libvirt XML')
   .argument('<vm>', 'VM UUID')
   .action(async (vm: string, _options: unknown, command: Command) => {
@@ -131,8 +146,7 @@ program
     emit(command, started, () => `${showVtpm(started)}\n${showAttachment(started)}`);
   });
 
-program
-  .command('stop')
+withClientOptions(program.command('stop'))
   .description('stop the vTPM')
   .argument('<vm>', 'VM UUID')
   .action(async (vm: string, _options: unknown, command: Command) => {
@@ -140,8 +154,7 @@ program
     emit(command, stopped, () => showVtpm(stopped));
   });
 
-program
-  .command('delete')
+withClientOptions(program.command('delete'))
   .description('delete the vTPM: its secret is destroyed (crypto-erase), then its state')
   .argument('<vm>', 'VM UUID')
   .option('--force', 'stop it first if it is running', false)
@@ -150,8 +163,7 @@ program
     emit(command, { vm, deleted: true }, () => `deleted vTPM ${vm}`);
   });
 
-program
-  .command('qemu-args')
+withClientOptions(program.command('qemu-args'))
   .description('QEMU arguments that attach a guest to the vTPM')
   .argument('<vm>', 'VM UUID')
   .action(async (vm: string, _options: unknown, command: Command) => {
@@ -159,8 +171,7 @@ program
     emit(command, { qemu_args: attachment.qemu_args }, () => attachment.qemu_args.map(shellQuote).join(' '));
   });
 
-program
-  .command('libvirt-xml')
+withClientOptions(program.command('libvirt-xml'))
   .description("libvirt <tpm> element (external backend) for the vTPM")
   .argument('<vm>', 'VM UUID')
   .action(async (vm: string, _options: unknown, command: Command) => {
@@ -168,8 +179,7 @@ program
     emit(command, { libvirt_xml: attachment.libvirt_xml }, () => attachment.libvirt_xml);
   });
 
-program
-  .command('ek')
+withClientOptions(program.command('ek'))
   .description('EK certificates of the vTPM, PEM')
   .argument('<vm>', 'VM UUID')
   .option('--key-type <type>', 'only this key type, e.g. rsa2048 or secp384r1')
@@ -182,8 +192,7 @@ program
     emit(command, { certificates: chosen }, () => chosen.map((c) => c.pem.trimEnd()).join('\n'));
   });
 
-program
-  .command('hosts')
+withClientOptions(program.command('hosts'))
   .description('hosts, their traits and how many vTPMs they hold')
   .action(async (_options: unknown, command: Command) => {
     const { hosts } = await (await client(command)).request<{ hosts: HostView[] }>('GET', '/v1/hosts');
@@ -191,7 +200,7 @@ program
   });
 
 function fail(error: unknown): never {
-  const json = program.opts<{ json?: boolean }>().json === true;
+  const json = process.argv.includes('--json');
   if (error instanceof VtpmError) {
     if (json) process.stdout.write(JSON.stringify({ error: error.toJSON() }, null, 2) + '\n');
     process.stderr.write(`vtpm: ${error.message} [${error.code}]\n`);

@@ -1,0 +1,129 @@
+/**
+ * A real guest in seconds: the Debian cloud kernel (TPM TIS and CRB drivers
+ * built in) with a busybox initramfs whose init sends raw TPM commands to
+ * /dev/tpm0 and prints the responses on the serial console, then powers off.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { chmod, copyFile, mkdir, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const exec = promisify(execFile);
+
+/** TPM 2.0 commands, no sessions. */
+const TPM2_COMMANDS: Record<string, string> = {
+  // TPM2_ReadClock: the response carries resetCount, which grows with every boot and lives in the permanent state.
+  readclock: '8001' + '0000000a' + '00000181',
+  // TPM2_ReadPublic of the RSA EK that swtpm_setup persisted at 0x81010001.
+  ekpublic: '8001' + '0000000e' + '00000173' + '81010001',
+};
+
+/** TPM 1.2: TPM_ReadPubek with a 20-byte anti-replay nonce. */
+const TPM12_COMMANDS: Record<string, string> = {
+  ekpublic: '00c1' + '0000001e' + '0000007c' + '11'.repeat(20),
+};
+
+const INIT = `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "VTPM-DEVICES $(ls /dev/tpm* 2>/dev/null | tr '\\n' ' ')"
+major=$(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null)
+echo "VTPM-VERSION $major"
+if [ -e /dev/tpm0 ]; then
+  [ "$major" = 2 ] && set=/cmds/2 || set=/cmds/1
+  for cmd in $set/*; do
+    name=$(basename $cmd)
+    exec 3<>/dev/tpm0
+    cat $cmd >&3
+    dd bs=4096 count=1 <&3 2>/dev/null > /tmp/rsp
+    exec 3>&-
+    echo "VTPM-RSP $name $(hexdump -v -e '/1 "%02x"' /tmp/rsp)"
+  done
+fi
+echo VTPM-DONE
+poweroff -f
+`;
+
+export async function findKernel(): Promise<string> {
+  const kernels = (await readdir('/boot')).filter((f) => /^vmlinuz-.*-cloud-amd64$/.test(f)).sort();
+  const kernel = kernels.at(-1);
+  if (!kernel) throw new Error('no /boot/vmlinuz-*-cloud-amd64: the test setup installs linux-image-cloud-amd64');
+  return join('/boot', kernel);
+}
+
+/** Builds the initramfs into `dir` and returns its path. */
+export async function buildInitramfs(dir: string): Promise<string> {
+  const root = join(dir, 'initrd');
+  for (const sub of ['bin', 'dev', 'proc', 'sys', 'tmp', 'cmds/1', 'cmds/2']) await mkdir(join(root, sub), { recursive: true });
+  await copyFile('/bin/busybox', join(root, 'bin/busybox'));
+  await writeFile(join(root, 'init'), INIT);
+  await chmod(join(root, 'init'), 0o755);
+  for (const [name, hex] of Object.entries(TPM2_COMMANDS)) await writeFile(join(root, 'cmds/2', name), Buffer.from(hex, 'hex'));
+  for (const [name, hex] of Object.entries(TPM12_COMMANDS)) await writeFile(join(root, 'cmds/1', name), Buffer.from(hex, 'hex'));
+  const image = join(dir, 'initrd.gz');
+  await exec('sh', ['-c', `cd "${root}" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "${image}"`]);
+  return image;
+}
+
+export interface GuestReport {
+  devices: string[];
+  version: string;
+  /** Raw TPM responses by command name. */
+  responses: Record<string, Buffer>;
+  console: string;
+}
+
+export interface BootOptions {
+  kernel: string;
+  initramfs: string;
+  /** The TPM arguments the product returned. */
+  qemuArgs: string[];
+  timeoutMs?: number;
+}
+
+/** Starts QEMU; `report` resolves with what the guest printed once it powered off. */
+export function launchGuest(options: BootOptions): { pid: number; kill: (signal: NodeJS.Signals) => void; report: Promise<GuestReport> } {
+  // TCG by default: a /dev/kvm inside a VM is often nested and unusable (QEMU fails on MSRs or the guest hangs).
+  const accel = process.env.VTPM_TEST_QEMU_ACCEL ?? 'tcg';
+  const qemu = spawn('qemu-system-x86_64', [
+    '-machine', `q35,accel=${accel}`, '-m', '256', '-nographic', '-no-reboot',
+    '-kernel', options.kernel, '-initrd', options.initramfs, '-append', 'console=ttyS0 panic=-1 quiet',
+    ...options.qemuArgs,
+  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  qemu.stdout.on('data', (chunk: Buffer) => (output += chunk.toString('latin1')));
+  qemu.stderr.on('data', (chunk: Buffer) => (output += chunk.toString('latin1')));
+  const timer = setTimeout(() => qemu.kill('SIGKILL'), options.timeoutMs ?? 180_000);
+  const report = new Promise<GuestReport>((resolve, reject) => {
+    qemu.on('error', reject);
+    qemu.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (!output.includes('VTPM-DONE')) {
+        reject(new Error(`guest did not finish (QEMU ${signal ?? `status ${code}`}); console:\n${output.slice(-3000)}`));
+        return;
+      }
+      const field = (name: string) => new RegExp(`${name} ?(.*)$`, 'm').exec(output)?.[1]?.trim() ?? '';
+      const responses: Record<string, Buffer> = {};
+      for (const match of output.matchAll(/VTPM-RSP (\S+) ?([0-9a-f]*)\s*$/gm)) responses[match[1]!] = Buffer.from(match[2] ?? '', 'hex');
+      resolve({ devices: field('VTPM-DEVICES').split(/\s+/).filter(Boolean), version: field('VTPM-VERSION'), responses, console: output });
+    });
+  });
+  return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), report };
+}
+
+export function bootGuest(options: BootOptions): Promise<GuestReport> {
+  return launchGuest(options).report;
+}
+
+/** resetCount from a TPM2_ReadClock response: header (10), time (8), clock (8), then resetCount (4). */
+export function resetCountOf(readClock: Buffer): number {
+  if (readClock.length < 30 || readClock.readUInt32BE(6) !== 0) throw new Error(`TPM2_ReadClock failed: ${readClock.toString('hex')}`);
+  return readClock.readUInt32BE(26);
+}
+
+/** The TPM response code: bytes 6-9 of every TPM 1.2 and 2.0 response. */
+export function responseCode(response: Buffer): number {
+  return response.length >= 10 ? response.readUInt32BE(6) : -1;
+}

@@ -1,0 +1,105 @@
+/**
+ * The product as a user runs it: `vtpm serve` as a separate process on a
+ * data directory of the test's own, and the `vtpm` CLI against it.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
+import { mkdtemp } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const CLI = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
+
+/** Short paths: swtpm's unix sockets live under the data directory. */
+export function temporaryDir(prefix: string): Promise<string> {
+  return mkdtemp(join('/tmp', `${prefix}-`));
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export class ServiceUnderTest {
+  private constructor(readonly dataDir: string, readonly url: string, private readonly process: ChildProcess, readonly output: () => string) {}
+
+  static async start(dataDir: string): Promise<ServiceUnderTest> {
+    const child = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const url = await new Promise<string>((resolve, reject) => {
+      let stdout = '';
+      child.stdout!.on('data', (chunk: Buffer) => {
+        stdout += chunk.toString();
+        output += chunk.toString();
+        const match = /listening on (http:\/\/\S+)/.exec(stdout);
+        if (match?.[1]) resolve(match[1]);
+      });
+      child.once('exit', (code) => reject(new Error(`vtpm serve exited with ${code} before listening:\n${output}`)));
+      setTimeout(() => reject(new Error(`vtpm serve did not listen within 60 s:\n${output}`)), 60_000).unref();
+    });
+    return new ServiceUnderTest(dataDir, url, child, () => output);
+  }
+
+  async stop(): Promise<void> {
+    if (this.process.exitCode !== null) return;
+    const exited = new Promise((resolve) => this.process.once('exit', resolve));
+    this.process.kill('SIGTERM');
+    await exited;
+  }
+
+  cli(...args: string[]): Promise<CliResult> {
+    return new Promise((resolve) => {
+      const env = { ...process.env, VTPM_URL: this.url, VTPM_DATA_DIR: this.dataDir };
+      delete (env as NodeJS.ProcessEnv).VTPM_TOKEN;
+      execFile(process.execPath, [CLI, ...args], { env }, (error, stdout, stderr) => {
+        resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      });
+    });
+  }
+
+  /** Runs a command with --json and returns the parsed document; fails the test on a non-zero exit. */
+  async json<T>(...args: string[]): Promise<T> {
+    const result = await this.cli('--json', ...args);
+    assert.equal(result.code, 0, `vtpm ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
+    return JSON.parse(result.stdout) as T;
+  }
+
+  /** Polls `vtpm show` until the status is reached; the deadline only bounds a hang. */
+  async waitForStatus(vm: string, status: string, deadlineMs = 15_000): Promise<void> {
+    const until = Date.now() + deadlineMs;
+    let seen = '';
+    while (Date.now() < until) {
+      seen = (await this.json<{ status: string }>('show', vm)).status;
+      if (seen === status) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.fail(`vTPM ${vm} stayed ${seen}, expected ${status}`);
+  }
+}
+
+export interface VtpmJson {
+  vm: string;
+  version: string;
+  model: string;
+  host: string;
+  status: string;
+  socket: string | null;
+}
+
+export interface StartedJson extends VtpmJson {
+  socket: string;
+  qemu_args: string[];
+  libvirt_xml: string;
+}
+
+/** The RSA modulus certified by the vTPM's EK certificate. */
+export async function ekModulus(service: ServiceUnderTest, vm: string): Promise<Buffer> {
+  const { certificates } = await service.json<{ certificates: Array<{ key_type: string; pem: string }> }>('ek', vm, '--key-type', 'rsa2048');
+  const certificate = new X509Certificate(certificates[0]!.pem);
+  return Buffer.from(certificate.publicKey.export({ format: 'jwk' }).n!, 'base64url');
+}
