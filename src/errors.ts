@@ -64,9 +64,6 @@ export class NotFoundError extends VtpmError {
 export class StateConflictError extends VtpmError {
   readonly code = 'state_conflict';
   readonly status = 409;
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(message, details);
-  }
 }
 
 export class AlreadyExistsError extends VtpmError {
@@ -93,44 +90,35 @@ export class NoValidHostError extends VtpmError {
 export class EmulatorError extends VtpmError {
   readonly code = 'emulator_failed';
   readonly status = 500;
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(message, details);
-  }
 }
 
 export class KeyManagerError extends VtpmError {
   readonly code = 'key_manager_failed';
   readonly status = 500;
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(message, details);
-  }
 }
 
 /** Stored data failed authentication: it was altered, truncated or belongs elsewhere. */
 export class IntegrityError extends VtpmError {
   readonly code = 'integrity_failed';
   readonly status = 500;
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(message, details);
-  }
+}
+
+/** The newest stored generation is older than the newest acknowledged one: someone rolled the state back. */
+export class RollbackError extends VtpmError {
+  readonly code = 'rollback_detected';
+  readonly status = 500;
 }
 
 /** A required program or system facility is missing or misconfigured on this host. */
 export class HostSetupError extends VtpmError {
   readonly code = 'host_setup';
   readonly status = 500;
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(message, details);
-  }
 }
 
 /** The control plane could not be reached or answered with something that is not the API. */
 export class UnreachableError extends VtpmError {
   readonly code = 'unreachable';
   readonly status = 503;
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(message, details);
-  }
 }
 
 export class InternalError extends VtpmError {
@@ -156,6 +144,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = {
   emulator_failed: 6,
   key_manager_failed: 6,
   integrity_failed: 6,
+  rollback_detected: 6,
   host_setup: 6,
   unreachable: 7,
   internal: 1,

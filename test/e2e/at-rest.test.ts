@@ -7,27 +7,15 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomUUID, X509Certificate } from 'node:crypto';
-import { lstat, mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { lstat, mkdir, readFile, readdir } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { bootGuest, buildInitramfs, findKernel } from './support/guest.js';
-import { ServiceUnderTest, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
+import { serviceForFile, type StartedJson } from './support/service.js';
 
-let workDir: string;
-let service: ServiceUnderTest;
-
-before(async () => {
-  workDir = await temporaryDir('vtpm-rest');
-  service = await ServiceUnderTest.start(join(workDir, 'data'));
-});
-
-after(async () => {
-  for (const vtpm of await service.json<VtpmJson[]>('list')) await service.cli('delete', '--force', vtpm.vm);
-  await service.stop();
-  await rm(workDir, { recursive: true, force: true });
-});
+const context = serviceForFile('vtpm-rest');
 
 async function* regularFiles(dir: string): AsyncGenerator<string> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {
@@ -89,7 +77,7 @@ async function plaintextEkModulus(stateDir: string): Promise<Buffer> {
 
 describe('encryption at rest', () => {
   it('the scan finds an EK modulus in an unencrypted TPM state (control)', async () => {
-    const stateDir = join(workDir, 'plaintext-state');
+    const stateDir = join(context.workDir, 'plaintext-state');
     await mkdir(stateDir);
     await new Promise<void>((resolve, reject) => {
       const setup = spawn('swtpm_setup', ['--tpm2', '--tpm-state', stateDir, '--createek', '--overwrite'], { stdio: 'ignore' });
@@ -102,33 +90,33 @@ describe('encryption at rest', () => {
 
   it('no file under the data directory holds a TPM state or an EK certificate in plaintext', async () => {
     const kernel = await findKernel();
-    const initramfs = await buildInitramfs(workDir);
+    const initramfs = await buildInitramfs(context.workDir);
     const needles: Buffer[] = [];
     for (const version of ['2.0', '1.2']) {
       const vm = randomUUID();
-      await service.json('create', '--vm', vm, '--version', version);
-      const { certificates } = await service.json<{ certificates: Array<{ pem: string }> }>('ek', vm, '--key-type', 'rsa2048');
+      await context.service.json('create', '--vm', vm, '--version', version);
+      const { certificates } = await context.service.json<{ certificates: Array<{ pem: string }> }>('ek', vm, '--key-type', 'rsa2048');
       needles.push(...needlesOf(certificates[0]!.pem));
       // Let swtpm write the state while a guest runs, not only swtpm_setup.
-      await bootGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args });
-      await service.waitForStatus(vm, 'stopped');
+      await bootGuest({ kernel, initramfs, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
+      await context.service.waitForStatus(vm, 'stopped');
     }
-    assert.deepEqual(await filesContaining(service.dataDir, needles), []);
+    assert.deepEqual(await filesContaining(context.service.dataDir, needles), []);
   });
 
   it('state, keys and the admin token are readable by the owner only', async () => {
     const vm = randomUUID();
-    await service.json('create', '--vm', vm, '--version', '2.0');
+    await context.service.json('create', '--vm', vm, '--version', '2.0');
     const mode = async (path: string) => (await lstat(path)).mode & 0o777;
-    assert.equal(await mode(service.dataDir), 0o700);
-    assert.equal(await mode(join(service.dataDir, 'admin.token')), 0o600);
-    assert.equal(await mode(join(service.dataDir, 'keys', 'master.key')), 0o600);
-    assert.equal(await mode(join(service.dataDir, 'tpm', vm)), 0o700);
-    for (const file of await readdir(join(service.dataDir, 'tpm', vm))) {
-      assert.equal(await mode(join(service.dataDir, 'tpm', vm, file)), 0o600, `${file} is not 0600`);
+    assert.equal(await mode(context.service.dataDir), 0o700);
+    assert.equal(await mode(join(context.service.dataDir, 'admin.token')), 0o600);
+    assert.equal(await mode(join(context.service.dataDir, 'keys', 'master.key')), 0o600);
+    assert.equal(await mode(join(context.service.dataDir, 'tpm', vm)), 0o700);
+    for (const file of await readdir(join(context.service.dataDir, 'tpm', vm))) {
+      assert.equal(await mode(join(context.service.dataDir, 'tpm', vm, file)), 0o600, `${file} is not 0600`);
     }
-    for (const file of await readdir(join(service.dataDir, 'keys', 'secrets'))) {
-      assert.equal(await mode(join(service.dataDir, 'keys', 'secrets', file)), 0o600);
+    for (const file of await readdir(join(context.service.dataDir, 'keys', 'secrets'))) {
+      assert.equal(await mode(join(context.service.dataDir, 'keys', 'secrets', file)), 0o600);
     }
   });
 });

@@ -6,35 +6,25 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { rm } from 'node:fs/promises';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import { bootGuest, buildInitramfs, findKernel, resetCountOf, responseCode, type GuestReport } from './support/guest.js';
-import { ServiceUnderTest, ekModulus, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
+import { ekModulus, serviceForFile, type StartedJson, type VtpmJson } from './support/service.js';
 
-let workDir: string;
+const context = serviceForFile('vtpm-boot');
 let kernel: string;
 let initramfs: string;
-let service: ServiceUnderTest;
 
 before(async () => {
-  workDir = await temporaryDir('vtpm-boot');
   kernel = await findKernel();
-  initramfs = await buildInitramfs(workDir);
-  service = await ServiceUnderTest.start(`${workDir}/data`);
-});
-
-after(async () => {
-  for (const vtpm of await service.json<VtpmJson[]>('list')) await service.cli('delete', '--force', vtpm.vm);
-  await service.stop();
-  await rm(workDir, { recursive: true, force: true });
+  initramfs = await buildInitramfs(context.workDir);
 });
 
 async function bootOnce(vm: string): Promise<GuestReport> {
-  const started = await service.json<StartedJson>('start', vm);
+  const started = await context.service.json<StartedJson>('start', vm);
   assert.equal(started.status, 'running');
   const report = await bootGuest({ kernel, initramfs, qemuArgs: started.qemu_args });
   // QEMU is gone, so swtpm is gone: the vTPM must be back to stopped, with its state kept.
-  await service.waitForStatus(vm, 'stopped');
+  await context.service.waitForStatus(vm, 'stopped');
   return report;
 }
 
@@ -60,9 +50,9 @@ describe('a real guest on a vTPM', () => {
   for (const variant of variants) {
     it(`TPM ${variant.version} ${variant.model}: the guest sees the manufactured TPM, and its state persists across boots`, async () => {
       const vm = randomUUID();
-      const created = await service.json<VtpmJson>('create', '--vm', vm, ...variant.how);
+      const created = await context.service.json<VtpmJson>('create', '--vm', vm, ...variant.how);
       assert.deepEqual([created.version, created.model, created.status], [variant.version, variant.model, 'stopped']);
-      const modulus = await ekModulus(service, vm);
+      const modulus = await ekModulus(context.service, vm);
 
       const first = await bootOnce(vm);
       assertSeesTpm(first, variant.version);
@@ -82,18 +72,17 @@ describe('a real guest on a vTPM', () => {
 
   it('after `vtpm serve` restarts, the vTPM is still there and boots with the same state', async () => {
     const vm = randomUUID();
-    await service.json('create', '--vm', vm, '--version', '2.0', '--model', 'tpm-crb');
-    const modulus = await ekModulus(service, vm);
-    const before = await bootOnce(vm);
+    await context.service.json('create', '--vm', vm, '--version', '2.0', '--model', 'tpm-crb');
+    const modulus = await ekModulus(context.service, vm);
+    const beforeRestart = await bootOnce(vm);
 
-    await service.stop();
-    service = await ServiceUnderTest.start(service.dataDir);
+    await context.restart();
 
-    const shown = await service.json<VtpmJson>('show', vm);
+    const shown = await context.service.json<VtpmJson>('show', vm);
     assert.deepEqual([shown.status, shown.version, shown.model], ['stopped', '2.0', 'tpm-crb']);
-    assert.ok((await ekModulus(service, vm)).equals(modulus));
+    assert.ok((await ekModulus(context.service, vm)).equals(modulus));
     const afterRestart = await bootOnce(vm);
     assertGuestEkIs(afterRestart, modulus);
-    assert.ok(resetCountOf(afterRestart.responses.readclock!) > resetCountOf(before.responses.readclock!));
+    assert.ok(resetCountOf(afterRestart.responses.readclock!) > resetCountOf(beforeRestart.responses.readclock!));
   });
 });

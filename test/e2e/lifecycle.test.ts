@@ -7,31 +7,19 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile, readdir, rm } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { bootGuest, buildInitramfs, findKernel, launchGuest, resetCountOf } from './support/guest.js';
-import { ServiceUnderTest, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
+import { serviceForFile, type StartedJson, type VtpmJson } from './support/service.js';
 
-let workDir: string;
-let service: ServiceUnderTest;
-
-before(async () => {
-  workDir = await temporaryDir('vtpm-life');
-  service = await ServiceUnderTest.start(join(workDir, 'data'));
-});
-
-after(async () => {
-  for (const vtpm of await service.json<VtpmJson[]>('list')) await service.cli('delete', '--force', vtpm.vm);
-  await service.stop();
-  await rm(workDir, { recursive: true, force: true });
-});
+const context = serviceForFile('vtpm-life');
 
 const EXIT = { invalid: 2, notFound: 3, conflict: 4, unauthenticated: 5 };
 
 async function listed(): Promise<string[]> {
-  return (await service.json<VtpmJson[]>('list')).map((v) => v.vm);
+  return (await context.service.json<VtpmJson[]>('list')).map((v) => v.vm);
 }
 
 describe('bad input creates nothing', () => {
@@ -45,7 +33,7 @@ describe('bad input creates nothing', () => {
   for (const c of cases) {
     it(c.name, async () => {
       const vm = randomUUID();
-      const result = await service.cli('create', '--vm', vm, ...c.args);
+      const result = await context.service.cli('create', '--vm', vm, ...c.args);
       assert.equal(result.code, EXIT.invalid, result.stderr);
       for (const text of c.mentions) assert.ok(result.stderr.includes(text), `"${result.stderr.trim()}" should mention "${text}"`);
       assert.ok(!(await listed()).includes(vm));
@@ -53,14 +41,14 @@ describe('bad input creates nothing', () => {
   }
 
   it('a VM id that is not a UUID names the field', async () => {
-    const result = await service.cli('create', '--vm', 'not-a-uuid', '--version', '2.0');
+    const result = await context.service.cli('create', '--vm', 'not-a-uuid', '--version', '2.0');
     assert.equal(result.code, EXIT.invalid);
     assert.match(result.stderr, /vm: expected a VM UUID/);
   });
 
   it('the API answers 400 with the error code and the conflicting sources', async () => {
-    const token = (await readFile(join(service.dataDir, 'admin.token'), 'utf8')).trim();
-    const response = await fetch(`${service.url}/v1/vtpms`, {
+    const token = (await readFile(join(context.service.dataDir, 'admin.token'), 'utf8')).trim();
+    const response = await fetch(`${context.service.url}/v1/vtpms`, {
       method: 'POST',
       headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
       body: JSON.stringify({ vm: randomUUID(), flavor: { 'hw:tpm_version': '2.0' }, image: { hw_tpm_version: '1.2' } }),
@@ -75,16 +63,16 @@ describe('bad input creates nothing', () => {
 describe('the API', () => {
   it('refuses requests without a valid token', async () => {
     for (const headers of [{}, { authorization: 'Bearer vtpm_wrong' }] as Array<Record<string, string>>) {
-      const response = await fetch(`${service.url}/v1/vtpms`, { headers });
+      const response = await fetch(`${context.service.url}/v1/vtpms`, { headers });
       assert.equal(response.status, 401);
       assert.equal(((await response.json()) as { error: { code: string } }).error.code, 'unauthenticated');
     }
-    const result = await service.cli('list', '--token', 'vtpm_wrong');
+    const result = await context.service.cli('list', '--token', 'vtpm_wrong');
     assert.equal(result.code, EXIT.unauthenticated);
   });
 
   it('serves its OpenAPI document', async () => {
-    const document = (await (await fetch(`${service.url}/openapi.json`)).json()) as { openapi: string; paths: Record<string, unknown> };
+    const document = (await (await fetch(`${context.service.url}/openapi.json`)).json()) as { openapi: string; paths: Record<string, unknown> };
     assert.match(document.openapi, /^3\./);
     for (const path of ['/v1/vtpms', '/v1/vtpms/{vm}', '/v1/vtpms/{vm}/start', '/v1/vtpms/{vm}/stop', '/v1/vtpms/{vm}/ek', '/v1/hosts']) {
       assert.ok(document.paths[path], `OpenAPI lacks ${path}`);
@@ -92,7 +80,7 @@ describe('the API', () => {
   });
 
   it('lists this host with its TPM traits', async () => {
-    const hosts = await service.json<Array<{ name: string; traits: string[] }>>('hosts');
+    const hosts = await context.service.json<Array<{ name: string; traits: string[] }>>('hosts');
     assert.equal(hosts.length, 1);
     for (const trait of ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS', 'COMPUTE_SECURITY_TPM_CRB']) {
       assert.ok(hosts[0]!.traits.includes(trait), `host lacks ${trait}`);
@@ -104,7 +92,7 @@ describe('unknown VMs', () => {
   for (const command of [['show'], ['start'], ['stop'], ['delete'], ['qemu-args'], ['libvirt-xml'], ['ek']]) {
     it(`vtpm ${command[0]} of an unknown VM exits ${EXIT.notFound} and says not found`, async () => {
       const vm = randomUUID();
-      const result = await service.cli(...command, vm);
+      const result = await context.service.cli(...command, vm);
       assert.equal(result.code, EXIT.notFound, result.stderr);
       assert.match(result.stderr, new RegExp(`${vm} not found`));
     });
@@ -114,75 +102,75 @@ describe('unknown VMs', () => {
 describe('lifecycle', () => {
   it('refuses a second vTPM for the same VM', async () => {
     const vm = randomUUID();
-    await service.json('create', '--vm', vm, '--version', '2.0');
-    const again = await service.cli('create', '--vm', vm, '--version', '2.0');
+    await context.service.json('create', '--vm', vm, '--version', '2.0');
+    const again = await context.service.cli('create', '--vm', vm, '--version', '2.0');
     assert.equal(again.code, EXIT.conflict);
     assert.match(again.stderr, /already exists/);
   });
 
   it('qemu-args and libvirt-xml describe the socket, before and after start', async () => {
     const vm = randomUUID();
-    await service.json('create', '--vm', vm, '--version', '2.0', '--model', 'tpm-crb');
-    const { qemu_args: args } = await service.json<{ qemu_args: string[] }>('qemu-args', vm);
-    const { libvirt_xml: xml } = await service.json<{ libvirt_xml: string }>('libvirt-xml', vm);
-    const started = await service.json<StartedJson>('start', vm);
+    await context.service.json('create', '--vm', vm, '--version', '2.0', '--model', 'tpm-crb');
+    const { qemu_args: args } = await context.service.json<{ qemu_args: string[] }>('qemu-args', vm);
+    const { libvirt_xml: xml } = await context.service.json<{ libvirt_xml: string }>('libvirt-xml', vm);
+    const started = await context.service.json<StartedJson>('start', vm);
     assert.deepEqual(args, started.qemu_args);
     assert.equal(xml, started.libvirt_xml);
     assert.ok(args.includes('tpm-crb,tpmdev=tpm0'));
     assert.ok(xml.includes(`path='${started.socket}'`) && xml.includes("<backend type='external'>"));
     assert.ok(existsSync(started.socket));
-    const text = await service.cli('qemu-args', vm);
+    const text = await context.service.cli('qemu-args', vm);
     assert.equal(text.stdout.trim(), args.join(' '));
-    await service.json('stop', vm);
-    await service.waitForStatus(vm, 'stopped');
+    await context.service.json('stop', vm);
+    await context.service.waitForStatus(vm, 'stopped');
     assert.ok(!existsSync(started.socket), 'the socket outlived the vTPM');
   });
 
   it('refuses to start a running vTPM and to delete it without --force', async () => {
     const vm = randomUUID();
-    await service.json('create', '--vm', vm, '--version', '2.0');
-    await service.json('start', vm);
-    const again = await service.cli('start', vm);
+    await context.service.json('create', '--vm', vm, '--version', '2.0');
+    await context.service.json('start', vm);
+    const again = await context.service.cli('start', vm);
     assert.equal(again.code, EXIT.conflict);
     assert.match(again.stderr, /already running/);
-    const remove = await service.cli('delete', vm);
+    const remove = await context.service.cli('delete', vm);
     assert.equal(remove.code, EXIT.conflict);
     assert.match(remove.stderr, /--force/);
-    assert.equal((await service.json<VtpmJson>('show', vm)).status, 'running');
-    assert.equal((await service.cli('delete', '--force', vm)).code, 0);
-    assert.equal((await service.cli('show', vm)).code, EXIT.notFound);
+    assert.equal((await context.service.json<VtpmJson>('show', vm)).status, 'running');
+    assert.equal((await context.service.cli('delete', '--force', vm)).code, 0);
+    assert.equal((await context.service.cli('show', vm)).code, EXIT.notFound);
   });
 
   it('a killed QEMU leaves the vTPM stopped with its state, and it boots again', async () => {
     const kernel = await findKernel();
-    const initramfs = await buildInitramfs(workDir);
+    const initramfs = await buildInitramfs(context.workDir);
     const vm = randomUUID();
-    await service.json('create', '--vm', vm, '--version', '2.0');
-    const first = await bootGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args });
-    await service.waitForStatus(vm, 'stopped');
+    await context.service.json('create', '--vm', vm, '--version', '2.0');
+    const first = await bootGuest({ kernel, initramfs, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
+    await context.service.waitForStatus(vm, 'stopped');
 
-    const guest = launchGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args });
+    const guest = launchGuest({ kernel, initramfs, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
     guest.report.catch(() => undefined);
     await delay(1500);
     guest.kill('SIGKILL');
-    await service.waitForStatus(vm, 'stopped');
+    await context.service.waitForStatus(vm, 'stopped');
 
-    const third = await bootGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args });
-    await service.waitForStatus(vm, 'stopped');
+    const third = await bootGuest({ kernel, initramfs, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
+    await context.service.waitForStatus(vm, 'stopped');
     assert.ok(resetCountOf(third.responses.readclock!) > resetCountOf(first.responses.readclock!));
   });
 
   it('delete destroys the secret and the state (crypto-erase)', async () => {
     const vm = randomUUID();
-    const secretsDir = join(service.dataDir, 'keys', 'secrets');
+    const secretsDir = join(context.service.dataDir, 'keys', 'secrets');
     const secretsBefore = (await readdir(secretsDir)).length;
-    await service.json('create', '--vm', vm, '--version', '1.2');
+    await context.service.json('create', '--vm', vm, '--version', '1.2');
     assert.equal((await readdir(secretsDir)).length, secretsBefore + 1);
-    assert.ok(existsSync(join(service.dataDir, 'tpm', vm)));
-    const deleted = await service.json<{ deleted: boolean }>('delete', vm);
+    assert.ok(existsSync(join(context.service.dataDir, 'tpm', vm)));
+    const deleted = await context.service.json<{ deleted: boolean }>('delete', vm);
     assert.equal(deleted.deleted, true);
     assert.equal((await readdir(secretsDir)).length, secretsBefore);
-    assert.ok(!existsSync(join(service.dataDir, 'tpm', vm)));
-    assert.equal((await service.cli('ek', vm)).code, EXIT.notFound);
+    assert.ok(!existsSync(join(context.service.dataDir, 'tpm', vm)));
+    assert.equal((await context.service.cli('ek', vm)).code, EXIT.notFound);
   });
 });

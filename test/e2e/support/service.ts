@@ -5,8 +5,9 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 export const CLI = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
@@ -102,4 +103,47 @@ export async function ekModulus(service: ServiceUnderTest, vm: string): Promise<
   const { certificates } = await service.json<{ certificates: Array<{ key_type: string; pem: string }> }>('ek', vm, '--key-type', 'rsa2048');
   const certificate = new X509Certificate(certificates[0]!.pem);
   return Buffer.from(certificate.publicKey.export({ format: 'jwk' }).n!, 'base64url');
+}
+
+export interface FileService {
+  readonly service: ServiceUnderTest;
+  readonly workDir: string;
+  /** Stops `vtpm serve` and starts it again on the same data directory. */
+  restart(): Promise<void>;
+}
+
+/**
+ * A `vtpm serve` on a fresh data directory for the tests of one file: started
+ * before them; afterwards every vTPM is deleted (its swtpm stopped) and the
+ * directory removed.
+ */
+export function serviceForFile(prefix: string): FileService {
+  let service: ServiceUnderTest | undefined;
+  let workDir: string | undefined;
+  before(async () => {
+    workDir = await temporaryDir(prefix);
+    service = await ServiceUnderTest.start(join(workDir, 'data'));
+  });
+  after(async () => {
+    if (service) {
+      for (const vtpm of await service.json<VtpmJson[]>('list')) await service.cli('delete', '--force', vtpm.vm);
+      await service.stop();
+    }
+    if (workDir) await rm(workDir, { recursive: true, force: true });
+  });
+  return {
+    get service() {
+      assert.ok(service, 'the service starts in before()');
+      return service;
+    },
+    get workDir() {
+      assert.ok(workDir, 'the work directory is made in before()');
+      return workDir;
+    },
+    async restart() {
+      assert.ok(service);
+      await service.stop();
+      service = await ServiceUnderTest.start(service.dataDir);
+    },
+  };
 }
