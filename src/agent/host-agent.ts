@@ -23,6 +23,19 @@ export interface VtpmOnHost {
   stateKey: Buffer;
 }
 
+/** The TPM's persistent state as swtpm keeps it: one file, encrypted by swtpm under the state key. */
+export interface ManufacturedVtpm {
+  ekCertificates: EkCertificate[];
+  state: Buffer;
+}
+
+export interface StateChange {
+  vm: string;
+  data: Buffer;
+  /** The state swtpm left when it exited. */
+  final: boolean;
+}
+
 export interface RunningVtpm {
   vm: string;
   pid: number;
@@ -38,10 +51,13 @@ export interface VtpmExit {
 export interface HostAgent {
   readonly hostName: string;
   describe(): Promise<HostDescription>;
-  /** Creates the vTPM's state on this host; returns its EK certificates. Replaces any leftover state. */
-  manufacture(request: VtpmOnHost): Promise<EkCertificate[]>;
-  /** Starts swtpm on the vTPM's state; resolves when the socket accepts connections. */
-  start(request: VtpmOnHost): Promise<RunningVtpm>;
+  /** Manufactures the vTPM: returns its state and its EK certificates. */
+  manufacture(request: VtpmOnHost): Promise<ManufacturedVtpm>;
+  /**
+   * Starts swtpm on exactly the given state (whatever the host's disk held
+   * before is replaced); resolves when the socket accepts connections.
+   */
+  start(request: VtpmOnHost & { state: Buffer }): Promise<RunningVtpm>;
   /** Stops swtpm; resolves when it is gone. Stopping a vTPM that is not running is not an error. */
   stop(vm: string): Promise<void>;
   /** Removes the vTPM's state from this host. Refuses while it runs. */
@@ -49,7 +65,15 @@ export interface HostAgent {
   running(): Promise<RunningVtpm[]>;
   /** Where QEMU will find the vTPM's socket on this host, whether or not it runs now. */
   socketPath(vm: string): string;
-  /** Called once for every swtpm that exits, for whatever reason. */
+  /**
+   * Called for every change of a running vTPM's state, in order per VM; the
+   * agent waits for the returned promise before reporting the next change,
+   * and reports the final state before the exit.
+   */
+  onStateChange(listener: (change: StateChange) => Promise<void>): void;
+  /** Reports a running vTPM's current state as a change (after a restart of the control plane). */
+  resync(vm: string): Promise<void>;
+  /** Called once for every swtpm that exits, for whatever reason, after its final state was reported. */
   onExit(listener: (exit: VtpmExit) => void): void;
   /** Lets go of the host; running swtpm processes keep running. */
   close(): Promise<void>;

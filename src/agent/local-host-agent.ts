@@ -1,12 +1,13 @@
 /**
  * The agent for the machine the service runs on. Layout under the data
  * directory:
- *   tpm/<vm>/          the vTPM's state, encrypted by swtpm (0700, files 0600)
+ *   tpm/<vm>/          the running vTPM's state, encrypted by swtpm (0700, files 0600);
+ *                      a working copy: the vault holds the truth, and start rewrites it
  *   log/<vm>.log       swtpm's own log
  * and under the run directory:
  *   <vm>.sock, <vm>.pid
  */
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -14,8 +15,10 @@ import { EmulatorError, StateConflictError } from '../errors.js';
 import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';
 import { adoptSwtpm, launchSwtpm, terminateSwtpm, type InstancePaths, type SwtpmInstance } from '../swtpm/instance.js';
-import { manufactureTpm, type EkCertificate } from '../swtpm/manufacture.js';
-import type { HostAgent, HostDescription, RunningVtpm, VtpmExit, VtpmOnHost } from './host-agent.js';
+import { manufactureTpm } from '../swtpm/manufacture.js';
+import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { HostAgent, HostDescription, ManufacturedVtpm, RunningVtpm, StateChange, VtpmExit, VtpmOnHost } from './host-agent.js';
+import { StateWatcher } from './state-watcher.js';
 
 export interface LocalHostAgentOptions {
   dataDir: string;
@@ -31,10 +34,23 @@ export interface LocalHostAgentOptions {
 const MAX_SOCKET_PATH = 107;
 const UUID_LENGTH = 36;
 
+/** The one file in which swtpm keeps a TPM's persistent state. */
+export function stateFileName(spec: TpmSpec): string {
+  return spec.version === '2.0' ? 'tpm2-00.permall' : 'tpm-00.permall';
+}
+
+interface Tracked {
+  instance: SwtpmInstance;
+  watcher: StateWatcher;
+  /** Resolves once the final state and the exit have been reported. */
+  exitReported: Promise<void>;
+}
+
 export class LocalHostAgent implements HostAgent {
   readonly hostName: string;
-  private readonly instances = new Map<string, SwtpmInstance>();
+  private readonly instances = new Map<string, Tracked>();
   private readonly exitListeners: Array<(exit: VtpmExit) => void> = [];
+  private readonly changeListeners: Array<(change: StateChange) => Promise<void>> = [];
   private description: HostDescription | undefined;
 
   private constructor(private readonly options: LocalHostAgentOptions) {
@@ -73,25 +89,34 @@ export class LocalHostAgent implements HostAgent {
       const vm = /^(.+)\.pid$/.exec(file)?.[1];
       if (vm === undefined) continue;
       const instance = await adoptSwtpm(this.paths(vm));
-      if (instance) {
+      const stateFile = instance && (await readdir(this.paths(vm).stateDir)).find((f) => f.endsWith('.permall'));
+      if (instance && stateFile) {
         this.options.logger.info({ vm, pid: instance.pid }, 'adopted running swtpm');
-        this.track(vm, instance);
+        this.track(vm, instance, stateFile);
       } else {
         await this.removeRuntimeFiles(vm);
       }
     }
   }
 
-  private track(vm: string, instance: SwtpmInstance): void {
-    this.instances.set(vm, instance);
-    void instance.exited.then(async ({ code, signal }) => {
-      if (this.instances.get(vm) !== instance) return;
+  private reportChange(change: StateChange): Promise<void> {
+    return Promise.all(this.changeListeners.map((listener) => listener(change))).then(() => undefined);
+  }
+
+  private track(vm: string, instance: SwtpmInstance, stateFile: string, initial?: Buffer): void {
+    const watcher = new StateWatcher(this.paths(vm).stateDir, stateFile, (data) => this.reportChange({ vm, data, final: false }), initial);
+    const exitReported = instance.exited.then(async ({ code, signal }) => {
+      if (this.instances.get(vm) !== tracked) return;
+      await watcher.close().catch((error: unknown) => this.options.logger.error({ vm, err: error }, 'the final state could not be reported'));
       this.instances.delete(vm);
       await this.removeRuntimeFiles(vm);
       const level = code === 0 || code === null ? 'info' : 'warn';
       this.options.logger[level]({ vm, code, signal }, 'swtpm exited');
       for (const listener of this.exitListeners) listener({ vm, code, signal });
     });
+    const tracked: Tracked = { instance, watcher, exitReported };
+    this.instances.set(vm, tracked);
+    watcher.start();
   }
 
   private async removeRuntimeFiles(vm: string): Promise<void> {
@@ -108,12 +133,12 @@ export class LocalHostAgent implements HostAgent {
     return this.description;
   }
 
-  async manufacture(request: VtpmOnHost): Promise<EkCertificate[]> {
+  async manufacture(request: VtpmOnHost): Promise<ManufacturedVtpm> {
     if (this.instances.has(request.vm)) throw new StateConflictError(`vTPM ${request.vm} is running on ${this.hostName}; it cannot be manufactured again`);
     const { stateDir } = this.paths(request.vm);
     await rm(stateDir, { recursive: true, force: true });
     try {
-      return await manufactureTpm({
+      const ekCertificates = await manufactureTpm({
         vm: request.vm,
         spec: request.spec,
         stateDir,
@@ -121,27 +146,35 @@ export class LocalHostAgent implements HostAgent {
         authority: this.options.authority,
         scratchRoot: this.options.scratchDir,
       });
-    } catch (error) {
+      return { ekCertificates, state: await readFile(join(stateDir, stateFileName(request.spec))) };
+    } finally {
       await rm(stateDir, { recursive: true, force: true });
-      throw error;
     }
   }
 
-  async start(request: VtpmOnHost): Promise<RunningVtpm> {
+  async start(request: VtpmOnHost & { state: Buffer }): Promise<RunningVtpm> {
     if (this.instances.has(request.vm)) throw new StateConflictError(`vTPM ${request.vm} is already running on ${this.hostName}`, { vm: request.vm });
     const paths = this.paths(request.vm);
-    const stateFiles = await readdir(paths.stateDir).catch(() => []);
-    if (!stateFiles.some((file) => file.endsWith('.permall'))) {
-      throw new EmulatorError(`the state of vTPM ${request.vm} is missing from ${paths.stateDir} on ${this.hostName}`, { vm: request.vm, host: this.hostName });
-    }
+    const stateFile = stateFileName(request.spec);
+    await rm(paths.stateDir, { recursive: true, force: true });
+    await mkdir(paths.stateDir, { mode: 0o700 });
+    await writeFile(join(paths.stateDir, stateFile), request.state, { mode: 0o600 });
     const instance = await launchSwtpm(request.spec, paths, request.stateKey);
-    this.track(request.vm, instance);
+    this.track(request.vm, instance, stateFile, request.state);
     return { vm: request.vm, pid: instance.pid, socket: paths.socket };
   }
 
+  async resync(vm: string): Promise<void> {
+    const tracked = this.instances.get(vm);
+    if (!tracked) throw new StateConflictError(`vTPM ${vm} is not running on ${this.hostName}`, { vm });
+    await tracked.watcher.check();
+  }
+
   async stop(vm: string): Promise<void> {
-    const instance = this.instances.get(vm);
-    if (instance) await terminateSwtpm(instance);
+    const tracked = this.instances.get(vm);
+    if (!tracked) return;
+    await terminateSwtpm(tracked.instance);
+    await tracked.exitReported;
   }
 
   async destroy(vm: string): Promise<void> {
@@ -153,7 +186,11 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async running(): Promise<RunningVtpm[]> {
-    return [...this.instances].map(([vm, instance]) => ({ vm, pid: instance.pid, socket: this.socketPath(vm) }));
+    return [...this.instances].map(([vm, { instance }]) => ({ vm, pid: instance.pid, socket: this.socketPath(vm) }));
+  }
+
+  onStateChange(listener: (change: StateChange) => Promise<void>): void {
+    this.changeListeners.push(listener);
   }
 
   onExit(listener: (exit: VtpmExit) => void): void {
@@ -162,6 +199,8 @@ export class LocalHostAgent implements HostAgent {
 
   async close(): Promise<void> {
     this.exitListeners.length = 0;
+    this.changeListeners.length = 0;
+    for (const { watcher } of this.instances.values()) watcher.stop();
     this.instances.clear();
   }
 }

@@ -9,7 +9,7 @@ import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 
 import pino from 'pino';
 import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
 import { startServer } from '../control/server.js';
-import type { Attachment, HostView, VtpmView } from '../control/vtpm-service.js';
+import type { Attachment, GenerationView, HostView, VtpmView } from '../control/vtpm-service.js';
 import { KEY_MANAGER_KINDS } from '../keys/index.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
 import { ApiClient } from './client.js';
@@ -78,6 +78,14 @@ function keyValue(field: string) {
   };
 }
 
+function positiveInteger(field: string) {
+  return (value: string): number => {
+    const parsed = Number(value);
+    if (!Number.isInteger(parsed) || parsed < 1) throw new CommanderArgumentError(`${field} takes a whole number of at least 1, got "${value}"`);
+    return parsed;
+  };
+}
+
 const showVtpm = (vtpm: VtpmView) => fields(vtpm as unknown as Record<string, unknown>, ['vm', 'version', 'model', 'host', 'status', 'socket', 'project', 'created_at', 'updated_at']);
 const showAttachment = (attachment: Attachment) =>
   [`socket       ${attachment.socket}`, `qemu args    ${attachment.qemu_args.map(shellQuote).join(' ')}`, 'libvirt xml', attachment.libvirt_xml].join('\n');
@@ -88,8 +96,9 @@ withClientOptions(program.command('serve'))
   .option('--run-dir <dir>', 'where swtpm sockets and pid files go (env VTPM_RUN_DIR; default <data-dir>/run)')
   .option('--scratch-dir <dir>', 'memory file system for short-lived secret configuration', defaultScratchDir())
   .addOption(new Option('--key-manager <kind>', 'key manager backend').choices([...KEY_MANAGER_KINDS]).default('local'))
+  .option('--retention <count>', 'state generations kept per vTPM', positiveInteger('--retention'), 20)
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; logLevel: string }, command: Command) => {
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; logLevel: string }, command: Command) => {
     const { dataDir } = globals(command);
     const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
     const server = await startServer({
@@ -98,6 +107,7 @@ withClientOptions(program.command('serve'))
       runDir: options.runDir ?? defaultRunDir(dataDir),
       scratchDir: options.scratchDir,
       keyManager: options.keyManager,
+      retention: options.retention,
       logger,
       version: packageVersion,
     });
@@ -190,6 +200,24 @@ withClientOptions(program.command('ek'))
       throw new InvalidArgumentError('--key-type', `one of ${certificates.map((c) => c.key_type).join(', ')}`, options.keyType);
     }
     emit(command, { certificates: chosen }, () => chosen.map((c) => c.pem.trimEnd()).join('\n'));
+  });
+
+withClientOptions(program.command('history'))
+  .description('state generations of the vTPM in the vault, newest first')
+  .argument('<vm>', 'VM UUID')
+  .action(async (vm: string, _options: unknown, command: Command) => {
+    const { generations } = await (await client(command)).request<{ generations: GenerationView[] }>('GET', `${vmPath(vm)}/generations`);
+    emit(command, generations, () =>
+      table(generations.map((g) => ({ generation: g.generation, kind: g.kind, size: g.size, digest: g.digest.slice(0, 16), reason: g.reason, time: g.created_at })), ['generation', 'kind', 'size', 'digest', 'reason', 'time']));
+  });
+
+withClientOptions(program.command('restore'))
+  .description('make an older state generation the newest again (stopped vTPMs only; nothing is deleted)')
+  .argument('<vm>', 'VM UUID')
+  .requiredOption('--generation <n>', 'generation to restore', positiveInteger('--generation'))
+  .action(async (vm: string, options: { generation: number }, command: Command) => {
+    const restored = await (await client(command)).request<VtpmView & { generation: number }>('POST', `${vmPath(vm)}/restore`, { generation: options.generation });
+    emit(command, restored, () => `restored generation ${options.generation} of ${vm} as generation ${restored.generation}`);
   });
 
 withClientOptions(program.command('hosts'))

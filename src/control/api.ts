@@ -68,6 +68,16 @@ const EkCertificates = Type.Object({
   certificates: Type.Array(Type.Object({ key_type: Type.String(), pem: Type.String() })),
 });
 
+const Generation = Type.Object({
+  generation: Type.Integer(),
+  kind: Type.String({ description: 'tpm (TPM permanent state) or nvram (UEFI variable store)' }),
+  size: Type.Integer(),
+  digest: Type.String({ description: 'SHA-256 of the stored state, hex' }),
+  reason: Type.String({ description: 'create, sync, stop, restore or import' }),
+  created_at: Type.String(),
+});
+const RestoreBody = Type.Object({ generation: Type.Integer({ minimum: 1 }) }, { additionalProperties: false });
+
 const VmParams = Type.Object({ vm: Type.String({ description: 'VM UUID' }) });
 const DeleteQuery = Type.Object({ force: Type.Optional(Type.Boolean({ default: false })) });
 
@@ -193,6 +203,25 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
   app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/ek', {
     schema: { summary: 'EK certificates (PEM)', tags: ['vtpms'], params: VmParams, response: { 200: EkCertificates, ...errors(400, 401, 404, 409) } },
   }, async (request) => ({ certificates: await service.ekCertificates(request.params.vm, actorOf(request)) }));
+
+  app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/generations', {
+    schema: {
+      summary: 'State generations in the vault, newest first',
+      tags: ['vault'],
+      params: VmParams,
+      response: { 200: Type.Object({ generations: Type.Array(Generation) }), ...errors(400, 401, 404) },
+    },
+  }, async (request) => ({ generations: await service.history(request.params.vm, actorOf(request)) }));
+
+  app.post<{ Params: Static<typeof VmParams>; Body: Static<typeof RestoreBody> }>('/v1/vtpms/:vm/restore', {
+    schema: {
+      summary: 'Make an older generation the newest again (stopped vTPMs only; nothing is deleted)',
+      tags: ['vault'],
+      params: VmParams,
+      body: RestoreBody,
+      response: { 200: Type.Object({ ...vtpmFields, generation: Type.Integer() }), ...errors(400, 401, 404, 409, 500) },
+    },
+  }, async (request) => service.restore(request.params.vm, request.body.generation, actorOf(request)));
 
   app.get('/v1/hosts', {
     schema: { summary: 'Hosts, their traits and load', tags: ['hosts'], response: { 200: Type.Object({ hosts: Type.Array(Host) }), ...errors(401) } },

@@ -13,6 +13,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { openKeyManager, type KeyManager } from '../keys/index.js';
 import { openEmbeddedStore, type Store } from '../store/index.js';
 import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
+import { StateVault } from '../vault/state-vault.js';
 import { buildApi } from './api.js';
 import { ensureAdminToken } from './tokens.js';
 import { VtpmService } from './vtpm-service.js';
@@ -23,6 +24,8 @@ export interface ServeOptions {
   runDir: string;
   scratchDir: string;
   keyManager: string;
+  /** How many generations of each vTPM's state the vault keeps. */
+  retention: number;
   logger: Logger;
   version: string;
 }
@@ -78,7 +81,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   await checkScratchDir(scratchDir, logger);
   const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
   const agent = await LocalHostAgent.open({ dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }) });
-  const service = new VtpmService(store, keys, new Map([[agent.hostName, agent]]), logger.child({ component: 'control' }));
+  const vault = new StateVault(store, options.retention);
+  const service = new VtpmService(store, keys, vault, new Map([[agent.hostName, agent]]), logger.child({ component: 'control' }));
   await service.registerHosts();
   await service.reconcile();
   const admin = await ensureAdminToken(store, options.dataDir);

@@ -10,14 +10,15 @@
  * - status moves are compare-and-set, and one VM's operations are serialised.
  */
 import type { Logger } from 'pino';
-import type { HostAgent, VtpmExit } from '../agent/host-agent.js';
+import type { HostAgent, StateChange, VtpmExit } from '../agent/host-agent.js';
 import { InvalidArgumentError, NotFoundError, StateConflictError } from '../errors.js';
 import { libvirtTpmXml } from '../hypervisor/libvirt.js';
 import { qemuTpmArgs } from '../hypervisor/qemu.js';
 import type { KeyManager } from '../keys/key-manager.js';
 import { resolveTpmSpec, type SpecRequest } from '../spec/resolve.js';
 import { isTpmModel, isTpmVersion, type TpmSpec } from '../spec/tpm-spec.js';
-import type { Store, VtpmRecord } from '../store/index.js';
+import type { GenerationSummary, Store, VtpmRecord } from '../store/index.js';
+import { vaultKeyFrom, type StateVault } from '../vault/state-vault.js';
 import { openEkCertificates, sealEkCertificates, toPem } from './ek-certificates.js';
 import { KeyedLock } from './keyed-lock.js';
 import { chooseHost } from './scheduler.js';
@@ -51,6 +52,24 @@ export interface Attachment {
   qemu_args: string[];
   libvirt_xml: string;
 }
+
+export interface GenerationView {
+  generation: number;
+  kind: string;
+  size: number;
+  digest: string;
+  reason: string;
+  created_at: string;
+}
+
+const generationView = (g: GenerationSummary): GenerationView => ({
+  generation: g.generation,
+  kind: g.kind,
+  size: g.size,
+  digest: g.digest,
+  reason: g.reason,
+  created_at: g.createdAt,
+});
 
 export interface HostView {
   name: string;
@@ -93,14 +112,32 @@ function view(record: VtpmRecord): VtpmView {
 
 export class VtpmService {
   private readonly lock = new KeyedLock();
+  /**
+   * Vault keys of running vTPMs, in memory only: state keeps syncing while
+   * they run even if the key manager is briefly unreachable.
+   */
+  private readonly runningVaultKeys = new Map<string, Buffer>();
 
   constructor(
     private readonly store: Store,
     private readonly keys: KeyManager,
+    private readonly vault: StateVault,
     private readonly agents: ReadonlyMap<string, HostAgent>,
     private readonly logger: Logger,
   ) {
-    for (const agent of agents.values()) agent.onExit((exit) => void this.onSwtpmExit(exit));
+    for (const agent of agents.values()) {
+      agent.onStateChange((change) => this.onStateChange(change));
+      agent.onExit((exit) => void this.onSwtpmExit(exit));
+    }
+  }
+
+  private async vaultKeyOf(record: VtpmRecord): Promise<Buffer> {
+    const secret = await this.keys.readSecret(record.secretRef);
+    try {
+      return vaultKeyFrom(secret);
+    } finally {
+      secret.fill(0);
+    }
   }
 
   private agentFor(host: string): HostAgent {
@@ -143,11 +180,33 @@ export class VtpmService {
       if (record.status !== status) {
         await this.store.updateVtpm(record.vm, { status, socket: isRunning ? this.agentFor(record.host).socketPath(record.vm) : null });
       }
+      if (isRunning) {
+        // Changes made while the control plane was down are committed now.
+        this.runningVaultKeys.set(record.vm, await this.vaultKeyOf(record));
+        await this.agentFor(record.host).resync(record.vm);
+      }
+    }
+  }
+
+  private async onStateChange(change: StateChange): Promise<void> {
+    const vaultKey = this.runningVaultKeys.get(change.vm);
+    if (!vaultKey) {
+      this.logger.error({ vm: change.vm }, 'a state change arrived for a vTPM with no vault key in memory; it is not committed');
+      return;
+    }
+    try {
+      const generation = await this.vault.commit(change.vm, 'tpm', vaultKey, change.data, change.final ? 'stop' : 'sync');
+      if (generation !== undefined) this.logger.debug({ vm: change.vm, generation, final: change.final }, 'state generation committed');
+    } catch (error) {
+      this.logger.error({ vm: change.vm, err: error }, 'a state change could not be committed to the vault; the host keeps its copy');
+      throw error;
     }
   }
 
   private async onSwtpmExit(exit: VtpmExit): Promise<void> {
     // Not under the VM's lock: stop() holds it while it waits for this very exit.
+    this.runningVaultKeys.get(exit.vm)?.fill(0);
+    this.runningVaultKeys.delete(exit.vm);
     await this.store.updateVtpm(exit.vm, { status: 'stopped', socket: null }, ['running', 'stopping']);
   }
 
@@ -172,9 +231,11 @@ export class VtpmService {
       }
       try {
         const secret = await this.keys.readSecret(secretRef);
-        const certificates = await this.agentFor(host.name).manufacture({ vm, spec, stateKey: secret });
-        const ready = await this.store.updateVtpm(vm, { status: 'stopped', ekCertificates: sealEkCertificates(secret, vm, certificates) }, ['creating']);
+        const manufactured = await this.agentFor(host.name).manufacture({ vm, spec, stateKey: secret });
+        await this.vault.commit(vm, 'tpm', vaultKeyFrom(secret), manufactured.state, 'create');
+        const ekCertificates = sealEkCertificates(secret, vm, manufactured.ekCertificates);
         secret.fill(0);
+        const ready = await this.store.updateVtpm(vm, { status: 'stopped', ekCertificates }, ['creating']);
         this.logger.info({ vm, host: host.name, version: spec.version, model: spec.model }, 'vTPM created');
         return view(ready!);
       } catch (error) {
@@ -189,6 +250,7 @@ export class VtpmService {
   private async erase(record: VtpmRecord): Promise<void> {
     await this.keys.deleteSecret(record.secretRef);
     if (this.agents.has(record.host)) await this.agentFor(record.host).destroy(record.vm);
+    await this.vault.forget(record.vm);
     await this.store.deleteVtpm(record.vm);
   }
 
@@ -211,12 +273,18 @@ export class VtpmService {
       const spec = specOf(current);
       try {
         const secret = await this.keys.readSecret(current.secretRef);
-        const started = await this.agentFor(current.host).start({ vm: current.vm, spec, stateKey: secret });
+        const vaultKey = vaultKeyFrom(secret);
+        // Always the vault's newest generation, verified, never whatever a host's disk holds.
+        const newest = await this.vault.newest(current.vm, 'tpm', vaultKey);
+        if (!newest) throw new StateConflictError(`vTPM ${current.vm} has no state in the vault`, { vm: current.vm });
+        this.runningVaultKeys.set(current.vm, vaultKey);
+        const started = await this.agentFor(current.host).start({ vm: current.vm, spec, stateKey: secret, state: newest.data });
         secret.fill(0);
         const running = await this.store.updateVtpm(current.vm, { status: 'running', socket: started.socket }, ['starting']);
         this.logger.info({ vm: current.vm, host: current.host, pid: started.pid }, 'vTPM started');
         return { ...view(running ?? current), ...this.attachment(spec, started.socket) };
       } catch (error) {
+        this.runningVaultKeys.delete(current.vm);
         await this.store.updateVtpm(current.vm, { status: 'stopped', socket: null }, ['starting']);
         throw error;
       }
@@ -249,6 +317,31 @@ export class VtpmService {
       await this.store.updateVtpm(current.vm, { status: 'deleting' });
       await this.erase(current);
       this.logger.info({ vm: current.vm }, 'vTPM deleted');
+    });
+  }
+
+  async history(vm: string, actor: Actor): Promise<GenerationView[]> {
+    const record = await this.load(vm, actor);
+    return (await this.vault.history(record.vm)).map(generationView);
+  }
+
+  /** Makes an older generation the newest one again; nothing is deleted. Stopped vTPMs only. */
+  async restore(vm: string, generation: number, actor: Actor): Promise<VtpmView & { generation: number }> {
+    const record = await this.load(vm, actor);
+    return this.lock.run(record.vm, async () => {
+      const current = await this.load(record.vm, actor);
+      if (current.status !== 'stopped') {
+        throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a stopped vTPM can be restored`, { vm: current.vm, status: current.status });
+      }
+      const vaultKey = await this.vaultKeyOf(current);
+      try {
+        const chosen = await this.vault.read(current.vm, 'tpm', generation, vaultKey);
+        const committed = await this.vault.commit(current.vm, 'tpm', vaultKey, chosen.data, 'restore');
+        this.logger.info({ vm: current.vm, from: generation, generation: committed }, 'state generation restored');
+        return { ...view(current), generation: committed! };
+      } finally {
+        vaultKey.fill(0);
+      }
     });
   }
 

@@ -46,6 +46,32 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0002_state_vault': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('state_generations')
+        .addColumn('vm', 'varchar(36)', (c) => c.notNull())
+        .addColumn('kind', 'varchar(16)', (c) => c.notNull())
+        .addColumn('generation', 'integer', (c) => c.notNull())
+        .addColumn('previous_digest', 'varchar(64)', (c) => c.notNull())
+        .addColumn('digest', 'varchar(64)', (c) => c.notNull())
+        .addColumn('size', 'integer', (c) => c.notNull())
+        .addColumn('reason', 'varchar(16)', (c) => c.notNull())
+        .addColumn('wrapped_key', 'blob', (c) => c.notNull())
+        .addColumn('ciphertext', 'blob', (c) => c.notNull())
+        .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
+        .addPrimaryKeyConstraint('state_generations_pk', ['vm', 'kind', 'generation'])
+        .execute();
+      await db.schema
+        .createTable('state_heads')
+        .addColumn('vm', 'varchar(36)', (c) => c.notNull())
+        .addColumn('kind', 'varchar(16)', (c) => c.notNull())
+        .addColumn('generation', 'integer', (c) => c.notNull())
+        .addColumn('digest', 'varchar(64)', (c) => c.notNull())
+        .addPrimaryKeyConstraint('state_heads_pk', ['vm', 'kind'])
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -45,9 +45,38 @@ export interface SettingTable {
   value: string;
 }
 
+export type StateKind = 'tpm' | 'nvram';
+export type GenerationReason = 'create' | 'sync' | 'stop' | 'restore' | 'import';
+
+/** One encrypted copy of a vTPM's state; see src/vault for what binds it. */
+export interface StateGenerationTable {
+  vm: string;
+  kind: StateKind;
+  generation: number;
+  previous_digest: string;
+  /** SHA-256 of the plaintext, hex. */
+  digest: string;
+  size: number;
+  reason: GenerationReason;
+  /** The generation's data key, wrapped by the vTPM's key-encryption key. */
+  wrapped_key: Buffer;
+  ciphertext: Buffer;
+  created_at: string;
+}
+
+/** The newest acknowledged generation of each vTPM and kind: what rollback is measured against. */
+export interface StateHeadTable {
+  vm: string;
+  kind: StateKind;
+  generation: number;
+  digest: string;
+}
+
 export interface Database {
   vtpms: VtpmTable;
   hosts: HostTable;
   api_tokens: ApiTokenTable;
   settings: SettingTable;
+  state_generations: StateGenerationTable;
+  state_heads: StateHeadTable;
 }

@@ -7,7 +7,7 @@
 import { type Dialect, Kysely, type Selectable } from 'kysely';
 import { AlreadyExistsError } from '../errors.js';
 import { migrateToLatest } from './migrations.js';
-import type { Database, HostTable, VtpmStatus, VtpmTable } from './schema.js';
+import type { Database, GenerationReason, HostTable, StateKind, VtpmStatus, VtpmTable } from './schema.js';
 
 export interface VtpmRecord {
   vm: string;
@@ -29,6 +29,26 @@ export interface HostRecord {
   traits: string[];
   capabilities: unknown;
   lastSeen: string;
+}
+
+export interface GenerationRecord {
+  vm: string;
+  kind: StateKind;
+  generation: number;
+  previousDigest: string;
+  digest: string;
+  size: number;
+  reason: GenerationReason;
+  wrappedKey: Buffer;
+  ciphertext: Buffer;
+  createdAt: string;
+}
+
+export type GenerationSummary = Omit<GenerationRecord, 'wrappedKey' | 'ciphertext'>;
+
+export interface StateHead {
+  generation: number;
+  digest: string;
 }
 
 export type VtpmPatch = Partial<Pick<VtpmRecord, 'status' | 'ekCertificates' | 'socket'>>;
@@ -135,6 +155,114 @@ export class Store {
 
   async deleteVtpm(vm: string): Promise<void> {
     await this.db.deleteFrom('vtpms').where('vm', '=', vm).execute();
+  }
+
+  async getHead(vm: string, kind: StateKind): Promise<StateHead | undefined> {
+    return this.db.selectFrom('state_heads').select(['generation', 'digest']).where('vm', '=', vm).where('kind', '=', kind).executeTakeFirst();
+  }
+
+  /**
+   * Appends a generation and moves the head to it, in one transaction, only if
+   * the head is still at `generation - 1`: two writers can never both commit
+   * the same number. Returns false when the head had moved.
+   */
+  async appendGeneration(record: Omit<GenerationRecord, 'createdAt'>): Promise<boolean> {
+    return this.db.transaction().execute(async (trx) => {
+      const head = await trx.selectFrom('state_heads').select('generation').where('vm', '=', record.vm).where('kind', '=', record.kind).executeTakeFirst();
+      if ((head?.generation ?? 0) !== record.generation - 1) return false;
+      await trx
+        .insertInto('state_generations')
+        .values({
+          vm: record.vm,
+          kind: record.kind,
+          generation: record.generation,
+          previous_digest: record.previousDigest,
+          digest: record.digest,
+          size: record.size,
+          reason: record.reason,
+          wrapped_key: record.wrappedKey,
+          ciphertext: record.ciphertext,
+          created_at: now(),
+        })
+        .execute();
+      if (head) {
+        await trx
+          .updateTable('state_heads')
+          .set({ generation: record.generation, digest: record.digest })
+          .where('vm', '=', record.vm)
+          .where('kind', '=', record.kind)
+          .execute();
+      } else {
+        await trx.insertInto('state_heads').values({ vm: record.vm, kind: record.kind, generation: record.generation, digest: record.digest }).execute();
+      }
+      return true;
+    });
+  }
+
+  async getGeneration(vm: string, kind: StateKind, generation: number): Promise<GenerationRecord | undefined> {
+    const row = await this.db
+      .selectFrom('state_generations')
+      .selectAll()
+      .where('vm', '=', vm)
+      .where('kind', '=', kind)
+      .where('generation', '=', generation)
+      .executeTakeFirst();
+    return row && {
+      vm: row.vm,
+      kind: row.kind,
+      generation: row.generation,
+      previousDigest: row.previous_digest,
+      digest: row.digest,
+      size: row.size,
+      reason: row.reason,
+      wrappedKey: Buffer.from(row.wrapped_key),
+      ciphertext: Buffer.from(row.ciphertext),
+      createdAt: row.created_at,
+    };
+  }
+
+  /** Newest first. */
+  async listGenerations(vm: string): Promise<GenerationSummary[]> {
+    const rows = await this.db
+      .selectFrom('state_generations')
+      .select(['vm', 'kind', 'generation', 'previous_digest', 'digest', 'size', 'reason', 'created_at'])
+      .where('vm', '=', vm)
+      .orderBy('kind')
+      .orderBy('generation', 'desc')
+      .execute();
+    return rows.map((row) => ({
+      vm: row.vm,
+      kind: row.kind,
+      generation: row.generation,
+      previousDigest: row.previous_digest,
+      digest: row.digest,
+      size: row.size,
+      reason: row.reason,
+      createdAt: row.created_at,
+    }));
+  }
+
+  /** Deletes the generations of a kind older than the newest `keep`. */
+  async pruneGenerations(vm: string, kind: StateKind, keep: number): Promise<void> {
+    const head = await this.getHead(vm, kind);
+    if (!head) return;
+    await this.db
+      .deleteFrom('state_generations')
+      .where('vm', '=', vm)
+      .where('kind', '=', kind)
+      .where('generation', '<=', head.generation - keep)
+      .execute();
+  }
+
+  /** Deletes the vault's generations and head of a VM, of one kind or all. */
+  async deleteState(vm: string, kind?: StateKind): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      for (const table of ['state_generations', 'state_heads'] as const) {
+        let query = trx.deleteFrom(table).where('vm', '=', vm);
+        if (kind !== undefined) query = query.where('kind', '=', kind);
+        await query.execute();
+      }
+    });
   }
 
   async upsertHost(host: Omit<HostRecord, 'lastSeen'>): Promise<void> {

@@ -1,0 +1,102 @@
+/**
+ * The state vault: every vTPM's persistent state as numbered generations in
+ * the database, each envelope-encrypted (AES-256-GCM under a fresh data key,
+ * the data key wrapped by the vTPM's key-encryption key) and bound by its
+ * associated data to the VM, the kind of state, its number and the digest of
+ * the generation before it. A generation that fails authentication, belongs
+ * to another VM or another number, or is older than the head (the newest
+ * acknowledged generation) is refused and never handed to swtpm.
+ *
+ * The key-encryption key is derived from the vTPM's own secret, so deleting
+ * that secret crypto-erases every generation too.
+ */
+import { createHash, hkdfSync, randomBytes } from 'node:crypto';
+import { IntegrityError, NotFoundError, RollbackError } from '../errors.js';
+import { KEY_BYTES, open, seal } from '../keys/aead.js';
+import type { GenerationReason, GenerationSummary, StateKind, Store } from '../store/index.js';
+
+/** The previous digest of generation 1. */
+const GENESIS = '0'.repeat(64);
+
+export const digestOf = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+
+export function vaultKeyFrom(secret: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', secret, Buffer.alloc(0), 'vtpm-manager vault key-encryption key v1', KEY_BYTES));
+}
+
+const dataAad = (vm: string, kind: StateKind, generation: number, previousDigest: string) =>
+  `vtpm-manager/vault/v1/data/${vm}/${kind}/${generation}/${previousDigest}`;
+const keyAad = (vm: string, kind: StateKind, generation: number) => `vtpm-manager/vault/v1/data-key/${vm}/${kind}/${generation}`;
+
+export interface StateGeneration {
+  generation: number;
+  digest: string;
+  data: Buffer;
+}
+
+export class StateVault {
+  constructor(private readonly store: Store, private readonly retention: number) {}
+
+  /**
+   * Commits `data` as the next generation unless it equals the head. Returns
+   * the new generation number, or undefined when nothing changed. Callers
+   * serialise commits per VM; a lost race is reported, not retried blindly.
+   */
+  async commit(vm: string, kind: StateKind, vaultKey: Buffer, data: Buffer, reason: GenerationReason): Promise<number | undefined> {
+    const head = await this.store.getHead(vm, kind);
+    const digest = digestOf(data);
+    if (head?.digest === digest && (reason === 'sync' || reason === 'stop')) return undefined;
+    const generation = (head?.generation ?? 0) + 1;
+    const previousDigest = head?.digest ?? GENESIS;
+    const dataKey = randomBytes(KEY_BYTES);
+    const ciphertext = seal(dataKey, data, dataAad(vm, kind, generation, previousDigest));
+    const wrappedKey = seal(vaultKey, dataKey, keyAad(vm, kind, generation));
+    dataKey.fill(0);
+    const appended = await this.store.appendGeneration({ vm, kind, generation, previousDigest, digest, size: data.length, reason, wrappedKey, ciphertext });
+    if (!appended) throw new RollbackError(`generation ${generation} of VM ${vm} (${kind}) lost a race with another writer; the vault head moved`, { vm, kind, generation });
+    await this.store.pruneGenerations(vm, kind, this.retention);
+    return generation;
+  }
+
+  /** Opens one generation, checking everything that binds it. */
+  async read(vm: string, kind: StateKind, generation: number, vaultKey: Buffer): Promise<StateGeneration> {
+    const record = await this.store.getGeneration(vm, kind, generation);
+    if (!record) throw new NotFoundError(`generation ${generation} (${kind}) of VM`, vm);
+    const what = `generation ${generation} (${kind}) of VM ${vm}`;
+    const dataKey = open(vaultKey, record.wrappedKey, keyAad(vm, kind, generation), what);
+    const data = open(dataKey, record.ciphertext, dataAad(vm, kind, generation, record.previousDigest), what);
+    dataKey.fill(0);
+    if (digestOf(data) !== record.digest) throw new IntegrityError(`${what} does not match its recorded digest`, { vm, kind, generation });
+    const previous = generation > 1 ? await this.store.getGeneration(vm, kind, generation - 1) : undefined;
+    if (previous && previous.digest !== record.previousDigest) {
+      throw new IntegrityError(`${what} does not follow generation ${generation - 1}: the chain is broken`, { vm, kind, generation });
+    }
+    return { generation, digest: record.digest, data };
+  }
+
+  /** The head generation, refusing a vault whose newest row is not the acknowledged head. */
+  async newest(vm: string, kind: StateKind, vaultKey: Buffer): Promise<StateGeneration | undefined> {
+    const head = await this.store.getHead(vm, kind);
+    if (!head) return undefined;
+    const stored = (await this.store.listGenerations(vm)).find((g) => g.kind === kind);
+    if (!stored || stored.generation !== head.generation) {
+      throw new RollbackError(
+        `the vault holds generation ${stored?.generation ?? 'none'} (${kind}) of VM ${vm} but generation ${head.generation} was acknowledged: its state was rolled back or deleted`,
+        { vm, kind, acknowledged: head.generation, found: stored?.generation ?? null },
+      );
+    }
+    const newest = await this.read(vm, kind, head.generation, vaultKey);
+    if (newest.digest !== head.digest) {
+      throw new RollbackError(`generation ${head.generation} (${kind}) of VM ${vm} is not the one that was acknowledged`, { vm, kind, generation: head.generation });
+    }
+    return newest;
+  }
+
+  history(vm: string): Promise<GenerationSummary[]> {
+    return this.store.listGenerations(vm);
+  }
+
+  async forget(vm: string, kind?: StateKind): Promise<void> {
+    await this.store.deleteState(vm, kind);
+  }
+}
