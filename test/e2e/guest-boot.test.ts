@@ -6,17 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { bootGuest, buildInitramfs, findKernel, resetCountOf, responseCode, type GuestReport } from './support/guest.js';
 import { ekModulus, serviceForFile, type StartedJson, type VtpmJson } from './support/service.js';
 
-const context = serviceForFile('vtpm-boot');
 let kernel: string;
 let initramfs: string;
-
-before(async () => {
+const context = serviceForFile('vtpm-boot', async ({ workDir }) => {
   kernel = await findKernel();
-  initramfs = await buildInitramfs(context.workDir);
+  initramfs = await buildInitramfs(workDir);
 });
 
 async function bootOnce(vm: string): Promise<GuestReport> {

@@ -42,6 +42,8 @@ if [ -e /dev/tpm0 ]; then
     echo "VTPM-RSP $name $(hexdump -v -e '/1 "%02x"' /tmp/rsp)"
   done
 fi
+hold=$(sed -n 's/.*vtpm.hold=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
+if [ -n "$hold" ]; then echo VTPM-HOLDING; sleep "$hold"; fi
 echo VTPM-DONE
 poweroff -f
 `;
@@ -80,16 +82,26 @@ export interface BootOptions {
   initramfs: string;
   /** The TPM arguments the product returned. */
   qemuArgs: string[];
+  /** Seconds the guest stays up after its TPM commands, before it powers off. */
+  holdSeconds?: number;
   timeoutMs?: number;
 }
 
 /** Starts QEMU; `report` resolves with what the guest printed once it powered off. */
-export function launchGuest(options: BootOptions): { pid: number; kill: (signal: NodeJS.Signals) => void; report: Promise<GuestReport> } {
+export interface RunningGuest {
+  pid: number;
+  kill: (signal: NodeJS.Signals) => void;
+  /** True once the guest has sent its TPM commands and is holding. */
+  holding: () => boolean;
+  report: Promise<GuestReport>;
+}
+
+export function launchGuest(options: BootOptions): RunningGuest {
   // TCG by default: a /dev/kvm inside a VM is often nested and unusable (QEMU fails on MSRs or the guest hangs).
   const accel = process.env.VTPM_TEST_QEMU_ACCEL ?? 'tcg';
   const qemu = spawn('qemu-system-x86_64', [
     '-machine', `q35,accel=${accel}`, '-m', '256', '-nographic', '-no-reboot',
-    '-kernel', options.kernel, '-initrd', options.initramfs, '-append', 'console=ttyS0 panic=-1 quiet',
+    '-kernel', options.kernel, '-initrd', options.initramfs, '-append', `console=ttyS0 panic=-1 quiet${options.holdSeconds ? ` vtpm.hold=${options.holdSeconds}` : ''}`,
     ...options.qemuArgs,
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -110,7 +122,7 @@ export function launchGuest(options: BootOptions): { pid: number; kill: (signal:
       resolve({ devices: field('VTPM-DEVICES').split(/\s+/).filter(Boolean), version: field('VTPM-VERSION'), responses, console: output });
     });
   });
-  return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), report };
+  return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), holding: () => output.includes('VTPM-HOLDING'), report };
 }
 
 export function bootGuest(options: BootOptions): Promise<GuestReport> {
