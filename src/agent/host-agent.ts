@@ -9,7 +9,9 @@
  */
 import type { HostCapabilities } from '../swtpm/capabilities.js';
 import type { EkCertificate } from '../swtpm/manufacture.js';
+import type { Firmware } from '../spec/firmware.js';
 import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { StateKind } from '../store/index.js';
 
 export interface HostDescription {
   name: string;
@@ -31,9 +33,23 @@ export interface ManufacturedVtpm {
 
 export interface StateChange {
   vm: string;
+  kind: StateKind;
   data: Buffer;
-  /** The state swtpm left when it exited. */
+  /** The state left when swtpm exited. */
   final: boolean;
+}
+
+export interface StartRequest extends VtpmOnHost {
+  state: Buffer;
+  firmware: Firmware;
+  /** The UEFI variable store, for UEFI guests. */
+  nvram?: Buffer | undefined;
+}
+
+/** Where QEMU finds a vTPM's socket and variable store on a host, whether or not it runs now. */
+export interface DevicePaths {
+  socket: string;
+  nvram: string;
 }
 
 export interface RunningVtpm {
@@ -57,14 +73,15 @@ export interface HostAgent {
    * Starts swtpm on exactly the given state (whatever the host's disk held
    * before is replaced); resolves when the socket accepts connections.
    */
-  start(request: VtpmOnHost & { state: Buffer }): Promise<RunningVtpm>;
+  start(request: StartRequest): Promise<RunningVtpm>;
+  /** A fresh UEFI variable store from the host's firmware templates. */
+  defaultVariableStore(secureBoot: boolean): Promise<Buffer>;
   /** Stops swtpm; resolves when it is gone. Stopping a vTPM that is not running is not an error. */
   stop(vm: string): Promise<void>;
   /** Removes the vTPM's state from this host. Refuses while it runs. */
   destroy(vm: string): Promise<void>;
   running(): Promise<RunningVtpm[]>;
-  /** Where QEMU will find the vTPM's socket on this host, whether or not it runs now. */
-  socketPath(vm: string): string;
+  devicePaths(vm: string): DevicePaths;
   /**
    * Called for every change of a running vTPM's state, in order per VM; the
    * agent waits for the returned promise before reporting the next change,

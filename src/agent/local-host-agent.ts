@@ -1,24 +1,26 @@
 /**
  * The agent for the machine the service runs on. Layout under the data
- * directory:
- *   tpm/<vm>/          the running vTPM's state, encrypted by swtpm (0700, files 0600);
- *                      a working copy: the vault holds the truth, and start rewrites it
+ * directory, all working copies (the vault holds the truth; start rewrites them):
+ *   tpm/<vm>/          the running vTPM's state, encrypted by swtpm (0700, files 0600)
+ *   nvram/<vm>.fd      a UEFI guest's variable store (0600), which QEMU reads and writes
  *   log/<vm>.log       swtpm's own log
- * and under the run directory:
- *   <vm>.sock, <vm>.pid
+ * and under the run directory: <vm>.sock, <vm>.pid
  */
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { EmulatorError, StateConflictError } from '../errors.js';
+import { EmulatorError, HostSetupError, StateConflictError } from '../errors.js';
+import { ovmfVarsTemplate } from '../hypervisor/ovmf.js';
+import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { StateKind } from '../store/index.js';
 import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';
 import { adoptSwtpm, launchSwtpm, terminateSwtpm, type InstancePaths, type SwtpmInstance } from '../swtpm/instance.js';
 import { manufactureTpm } from '../swtpm/manufacture.js';
-import type { TpmSpec } from '../spec/tpm-spec.js';
-import type { HostAgent, HostDescription, ManufacturedVtpm, RunningVtpm, StateChange, VtpmExit, VtpmOnHost } from './host-agent.js';
-import { StateWatcher } from './state-watcher.js';
+import type { DevicePaths, HostAgent, HostDescription, ManufacturedVtpm, RunningVtpm, StartRequest, StateChange, VtpmExit, VtpmOnHost } from './host-agent.js';
+import { StateWatcher, type WatchedFile } from './state-watcher.js';
 
 export interface LocalHostAgentOptions {
   dataDir: string;
@@ -41,7 +43,7 @@ export function stateFileName(spec: TpmSpec): string {
 
 interface Tracked {
   instance: SwtpmInstance;
-  watcher: StateWatcher;
+  watchers: StateWatcher[];
   /** Resolves once the final state and the exit have been reported. */
   exitReported: Promise<void>;
 }
@@ -62,7 +64,7 @@ export class LocalHostAgent implements HostAgent {
     if (socketLength > MAX_SOCKET_PATH) {
       throw new EmulatorError(`run directory ${options.runDir} is too long for unix socket paths (${socketLength} > ${MAX_SOCKET_PATH} bytes): pass a shorter --run-dir`);
     }
-    for (const dir of [join(options.dataDir, 'tpm'), join(options.dataDir, 'log'), options.runDir, options.scratchDir]) {
+    for (const dir of ['tpm', 'nvram', 'log'].map((d) => join(options.dataDir, d)).concat(options.runDir, options.scratchDir)) {
       await mkdir(dir, { recursive: true, mode: 0o700 });
     }
     const agent = new LocalHostAgent(options);
@@ -73,14 +75,14 @@ export class LocalHostAgent implements HostAgent {
   private paths(vm: string): InstancePaths {
     return {
       stateDir: join(this.options.dataDir, 'tpm', vm),
-      socket: this.socketPath(vm),
+      socket: this.devicePaths(vm).socket,
       pidFile: join(this.options.runDir, `${vm}.pid`),
       logFile: join(this.options.dataDir, 'log', `${vm}.log`),
     };
   }
 
-  socketPath(vm: string): string {
-    return join(this.options.runDir, `${vm}.sock`);
+  devicePaths(vm: string): DevicePaths {
+    return { socket: join(this.options.runDir, `${vm}.sock`), nvram: join(this.options.dataDir, 'nvram', `${vm}.fd`) };
   }
 
   /** swtpm processes outlive a restart of the service; take back those still serving their socket. */
@@ -92,7 +94,7 @@ export class LocalHostAgent implements HostAgent {
       const stateFile = instance && (await readdir(this.paths(vm).stateDir)).find((f) => f.endsWith('.permall'));
       if (instance && stateFile) {
         this.options.logger.info({ vm, pid: instance.pid }, 'adopted running swtpm');
-        this.track(vm, instance, stateFile);
+        this.track(vm, instance, stateFile, existsSync(this.devicePaths(vm).nvram));
       } else {
         await this.removeRuntimeFiles(vm);
       }
@@ -103,20 +105,31 @@ export class LocalHostAgent implements HostAgent {
     return Promise.all(this.changeListeners.map((listener) => listener(change))).then(() => undefined);
   }
 
-  private track(vm: string, instance: SwtpmInstance, stateFile: string, initial?: Buffer): void {
-    const watcher = new StateWatcher(this.paths(vm).stateDir, stateFile, (data) => this.reportChange({ vm, data, final: false }), initial);
+  private watcher(vm: string, kind: StateKind, target: WatchedFile, initial?: Buffer): StateWatcher {
+    return new StateWatcher(target, (data, final) => this.reportChange({ vm, kind, data, final }), initial);
+  }
+
+  private track(vm: string, instance: SwtpmInstance, stateFile: string, withNvram: boolean, initial: { tpm?: Buffer; nvram?: Buffer } = {}): void {
+    const nvram = this.devicePaths(vm).nvram;
+    const watchers = [
+      this.watcher(vm, 'tpm', { dir: this.paths(vm).stateDir, file: stateFile, matches: (name) => name.toLowerCase().endsWith('.permall'), debounceMs: 5 }, initial.tpm),
+      // QEMU writes the variable store in place, a few blocks at a time: a longer pause folds one update.
+      ...(withNvram ? [this.watcher(vm, 'nvram', { dir: join(nvram, '..'), file: `${vm}.fd`, matches: (name) => name === `${vm}.fd`, debounceMs: 50 }, initial.nvram)] : []),
+    ];
     const exitReported = instance.exited.then(async ({ code, signal }) => {
       if (this.instances.get(vm) !== tracked) return;
-      await watcher.close().catch((error: unknown) => this.options.logger.error({ vm, err: error }, 'the final state could not be reported'));
+      for (const watcher of watchers) {
+        await watcher.close().catch((error: unknown) => this.options.logger.error({ vm, err: error }, 'the final state could not be reported'));
+      }
       this.instances.delete(vm);
       await this.removeRuntimeFiles(vm);
       const level = code === 0 || code === null ? 'info' : 'warn';
       this.options.logger[level]({ vm, code, signal }, 'swtpm exited');
       for (const listener of this.exitListeners) listener({ vm, code, signal });
     });
-    const tracked: Tracked = { instance, watcher, exitReported };
+    const tracked: Tracked = { instance, watchers, exitReported };
     this.instances.set(vm, tracked);
-    watcher.start();
+    for (const watcher of watchers) watcher.start();
   }
 
   private async removeRuntimeFiles(vm: string): Promise<void> {
@@ -152,22 +165,34 @@ export class LocalHostAgent implements HostAgent {
     }
   }
 
-  async start(request: VtpmOnHost & { state: Buffer }): Promise<RunningVtpm> {
+  async defaultVariableStore(secureBoot: boolean): Promise<Buffer> {
+    const template = ovmfVarsTemplate(secureBoot);
+    try {
+      return await readFile(template);
+    } catch {
+      throw new HostSetupError(`the UEFI variable store template ${template} is missing on ${this.hostName}; install the Debian package ovmf`, { template });
+    }
+  }
+
+  async start(request: StartRequest): Promise<RunningVtpm> {
     if (this.instances.has(request.vm)) throw new StateConflictError(`vTPM ${request.vm} is already running on ${this.hostName}`, { vm: request.vm });
     const paths = this.paths(request.vm);
+    const nvramPath = this.devicePaths(request.vm).nvram;
     const stateFile = stateFileName(request.spec);
     await rm(paths.stateDir, { recursive: true, force: true });
     await mkdir(paths.stateDir, { mode: 0o700 });
     await writeFile(join(paths.stateDir, stateFile), request.state, { mode: 0o600 });
+    await rm(nvramPath, { force: true });
+    if (request.nvram) await writeFile(nvramPath, request.nvram, { mode: 0o600 });
     const instance = await launchSwtpm(request.spec, paths, request.stateKey);
-    this.track(request.vm, instance, stateFile, request.state);
+    this.track(request.vm, instance, stateFile, request.nvram !== undefined, { tpm: request.state, ...(request.nvram && { nvram: request.nvram }) });
     return { vm: request.vm, pid: instance.pid, socket: paths.socket };
   }
 
   async resync(vm: string): Promise<void> {
     const tracked = this.instances.get(vm);
     if (!tracked) throw new StateConflictError(`vTPM ${vm} is not running on ${this.hostName}`, { vm });
-    await tracked.watcher.check();
+    for (const watcher of tracked.watchers) await watcher.check();
   }
 
   async stop(vm: string): Promise<void> {
@@ -181,12 +206,13 @@ export class LocalHostAgent implements HostAgent {
     if (this.instances.has(vm)) throw new StateConflictError(`vTPM ${vm} is running on ${this.hostName}; stop it before destroying its state`, { vm });
     const { stateDir, logFile } = this.paths(vm);
     await rm(stateDir, { recursive: true, force: true });
+    await rm(this.devicePaths(vm).nvram, { force: true });
     await rm(logFile, { force: true });
     await this.removeRuntimeFiles(vm);
   }
 
   async running(): Promise<RunningVtpm[]> {
-    return [...this.instances].map(([vm, { instance }]) => ({ vm, pid: instance.pid, socket: this.socketPath(vm) }));
+    return [...this.instances].map(([vm, { instance }]) => ({ vm, pid: instance.pid, socket: this.devicePaths(vm).socket }));
   }
 
   onStateChange(listener: (change: StateChange) => Promise<void>): void {
@@ -200,7 +226,7 @@ export class LocalHostAgent implements HostAgent {
   async close(): Promise<void> {
     this.exitListeners.length = 0;
     this.changeListeners.length = 0;
-    for (const { watcher } of this.instances.values()) watcher.stop();
+    for (const { watchers } of this.instances.values()) for (const watcher of watchers) watcher.stop();
     this.instances.clear();
   }
 }

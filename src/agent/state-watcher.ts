@@ -1,8 +1,9 @@
 /**
- * Notices every change of a running swtpm's state file. swtpm writes a
- * temporary file and renames it over the state file; the file-system
- * notification for that rename, after a short debounce that folds the burst of
- * events one write makes, triggers one read. Changes are reported in order,
+ * Notices every change of a state file: swtpm's, which swtpm writes to a
+ * temporary file and renames over the state file, and a UEFI variable store,
+ * which QEMU writes in place. A file-system notification for a matching name,
+ * after a short debounce that folds the burst of events one write makes,
+ * triggers one read. Changes are reported in order,
  * each only after the previous report finished, and only when the content
  * really changed.
  */
@@ -11,7 +12,13 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { digestOf } from '../vault/state-vault.js';
 
-const DEBOUNCE_MS = 5;
+export interface WatchedFile {
+  dir: string;
+  file: string;
+  /** Which notified names concern this file (swtpm's temporary file, for one). */
+  matches: (name: string) => boolean;
+  debounceMs: number;
+}
 
 export class StateWatcher {
   private watcher: FSWatcher | undefined;
@@ -20,36 +27,35 @@ export class StateWatcher {
   private lastDigest: string | undefined;
 
   constructor(
-    private readonly dir: string,
-    private readonly file: string,
-    private readonly report: (data: Buffer) => Promise<void>,
+    private readonly target: WatchedFile,
+    private readonly report: (data: Buffer, final: boolean) => Promise<void>,
     initial?: Buffer,
   ) {
     this.lastDigest = initial && digestOf(initial);
   }
 
   start(): void {
-    this.watcher = watch(this.dir, (_event, name) => {
-      if (name !== null && !name.toLowerCase().endsWith('.permall')) return;
+    this.watcher = watch(this.target.dir, (_event, name) => {
+      if (name !== null && !this.target.matches(name)) return;
       clearTimeout(this.timer);
-      this.timer = setTimeout(() => void this.check(), DEBOUNCE_MS);
+      this.timer = setTimeout(() => void this.check().catch(() => undefined), this.target.debounceMs);
     });
   }
 
   /** Reads the file now and reports it if it changed; resolves once reported. */
-  check(): Promise<void> {
+  check(final = false): Promise<void> {
     // A failed report is the reporter's to log; the next change still gets reported.
     this.reporting = this.reporting.catch(() => undefined).then(async () => {
       let data: Buffer;
       try {
-        data = await readFile(join(this.dir, this.file));
+        data = await readFile(join(this.target.dir, this.target.file));
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
         throw error;
       }
       const digest = digestOf(data);
       if (digest === this.lastDigest) return;
-      await this.report(data);
+      await this.report(data, final);
       this.lastDigest = digest;
     });
     return this.reporting;
@@ -64,6 +70,6 @@ export class StateWatcher {
   /** Stops watching, then makes a last check so that the final state is reported. */
   async close(): Promise<void> {
     this.stop();
-    await this.check();
+    await this.check(true);
   }
 }

@@ -86,9 +86,16 @@ function positiveInteger(field: string) {
   };
 }
 
-const showVtpm = (vtpm: VtpmView) => fields(vtpm as unknown as Record<string, unknown>, ['vm', 'version', 'model', 'host', 'status', 'socket', 'project', 'created_at', 'updated_at']);
+const showVtpm = (vtpm: VtpmView) =>
+  fields(vtpm as unknown as Record<string, unknown>, ['vm', 'version', 'model', 'firmware', 'secure_boot', 'host', 'status', 'socket', 'project', 'created_at', 'updated_at']);
 const showAttachment = (attachment: Attachment) =>
-  [`socket       ${attachment.socket}`, `qemu args    ${attachment.qemu_args.map(shellQuote).join(' ')}`, 'libvirt xml', attachment.libvirt_xml].join('\n');
+  [
+    `socket       ${attachment.socket}`,
+    `qemu args    ${attachment.qemu_args.map(shellQuote).join(' ')}`,
+    'libvirt xml',
+    attachment.libvirt_xml,
+    ...(attachment.libvirt_firmware_xml ? ['libvirt firmware xml (in <os>)', attachment.libvirt_firmware_xml] : []),
+  ].join('\n');
 
 withClientOptions(program.command('serve'))
   .description('run the control plane and this host\'s agent (embedded defaults: SQLite, local key manager)')
@@ -128,8 +135,11 @@ withClientOptions(program.command('create'))
   .addOption(new Option('--model <model>', 'TPM model (default tpm-tis)').choices([...TPM_MODELS]))
   .option('--flavor <key=value>', 'flavor extra spec, e.g. hw:tpm_version=2.0 (repeatable)', keyValue('--flavor'))
   .option('--image <key=value>', 'image property, e.g. hw_tpm_model=tpm-crb (repeatable)', keyValue('--image'))
-  .action(async (options: { vm: string; version?: string; model?: string; flavor?: Record<string, string>; image?: Record<string, string> }, command: Command) => {
-    const created = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms', options);
+  .addOption(new Option('--firmware <type>', 'guest firmware (default bios)').choices(['bios', 'uefi']))
+  .option('--secure-boot', 'UEFI secure boot, Microsoft keys enrolled in the variable store')
+  .action(async (options: { vm: string; version?: string; model?: string; flavor?: Record<string, string>; image?: Record<string, string>; firmware?: string; secureBoot?: boolean }, command: Command) => {
+    const { secureBoot, ...rest } = options;
+    const created = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms', { ...rest, ...(secureBoot && { secure_boot: true }) });
     emit(command, created, () => showVtpm(created));
   });
 
@@ -164,6 +174,15 @@ withClientOptions(program.command('stop'))
     emit(command, stopped, () => showVtpm(stopped));
   });
 
+withClientOptions(program.command('update'))
+  .description('change secure boot of a stopped UEFI guest (its variable store starts afresh)')
+  .argument('<vm>', 'VM UUID')
+  .addOption(new Option('--secure-boot <state>', 'secure boot').choices(['on', 'off']).makeOptionMandatory())
+  .action(async (vm: string, options: { secureBoot: 'on' | 'off' }, command: Command) => {
+    const updated = await (await client(command)).request<VtpmView>('PATCH', vmPath(vm), { secure_boot: options.secureBoot === 'on' });
+    emit(command, updated, () => showVtpm(updated));
+  });
+
 withClientOptions(program.command('delete'))
   .description('delete the vTPM: its secret is destroyed (crypto-erase), then its state')
   .argument('<vm>', 'VM UUID')
@@ -186,7 +205,8 @@ withClientOptions(program.command('libvirt-xml'))
   .argument('<vm>', 'VM UUID')
   .action(async (vm: string, _options: unknown, command: Command) => {
     const attachment = await (await client(command)).request<Attachment>('GET', `${vmPath(vm)}/attachment`);
-    emit(command, { libvirt_xml: attachment.libvirt_xml }, () => attachment.libvirt_xml);
+    emit(command, { libvirt_xml: attachment.libvirt_xml, libvirt_firmware_xml: attachment.libvirt_firmware_xml }, () =>
+      [attachment.libvirt_xml, ...(attachment.libvirt_firmware_xml ? [attachment.libvirt_firmware_xml] : [])].join('\n'));
   });
 
 withClientOptions(program.command('ek'))

@@ -29,7 +29,13 @@ const CreateBody = Type.Object({
   version: Type.Optional(Type.String({ description: 'TPM version: 1.2 or 2.0' })),
   model: Type.Optional(Type.String({ description: 'TPM model: tpm-tis (default) or tpm-crb (2.0 only)' })),
   flavor: Type.Optional(properties('Flavor extra specs, e.g. hw:tpm_version, hw:tpm_model')),
-  image: Type.Optional(properties('Image properties, e.g. hw_tpm_version, hw_tpm_model')),
+  image: Type.Optional(properties('Image properties, e.g. hw_tpm_version, hw_tpm_model, hw_firmware_type, os_secure_boot')),
+  firmware: Type.Optional(Type.String({ description: 'bios (default) or uefi' })),
+  secure_boot: Type.Optional(Type.Boolean({ description: 'UEFI secure boot with Microsoft keys enrolled' })),
+}, { additionalProperties: false });
+
+const UpdateBody = Type.Object({
+  secure_boot: Type.Boolean({ description: 'turning it on or off resets the UEFI variable store to a fresh default' }),
 }, { additionalProperties: false });
 
 const vtpmFields = {
@@ -37,6 +43,8 @@ const vtpmFields = {
   project: Type.String(),
   version: Type.String(),
   model: Type.String(),
+  firmware: Type.String(),
+  secure_boot: Type.Boolean(),
   host: Type.String(),
   status: Type.String({ description: 'creating, stopped, starting, running, stopping, deleting' }),
   socket: Type.Union([Type.String(), Type.Null()]),
@@ -50,6 +58,7 @@ const AttachmentFields = {
   socket: Type.String({ description: 'unix socket of the vTPM on its host' }),
   qemu_args: Type.Array(Type.String(), { description: 'arguments to add to a QEMU command line' }),
   libvirt_xml: Type.String({ description: "libvirt <tpm> element with <backend type='external'>" }),
+  libvirt_firmware_xml: Type.Union([Type.String(), Type.Null()], { description: 'UEFI guests: <loader> and <nvram> for the domain <os>' }),
 };
 
 const Started = Type.Object({ ...vtpmFields, ...AttachmentFields });
@@ -157,13 +166,24 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       response: { 201: Type.Ref(Vtpm), ...errors(400, 401, 409, 500) },
     },
   }, async (request, reply) => {
-    const created = await service.create(request.body, actorOf(request));
+    const { secure_boot: secureBoot, ...rest } = request.body;
+    const created = await service.create({ ...rest, secureBoot }, actorOf(request));
     return reply.status(201).send(created);
   });
 
   app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm', {
     schema: { summary: 'Show a vTPM', tags: ['vtpms'], params: VmParams, response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 404) } },
   }, async (request) => service.show(request.params.vm, actorOf(request)));
+
+  app.patch<{ Params: Static<typeof VmParams>; Body: Static<typeof UpdateBody> }>('/v1/vtpms/:vm', {
+    schema: {
+      summary: 'Change secure boot of a stopped UEFI guest; its variable store starts afresh',
+      tags: ['vtpms'],
+      params: VmParams,
+      body: UpdateBody,
+      response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 404, 409) },
+    },
+  }, async (request) => service.setSecureBoot(request.params.vm, request.body.secure_boot, actorOf(request)));
 
   app.delete<{ Params: Static<typeof VmParams>; Querystring: Static<typeof DeleteQuery> }>('/v1/vtpms/:vm', {
     schema: {

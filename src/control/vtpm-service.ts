@@ -13,8 +13,10 @@ import type { Logger } from 'pino';
 import type { HostAgent, StateChange, VtpmExit } from '../agent/host-agent.js';
 import { InvalidArgumentError, NotFoundError, StateConflictError } from '../errors.js';
 import { libvirtTpmXml } from '../hypervisor/libvirt.js';
+import { libvirtFirmwareXml, qemuFirmwareArgs } from '../hypervisor/ovmf.js';
 import { qemuTpmArgs } from '../hypervisor/qemu.js';
 import type { KeyManager } from '../keys/key-manager.js';
+import { resolveFirmware, type Firmware, type FirmwareRequest } from '../spec/firmware.js';
 import { resolveTpmSpec, type SpecRequest } from '../spec/resolve.js';
 import { isTpmModel, isTpmVersion, type TpmSpec } from '../spec/tpm-spec.js';
 import type { GenerationSummary, Store, VtpmRecord } from '../store/index.js';
@@ -29,7 +31,7 @@ export interface Actor {
   project: string;
 }
 
-export interface CreateRequest extends SpecRequest {
+export interface CreateRequest extends SpecRequest, FirmwareRequest {
   vm: string;
 }
 
@@ -39,6 +41,8 @@ export interface VtpmView {
   project: string;
   version: string;
   model: string;
+  firmware: string;
+  secure_boot: boolean;
   host: string;
   status: string;
   socket: string | null;
@@ -51,6 +55,8 @@ export interface Attachment {
   socket: string;
   qemu_args: string[];
   libvirt_xml: string;
+  /** The <loader> and <nvram> of the domain's <os>, for UEFI guests. */
+  libvirt_firmware_xml: string | null;
 }
 
 export interface GenerationView {
@@ -95,12 +101,16 @@ function specOf(record: VtpmRecord): TpmSpec {
   return { version: record.version, model: record.model };
 }
 
+const firmwareOf = (record: VtpmRecord): Firmware => ({ type: record.firmware === 'uefi' ? 'uefi' : 'bios', secureBoot: record.secureBoot });
+
 function view(record: VtpmRecord): VtpmView {
   return {
     vm: record.vm,
     project: record.project,
     version: record.version,
     model: record.model,
+    firmware: record.firmware,
+    secure_boot: record.secureBoot,
     host: record.host,
     status: record.status,
     socket: record.status === 'running' ? record.socket : null,
@@ -178,7 +188,7 @@ export class VtpmService {
       const isRunning = running.has(record.vm);
       const status = isRunning ? 'running' : 'stopped';
       if (record.status !== status) {
-        await this.store.updateVtpm(record.vm, { status, socket: isRunning ? this.agentFor(record.host).socketPath(record.vm) : null });
+        await this.store.updateVtpm(record.vm, { status, socket: isRunning ? this.agentFor(record.host).devicePaths(record.vm).socket : null });
       }
       if (isRunning) {
         // Changes made while the control plane was down are committed now.
@@ -195,8 +205,8 @@ export class VtpmService {
       return;
     }
     try {
-      const generation = await this.vault.commit(change.vm, 'tpm', vaultKey, change.data, change.final ? 'stop' : 'sync');
-      if (generation !== undefined) this.logger.debug({ vm: change.vm, generation, final: change.final }, 'state generation committed');
+      const generation = await this.vault.commit(change.vm, change.kind, vaultKey, change.data, change.final ? 'stop' : 'sync');
+      if (generation !== undefined) this.logger.debug({ vm: change.vm, kind: change.kind, generation, final: change.final }, 'state generation committed');
     } catch (error) {
       this.logger.error({ vm: change.vm, err: error }, 'a state change could not be committed to the vault; the host keeps its copy');
       throw error;
@@ -213,6 +223,7 @@ export class VtpmService {
   async create(request: CreateRequest, actor: Actor): Promise<VtpmView> {
     const vm = normalizeVm(request.vm);
     const { spec, claims } = resolveTpmSpec(request);
+    const firmware = resolveFirmware(request);
     return this.lock.run(vm, async () => {
       if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
       const counts = await this.store.countVtpmsByHost();
@@ -222,7 +233,8 @@ export class VtpmService {
       let record: VtpmRecord;
       try {
         record = await this.store.insertVtpm({
-          vm, project: actor.project, version: spec.version, model: spec.model, host: host.name, status: 'creating',
+          vm, project: actor.project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot,
+          host: host.name, status: 'creating',
           secretRef, specClaims: claims, ekCertificates: null, socket: null,
         });
       } catch (error) {
@@ -231,8 +243,12 @@ export class VtpmService {
       }
       try {
         const secret = await this.keys.readSecret(secretRef);
-        const manufactured = await this.agentFor(host.name).manufacture({ vm, spec, stateKey: secret });
-        await this.vault.commit(vm, 'tpm', vaultKeyFrom(secret), manufactured.state, 'create');
+        const agent = this.agentFor(host.name);
+        const manufactured = await agent.manufacture({ vm, spec, stateKey: secret });
+        const vaultKey = vaultKeyFrom(secret);
+        await this.vault.commit(vm, 'tpm', vaultKey, manufactured.state, 'create');
+        if (firmware.type === 'uefi') await this.vault.commit(vm, 'nvram', vaultKey, await agent.defaultVariableStore(firmware.secureBoot), 'create');
+        vaultKey.fill(0);
         const ekCertificates = sealEkCertificates(secret, vm, manufactured.ekCertificates);
         secret.fill(0);
         const ready = await this.store.updateVtpm(vm, { status: 'stopped', ekCertificates }, ['creating']);
@@ -277,12 +293,15 @@ export class VtpmService {
         // Always the vault's newest generation, verified, never whatever a host's disk holds.
         const newest = await this.vault.newest(current.vm, 'tpm', vaultKey);
         if (!newest) throw new StateConflictError(`vTPM ${current.vm} has no state in the vault`, { vm: current.vm });
+        const firmware = firmwareOf(current);
+        const nvram = firmware.type === 'uefi' ? await this.vault.newest(current.vm, 'nvram', vaultKey) : undefined;
+        if (firmware.type === 'uefi' && !nvram) throw new StateConflictError(`UEFI guest ${current.vm} has no variable store in the vault`, { vm: current.vm });
         this.runningVaultKeys.set(current.vm, vaultKey);
-        const started = await this.agentFor(current.host).start({ vm: current.vm, spec, stateKey: secret, state: newest.data });
+        const started = await this.agentFor(current.host).start({ vm: current.vm, spec, firmware, stateKey: secret, state: newest.data, nvram: nvram?.data });
         secret.fill(0);
         const running = await this.store.updateVtpm(current.vm, { status: 'running', socket: started.socket }, ['starting']);
         this.logger.info({ vm: current.vm, host: current.host, pid: started.pid }, 'vTPM started');
-        return { ...view(running ?? current), ...this.attachment(spec, started.socket) };
+        return { ...view(running ?? current), ...this.attachment(current) };
       } catch (error) {
         this.runningVaultKeys.delete(current.vm);
         await this.store.updateVtpm(current.vm, { status: 'stopped', socket: null }, ['starting']);
@@ -345,14 +364,47 @@ export class VtpmService {
     });
   }
 
-  private attachment(spec: TpmSpec, socket: string): Attachment {
-    return { socket, qemu_args: qemuTpmArgs(spec, socket), libvirt_xml: libvirtTpmXml(spec, socket) };
+  private attachment(record: VtpmRecord): Attachment {
+    const spec = specOf(record);
+    const firmware = firmwareOf(record);
+    const { socket, nvram } = this.agentFor(record.host).devicePaths(record.vm);
+    return {
+      socket,
+      qemu_args: [...qemuFirmwareArgs(firmware, nvram), ...qemuTpmArgs(spec, socket)],
+      libvirt_xml: libvirtTpmXml(spec, socket),
+      libvirt_firmware_xml: libvirtFirmwareXml(firmware, nvram),
+    };
   }
 
   /** How to attach a guest to the vTPM; the socket exists while the vTPM runs. */
   async attachmentOf(vm: string, actor: Actor): Promise<Attachment> {
+    return this.attachment(await this.load(vm, actor));
+  }
+
+  /**
+   * Turns secure boot on or off for a UEFI guest. Either way the variable
+   * store's generations are deleted and a fresh default takes their place
+   * (oVirt's semantics: its secure-boot data goes with the setting).
+   */
+  async setSecureBoot(vm: string, secureBoot: boolean, actor: Actor): Promise<VtpmView> {
     const record = await this.load(vm, actor);
-    return this.attachment(specOf(record), this.agentFor(record.host).socketPath(record.vm));
+    return this.lock.run(record.vm, async () => {
+      const current = await this.load(record.vm, actor);
+      if (current.firmware !== 'uefi') throw new StateConflictError(`VM ${current.vm} uses BIOS firmware; secure boot needs UEFI (create it with --firmware uefi)`, { vm: current.vm });
+      if (current.status !== 'stopped') throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; change secure boot while it is stopped`, { vm: current.vm, status: current.status });
+      if (current.secureBoot === secureBoot) return view(current);
+      const fresh = await this.agentFor(current.host).defaultVariableStore(secureBoot);
+      const vaultKey = await this.vaultKeyOf(current);
+      try {
+        await this.vault.forget(current.vm, 'nvram');
+        await this.vault.commit(current.vm, 'nvram', vaultKey, fresh, 'create');
+      } finally {
+        vaultKey.fill(0);
+      }
+      const updated = await this.store.updateVtpm(current.vm, { secureBoot }, ['stopped']);
+      this.logger.info({ vm: current.vm, secureBoot }, 'secure boot changed; variable store reset');
+      return view(updated ?? current);
+    });
   }
 
   async ekCertificates(vm: string, actor: Actor): Promise<Array<{ key_type: string; pem: string }>> {

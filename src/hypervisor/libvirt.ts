@@ -4,7 +4,7 @@
  */
 import type { TpmSpec } from '../spec/tpm-spec.js';
 
-const escapeXmlAttribute = (value: string): string =>
+export const escapeXmlAttribute = (value: string): string =>
   value.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll("'", '&apos;').replaceAll('"', '&quot;');
 
 export function libvirtTpmXml(spec: TpmSpec, socketPath: string): string {

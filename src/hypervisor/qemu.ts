@@ -2,7 +2,7 @@
 import type { TpmSpec } from '../spec/tpm-spec.js';
 
 /** QEMU's option syntax uses ',' as separator; a literal comma in a value is written twice. */
-const escapeOptionValue = (value: string): string => value.replaceAll(',', ',,');
+export const escapeOptionValue = (value: string): string => value.replaceAll(',', ',,');
 
 export function qemuTpmArgs(spec: TpmSpec, socketPath: string): string[] {
   return [

@@ -72,6 +72,12 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0003_firmware': {
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable('vtpms').addColumn('firmware', 'varchar(8)', (c) => c.notNull().defaultTo('bios')).execute();
+      await db.schema.alterTable('vtpms').addColumn('secure_boot', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

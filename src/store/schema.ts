@@ -10,6 +10,9 @@ export interface VtpmTable {
   model: string;
   host: string;
   status: VtpmStatus;
+  firmware: string;
+  /** 0 or 1: portable across SQLite and PostgreSQL. */
+  secure_boot: number;
   /** Key-manager reference of the vTPM's own secret; the secret never enters the database. */
   secret_ref: string;
   /** JSON of the claims (flavor, image, options) the spec was resolved from. */

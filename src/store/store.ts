@@ -16,6 +16,8 @@ export interface VtpmRecord {
   model: string;
   host: string;
   status: VtpmStatus;
+  firmware: string;
+  secureBoot: boolean;
   secretRef: string;
   specClaims: unknown;
   ekCertificates: Buffer | null;
@@ -51,7 +53,7 @@ export interface StateHead {
   digest: string;
 }
 
-export type VtpmPatch = Partial<Pick<VtpmRecord, 'status' | 'ekCertificates' | 'socket'>>;
+export type VtpmPatch = Partial<Pick<VtpmRecord, 'status' | 'ekCertificates' | 'socket' | 'secureBoot'>>;
 
 const now = (): string => new Date().toISOString();
 
@@ -63,6 +65,8 @@ function toVtpm(row: Selectable<VtpmTable>): VtpmRecord {
     model: row.model,
     host: row.host,
     status: row.status,
+    firmware: row.firmware,
+    secureBoot: row.secure_boot === 1,
     secretRef: row.secret_ref,
     specClaims: JSON.parse(row.spec_claims),
     ekCertificates: row.ek_certificates === null ? null : Buffer.from(row.ek_certificates),
@@ -106,6 +110,8 @@ export class Store {
           model: record.model,
           host: record.host,
           status: record.status,
+          firmware: record.firmware,
+          secure_boot: record.secureBoot ? 1 : 0,
           secret_ref: record.secretRef,
           spec_claims: JSON.stringify(record.specClaims),
           ek_certificates: record.ekCertificates,
@@ -144,6 +150,7 @@ export class Store {
         ...(patch.status !== undefined && { status: patch.status }),
         ...(patch.ekCertificates !== undefined && { ek_certificates: patch.ekCertificates }),
         ...(patch.socket !== undefined && { socket: patch.socket }),
+        ...(patch.secureBoot !== undefined && { secure_boot: patch.secureBoot ? 1 : 0 }),
         updated_at: now(),
       })
       .where('vm', '=', vm);

@@ -29,12 +29,13 @@ interface Generation {
   generation: number;
   kind: string;
   reason: string;
+  digest: string;
 }
 
 after(() => database?.close());
 
 const history = (vm: string) => context.service.json<Generation[]>('history', vm);
-const newestGeneration = async (vm: string) => (await history(vm))[0]!.generation;
+const newestGeneration = async (vm: string) => (await history(vm)).find((g) => g.kind === 'tpm')!.generation;
 
 async function boot(vm: string): Promise<GuestReport> {
   const report = await bootGuest({ kernel, initramfs, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
@@ -133,5 +134,52 @@ describe('the state vault', () => {
     assert.match(running.stderr, /only a stopped vTPM can be restored/);
     await context.service.json('stop', vm);
     assert.ok(!existsSync(join(context.service.dataDir, 'run', `${vm}.sock`)));
+  });
+});
+
+describe('UEFI guests', () => {
+  it('boot with OVMF through qemu_args, their variable store is synced, and a secure-boot change resets it', async () => {
+    const vm = randomUUID();
+    const created = await context.service.json<{ firmware: string; secure_boot: boolean }>('create', '--vm', vm, '--version', '2.0', '--firmware', 'uefi');
+    assert.deepEqual([created.firmware, created.secure_boot], ['uefi', false]);
+    const nvramGenerations = async () => (await history(vm)).filter((g) => g.kind === 'nvram');
+    assert.deepEqual((await nvramGenerations()).map((g) => [g.generation, g.reason]), [[1, 'create']]);
+
+    const started = await context.service.json<StartedJson & { libvirt_firmware_xml: string }>('start', vm);
+    assert.ok(started.qemu_args.some((arg) => arg.startsWith('if=pflash') && arg.includes('OVMF_CODE_4M.fd')));
+    assert.match(started.libvirt_firmware_xml, /<nvram>.+<\/nvram>/);
+    const report = await bootGuest({ kernel, initramfs, qemuArgs: started.qemu_args });
+    await context.service.waitForStatus(vm, 'stopped');
+    assert.ok(report.devices.includes('/dev/tpm0'));
+    assert.equal(responseCode(report.responses.ekpublic!), 0);
+    // OVMF writes its boot variables: the variable store changed and reached the vault.
+    const synced = await nvramGenerations();
+    assert.ok(synced.length > 1 && synced[0]!.reason !== 'create', `no synced variable store: ${JSON.stringify(synced)}`);
+
+    const on = await context.service.json<{ secure_boot: boolean }>('update', vm, '--secure-boot', 'on');
+    assert.equal(on.secure_boot, true);
+    const afterOn = await nvramGenerations();
+    assert.deepEqual(afterOn.map((g) => [g.generation, g.reason]), [[1, 'create']]);
+    assert.notEqual(afterOn[0]!.digest, synced[0]!.digest);
+    const secureArgs = await context.service.json<{ qemu_args: string[] }>('qemu-args', vm);
+    assert.ok(secureArgs.qemu_args.includes('smm=on') && secureArgs.qemu_args.some((a) => a.includes('OVMF_CODE_4M.secboot.fd')));
+
+    await context.service.json('update', vm, '--secure-boot', 'off');
+    const afterOff = await nvramGenerations();
+    assert.deepEqual(afterOff.map((g) => [g.generation, g.reason]), [[1, 'create']]);
+    assert.notEqual(afterOff[0]!.digest, afterOn[0]!.digest, 'the variable store without Microsoft keys differs from the one with');
+    // The TPM's generations are untouched by the firmware's.
+    assert.ok((await history(vm)).filter((g) => g.kind === 'tpm').length > 1);
+  });
+
+  it('refuses secure boot for a BIOS guest', async () => {
+    const vm = randomUUID();
+    await context.service.json('create', '--vm', vm, '--version', '2.0');
+    const bios = await context.service.cli('update', vm, '--secure-boot', 'on');
+    assert.equal(bios.code, 4);
+    assert.match(bios.stderr, /secure boot needs UEFI/);
+    const conflict = await context.service.cli('create', '--vm', randomUUID(), '--version', '2.0', '--firmware', 'bios', '--secure-boot');
+    assert.equal(conflict.code, 2);
+    assert.match(conflict.stderr, /secure boot needs UEFI firmware/);
   });
 });
