@@ -5,6 +5,7 @@
  * document on stdout; failures exit with a code per error kind (see EXIT_CODES).
  */
 import { readFileSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
 import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
 import pino from 'pino';
 import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
@@ -238,6 +239,44 @@ withClientOptions(program.command('restore'))
   .action(async (vm: string, options: { generation: number }, command: Command) => {
     const restored = await (await client(command)).request<VtpmView & { generation: number }>('POST', `${vmPath(vm)}/restore`, { generation: options.generation });
     emit(command, restored, () => `restored generation ${options.generation} of ${vm} as generation ${restored.generation}`);
+  });
+
+/** The bundle passphrase never goes on a command line, where `ps` would show it. */
+async function bundlePassphrase(file: string | undefined): Promise<string> {
+  if (file !== undefined) return (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+  const fromEnv = process.env.VTPM_BUNDLE_PASSPHRASE;
+  if (fromEnv) return fromEnv;
+  throw new InvalidArgumentError('--passphrase-file', 'a file holding the bundle passphrase (or set VTPM_BUNDLE_PASSPHRASE)');
+}
+
+function generationCount(value: string): number | 'all' {
+  return value === 'all' ? 'all' : positiveInteger('--generations')(value);
+}
+
+withClientOptions(program.command('export'))
+  .description('write the vTPM to a portable bundle sealed with a passphrase')
+  .argument('<vm>', 'VM UUID')
+  .requiredOption('--out <file>', 'bundle file to write (mode 0600)')
+  .option('--generations <count|all>', 'newest generations of each kind of state to include', generationCount, 1)
+  .option('--passphrase-file <file>', 'file holding the passphrase (or set VTPM_BUNDLE_PASSPHRASE)')
+  .action(async (vm: string, options: { out: string; generations: number | 'all'; passphraseFile?: string }, command: Command) => {
+    const passphrase = await bundlePassphrase(options.passphraseFile);
+    const { bundle } = await (await client(command)).request<{ bundle: string }>('POST', `${vmPath(vm)}/export`, { passphrase, generations: options.generations });
+    const bytes = Buffer.from(bundle, 'base64');
+    await writeFile(options.out, bytes, { mode: 0o600 });
+    emit(command, { vm, out: options.out, bytes: bytes.length }, () => `exported vTPM ${vm} to ${options.out} (${bytes.length} bytes)`);
+  });
+
+withClientOptions(program.command('import'))
+  .description('create a vTPM from an exported bundle, here or on another deployment')
+  .argument('<file>', 'bundle written by vtpm export')
+  .option('--vm <uuid>', 'import under this VM UUID instead of the exported one')
+  .option('--passphrase-file <file>', 'file holding the passphrase (or set VTPM_BUNDLE_PASSPHRASE)')
+  .action(async (file: string, options: { vm?: string; passphraseFile?: string }, command: Command) => {
+    const passphrase = await bundlePassphrase(options.passphraseFile);
+    const bundle = (await readFile(file)).toString('base64');
+    const imported = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms/import', { bundle, passphrase, ...(options.vm && { vm: options.vm }) });
+    emit(command, imported, () => showVtpm(imported));
   });
 
 withClientOptions(program.command('hosts'))

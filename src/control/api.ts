@@ -87,6 +87,17 @@ const Generation = Type.Object({
 });
 const RestoreBody = Type.Object({ generation: Type.Integer({ minimum: 1 }) }, { additionalProperties: false });
 
+const ExportBody = Type.Object({
+  passphrase: Type.String({ minLength: 12, description: 'seals the bundle; give it to whoever imports it, separately from the file' }),
+  generations: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Literal('all')], { description: 'newest generations of each kind to include (default 1)' })),
+}, { additionalProperties: false });
+const ImportBody = Type.Object({
+  bundle: Type.String({ description: 'the bundle, base64' }),
+  passphrase: Type.String(),
+  vm: Type.Optional(Type.String({ description: 'import under this VM UUID instead of the exported one' })),
+}, { additionalProperties: false });
+const BUNDLE_LIMIT = 256 * 1024 * 1024;
+
 const VmParams = Type.Object({ vm: Type.String({ description: 'VM UUID' }) });
 const DeleteQuery = Type.Object({ force: Type.Optional(Type.Boolean({ default: false })) });
 
@@ -242,6 +253,32 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       response: { 200: Type.Object({ ...vtpmFields, generation: Type.Integer() }), ...errors(400, 401, 404, 409, 500) },
     },
   }, async (request) => service.restore(request.params.vm, request.body.generation, actorOf(request)));
+
+  app.post<{ Params: Static<typeof VmParams>; Body: Static<typeof ExportBody> }>('/v1/vtpms/:vm/export', {
+    schema: {
+      summary: 'Export the vTPM as a passphrase-sealed bundle',
+      tags: ['vault'],
+      params: VmParams,
+      body: ExportBody,
+      response: { 200: Type.Object({ bundle: Type.String({ description: 'base64' }) }), ...errors(400, 401, 404, 409, 500) },
+    },
+  }, async (request) => {
+    const bundle = await service.exportBundle(request.params.vm, { passphrase: request.body.passphrase, generations: request.body.generations ?? 1 }, actorOf(request));
+    return { bundle: bundle.toString('base64') };
+  });
+
+  app.post<{ Body: Static<typeof ImportBody> }>('/v1/vtpms/import', {
+    bodyLimit: BUNDLE_LIMIT,
+    schema: {
+      summary: 'Import an exported vTPM; all or nothing',
+      tags: ['vault'],
+      body: ImportBody,
+      response: { 201: Type.Ref(Vtpm), ...errors(400, 401, 409, 500) },
+    },
+  }, async (request, reply) => {
+    const imported = await service.importBundle(Buffer.from(request.body.bundle, 'base64'), { passphrase: request.body.passphrase, vm: request.body.vm }, actorOf(request));
+    return reply.status(201).send(imported);
+  });
 
   app.get('/v1/hosts', {
     schema: { summary: 'Hosts, their traits and load', tags: ['hosts'], response: { 200: Type.Object({ hosts: Type.Array(Host) }), ...errors(401) } },

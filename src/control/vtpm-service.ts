@@ -11,7 +11,7 @@
  */
 import type { Logger } from 'pino';
 import type { HostAgent, StateChange, VtpmExit } from '../agent/host-agent.js';
-import { InvalidArgumentError, NotFoundError, StateConflictError } from '../errors.js';
+import { IntegrityError, InvalidArgumentError, NotFoundError, StateConflictError } from '../errors.js';
 import { libvirtTpmXml } from '../hypervisor/libvirt.js';
 import { libvirtFirmwareXml, qemuFirmwareArgs } from '../hypervisor/ovmf.js';
 import { qemuTpmArgs } from '../hypervisor/qemu.js';
@@ -19,7 +19,8 @@ import type { KeyManager } from '../keys/key-manager.js';
 import { resolveFirmware, type Firmware, type FirmwareRequest } from '../spec/firmware.js';
 import { resolveTpmSpec, type SpecRequest } from '../spec/resolve.js';
 import { isTpmModel, isTpmVersion, type TpmSpec } from '../spec/tpm-spec.js';
-import type { GenerationSummary, Store, VtpmRecord } from '../store/index.js';
+import type { GenerationSummary, StateKind, Store, VtpmRecord } from '../store/index.js';
+import { readBundle, writeBundle, type BundleGeneration } from '../vault/bundle.js';
 import { vaultKeyFrom, type StateVault } from '../vault/state-vault.js';
 import { openEkCertificates, sealEkCertificates, toPem } from './ek-certificates.js';
 import { KeyedLock } from './keyed-lock.js';
@@ -220,15 +221,19 @@ export class VtpmService {
     await this.store.updateVtpm(exit.vm, { status: 'stopped', socket: null }, ['running', 'stopping']);
   }
 
+  private async placeFor(spec: TpmSpec): Promise<string> {
+    const counts = await this.store.countVtpmsByHost();
+    const hosts = (await this.store.listHosts()).filter((host) => this.agents.has(host.name));
+    return chooseHost(spec, hosts.map((h) => ({ name: h.name, traits: h.traits, vtpms: counts.get(h.name)?.total ?? 0 }))).name;
+  }
+
   async create(request: CreateRequest, actor: Actor): Promise<VtpmView> {
     const vm = normalizeVm(request.vm);
     const { spec, claims } = resolveTpmSpec(request);
     const firmware = resolveFirmware(request);
     return this.lock.run(vm, async () => {
       if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
-      const counts = await this.store.countVtpmsByHost();
-      const hosts = (await this.store.listHosts()).filter((host) => this.agents.has(host.name));
-      const host = chooseHost(spec, hosts.map((h) => ({ name: h.name, traits: h.traits, vtpms: counts.get(h.name)?.total ?? 0 })));
+      const host = { name: await this.placeFor(spec) };
       const secretRef = await this.keys.createSecret(`vtpm-${vm}`, { project: actor.project });
       let record: VtpmRecord;
       try {
@@ -360,6 +365,83 @@ export class VtpmService {
         return { ...view(current), generation: committed! };
       } finally {
         vaultKey.fill(0);
+      }
+    });
+  }
+
+  /**
+   * A portable, passphrase-sealed bundle of the vTPM: its spec, owner, EK
+   * certificates, secret, and the newest `generations` of each kind of state
+   * (all of them with 'all'), as committed in the vault.
+   */
+  async exportBundle(vm: string, options: { passphrase: string; generations: number | 'all' }, actor: Actor): Promise<Buffer> {
+    const record = await this.load(vm, actor);
+    if (record.status === 'creating' || record.status === 'deleting') throw new StateConflictError(`vTPM ${record.vm} is ${record.status}`, { vm: record.vm });
+    const secret = await this.keys.readSecret(record.secretRef);
+    const vaultKey = vaultKeyFrom(secret);
+    try {
+      const generations: BundleGeneration[] = [];
+      for (const kind of ['tpm', 'nvram'] as StateKind[]) {
+        const newest = await this.vault.newest(record.vm, kind, vaultKey);
+        if (!newest) continue;
+        const chosen = (await this.vault.history(record.vm))
+          .filter((g) => g.kind === kind)
+          .slice(0, options.generations === 'all' ? undefined : options.generations)
+          .reverse();
+        for (const g of chosen) {
+          const { data } = await this.vault.read(record.vm, kind, g.generation, vaultKey);
+          generations.push({ kind, generation: g.generation, reason: g.reason, created_at: g.createdAt, data });
+        }
+      }
+      const ekCertificates = record.ekCertificates ? openEkCertificates(secret, record.vm, record.ekCertificates) : [];
+      this.logger.info({ vm: record.vm, generations: generations.length }, 'vTPM exported');
+      return writeBundle({
+        vm: record.vm, project: record.project, version: record.version, model: record.model, firmware: record.firmware,
+        secure_boot: record.secureBoot, secret, ek_certificates: ekCertificates.map((c) => ({ key_type: c.keyType, der: c.der })), generations,
+      }, options.passphrase);
+    } finally {
+      secret.fill(0);
+      vaultKey.fill(0);
+    }
+  }
+
+  /** Recreates an exported vTPM here, under its own VM UUID or `vm`; all or nothing. */
+  async importBundle(bundle: Buffer, options: { passphrase: string; vm?: string | undefined }, actor: Actor): Promise<VtpmView> {
+    const payload = readBundle(bundle, options.passphrase);
+    const vm = normalizeVm(options.vm ?? payload.vm);
+    if (!isTpmVersion(payload.version) || !isTpmModel(payload.model) || !payload.generations.some((g) => g.kind === 'tpm') || payload.secret.length !== 32) {
+      throw new IntegrityError('the bundle authenticates but does not describe a vTPM this version understands');
+    }
+    const spec: TpmSpec = { version: payload.version, model: payload.model };
+    const firmware = resolveFirmware({ firmware: payload.firmware, secureBoot: payload.secure_boot });
+    const project = actor.role === 'admin' ? payload.project : actor.project;
+    return this.lock.run(vm, async () => {
+      if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
+      const host = await this.placeFor(spec);
+      const secretRef = await this.keys.storeSecret(`vtpm-${vm}`, { project }, payload.secret);
+      let record: VtpmRecord;
+      try {
+        record = await this.store.insertVtpm({
+          vm, project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot, host, status: 'creating',
+          secretRef, specClaims: { imported_from: payload.vm }, ekCertificates: null, socket: null,
+        });
+      } catch (error) {
+        await this.keys.deleteSecret(secretRef);
+        throw error;
+      }
+      try {
+        const vaultKey = vaultKeyFrom(payload.secret);
+        for (const generation of payload.generations) await this.vault.commit(vm, generation.kind as StateKind, vaultKey, generation.data, 'import');
+        vaultKey.fill(0);
+        const ekCertificates = sealEkCertificates(payload.secret, vm, payload.ek_certificates.map((c) => ({ keyType: c.key_type, der: c.der })));
+        const ready = await this.store.updateVtpm(vm, { status: 'stopped', ekCertificates }, ['creating']);
+        this.logger.info({ vm, from: payload.vm, generations: payload.generations.length }, 'vTPM imported');
+        return view(ready!);
+      } catch (error) {
+        await this.erase(record);
+        throw error;
+      } finally {
+        payload.secret.fill(0);
       }
     });
   }

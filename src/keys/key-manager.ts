@@ -16,6 +16,8 @@ export interface KeyManager {
   readonly kind: string;
   /** Generates a fresh 32-byte secret inside the key manager and returns its reference. */
   createSecret(label: string, owner: SecretOwner): Promise<string>;
+  /** Stores a secret that already exists elsewhere (an imported vTPM's) and returns its reference. */
+  storeSecret(label: string, owner: SecretOwner, secret: Buffer): Promise<string>;
   readSecret(ref: string): Promise<Buffer>;
   /** Idempotent: deleting an already-deleted secret succeeds. */
   deleteSecret(ref: string): Promise<void>;

@@ -59,9 +59,13 @@ export class LocalKeyManager implements KeyManager {
     return join(this.secretsDir, ref.slice(REF_PREFIX.length));
   }
 
-  async createSecret(): Promise<string> {
+  createSecret(): Promise<string> {
+    return this.storeSecret('', undefined, randomBytes(KEY_BYTES));
+  }
+
+  async storeSecret(_label: string, _owner: unknown, secret: Buffer): Promise<string> {
     const ref = `${REF_PREFIX}${randomUUID()}`;
-    await writeFileAtomically(this.pathOf(ref), seal(this.masterKey, randomBytes(KEY_BYTES), ref));
+    await writeFileAtomically(this.pathOf(ref), seal(this.masterKey, secret, ref));
     return ref;
   }
 

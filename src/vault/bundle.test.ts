@@ -1,0 +1,51 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { IntegrityError, InvalidArgumentError } from '../errors.js';
+import { readBundle, writeBundle, type BundlePayload } from './bundle.js';
+
+const passphrase = 'correct horse battery staple';
+const payload: BundlePayload = {
+  vm: '6f1c2a0e-1111-4222-8333-444455556666',
+  project: 'admin',
+  version: '2.0',
+  model: 'tpm-crb',
+  firmware: 'uefi',
+  secure_boot: true,
+  secret: randomBytes(32),
+  ek_certificates: [{ key_type: 'rsa2048', der: randomBytes(900) }],
+  generations: [
+    { kind: 'tpm', generation: 4, reason: 'sync', created_at: '2026-11-23T00:00:00.000Z', data: randomBytes(6000) },
+    { kind: 'nvram', generation: 2, reason: 'stop', created_at: '2026-11-23T00:00:01.000Z', data: randomBytes(4000) },
+  ],
+};
+
+describe('export bundles', () => {
+  const bundle = writeBundle(payload, passphrase);
+
+  it('round-trip with the passphrase and hide their content', () => {
+    assert.deepEqual(readBundle(bundle, passphrase), payload);
+    for (const secret of [payload.secret, payload.generations[0]!.data.subarray(0, 32), payload.ek_certificates[0]!.der.subarray(0, 32)]) {
+      assert.ok(!bundle.includes(secret));
+      assert.ok(!bundle.includes(Buffer.from(secret.toString('base64').slice(0, 24))));
+    }
+  });
+  it('refuse a wrong passphrase', () => {
+    assert.throws(() => readBundle(bundle, 'not the passphrase!'), (e: unknown) => e instanceof IntegrityError && /passphrase is wrong/.test(e.message));
+  });
+  it('refuse a truncated file', () => {
+    for (const length of [3, 20, bundle.length - 1, bundle.length - 100]) {
+      assert.throws(() => readBundle(bundle.subarray(0, length), passphrase), IntegrityError);
+    }
+  });
+  it('refuse any flipped byte, in the header or the payload', () => {
+    for (const at of [0, 9, 14, 40, bundle.length - 1, Math.floor(bundle.length / 2)]) {
+      const flipped = Buffer.from(bundle);
+      flipped[at]! ^= 0x02;
+      assert.throws(() => readBundle(flipped, passphrase), IntegrityError, `flip at ${at}`);
+    }
+  });
+  it('refuse a short passphrase when writing', () => {
+    assert.throws(() => writeBundle(payload, 'short'), (e: unknown) => e instanceof InvalidArgumentError && /passphrase: expected at least 12/.test(e.message));
+  });
+});

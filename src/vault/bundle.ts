@@ -1,0 +1,122 @@
+/**
+ * Export bundles: a vTPM in one portable file, to move it to another
+ * deployment or keep it outside the fleet. It holds the spec, the owner, the
+ * EK certificates, the chosen state generations, and the vTPM's own secret
+ * (swtpm's state is encrypted under it), all sealed with AES-256-GCM under a
+ * key derived from a passphrase by scrypt. The header, which names the format
+ * and the KDF parameters, is the associated data: changing any byte of the
+ * file makes it unreadable.
+ *
+ * Layout: "VTPMBNDL" | header length (uint32 BE) | header JSON | sealed payload.
+ * The passphrase travels separately from the file (see docs/vault.md).
+ */
+import { randomBytes, scryptSync } from 'node:crypto';
+import { IntegrityError, InvalidArgumentError } from '../errors.js';
+import { KEY_BYTES, open, seal } from '../keys/aead.js';
+
+const MAGIC = Buffer.from('VTPMBNDL');
+const FORMAT = 1;
+const MIN_PASSPHRASE = 12;
+/** 2^15 x 8 x 128 bytes = 32 MiB of memory per guess. */
+const SCRYPT = { N: 2 ** 15, r: 8, p: 1 };
+
+export interface BundleGeneration {
+  kind: string;
+  generation: number;
+  reason: string;
+  created_at: string;
+  data: Buffer;
+}
+
+export interface BundlePayload {
+  vm: string;
+  project: string;
+  version: string;
+  model: string;
+  firmware: string;
+  secure_boot: boolean;
+  secret: Buffer;
+  ek_certificates: Array<{ key_type: string; der: Buffer }>;
+  /** Oldest first, per kind. */
+  generations: BundleGeneration[];
+}
+
+interface Header {
+  format: number;
+  kdf: 'scrypt';
+  n: number;
+  r: number;
+  p: number;
+  salt: string;
+  vm: string;
+  created_at: string;
+}
+
+export function checkPassphrase(passphrase: string): void {
+  if (passphrase.length < MIN_PASSPHRASE) throw new InvalidArgumentError('passphrase', `at least ${MIN_PASSPHRASE} characters`);
+}
+
+function deriveKey(passphrase: string, header: Header): Buffer {
+  return scryptSync(passphrase, Buffer.from(header.salt, 'base64'), KEY_BYTES, { N: header.n, r: header.r, p: header.p, maxmem: 256 * header.n * header.r });
+}
+
+const b64 = (b: Buffer) => b.toString('base64');
+
+export function writeBundle(payload: BundlePayload, passphrase: string): Buffer {
+  checkPassphrase(passphrase);
+  const header: Header = { format: FORMAT, kdf: 'scrypt', n: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p, salt: b64(randomBytes(16)), vm: payload.vm, created_at: new Date().toISOString() };
+  const headerText = JSON.stringify(header);
+  const plaintext = Buffer.from(JSON.stringify({
+    ...payload,
+    secret: b64(payload.secret),
+    ek_certificates: payload.ek_certificates.map((c) => ({ key_type: c.key_type, der: b64(c.der) })),
+    generations: payload.generations.map((g) => ({ ...g, data: b64(g.data) })),
+  }));
+  const key = deriveKey(passphrase, header);
+  const sealed = seal(key, plaintext, headerText);
+  key.fill(0);
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(Buffer.byteLength(headerText));
+  return Buffer.concat([MAGIC, length, Buffer.from(headerText), sealed]);
+}
+
+function damaged(reason: string): IntegrityError {
+  return new IntegrityError(`the bundle is not a readable vtpm-manager export: ${reason}`, { reason });
+}
+
+export function readBundle(bundle: Buffer, passphrase: string): BundlePayload {
+  if (bundle.length < MAGIC.length + 4 || !bundle.subarray(0, MAGIC.length).equals(MAGIC)) throw damaged('it does not start with the bundle signature');
+  const headerLength = bundle.readUInt32BE(MAGIC.length);
+  const headerEnd = MAGIC.length + 4 + headerLength;
+  if (headerLength > 4096 || headerEnd > bundle.length) throw damaged('it is truncated');
+  const headerText = bundle.subarray(MAGIC.length + 4, headerEnd).toString();
+  let header: Header;
+  try {
+    header = JSON.parse(headerText) as Header;
+  } catch {
+    throw damaged('its header is damaged');
+  }
+  if (header.format !== FORMAT || header.kdf !== 'scrypt' || ![header.n, header.r, header.p].every(Number.isInteger) || header.n > 2 ** 20) {
+    throw damaged(`format ${String(header.format)} with KDF ${String(header.kdf)} is not supported`);
+  }
+  const key = deriveKey(passphrase, header);
+  let plaintext: Buffer;
+  try {
+    plaintext = open(key, bundle.subarray(headerEnd), headerText, 'the bundle');
+  } catch {
+    throw new IntegrityError('the bundle failed authentication: the passphrase is wrong, or the file was truncated or altered');
+  } finally {
+    key.fill(0);
+  }
+  const parsed = JSON.parse(plaintext.toString()) as Omit<BundlePayload, 'secret' | 'ek_certificates' | 'generations'> & {
+    secret: string;
+    ek_certificates: Array<{ key_type: string; der: string }>;
+    generations: Array<Omit<BundleGeneration, 'data'> & { data: string }>;
+  };
+  return {
+    ...parsed,
+    secret: Buffer.from(parsed.secret, 'base64'),
+    ek_certificates: parsed.ek_certificates.map((c) => ({ key_type: c.key_type, der: Buffer.from(c.der, 'base64') })),
+    generations: parsed.generations.map((g) => ({ ...g, data: Buffer.from(g.data, 'base64') })),
+  };
+}
