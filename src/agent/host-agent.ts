@@ -90,6 +90,12 @@ export interface HostAgent {
   onStateChange(listener: (change: StateChange) => Promise<void>): void;
   /** Reports a running vTPM's current state as a change (after a restart of the control plane). */
   resync(vm: string): Promise<void>;
+  /**
+   * What this host's working copy of a stopped vTPM holds: the state its swtpm
+   * (and QEMU) left, which may be newer than the vault when the control plane
+   * was down as the guest exited.
+   */
+  workingState(vm: string, spec: TpmSpec): Promise<Partial<Record<StateKind, Buffer>>>;
   /** Called once for every swtpm that exits, for whatever reason, after its final state was reported. */
   onExit(listener: (exit: VtpmExit) => void): void;
   /** Lets go of the host; running swtpm processes keep running. */

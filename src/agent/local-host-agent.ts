@@ -195,6 +195,14 @@ export class LocalHostAgent implements HostAgent {
     for (const watcher of tracked.watchers) await watcher.check();
   }
 
+  async workingState(vm: string, spec: TpmSpec): Promise<Partial<Record<StateKind, Buffer>>> {
+    if (this.instances.has(vm)) throw new StateConflictError(`vTPM ${vm} is running on ${this.hostName}; its state is reported as it changes`, { vm });
+    const read = (path: string) => readFile(path).catch(() => undefined);
+    const tpm = await read(join(this.paths(vm).stateDir, stateFileName(spec)));
+    const nvram = await read(this.devicePaths(vm).nvram);
+    return { ...(tpm && { tpm }), ...(nvram && { nvram }) };
+  }
+
   async stop(vm: string): Promise<void> {
     const tracked = this.instances.get(vm);
     if (!tracked) return;

@@ -187,6 +187,7 @@ export class VtpmService {
     for (const record of await this.store.listVtpms({ statuses: ['starting', 'running', 'stopping', 'stopped'] })) {
       if (!this.agents.has(record.host)) continue;
       const isRunning = running.has(record.vm);
+      if (!isRunning && record.status !== 'stopped') await this.recoverWorkingState(record);
       const status = isRunning ? 'running' : 'stopped';
       if (record.status !== status) {
         await this.store.updateVtpm(record.vm, { status, socket: isRunning ? this.agentFor(record.host).devicePaths(record.vm).socket : null });
@@ -196,6 +197,24 @@ export class VtpmService {
         this.runningVaultKeys.set(record.vm, await this.vaultKeyOf(record));
         await this.agentFor(record.host).resync(record.vm);
       }
+    }
+  }
+
+  /**
+   * A vTPM whose guest exited while the control plane was down: its last
+   * state is only in the host's working copy. It was started from the vault's
+   * head and only moves forward, so a copy that differs from the head is newer.
+   */
+  private async recoverWorkingState(record: VtpmRecord): Promise<void> {
+    const working = await this.agentFor(record.host).workingState(record.vm, specOf(record));
+    const vaultKey = await this.vaultKeyOf(record);
+    try {
+      for (const [kind, data] of Object.entries(working) as Array<[StateKind, Buffer]>) {
+        const generation = await this.vault.commit(record.vm, kind, vaultKey, data, 'stop');
+        if (generation !== undefined) this.logger.warn({ vm: record.vm, kind, generation }, 'committed the state a guest left while the control plane was down');
+      }
+    } finally {
+      vaultKey.fill(0);
     }
   }
 

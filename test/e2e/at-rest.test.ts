@@ -106,7 +106,9 @@ describe('encryption at rest', () => {
 
   it('state, keys and the admin token are readable by the owner only', async () => {
     const vm = randomUUID();
-    await context.service.json('create', '--vm', vm, '--version', '2.0');
+    await context.service.json('create', '--vm', vm, '--version', '2.0', '--firmware', 'uefi');
+    // The host's working copies exist while the vTPM runs.
+    await context.service.json('start', vm);
     const mode = async (path: string) => (await lstat(path)).mode & 0o777;
     assert.equal(await mode(context.service.dataDir), 0o700);
     assert.equal(await mode(join(context.service.dataDir, 'admin.token')), 0o600);
@@ -115,8 +117,10 @@ describe('encryption at rest', () => {
     for (const file of await readdir(join(context.service.dataDir, 'tpm', vm))) {
       assert.equal(await mode(join(context.service.dataDir, 'tpm', vm, file)), 0o600, `${file} is not 0600`);
     }
+    assert.equal(await mode(join(context.service.dataDir, 'nvram', `${vm}.fd`)), 0o600);
     for (const file of await readdir(join(context.service.dataDir, 'keys', 'secrets'))) {
       assert.equal(await mode(join(context.service.dataDir, 'keys', 'secrets', file)), 0o600);
     }
+    await context.service.json('stop', vm);
   });
 });

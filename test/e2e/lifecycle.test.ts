@@ -11,6 +11,7 @@ import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import Sqlite from 'better-sqlite3';
 import { bootGuest, buildInitramfs, findKernel, launchGuest, resetCountOf } from './support/guest.js';
 import { serviceForFile, type StartedJson, type VtpmJson } from './support/service.js';
 
@@ -166,11 +167,21 @@ describe('lifecycle', () => {
     const secretsBefore = (await readdir(secretsDir)).length;
     await context.service.json('create', '--vm', vm, '--version', '1.2');
     assert.equal((await readdir(secretsDir)).length, secretsBefore + 1);
-    assert.ok(existsSync(join(context.service.dataDir, 'tpm', vm)));
+    await context.service.json('start', vm);
+    await context.service.json('stop', vm);
+    assert.ok(existsSync(join(context.service.dataDir, 'tpm', vm)), 'a stopped vTPM keeps a working copy on its host');
+    assert.equal((await context.service.json<unknown[]>('history', vm)).length, 1);
     const deleted = await context.service.json<{ deleted: boolean }>('delete', vm);
     assert.equal(deleted.deleted, true);
     assert.equal((await readdir(secretsDir)).length, secretsBefore);
     assert.ok(!existsSync(join(context.service.dataDir, 'tpm', vm)));
     assert.equal((await context.service.cli('ek', vm)).code, EXIT.notFound);
+    assert.equal((await context.service.cli('history', vm)).code, EXIT.notFound);
+    const database = new Sqlite(join(context.service.dataDir, 'vtpm.sqlite'), { readonly: true });
+    try {
+      assert.deepEqual(database.prepare('SELECT COUNT(*) AS n FROM state_generations WHERE vm = ?').get(vm), { n: 0 });
+    } finally {
+      database.close();
+    }
   });
 });

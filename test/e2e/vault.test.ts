@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import Sqlite from 'better-sqlite3';
-import { bootGuest, buildInitramfs, findKernel, launchGuest, resetCountOf, responseCode, type GuestReport } from './support/guest.js';
+import { CLOCK_SET_TO, bootGuest, buildInitramfs, clockOf, findKernel, launchGuest, resetCountOf, responseCode, type GuestReport } from './support/guest.js';
 import { ekModulus, serviceForFile, type StartedJson } from './support/service.js';
 
 let kernel: string;
@@ -84,6 +84,22 @@ describe('the state vault', () => {
     assert.ok(resetCountOf(second.responses.readclock!) > resetCountOf(first.responses.readclock!), 'the second boot did not start from what the first wrote');
     assert.equal(responseCode(second.responses.ekpublic!), 0);
     assert.ok(second.responses.ekpublic!.includes(await ekModulus(context.service, vm)));
+  });
+
+  it('commits, after a restart, what a guest wrote while the control plane was down', async () => {
+    const vm = randomUUID();
+    await context.service.json('create', '--vm', vm, '--version', '2.0');
+    const guest = launchGuest({ kernel, initramfs, delaySeconds: 4, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
+    while (!guest.waiting()) await delay(50);
+    let during: GuestReport | undefined;
+    // The guest sets its TPM's clock and powers off while `vtpm serve` is down; swtpm writes its state and exits.
+    await context.restart(async () => void (during = await guest.report));
+    assert.ok(clockOf(during!.responses.readclock!) >= CLOCK_SET_TO, 'the guest could not set its clock');
+    assert.equal((await context.service.json<{ status: string }>('show', vm)).status, 'stopped');
+    assert.equal((await history(vm))[0]!.reason, 'stop');
+
+    const after = await boot(vm);
+    assert.ok(clockOf(after.responses.readclock!) >= CLOCK_SET_TO, 'what the guest wrote while the control plane was down was lost');
   });
 
   it('refuses tampered, swapped and replayed generations, and restores the last good one', async () => {

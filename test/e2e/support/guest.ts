@@ -10,8 +10,11 @@ import { promisify } from 'node:util';
 
 const exec = promisify(execFile);
 
-/** TPM 2.0 commands, no sessions. */
+/** TPM 2.0 commands, sent in the order of their names. */
 const TPM2_COMMANDS: Record<string, string> = {
+  // TPM2_ClockSet to CLOCK_SET_TO ms, with the owner's empty password: changes the persistent state.
+  // Refused harmlessly (TPM_RC_VALUE) once the clock is past it.
+  clockset: '8002' + '00000023' + '00000128' + '40000001' + '00000009' + '40000009' + '0000' + '00' + '0000' + '0000001000000000',
   // TPM2_ReadClock: the response carries resetCount, which grows with every boot and lives in the permanent state.
   readclock: '8001' + '0000000a' + '00000181',
   // TPM2_ReadPublic of the RSA EK that swtpm_setup persisted at 0x81010001.
@@ -23,6 +26,9 @@ const TPM12_COMMANDS: Record<string, string> = {
   ekpublic: '00c1' + '0000001e' + '0000007c' + '11'.repeat(20),
 };
 
+/** The clock value TPM2_ClockSet asks for: a clock at or past it proves the set reached the state. */
+export const CLOCK_SET_TO = 0x10_0000_0000;
+
 const INIT = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -31,6 +37,8 @@ mount -t devtmpfs devtmpfs /dev
 echo "VTPM-DEVICES $(ls /dev/tpm* 2>/dev/null | tr '\\n' ' ')"
 major=$(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null)
 echo "VTPM-VERSION $major"
+delay=$(sed -n 's/.*vtpm.delay=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
+if [ -n "$delay" ]; then echo VTPM-WAITING; sleep "$delay"; fi
 if [ -e /dev/tpm0 ]; then
   [ "$major" = 2 ] && set=/cmds/2 || set=/cmds/1
   for cmd in $set/*; do
@@ -84,6 +92,8 @@ export interface BootOptions {
   qemuArgs: string[];
   /** Seconds the guest stays up after its TPM commands, before it powers off. */
   holdSeconds?: number;
+  /** Seconds the guest waits before its TPM commands (the firmware has already started the TPM). */
+  delaySeconds?: number;
   timeoutMs?: number;
 }
 
@@ -93,6 +103,8 @@ export interface RunningGuest {
   kill: (signal: NodeJS.Signals) => void;
   /** True once the guest has sent its TPM commands and is holding. */
   holding: () => boolean;
+  /** True once the guest waits before its TPM commands. */
+  waiting: () => boolean;
   report: Promise<GuestReport>;
 }
 
@@ -101,7 +113,11 @@ export function launchGuest(options: BootOptions): RunningGuest {
   const accel = process.env.VTPM_TEST_QEMU_ACCEL ?? 'tcg';
   const qemu = spawn('qemu-system-x86_64', [
     '-machine', `q35,accel=${accel}`, '-m', '256', '-nographic', '-no-reboot',
-    '-kernel', options.kernel, '-initrd', options.initramfs, '-append', `console=ttyS0 panic=-1 quiet${options.holdSeconds ? ` vtpm.hold=${options.holdSeconds}` : ''}`,
+    '-kernel', options.kernel, '-initrd', options.initramfs, '-append', [
+      'console=ttyS0 panic=-1 quiet',
+      ...(options.holdSeconds ? [`vtpm.hold=${options.holdSeconds}`] : []),
+      ...(options.delaySeconds ? [`vtpm.delay=${options.delaySeconds}`] : []),
+    ].join(' '),
     ...options.qemuArgs,
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -122,7 +138,7 @@ export function launchGuest(options: BootOptions): RunningGuest {
       resolve({ devices: field('VTPM-DEVICES').split(/\s+/).filter(Boolean), version: field('VTPM-VERSION'), responses, console: output });
     });
   });
-  return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), holding: () => output.includes('VTPM-HOLDING'), report };
+  return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), holding: () => output.includes('VTPM-HOLDING'), waiting: () => output.includes('VTPM-WAITING'), report };
 }
 
 export function bootGuest(options: BootOptions): Promise<GuestReport> {
@@ -133,6 +149,12 @@ export function bootGuest(options: BootOptions): Promise<GuestReport> {
 export function resetCountOf(readClock: Buffer): number {
   if (readClock.length < 30 || readClock.readUInt32BE(6) !== 0) throw new Error(`TPM2_ReadClock failed: ${readClock.toString('hex')}`);
   return readClock.readUInt32BE(26);
+}
+
+/** The clock (ms the TPM has been powered, persisted) from a TPM2_ReadClock response: bytes 18 to 26. */
+export function clockOf(readClock: Buffer): number {
+  if (readClock.length < 30 || readClock.readUInt32BE(6) !== 0) throw new Error(`TPM2_ReadClock failed: ${readClock.toString('hex')}`);
+  return Number(readClock.readBigUInt64BE(18));
 }
 
 /** The TPM response code: bytes 6-9 of every TPM 1.2 and 2.0 response. */

@@ -108,8 +108,8 @@ export async function ekModulus(service: ServiceUnderTest, vm: string): Promise<
 export interface FileService {
   readonly service: ServiceUnderTest;
   readonly workDir: string;
-  /** Stops `vtpm serve` and starts it again on the same data directory. */
-  restart(): Promise<void>;
+  /** Stops `vtpm serve` and starts it again on the same data directory, running `whileDown` in between. */
+  restart(whileDown?: () => Promise<void>): Promise<void>;
 }
 
 /**
@@ -142,9 +142,10 @@ export function serviceForFile(prefix: string, setup?: (context: FileService) =>
       assert.ok(workDir, 'the work directory is made in before()');
       return workDir;
     },
-    async restart() {
+    async restart(whileDown) {
       assert.ok(service);
       await service.stop();
+      await whileDown?.();
       service = await ServiceUnderTest.start(service.dataDir);
     },
   };
