@@ -119,7 +119,7 @@ export async function runSyncBenchmark(): Promise<{ table: string; results: unkn
   const root = await mkdtemp('/tmp/vtpm-bench-');
   const dataDir = join(root, 'data');
   const server = await startServer({
-    dataDir, listen: '127.0.0.1:0', runDir: join(dataDir, 'run'), scratchDir: '/dev/shm', keyManager: 'local', retention: 20,
+    dataDir, listen: '127.0.0.1:0', runDir: join(dataDir, 'run'), scratchDir: '/dev/shm', keyManager: 'local', retention: 20, poolSize: 0,
     logger: pino({ level: 'warn' }, pino.destination(2)), version: 'bench',
   });
   const token = (await readFile(server.adminTokenPath, 'utf8')).trim();

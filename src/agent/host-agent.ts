@@ -25,6 +25,11 @@ export interface VtpmOnHost {
   stateKey: Buffer;
 }
 
+export interface ManufactureRequest extends VtpmOnHost {
+  /** Ahead of demand: at the lowest CPU priority. */
+  background?: boolean;
+}
+
 /** The TPM's persistent state as swtpm keeps it: one file, encrypted by swtpm under the state key. */
 export interface ManufacturedVtpm {
   ekCertificates: EkCertificate[];
@@ -68,7 +73,7 @@ export interface HostAgent {
   readonly hostName: string;
   describe(): Promise<HostDescription>;
   /** Manufactures the vTPM: returns its state and its EK certificates. */
-  manufacture(request: VtpmOnHost): Promise<ManufacturedVtpm>;
+  manufacture(request: ManufactureRequest): Promise<ManufacturedVtpm>;
   /**
    * Starts swtpm on exactly the given state (whatever the host's disk held
    * before is replaced); resolves when the socket accepts connections.

@@ -19,7 +19,7 @@ import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';
 import { adoptSwtpm, launchSwtpm, terminateSwtpm, type InstancePaths, type SwtpmInstance } from '../swtpm/instance.js';
 import { manufactureTpm } from '../swtpm/manufacture.js';
-import type { DevicePaths, HostAgent, HostDescription, ManufacturedVtpm, RunningVtpm, StartRequest, StateChange, VtpmExit, VtpmOnHost } from './host-agent.js';
+import type { DevicePaths, HostAgent, HostDescription, ManufactureRequest, ManufacturedVtpm, RunningVtpm, StartRequest, StateChange, VtpmExit } from './host-agent.js';
 import { StateWatcher, type WatchedFile } from './state-watcher.js';
 
 export interface LocalHostAgentOptions {
@@ -146,7 +146,7 @@ export class LocalHostAgent implements HostAgent {
     return this.description;
   }
 
-  async manufacture(request: VtpmOnHost): Promise<ManufacturedVtpm> {
+  async manufacture(request: ManufactureRequest): Promise<ManufacturedVtpm> {
     if (this.instances.has(request.vm)) throw new StateConflictError(`vTPM ${request.vm} is running on ${this.hostName}; it cannot be manufactured again`);
     const { stateDir } = this.paths(request.vm);
     await rm(stateDir, { recursive: true, force: true });
@@ -158,6 +158,7 @@ export class LocalHostAgent implements HostAgent {
         stateKey: request.stateKey,
         authority: this.options.authority,
         scratchRoot: this.options.scratchDir,
+        background: request.background ?? false,
       });
       return { ekCertificates, state: await readFile(join(stateDir, stateFileName(request.spec))) };
     } finally {

@@ -79,13 +79,15 @@ function keyValue(field: string) {
   };
 }
 
-function positiveInteger(field: string) {
-  return (value: string): number => {
+function integerAtLeast(minimum: number) {
+  return (field: string) => (value: string): number => {
     const parsed = Number(value);
-    if (!Number.isInteger(parsed) || parsed < 1) throw new CommanderArgumentError(`${field} takes a whole number of at least 1, got "${value}"`);
+    if (!/^\d+$/.test(value) || parsed < minimum) throw new CommanderArgumentError(`${field} takes a whole number of at least ${minimum}, got "${value}"`);
     return parsed;
   };
 }
+const positiveInteger = integerAtLeast(1);
+const wholeNumber = integerAtLeast(0);
 
 const showVtpm = (vtpm: VtpmView) =>
   fields(vtpm as unknown as Record<string, unknown>, ['vm', 'version', 'model', 'firmware', 'secure_boot', 'host', 'status', 'socket', 'project', 'created_at', 'updated_at']);
@@ -105,8 +107,9 @@ withClientOptions(program.command('serve'))
   .option('--scratch-dir <dir>', 'memory file system for short-lived secret configuration', defaultScratchDir())
   .addOption(new Option('--key-manager <kind>', 'key manager backend').choices([...KEY_MANAGER_KINDS]).default('local'))
   .option('--retention <count>', 'state generations kept per vTPM', positiveInteger('--retention'), 20)
+  .option('--pool-size <count>', 'TPMs of each version manufactured ahead of demand (0: off)', wholeNumber('--pool-size'), 4)
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; logLevel: string }, command: Command) => {
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; logLevel: string }, command: Command) => {
     const { dataDir } = globals(command);
     const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
     const server = await startServer({
@@ -116,6 +119,7 @@ withClientOptions(program.command('serve'))
       scratchDir: options.scratchDir,
       keyManager: options.keyManager,
       retention: options.retention,
+      poolSize: options.poolSize,
       logger,
       version: packageVersion,
     });
@@ -277,6 +281,13 @@ withClientOptions(program.command('import'))
     const bundle = (await readFile(file)).toString('base64');
     const imported = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms/import', { bundle, passphrase, ...(options.vm && { vm: options.vm }) });
     emit(command, imported, () => showVtpm(imported));
+  });
+
+withClientOptions(program.command('pool'))
+  .description('TPMs manufactured ahead of demand, per version')
+  .action(async (_options: unknown, command: Command) => {
+    const pool = await (await client(command)).request<{ size: number; ready: Record<string, number> }>('GET', '/v1/pool');
+    emit(command, pool, () => table(Object.entries(pool.ready).map(([version, ready]) => ({ version, ready, target: pool.size })), ['version', 'ready', 'target']));
   });
 
 withClientOptions(program.command('hosts'))

@@ -280,6 +280,14 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
     return reply.status(201).send(imported);
   });
 
+  app.get('/v1/pool', {
+    schema: {
+      summary: 'TPMs manufactured ahead of demand, per version',
+      tags: ['hosts'],
+      response: { 200: Type.Object({ size: Type.Integer(), ready: Type.Record(Type.String(), Type.Integer()) }), ...errors(401) },
+    },
+  }, async () => service.poolStatus());
+
   app.get('/v1/hosts', {
     schema: { summary: 'Hosts, their traits and load', tags: ['hosts'], response: { 200: Type.Object({ hosts: Type.Array(Host) }), ...errors(401) } },
   }, async () => ({ hosts: await service.hosts() }));

@@ -13,8 +13,10 @@ import { InvalidArgumentError } from '../errors.js';
 import { openKeyManager, type KeyManager } from '../keys/index.js';
 import { openEmbeddedStore, type Store } from '../store/index.js';
 import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
+import { TPM_VERSIONS } from '../spec/tpm-spec.js';
 import { StateVault } from '../vault/state-vault.js';
 import { buildApi } from './api.js';
+import { ProvisioningPool } from './provisioning-pool.js';
 import { ensureAdminToken } from './tokens.js';
 import { VtpmService } from './vtpm-service.js';
 
@@ -26,6 +28,8 @@ export interface ServeOptions {
   keyManager: string;
   /** How many generations of each vTPM's state the vault keeps. */
   retention: number;
+  /** TPMs of each version kept manufactured ahead of demand; 0 turns the pool off. */
+  poolSize: number;
   logger: Logger;
   version: string;
 }
@@ -82,16 +86,19 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
   const agent = await LocalHostAgent.open({ dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }) });
   const vault = new StateVault(store, options.retention);
-  const service = new VtpmService(store, keys, vault, new Map([[agent.hostName, agent]]), logger.child({ component: 'control' }));
+  const pool = options.poolSize > 0 ? new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, TPM_VERSIONS) : undefined;
+  const service = new VtpmService(store, keys, vault, new Map([[agent.hostName, agent]]), logger.child({ component: 'control' }), pool);
   await service.registerHosts();
   await service.reconcile();
   const admin = await ensureAdminToken(store, options.dataDir);
+  pool?.refill();
 
   let app: FastifyInstance;
   try {
     app = await buildApi({ service, store, logger, version: options.version });
     await app.listen({ host, port });
   } catch (error) {
+    await pool?.close();
     await agent.close();
     await keys.close();
     await store.close();
@@ -106,6 +113,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     adminTokenCreated: admin.created,
     async close() {
       await app.close();
+      await pool?.close();
       await agent.close();
       await keys.close();
       await store.close();

@@ -16,14 +16,16 @@ import { libvirtTpmXml } from '../hypervisor/libvirt.js';
 import { libvirtFirmwareXml, qemuFirmwareArgs } from '../hypervisor/ovmf.js';
 import { qemuTpmArgs } from '../hypervisor/qemu.js';
 import type { KeyManager } from '../keys/key-manager.js';
+import type { EkCertificate } from '../swtpm/manufacture.js';
 import { resolveFirmware, type Firmware, type FirmwareRequest } from '../spec/firmware.js';
 import { resolveTpmSpec, type SpecRequest } from '../spec/resolve.js';
-import { isTpmModel, isTpmVersion, type TpmSpec } from '../spec/tpm-spec.js';
+import { TPM_VERSIONS, isTpmModel, isTpmVersion, type TpmSpec } from '../spec/tpm-spec.js';
 import type { GenerationSummary, StateKind, Store, VtpmRecord } from '../store/index.js';
 import { readBundle, writeBundle, type BundleGeneration } from '../vault/bundle.js';
 import { vaultKeyFrom, type StateVault } from '../vault/state-vault.js';
 import { openEkCertificates, sealEkCertificates, toPem } from './ek-certificates.js';
 import { KeyedLock } from './keyed-lock.js';
+import { openPoolEntry, type ProvisioningPool } from './provisioning-pool.js';
 import { chooseHost } from './scheduler.js';
 
 export interface Actor {
@@ -135,6 +137,7 @@ export class VtpmService {
     private readonly vault: StateVault,
     private readonly agents: ReadonlyMap<string, HostAgent>,
     private readonly logger: Logger,
+    private readonly pool?: ProvisioningPool,
   ) {
     for (const agent of agents.values()) {
       agent.onStateChange((change) => this.onStateChange(change));
@@ -252,42 +255,57 @@ export class VtpmService {
     const firmware = resolveFirmware(request);
     return this.lock.run(vm, async () => {
       if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
-      const host = { name: await this.placeFor(spec) };
-      const secretRef = await this.keys.createSecret(`vtpm-${vm}`, { project: actor.project });
-      let record: VtpmRecord;
+      const host = await this.placeFor(spec);
+      const row = (secretRef: string): Omit<VtpmRecord, 'createdAt' | 'updatedAt'> => ({
+        vm, project: actor.project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot,
+        host, status: 'creating', secretRef, specClaims: claims, ekCertificates: null, socket: null,
+      });
+      const pooled = this.pool ? await this.store.claimPoolEntry(spec.version, (entry) => row(entry.secretRef)) : undefined;
+      const record = pooled ? row(pooled.secretRef) : await this.insertWithNewSecret(vm, row, actor);
       try {
-        record = await this.store.insertVtpm({
-          vm, project: actor.project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot,
-          host: host.name, status: 'creating',
-          secretRef, specClaims: claims, ekCertificates: null, socket: null,
-        });
-      } catch (error) {
-        await this.keys.deleteSecret(secretRef);
-        throw error;
-      }
-      try {
-        const secret = await this.keys.readSecret(secretRef);
-        const agent = this.agentFor(host.name);
-        const manufactured = await agent.manufacture({ vm, spec, stateKey: secret });
-        const vaultKey = vaultKeyFrom(secret);
-        await this.vault.commit(vm, 'tpm', vaultKey, manufactured.state, 'create');
-        if (firmware.type === 'uefi') await this.vault.commit(vm, 'nvram', vaultKey, await agent.defaultVariableStore(firmware.secureBoot), 'create');
-        vaultKey.fill(0);
-        const ekCertificates = sealEkCertificates(secret, vm, manufactured.ekCertificates);
-        secret.fill(0);
-        const ready = await this.store.updateVtpm(vm, { status: 'stopped', ekCertificates }, ['creating']);
-        this.logger.info({ vm, host: host.name, version: spec.version, model: spec.model }, 'vTPM created');
-        return view(ready!);
+        const secret = await this.keys.readSecret(record.secretRef);
+        const tpm = pooled ? openPoolEntry(pooled, secret) : await this.agentFor(host).manufacture({ vm, spec, stateKey: secret });
+        const ready = await this.finishCreate(record, secret, tpm.state, tpm.ekCertificates, firmware);
+        this.logger.info({ vm, host, version: spec.version, model: spec.model, pooled: pooled !== undefined }, 'vTPM created');
+        return view(ready);
       } catch (error) {
         this.logger.error({ vm, err: error }, 'vTPM creation failed; rolling back');
         await this.erase(record);
         throw error;
+      } finally {
+        if (pooled) this.pool?.refill();
       }
     });
   }
 
+  private async insertWithNewSecret(vm: string, row: (secretRef: string) => Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, actor: Actor): Promise<VtpmRecord> {
+    const record = row(await this.keys.createSecret(`vtpm-${vm}`, { project: actor.project }));
+    try {
+      return await this.store.insertVtpm(record);
+    } catch (error) {
+      await this.keys.deleteSecret(record.secretRef);
+      throw error;
+    }
+  }
+
+  /** The first generations in the vault, the sealed EK certificates, and `stopped`. */
+  private async finishCreate(record: Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, secret: Buffer, state: Buffer, certificates: EkCertificate[], firmware: Firmware): Promise<VtpmRecord> {
+    const vaultKey = vaultKeyFrom(secret);
+    try {
+      await this.vault.commit(record.vm, 'tpm', vaultKey, state, 'create');
+      if (firmware.type === 'uefi') await this.vault.commit(record.vm, 'nvram', vaultKey, await this.agentFor(record.host).defaultVariableStore(firmware.secureBoot), 'create');
+      const ekCertificates = sealEkCertificates(secret, record.vm, certificates);
+      const ready = await this.store.updateVtpm(record.vm, { status: 'stopped', ekCertificates }, ['creating']);
+      if (!ready) throw new StateConflictError(`vTPM ${record.vm} changed while it was being created`, { vm: record.vm });
+      return ready;
+    } finally {
+      vaultKey.fill(0);
+      secret.fill(0);
+    }
+  }
+
   /** Crypto-erase first: once the secret is gone, any copy of the state is noise. */
-  private async erase(record: VtpmRecord): Promise<void> {
+  private async erase(record: Pick<VtpmRecord, 'vm' | 'host' | 'secretRef'>): Promise<void> {
     await this.keys.deleteSecret(record.secretRef);
     if (this.agents.has(record.host)) await this.agentFor(record.host).destroy(record.vm);
     await this.vault.forget(record.vm);
@@ -517,6 +535,13 @@ export class VtpmService {
     } finally {
       secret.fill(0);
     }
+  }
+
+  /** Ready TPMs per version in the provisioning pool. */
+  async poolStatus(): Promise<{ size: number; ready: Record<string, number> }> {
+    const ready: Record<string, number> = {};
+    for (const version of TPM_VERSIONS) ready[version] = await this.store.countPoolEntries(version);
+    return { size: this.pool?.size ?? 0, ready };
   }
 
   async hosts(): Promise<HostView[]> {

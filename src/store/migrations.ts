@@ -78,6 +78,20 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('vtpms').addColumn('secure_boot', 'integer', (c) => c.notNull().defaultTo(0)).execute();
     },
   },
+  '0004_provisioning_pool': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('pool_entries')
+        .addColumn('id', 'varchar(36)', (c) => c.primaryKey())
+        .addColumn('version', 'varchar(8)', (c) => c.notNull())
+        .addColumn('secret_ref', 'varchar(512)', (c) => c.notNull())
+        .addColumn('state', 'blob', (c) => c.notNull())
+        .addColumn('ek_certificates', 'blob', (c) => c.notNull())
+        .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('pool_entries_version').on('pool_entries').columns(['version', 'created_at']).execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

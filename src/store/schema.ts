@@ -75,6 +75,18 @@ export interface StateHeadTable {
   digest: string;
 }
 
+/** A TPM manufactured ahead of demand, waiting to be bound to a VM. */
+export interface PoolEntryTable {
+  id: string;
+  version: string;
+  secret_ref: string;
+  /** swtpm's state, sealed under a key derived from the entry's secret. */
+  state: Buffer;
+  /** EK certificates, sealed the same way. */
+  ek_certificates: Buffer;
+  created_at: string;
+}
+
 export interface Database {
   vtpms: VtpmTable;
   hosts: HostTable;
@@ -82,4 +94,5 @@ export interface Database {
   settings: SettingTable;
   state_generations: StateGenerationTable;
   state_heads: StateHeadTable;
+  pool_entries: PoolEntryTable;
 }

@@ -4,7 +4,7 @@
  * changes are compare-and-set so that two replicas (or two requests) can never
  * both move the same vTPM.
  */
-import { type Dialect, Kysely, type Selectable } from 'kysely';
+import { type Dialect, type Insertable, Kysely, type Selectable } from 'kysely';
 import { AlreadyExistsError } from '../errors.js';
 import { migrateToLatest } from './migrations.js';
 import type { Database, GenerationReason, HostTable, StateKind, VtpmStatus, VtpmTable } from './schema.js';
@@ -53,6 +53,14 @@ export interface StateHead {
   digest: string;
 }
 
+export interface PoolEntry {
+  id: string;
+  version: string;
+  secretRef: string;
+  state: Buffer;
+  ekCertificates: Buffer;
+}
+
 export type VtpmPatch = Partial<Pick<VtpmRecord, 'status' | 'ekCertificates' | 'socket' | 'secureBoot'>>;
 
 const now = (): string => new Date().toISOString();
@@ -80,6 +88,25 @@ function toHost(row: Selectable<HostTable>): HostRecord {
   return { name: row.name, traits: JSON.parse(row.traits), capabilities: JSON.parse(row.capabilities), lastSeen: row.last_seen };
 }
 
+function vtpmRow(record: Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, timestamp: string): Insertable<VtpmTable> {
+  return {
+    vm: record.vm,
+    project: record.project,
+    version: record.version,
+    model: record.model,
+    host: record.host,
+    status: record.status,
+    firmware: record.firmware,
+    secure_boot: record.secureBoot ? 1 : 0,
+    secret_ref: record.secretRef,
+    spec_claims: JSON.stringify(record.specClaims),
+    ek_certificates: record.ekCertificates,
+    socket: record.socket,
+    created_at: timestamp,
+    updated_at: timestamp,
+  };
+}
+
 function isUniqueViolation(error: unknown): boolean {
   const code = (error as { code?: string }).code ?? '';
   return code.startsWith('SQLITE_CONSTRAINT') || code === '23505';
@@ -101,30 +128,48 @@ export class Store {
   async insertVtpm(record: Omit<VtpmRecord, 'createdAt' | 'updatedAt'>): Promise<VtpmRecord> {
     const timestamp = now();
     try {
-      await this.db
-        .insertInto('vtpms')
-        .values({
-          vm: record.vm,
-          project: record.project,
-          version: record.version,
-          model: record.model,
-          host: record.host,
-          status: record.status,
-          firmware: record.firmware,
-          secure_boot: record.secureBoot ? 1 : 0,
-          secret_ref: record.secretRef,
-          spec_claims: JSON.stringify(record.specClaims),
-          ek_certificates: record.ekCertificates,
-          socket: record.socket,
-          created_at: timestamp,
-          updated_at: timestamp,
-        })
-        .execute();
+      await this.db.insertInto('vtpms').values(vtpmRow(record, timestamp)).execute();
     } catch (error) {
       if (isUniqueViolation(error)) throw new AlreadyExistsError('vTPM for VM', record.vm);
       throw error;
     }
     return { ...record, createdAt: timestamp, updatedAt: timestamp };
+  }
+
+  async addPoolEntry(entry: PoolEntry): Promise<void> {
+    await this.db
+      .insertInto('pool_entries')
+      .values({ id: entry.id, version: entry.version, secret_ref: entry.secretRef, state: entry.state, ek_certificates: entry.ekCertificates, created_at: now() })
+      .execute();
+  }
+
+  async countPoolEntries(version: string): Promise<number> {
+    const row = await this.db.selectFrom('pool_entries').select((eb) => eb.fn.countAll<number>().as('n')).where('version', '=', version).executeTakeFirst();
+    return Number(row?.n ?? 0);
+  }
+
+  /**
+   * Takes the oldest pool entry of a version and inserts the vTPM that will
+   * own its secret, in one transaction: a crash leaves either the entry or
+   * a `creating` vTPM that reconcile() rolls back, never an orphaned secret.
+   */
+  async claimPoolEntry(version: string, vtpm: (entry: PoolEntry) => Omit<VtpmRecord, 'createdAt' | 'updatedAt'>): Promise<PoolEntry | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      const row = await trx.selectFrom('pool_entries').selectAll().where('version', '=', version).orderBy('created_at').limit(1).executeTakeFirst();
+      if (!row) return undefined;
+      const deleted = await trx.deleteFrom('pool_entries').where('id', '=', row.id).executeTakeFirst();
+      if (Number(deleted.numDeletedRows) !== 1) return undefined;
+      const entry = { id: row.id, version: row.version, secretRef: row.secret_ref, state: Buffer.from(row.state), ekCertificates: Buffer.from(row.ek_certificates) };
+      const record = vtpm(entry);
+      const timestamp = now();
+      try {
+        await trx.insertInto('vtpms').values(vtpmRow(record, timestamp)).execute();
+      } catch (error) {
+        if (isUniqueViolation(error)) throw new AlreadyExistsError('vTPM for VM', record.vm);
+        throw error;
+      }
+      return entry;
+    });
   }
 
   async getVtpm(vm: string): Promise<VtpmRecord | undefined> {

@@ -25,6 +25,8 @@ export interface ManufactureOptions {
   authority: CertificateAuthority;
   /** A directory on a memory file system for the short-lived configuration. */
   scratchRoot: string;
+  /** At the lowest CPU priority (nice 19), for work ahead of demand. */
+  background?: boolean;
 }
 
 export async function manufactureTpm(options: ManufactureOptions): Promise<EkCertificate[]> {
@@ -48,7 +50,7 @@ export async function manufactureTpm(options: ManufactureOptions): Promise<EkCer
         '--vmid', options.vm,
         '--overwrite',
       ],
-      { env: authority.env, keyMaterial: stateKeyMaterial(options.stateKey) },
+      { env: authority.env, keyMaterial: stateKeyMaterial(options.stateKey), lowPriority: options.background ?? false },
     );
     for (const file of await readdir(options.stateDir)) await chmod(join(options.stateDir, file), 0o600);
     const certificates: EkCertificate[] = [];

@@ -17,13 +17,16 @@ export interface RunOptions {
   /** Written to fd 3, then the pipe is closed. */
   keyMaterial?: string;
   timeoutMs?: number;
+  /** Run under `nice -n 19`; its children (swtpm, swtpm_localca) inherit it. */
+  lowPriority?: boolean;
 }
 
 const tail = (text: string, lines = 15): string => text.trim().split('\n').slice(-lines).join('\n');
 
 export function runProgram(program: string, args: string[], options: RunOptions = {}): Promise<ProgramResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(program, args, {
+    const [command, commandArgs] = options.lowPriority ? ['nice', ['-n', '19', program, ...args]] : [program, args];
+    const child = spawn(command, commandArgs, {
       env: { ...process.env, ...options.env },
       stdio: ['ignore', 'pipe', 'pipe', options.keyMaterial === undefined ? 'ignore' : 'pipe'],
     });

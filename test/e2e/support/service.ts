@@ -24,10 +24,17 @@ export interface CliResult {
 }
 
 export class ServiceUnderTest {
-  private constructor(readonly dataDir: string, readonly url: string, private readonly process: ChildProcess, readonly output: () => string) {}
+  private constructor(
+    readonly dataDir: string,
+    readonly url: string,
+    private readonly process: ChildProcess,
+    readonly output: () => string,
+    readonly serveArgs: string[],
+  ) {}
 
-  static async start(dataDir: string): Promise<ServiceUnderTest> {
-    const child = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn'], {
+  /** `serveArgs` default to an empty provisioning pool, so that every create manufactures inline. */
+  static async start(dataDir: string, serveArgs: string[] = ['--pool-size', '0']): Promise<ServiceUnderTest> {
+    const child = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn', ...serveArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
@@ -43,7 +50,7 @@ export class ServiceUnderTest {
       child.once('exit', (code) => reject(new Error(`vtpm serve exited with ${code} before listening:\n${output}`)));
       setTimeout(() => reject(new Error(`vtpm serve did not listen within 60 s:\n${output}`)), 60_000).unref();
     });
-    return new ServiceUnderTest(dataDir, url, child, () => output);
+    return new ServiceUnderTest(dataDir, url, child, () => output, serveArgs);
   }
 
   async stop(): Promise<void> {
@@ -117,13 +124,13 @@ export interface FileService {
  * before them, then `setup` runs; afterwards every vTPM is deleted (its swtpm stopped) and the
  * directory removed.
  */
-export function serviceForFile(prefix: string, setup?: (context: FileService) => Promise<void>): FileService {
+export function serviceForFile(prefix: string, setup?: (context: FileService) => Promise<void>, serveArgs?: string[]): FileService {
   let service: ServiceUnderTest | undefined;
   let workDir: string | undefined;
   // One hook does all of it: Node 20 does not wait for one root-level before() to finish before the next.
   before(async () => {
     workDir = await temporaryDir(prefix);
-    service = await ServiceUnderTest.start(join(workDir, 'data'));
+    service = await ServiceUnderTest.start(join(workDir, 'data'), serveArgs);
     await setup?.(context);
   });
   after(async () => {
@@ -146,7 +153,7 @@ export function serviceForFile(prefix: string, setup?: (context: FileService) =>
       assert.ok(service);
       await service.stop();
       await whileDown?.();
-      service = await ServiceUnderTest.start(service.dataDir);
+      service = await ServiceUnderTest.start(service.dataDir, service.serveArgs);
     },
   };
   return context;

@@ -1,0 +1,113 @@
+/**
+ * Instant provisioning: TPMs manufactured ahead of demand, so that creating a
+ * vTPM does not wait for RSA and ECC key generation. Each entry has its own
+ * secret in the key manager and is protected at rest like any state (sealed
+ * under a key derived from that secret). Creating a vTPM takes the oldest
+ * entry of its version; its secret becomes the vTPM's secret.
+ *
+ * The EK certificates of a pooled TPM are issued when it is manufactured, so
+ * their subject names the pool entry, not the VM; the VM's UUID is bound to
+ * the vTPM by the control plane. A vTPM made inline (empty pool) has the VM's
+ * UUID as subject.
+ *
+ * Refilling runs in the background, one manufacture at a time, at the lowest
+ * CPU priority, so that it never competes with running guests.
+ */
+import { hkdfSync, randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { HostAgent } from '../agent/host-agent.js';
+import { KEY_BYTES, open, seal } from '../keys/aead.js';
+import type { KeyManager } from '../keys/key-manager.js';
+import type { TpmVersion } from '../spec/tpm-spec.js';
+import type { PoolEntry, Store } from '../store/index.js';
+import type { EkCertificate } from '../swtpm/manufacture.js';
+import { openEkCertificates, sealEkCertificates } from './ek-certificates.js';
+
+const RETRY_AFTER_FAILURE_MS = 10_000;
+
+const stateKey = (secret: Buffer) => Buffer.from(hkdfSync('sha256', secret, Buffer.alloc(0), 'vtpm-manager pool state v1', KEY_BYTES));
+const stateAad = (id: string) => `vtpm-manager/pool/${id}/state`;
+
+export interface PooledTpm {
+  state: Buffer;
+  ekCertificates: EkCertificate[];
+}
+
+export function openPoolEntry(entry: PoolEntry, secret: Buffer): PooledTpm {
+  return {
+    state: open(stateKey(secret), entry.state, stateAad(entry.id), `pool entry ${entry.id}`),
+    ekCertificates: openEkCertificates(secret, entry.id, entry.ekCertificates),
+  };
+}
+
+export class ProvisioningPool {
+  private running: Promise<void> | undefined;
+  private again = false;
+  private closed = false;
+  private retryTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly store: Store,
+    private readonly keys: KeyManager,
+    private readonly agent: HostAgent,
+    private readonly logger: Logger,
+    /** Entries to keep ready for each version; 0 turns the pool off. */
+    readonly size: number,
+    private readonly versions: readonly TpmVersion[],
+  ) {}
+
+  /** Starts refilling, or notes that another pass is needed when one is under way. */
+  refill(): void {
+    if (this.closed || this.size === 0) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.fill()
+      .catch((error: unknown) => {
+        this.logger.warn({ err: error }, `refilling the provisioning pool failed; retrying in ${RETRY_AFTER_FAILURE_MS / 1000} s`);
+        this.retryTimer = setTimeout(() => this.refill(), RETRY_AFTER_FAILURE_MS);
+        this.retryTimer.unref();
+      })
+      .finally(() => {
+        this.running = undefined;
+        if (this.again) {
+          this.again = false;
+          this.refill();
+        }
+      });
+  }
+
+  private async fill(): Promise<void> {
+    for (const version of this.versions) {
+      while (!this.closed && (await this.store.countPoolEntries(version)) < this.size) await this.manufactureOne(version);
+    }
+  }
+
+  private async manufactureOne(version: TpmVersion): Promise<void> {
+    const id = randomUUID();
+    const secretRef = await this.keys.createSecret(`vtpm-pool-${id}`, { project: 'admin' });
+    try {
+      const secret = await this.keys.readSecret(secretRef);
+      const manufactured = await this.agent.manufacture({ vm: id, spec: { version, model: 'tpm-tis' }, stateKey: secret, background: true });
+      await this.store.addPoolEntry({
+        id,
+        version,
+        secretRef,
+        state: seal(stateKey(secret), manufactured.state, stateAad(id)),
+        ekCertificates: sealEkCertificates(secret, id, manufactured.ekCertificates),
+      });
+      secret.fill(0);
+    } catch (error) {
+      await this.keys.deleteSecret(secretRef);
+      throw error;
+    }
+  }
+
+  /** Stops refilling and waits for a manufacture under way. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    await this.running;
+  }
+}
