@@ -5,10 +5,12 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { runProvisionBenchmark } from './provision.js';
 import { runSyncBenchmark } from './sync.js';
 
 const scenarios: Record<string, (args: string[]) => Promise<{ table: string; results: unknown }>> = {
   sync: runSyncBenchmark,
+  provision: runProvisionBenchmark,
 };
 
 const [name = 'sync', ...args] = process.argv.slice(2);
