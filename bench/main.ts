@@ -5,12 +5,14 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { runDensityBenchmark } from './density.js';
 import { runProvisionBenchmark } from './provision.js';
 import { runSyncBenchmark } from './sync.js';
 
 const scenarios: Record<string, (args: string[]) => Promise<{ table: string; results: unknown }>> = {
   sync: runSyncBenchmark,
   provision: runProvisionBenchmark,
+  density: runDensityBenchmark,
 };
 
 const [name = 'sync', ...args] = process.argv.slice(2);
