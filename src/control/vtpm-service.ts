@@ -190,7 +190,9 @@ export class VtpmService {
     for (const record of await this.store.listVtpms({ statuses: ['starting', 'running', 'stopping', 'stopped'] })) {
       if (!this.agents.has(record.host)) continue;
       const isRunning = running.has(record.vm);
-      if (!isRunning && record.status !== 'stopped') await this.recoverWorkingState(record);
+      // Only a vTPM that was running can have state the vault has not seen; a `starting` one may
+      // still hold an older working copy (from before a restore, say), which must not come back.
+      if (!isRunning && (record.status === 'running' || record.status === 'stopping')) await this.recoverWorkingState(record);
       const status = isRunning ? 'running' : 'stopped';
       if (record.status !== status) {
         await this.store.updateVtpm(record.vm, { status, socket: isRunning ? this.agentFor(record.host).devicePaths(record.vm).socket : null });

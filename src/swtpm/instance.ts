@@ -34,6 +34,7 @@ export interface SwtpmInstance {
 }
 
 const READY_TIMEOUT_MS = 10_000;
+const READY_POLL_MS = 5;
 const ADOPTED_POLL_MS = 200;
 
 function socketAccepts(path: string): Promise<boolean> {
@@ -94,11 +95,11 @@ export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey:
   let gone: ExitInfo | undefined;
   void exited.then((info) => (gone = info));
   while (Date.now() < deadline) {
-    await Promise.race([delay(20), spawnFailure]);
     if (gone) {
       throw new EmulatorError(`swtpm exited during start (${gone.signal ?? `status ${gone.code}`}): ${await logTail(paths.logFile) || 'no output'}`, { log: paths.logFile });
     }
     if (await socketAccepts(paths.socket)) return { pid: child.pid!, exited };
+    await Promise.race([delay(READY_POLL_MS), spawnFailure]);
   }
   child.kill('SIGKILL');
   throw new EmulatorError(`swtpm did not open its socket ${paths.socket} within ${READY_TIMEOUT_MS / 1000} s: ${await logTail(paths.logFile)}`, { log: paths.logFile });
