@@ -8,11 +8,13 @@ import { join } from 'node:path';
 import { runDensityBenchmark } from './density.js';
 import { runProvisionBenchmark } from './provision.js';
 import { runSyncBenchmark } from './sync.js';
+import { runThroughputBenchmark } from './throughput.js';
 
 const scenarios: Record<string, (args: string[]) => Promise<{ table: string; results: unknown }>> = {
   sync: runSyncBenchmark,
   provision: runProvisionBenchmark,
   density: runDensityBenchmark,
+  throughput: runThroughputBenchmark,
 };
 
 const [name = 'sync', ...args] = process.argv.slice(2);

@@ -113,7 +113,16 @@ function validationError(error: FastifyError): InvalidArgumentError {
   const field = [path, missing ?? extra].filter(Boolean).join('.') || error.validationContext || 'request';
   if (missing) return new InvalidArgumentError(field, 'a value (it is required)');
   if (extra) return new InvalidArgumentError(field, 'no such field; see /openapi.json');
-  return new InvalidArgumentError(field, first?.message ?? 'a valid value');
+  const params = (first?.params ?? {}) as { limit?: number; type?: string; allowedValues?: unknown[] };
+  const expected: Record<string, string> = {
+    minLength: `at least ${params.limit} characters`,
+    maxLength: `at most ${params.limit} characters`,
+    minimum: `a number of at least ${params.limit}`,
+    type: `a value of type ${params.type}`,
+    enum: `one of ${(params.allowedValues ?? []).join(', ')}`,
+  };
+  // The received value is not echoed: it may be a passphrase.
+  return new InvalidArgumentError(field, expected[first?.keyword ?? ''] ?? `a value that satisfies: ${first?.message ?? 'the schema'}`);
 }
 
 function actorOf(request: FastifyRequest): Actor {

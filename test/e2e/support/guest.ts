@@ -50,6 +50,19 @@ if [ -e /dev/tpm0 ]; then
     echo "VTPM-RSP $name $(hexdump -v -e '/1 "%02x"' /tmp/rsp)"
   done
 fi
+load=$(sed -n 's/.*vtpm.load=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
+if [ -n "$load" ] && [ -e /dev/tpm0 ]; then
+  exec 3<>/dev/tpm0
+  i=0
+  start=$(cut -d' ' -f1 /proc/uptime)
+  while [ $i -lt "$load" ]; do
+    cat /load/getrandom >&3
+    dd bs=4096 count=1 <&3 2>/dev/null > /dev/null
+    i=$((i + 1))
+  done
+  echo "VTPM-LOAD $load $start $(cut -d' ' -f1 /proc/uptime)"
+  exec 3>&-
+fi
 hold=$(sed -n 's/.*vtpm.hold=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
 if [ -n "$hold" ]; then echo VTPM-HOLDING; sleep "$hold"; fi
 echo VTPM-DONE
@@ -66,7 +79,9 @@ export async function findKernel(): Promise<string> {
 /** Builds the initramfs into `dir` and returns its path. */
 export async function buildInitramfs(dir: string): Promise<string> {
   const root = join(dir, 'initrd');
-  for (const sub of ['bin', 'dev', 'proc', 'sys', 'tmp', 'cmds/1', 'cmds/2']) await mkdir(join(root, sub), { recursive: true });
+  for (const sub of ['bin', 'dev', 'proc', 'sys', 'tmp', 'cmds/1', 'cmds/2', 'load']) await mkdir(join(root, sub), { recursive: true });
+  // TPM2_GetRandom of 16 bytes: the load loop's command, which reads nothing from and writes nothing to the state.
+  await writeFile(join(root, 'load/getrandom'), Buffer.from('8001' + '0000000c' + '0000017b' + '0010', 'hex'));
   await copyFile('/bin/busybox', join(root, 'bin/busybox'));
   await writeFile(join(root, 'init'), INIT);
   await chmod(join(root, 'init'), 0o755);
@@ -78,6 +93,8 @@ export async function buildInitramfs(dir: string): Promise<string> {
 }
 
 export interface GuestReport {
+  /** Commands per second of the load loop, by the guest's clock, when one ran. */
+  loadRate?: number;
   devices: string[];
   version: string;
   /** Raw TPM responses by command name. */
@@ -94,6 +111,8 @@ export interface BootOptions {
   holdSeconds?: number;
   /** Seconds the guest waits before its TPM commands (the firmware has already started the TPM). */
   delaySeconds?: number;
+  /** TPM2_GetRandom commands the guest sends in a loop, timed by its own clock (VTPM-LOAD line). */
+  loadCommands?: number;
   timeoutMs?: number;
 }
 
@@ -117,6 +136,7 @@ export function launchGuest(options: BootOptions): RunningGuest {
       'console=ttyS0 panic=-1 quiet',
       ...(options.holdSeconds ? [`vtpm.hold=${options.holdSeconds}`] : []),
       ...(options.delaySeconds ? [`vtpm.delay=${options.delaySeconds}`] : []),
+      ...(options.loadCommands ? [`vtpm.load=${options.loadCommands}`] : []),
     ].join(' '),
     ...options.qemuArgs,
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -135,7 +155,9 @@ export function launchGuest(options: BootOptions): RunningGuest {
       const field = (name: string) => new RegExp(`${name} ?(.*)$`, 'm').exec(output)?.[1]?.trim() ?? '';
       const responses: Record<string, Buffer> = {};
       for (const match of output.matchAll(/VTPM-RSP (\S+) ?([0-9a-f]*)\s*$/gm)) responses[match[1]!] = Buffer.from(match[2] ?? '', 'hex');
-      resolve({ devices: field('VTPM-DEVICES').split(/\s+/).filter(Boolean), version: field('VTPM-VERSION'), responses, console: output });
+      const load = /VTPM-LOAD (\d+) ([\d.]+) ([\d.]+)/.exec(output);
+      const loadRate = load ? Number(load[1]) / (Number(load[3]) - Number(load[2])) : undefined;
+      resolve({ ...(loadRate !== undefined && { loadRate }), devices: field('VTPM-DEVICES').split(/\s+/).filter(Boolean), version: field('VTPM-VERSION'), responses, console: output });
     });
   });
   return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), holding: () => output.includes('VTPM-HOLDING'), waiting: () => output.includes('VTPM-WAITING'), report };
