@@ -12,11 +12,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import Sqlite from 'better-sqlite3';
+import { apiClient, inBatches, socketAccepts } from './harness.js';
 import { summarize, table } from './stats.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
@@ -51,33 +51,6 @@ async function startService(dataDir: string): Promise<{ child: ChildProcess; url
   return { child, url, token: (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim() };
 }
 
-function client(url: string, token: string) {
-  return async (method: string, path: string, body?: unknown): Promise<unknown> => {
-    const response = await fetch(`${url}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
-    if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
-    return response.status === 204 ? undefined : response.json();
-  };
-}
-
-async function inBatches<T>(items: T[], width: number, work: (item: T, index: number) => Promise<void>, label: string): Promise<void> {
-  for (let i = 0; i < items.length; i += width) {
-    await Promise.all(items.slice(i, i + width).map((item, j) => work(item, i + j)));
-    if ((i / width) % 50 === 0) process.stderr.write(`${label}: ${Math.min(i + width, items.length)}/${items.length}\n`);
-  }
-}
-
-function accepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    socket.once('connect', () => (socket.end(), resolve(true)));
-    socket.once('error', () => resolve(false));
-  });
-}
-
 /** The anchor for start latency: swtpm on an unencrypted fresh state, spawn to socket accepting. */
 async function directStart(root: string, runs: number): Promise<number[]> {
   const samples: number[] = [];
@@ -87,7 +60,7 @@ async function directStart(root: string, runs: number): Promise<number[]> {
     const socket = join(dir, 'sock');
     const started = performance.now();
     const child = spawn('swtpm', ['socket', '--tpm2', '--tpmstate', `dir=${dir}`, '--ctrl', `type=unixio,path=${socket}`, '--terminate'], { stdio: 'ignore' });
-    while (!(await accepts(socket))) await delay(2);
+    while (!(await socketAccepts(socket))) await delay(2);
     samples.push(performance.now() - started);
     child.kill('SIGKILL');
   }
@@ -99,7 +72,7 @@ export async function runDensityBenchmark(args: string[]): Promise<{ table: stri
   const root = await mkdtemp('/tmp/vtpm-bench-');
   const dataDir = join(root, 'data');
   const { child, url, token } = await startService(dataDir);
-  const api = client(url, token);
+  const api = apiClient(url, token);
   const vms = Array.from({ length: count }, () => randomUUID());
   try {
     await inBatches(vms, 2, async (vm) => void (await api('POST', '/v1/vtpms', { vm, version: '2.0' })), 'created');

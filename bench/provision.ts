@@ -9,41 +9,21 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import pino from 'pino';
-import { startServer, type RunningServer } from '../src/control/server.js';
+import { serveInProcess, type Api } from './harness.js';
 import { summarize, table, type Summary } from './stats.js';
 
 const POOLED_CREATES = 40;
 const INLINE_CREATES = 10;
 const ANCHOR_RUNS = 10;
 
-async function serve(root: string, name: string, poolSize: number): Promise<{ server: RunningServer; token: string }> {
-  const dataDir = join(root, name);
-  const server = await startServer({
-    dataDir, listen: '127.0.0.1:0', runDir: join(dataDir, 'run'), scratchDir: '/dev/shm', keyManager: 'local', retention: 20, poolSize,
-    logger: pino({ level: 'warn' }, pino.destination(2)), version: 'bench',
-  });
-  return { server, token: (await readFile(server.adminTokenPath, 'utf8')).trim() };
-}
-
-async function call(server: RunningServer, token: string, method: string, path: string, body?: unknown): Promise<unknown> {
-  const response = await fetch(`${server.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
-  return response.status === 204 ? undefined : response.json();
-}
-
-async function timeCreates(server: RunningServer, token: string, count: number): Promise<number[]> {
+async function timeCreates(api: Api, count: number): Promise<number[]> {
   const samples: number[] = [];
   for (let i = 0; i < count; i += 1) {
     const started = performance.now();
-    await call(server, token, 'POST', '/v1/vtpms', { vm: randomUUID(), version: '2.0' });
+    await api('POST', '/v1/vtpms', { vm: randomUUID(), version: '2.0' });
     samples.push(performance.now() - started);
   }
   return samples;
@@ -80,9 +60,9 @@ async function bareSwtpmSetup(root: string): Promise<number[]> {
   return samples;
 }
 
-async function waitForPool(server: RunningServer, token: string, ready: number): Promise<void> {
+async function waitForPool(api: Api, ready: number): Promise<void> {
   for (;;) {
-    const pool = (await call(server, token, 'GET', '/v1/pool')) as { ready: Record<string, number> };
+    const pool = (await api('GET', '/v1/pool')) as { ready: Record<string, number> };
     if ((pool.ready['2.0'] ?? 0) >= ready) return;
     await delay(500);
   }
@@ -93,15 +73,15 @@ export async function runProvisionBenchmark(): Promise<{ table: string; results:
   try {
     const anchor = summarize(await bareSwtpmSetup(root));
 
-    const inline = await serve(root, 'inline', 0);
-    await call(inline.server, inline.token, 'POST', '/v1/vtpms', { vm: randomUUID(), version: '2.0' });
-    const inlineLatency = summarize(await timeCreates(inline.server, inline.token, INLINE_CREATES));
+    const inline = await serveInProcess(join(root, 'inline'), 0);
+    await inline.api('POST', '/v1/vtpms', { vm: randomUUID(), version: '2.0' });
+    const inlineLatency = summarize(await timeCreates(inline.api, INLINE_CREATES));
     await inline.server.close();
 
     process.stderr.write(`filling a pool of ${POOLED_CREATES} TPM 2.0...\n`);
-    const pooled = await serve(root, 'pooled', POOLED_CREATES);
-    await waitForPool(pooled.server, pooled.token, POOLED_CREATES);
-    const pooledLatency = summarize(await timeCreates(pooled.server, pooled.token, POOLED_CREATES));
+    const pooled = await serveInProcess(join(root, 'pooled'), POOLED_CREATES);
+    await waitForPool(pooled.api, POOLED_CREATES);
+    const pooledLatency = summarize(await timeCreates(pooled.api, POOLED_CREATES));
     await pooled.server.close();
 
     const row = (what: string, s: Summary) => ({

@@ -13,15 +13,14 @@
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import Sqlite from 'better-sqlite3';
-import pino from 'pino';
-import { startServer } from '../src/control/server.js';
 import { Store } from '../src/store/index.js';
 import { sqliteDialect } from '../src/store/sqlite/sqlite-dialect.js';
 import { StateVault, vaultKeyFrom } from '../src/vault/state-vault.js';
+import { inBatches, serveInProcess } from './harness.js';
 import { summarize, table, type Summary } from './stats.js';
 
 const SCALES = [1, 50, 200];
@@ -79,20 +78,6 @@ async function notificationAnchor(root: string, count: number): Promise<Summary>
   return summarize(lags);
 }
 
-async function api<T>(url: string, token: string, method: string, path: string, body?: unknown): Promise<T> {
-  const response = await fetch(`${url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
-  return (response.status === 204 ? undefined : await response.json()) as T;
-}
-
-async function inBatches<T>(items: T[], width: number, work: (item: T) => Promise<void>): Promise<void> {
-  for (let i = 0; i < items.length; i += width) await Promise.all(items.slice(i, i + width).map(work));
-}
-
 async function commitThroughput(root: string): Promise<{ vault: number; anchor: number }> {
   const store = await Store.open(sqliteDialect(join(root, 'throughput.sqlite')));
   const vault = new StateVault(store, 20);
@@ -118,21 +103,17 @@ async function commitThroughput(root: string): Promise<{ vault: number; anchor: 
 export async function runSyncBenchmark(): Promise<{ table: string; results: unknown }> {
   const root = await mkdtemp('/tmp/vtpm-bench-');
   const dataDir = join(root, 'data');
-  const server = await startServer({
-    dataDir, listen: '127.0.0.1:0', runDir: join(dataDir, 'run'), scratchDir: '/dev/shm', keyManager: 'local', retention: 20, poolSize: 0,
-    logger: pino({ level: 'warn' }, pino.destination(2)), version: 'bench',
-  });
-  const token = (await readFile(server.adminTokenPath, 'utf8')).trim();
+  const { server, api } = await serveInProcess(dataDir, 0);
   const database = new Sqlite(join(dataDir, 'vtpm.sqlite'), { readonly: true });
   const rows: Array<Record<string, string | number>> = [];
   const results: Record<string, unknown> = {};
   const vms = Array.from({ length: Math.max(...SCALES) }, () => randomUUID());
   try {
     process.stderr.write(`creating ${vms.length} vTPMs...\n`);
-    await inBatches(vms, 4, async (vm) => void (await api(server.url, token, 'POST', '/v1/vtpms', { vm, version: '2.0' })));
+    await inBatches(vms, 4, async (vm) => void (await api('POST', '/v1/vtpms', { vm, version: '2.0' })));
     let running = 0;
     for (const scale of SCALES) {
-      await inBatches(vms.slice(running, scale), 8, async (vm) => void (await api(server.url, token, 'POST', `/v1/vtpms/${vm}/start`)));
+      await inBatches(vms.slice(running, scale), 8, async (vm) => void (await api('POST', `/v1/vtpms/${vm}/start`)));
       running = scale;
       process.stderr.write(`${scale} running: writing for ${DURATION_MS / 1000} s...\n`);
       const since = new Date().toISOString();
@@ -161,7 +142,7 @@ export async function runSyncBenchmark(): Promise<{ table: string; results: unkn
     };
   } finally {
     database.close();
-    await inBatches(vms, 8, async (vm) => void (await api(server.url, token, 'DELETE', `/v1/vtpms/${vm}?force=true`)));
+    await inBatches(vms, 8, async (vm) => void (await api('DELETE', `/v1/vtpms/${vm}?force=true`)));
     await server.close();
     await rm(root, { recursive: true, force: true });
   }

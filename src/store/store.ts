@@ -7,7 +7,7 @@
 import { type Dialect, type Insertable, Kysely, type Selectable } from 'kysely';
 import { AlreadyExistsError } from '../errors.js';
 import { migrateToLatest } from './migrations.js';
-import type { Database, GenerationReason, HostTable, StateKind, VtpmStatus, VtpmTable } from './schema.js';
+import type { Database, GenerationReason, HostTable, StateGenerationTable, StateKind, VtpmStatus, VtpmTable } from './schema.js';
 
 export interface VtpmRecord {
   vm: string;
@@ -81,6 +81,19 @@ function toVtpm(row: Selectable<VtpmTable>): VtpmRecord {
     socket: row.socket,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
+  };
+}
+
+function toGenerationSummary(row: Omit<Selectable<StateGenerationTable>, 'wrapped_key' | 'ciphertext'>): GenerationSummary {
+  return {
+    vm: row.vm,
+    kind: row.kind,
+    generation: row.generation,
+    previousDigest: row.previous_digest,
+    digest: row.digest,
+    size: row.size,
+    reason: row.reason,
+    createdAt: row.created_at,
   };
 }
 
@@ -259,18 +272,7 @@ export class Store {
       .where('kind', '=', kind)
       .where('generation', '=', generation)
       .executeTakeFirst();
-    return row && {
-      vm: row.vm,
-      kind: row.kind,
-      generation: row.generation,
-      previousDigest: row.previous_digest,
-      digest: row.digest,
-      size: row.size,
-      reason: row.reason,
-      wrappedKey: Buffer.from(row.wrapped_key),
-      ciphertext: Buffer.from(row.ciphertext),
-      createdAt: row.created_at,
-    };
+    return row && { ...toGenerationSummary(row), wrappedKey: Buffer.from(row.wrapped_key), ciphertext: Buffer.from(row.ciphertext) };
   }
 
   /** Newest first. */
@@ -282,16 +284,7 @@ export class Store {
       .orderBy('kind')
       .orderBy('generation', 'desc')
       .execute();
-    return rows.map((row) => ({
-      vm: row.vm,
-      kind: row.kind,
-      generation: row.generation,
-      previousDigest: row.previous_digest,
-      digest: row.digest,
-      size: row.size,
-      reason: row.reason,
-      createdAt: row.created_at,
-    }));
+    return rows.map(toGenerationSummary);
   }
 
   /** Deletes the generations of a kind older than the newest `keep`. */
