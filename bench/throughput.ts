@@ -15,8 +15,8 @@ import { bootGuest, buildInitramfs, findKernel } from '../test/e2e/support/guest
 import { serveInProcess, socketAccepts } from './harness.js';
 import { summarize, table } from './stats.js';
 
-const COMMANDS = 400;
-const ROUNDS = 3;
+const COMMANDS = 600;
+const ROUNDS = 9;
 
 export async function runThroughputBenchmark(): Promise<{ table: string; results: unknown }> {
   const root = await mkdtemp('/tmp/vtpm-bench-');
