@@ -13,7 +13,6 @@ import { InvalidArgumentError } from '../errors.js';
 import { openKeyManager, type KeyManager } from '../keys/index.js';
 import { openEmbeddedStore, type Store } from '../store/index.js';
 import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
-import { TPM_VERSIONS } from '../spec/tpm-spec.js';
 import { StateVault } from '../vault/state-vault.js';
 import { buildApi } from './api.js';
 import { ProvisioningPool } from './provisioning-pool.js';
@@ -86,7 +85,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
   const agent = await LocalHostAgent.open({ dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }) });
   const vault = new StateVault(store, options.retention);
-  const pool = options.poolSize > 0 ? new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, TPM_VERSIONS) : undefined;
+  // 2.0 first: it is what Windows 11 and most new guests ask for.
+  const pool = options.poolSize > 0 ? new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, ['2.0', '1.2']) : undefined;
   const service = new VtpmService(store, keys, vault, new Map([[agent.hostName, agent]]), logger.child({ component: 'control' }), pool);
   await service.registerHosts();
   await service.reconcile();

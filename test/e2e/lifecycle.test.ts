@@ -5,15 +5,17 @@
  * and delete crypto-erases.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import Sqlite from 'better-sqlite3';
 import { bootGuest, buildInitramfs, findKernel, launchGuest, resetCountOf } from './support/guest.js';
-import { serviceForFile, type StartedJson, type VtpmJson } from './support/service.js';
+import { CLI, serviceForFile, type StartedJson, type VtpmJson } from './support/service.js';
 
 const context = serviceForFile('vtpm-life');
 
@@ -58,6 +60,14 @@ describe('bad input creates nothing', () => {
     const body = (await response.json()) as { error: { code: string; details: { conflicts: Array<{ source: string }> } } };
     assert.equal(body.error.code, 'spec_conflict');
     assert.deepEqual(body.error.details.conflicts.map((c) => c.source), ['flavor', 'image']);
+  });
+});
+
+describe('the vtpm command', () => {
+  it('runs as an executable, as npx and npm install -g run it', async () => {
+    const { version } = JSON.parse(await readFile(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+    const { stdout } = await promisify(execFile)(CLI, ['--version']);
+    assert.equal(stdout.trim(), version);
   });
 });
 
