@@ -2,8 +2,9 @@
 # Sourced, not run.
 
 # What the service needs on a host: swtpm and its tools (swtpm_setup, swtpm_localca, certtool),
-# and QEMU, whose devices tell which TPM models this host offers.
-SERVICE_PACKAGES=(swtpm swtpm-tools qemu-system-x86)
+# QEMU, whose devices tell which TPM models this host offers, and OVMF, whose variable-store
+# templates UEFI guests start from.
+SERVICE_PACKAGES=(swtpm swtpm-tools qemu-system-x86 ovmf)
 # What the end-to-end tests add: a kernel with TPM TIS and CRB drivers built in, and a busybox
 # initramfs built by the tests, to boot real guests in seconds.
 TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio)
