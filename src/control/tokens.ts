@@ -12,10 +12,10 @@ import type { Actor } from './vtpm-service.js';
 const TOKEN_PREFIX = 'vtpm_';
 const ADMIN_TOKEN_NAME = 'bootstrap-admin';
 
-export const hashToken = (token: string): string => createHash('sha256').update(token).digest('hex');
+const hashToken = (token: string): string => createHash('sha256').update(token).digest('hex');
 export const adminTokenPath = (dataDir: string): string => join(dataDir, 'admin.token');
 
-export function newToken(): string {
+function newToken(): string {
   return TOKEN_PREFIX + randomBytes(32).toString('base64url');
 }
 

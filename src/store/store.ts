@@ -287,16 +287,9 @@ export class Store {
     return rows.map(toGenerationSummary);
   }
 
-  /** Deletes the generations of a kind older than the newest `keep`. */
-  async pruneGenerations(vm: string, kind: StateKind, keep: number): Promise<void> {
-    const head = await this.getHead(vm, kind);
-    if (!head) return;
-    await this.db
-      .deleteFrom('state_generations')
-      .where('vm', '=', vm)
-      .where('kind', '=', kind)
-      .where('generation', '<=', head.generation - keep)
-      .execute();
+  /** Deletes the generations of a kind numbered `upTo` or lower. */
+  async pruneGenerations(vm: string, kind: StateKind, upTo: number): Promise<void> {
+    await this.db.deleteFrom('state_generations').where('vm', '=', vm).where('kind', '=', kind).where('generation', '<=', upTo).execute();
   }
 
   /** Deletes the vault's generations and head of a VM, of one kind or all. */

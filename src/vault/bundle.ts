@@ -52,7 +52,7 @@ interface Header {
   created_at: string;
 }
 
-export function checkPassphrase(passphrase: string): void {
+function checkPassphrase(passphrase: string): void {
   if (passphrase.length < MIN_PASSPHRASE) throw new InvalidArgumentError('passphrase', `at least ${MIN_PASSPHRASE} characters`);
 }
 

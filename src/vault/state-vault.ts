@@ -54,7 +54,8 @@ export class StateVault {
     dataKey.fill(0);
     const appended = await this.store.appendGeneration({ vm, kind, generation, previousDigest, digest, size: data.length, reason, wrappedKey, ciphertext });
     if (!appended) throw new RollbackError(`generation ${generation} of VM ${vm} (${kind}) lost a race with another writer; the vault head moved`, { vm, kind, generation });
-    await this.store.pruneGenerations(vm, kind, this.retention);
+    // Retention: the newest `retention` generations stay.
+    if (generation > this.retention) await this.store.pruneGenerations(vm, kind, generation - this.retention);
     return generation;
   }
 

@@ -28,7 +28,6 @@ export class ServiceUnderTest {
     readonly dataDir: string,
     readonly url: string,
     private readonly process: ChildProcess,
-    readonly output: () => string,
     readonly serveArgs: string[],
   ) {}
 
@@ -50,7 +49,7 @@ export class ServiceUnderTest {
       child.once('exit', (code) => reject(new Error(`vtpm serve exited with ${code} before listening:\n${output}`)));
       setTimeout(() => reject(new Error(`vtpm serve did not listen within 60 s:\n${output}`)), 60_000).unref();
     });
-    return new ServiceUnderTest(dataDir, url, child, () => output, serveArgs);
+    return new ServiceUnderTest(dataDir, url, child, serveArgs);
   }
 
   async stop(): Promise<void> {
