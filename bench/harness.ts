@@ -1,11 +1,22 @@
-/** What the benchmarks share: an in-process `vtpm serve`, a minimal API client, a socket probe. */
-import { readFile } from 'node:fs/promises';
-import { connect } from 'node:net';
+/** What the benchmarks share: an in-process `vtpm serve`, a minimal API client, the direct-swtpm anchor. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as delay } from 'node:timers/promises';
 import pino from 'pino';
 import { startServer, type RunningServer } from '../src/control/server.js';
+import { SWTPM_KEY_OPTION } from '../src/swtpm/state-key.js';
+import { socketAccepts } from '../src/swtpm/tpm-socket.js';
+
+const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
 export type Api = (method: string, path: string, body?: unknown) => Promise<unknown>;
+
+export async function untilStopped(api: Api, vm: string): Promise<void> {
+  while (((await api('GET', `/v1/vtpms/${vm}`)) as { status: string }).status !== 'stopped') await delay(10);
+}
 
 export function apiClient(url: string, token: string): Api {
   return async (method, path, body) => {
@@ -19,6 +30,23 @@ export function apiClient(url: string, token: string): Api {
   };
 }
 
+/** `vtpm serve` as its own process (pool off), so that /proc figures are the service's alone. */
+export async function serveAsProcess(dataDir: string): Promise<{ child: ChildProcess; url: string; token: string }> {
+  const child = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn', '--pool-size', '0'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      const match = /listening on (http:\/\/\S+)/.exec(out);
+      if (match?.[1]) resolve(match[1]);
+    });
+    child.once('exit', (code) => reject(new Error(`vtpm serve exited ${code}`)));
+  });
+  return { child, url, token: (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim() };
+}
+
 /** `vtpm serve` in this process, on `dataDir`, logging warnings only. */
 export async function serveInProcess(dataDir: string, poolSize: number): Promise<{ server: RunningServer; api: Api }> {
   const server = await startServer({
@@ -28,17 +56,39 @@ export async function serveInProcess(dataDir: string, poolSize: number): Promise
   return { server, api: apiClient(server.url, (await readFile(server.adminTokenPath, 'utf8')).trim()) };
 }
 
-export function socketAccepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    socket.once('connect', () => (socket.end(), resolve(true)));
-    socket.once('error', () => resolve(false));
-  });
-}
 
 export async function inBatches<T>(items: T[], width: number, work: (item: T) => Promise<void>, label?: string): Promise<void> {
   for (let i = 0; i < items.length; i += width) {
     await Promise.all(items.slice(i, i + width).map(work));
     if (label && (i / width) % 50 === 0) process.stderr.write(`${label}: ${Math.min(i + width, items.length)}/${items.length}\n`);
   }
+}
+
+export interface DirectSwtpm {
+  socket: string;
+  /** Spawn to control socket accepting, in ms. */
+  startMs: number;
+  kill: () => void;
+}
+
+/**
+ * The anchor every start and data-path figure is compared with: swtpm started
+ * directly, as libvirt would, with the options the product's agent uses
+ * (TPM 2.0, state encrypted with a key on fd 3, --terminate), on a fresh state.
+ */
+export async function startSwtpmDirectly(dir: string): Promise<DirectSwtpm> {
+  await mkdir(dir, { recursive: true });
+  const socket = join(dir, 'ctrl.sock');
+  await rm(socket, { force: true });
+  const started = performance.now();
+  const child = spawn('swtpm', [
+    'socket', '--tpm2', '--tpmstate', `dir=${dir},mode=0600`, '--ctrl', `type=unixio,path=${socket},mode=0600`,
+    '--key', SWTPM_KEY_OPTION, '--terminate',
+  ], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
+  (child.stdio[3] as NodeJS.WritableStream).end(randomBytes(32).toString('hex'));
+  while (!(await socketAccepts(socket))) {
+    if (child.exitCode !== null) throw new Error(`swtpm exited with status ${child.exitCode}`);
+    await delay(1);
+  }
+  return { socket, startMs: performance.now() - started, kill: () => child.kill('SIGKILL') };
 }

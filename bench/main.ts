@@ -5,16 +5,20 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { runControlPlaneBenchmark } from './control-plane.js';
 import { runDensityBenchmark } from './density.js';
 import { runProvisionBenchmark } from './provision.js';
+import { runStartBenchmark } from './start.js';
 import { runSyncBenchmark } from './sync.js';
 import { runThroughputBenchmark } from './throughput.js';
 
 const scenarios: Record<string, (args: string[]) => Promise<{ table: string; results: unknown }>> = {
   sync: runSyncBenchmark,
   provision: runProvisionBenchmark,
+  start: runStartBenchmark,
   density: runDensityBenchmark,
   throughput: runThroughputBenchmark,
+  api: runControlPlaneBenchmark,
 };
 
 const [name = 'sync', ...args] = process.argv.slice(2);

@@ -19,6 +19,7 @@ import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';
 import { adoptSwtpm, launchSwtpm, terminateSwtpm, type InstancePaths, type SwtpmInstance } from '../swtpm/instance.js';
 import { manufactureTpm } from '../swtpm/manufacture.js';
+import { stateFileName } from '../swtpm/state-file.js';
 import type { DevicePaths, HostAgent, HostDescription, ManufactureRequest, ManufacturedVtpm, RunningVtpm, StartRequest, StateChange, VtpmExit } from './host-agent.js';
 import { StateWatcher, type WatchedFile } from './state-watcher.js';
 
@@ -37,10 +38,6 @@ const MAX_SOCKET_PATH = 107;
 const UUID_LENGTH = 36;
 
 /** The one file in which swtpm keeps a TPM's persistent state. */
-export function stateFileName(spec: TpmSpec): string {
-  return spec.version === '2.0' ? 'tpm2-00.permall' : 'tpm-00.permall';
-}
-
 interface Tracked {
   instance: SwtpmInstance;
   watchers: StateWatcher[];

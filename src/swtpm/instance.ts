@@ -8,12 +8,12 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError, HostSetupError } from '../errors.js';
 import type { TpmSpec } from '../spec/tpm-spec.js';
 import { KEY_FD } from './run-program.js';
 import { SWTPM_KEY_OPTION, stateKeyMaterial } from './state-key.js';
+import { socketAccepts } from './tpm-socket.js';
 
 export interface InstancePaths {
   stateDir: string;
@@ -34,19 +34,12 @@ export interface SwtpmInstance {
 }
 
 const READY_TIMEOUT_MS = 10_000;
+// swtpm usually accepts within 10 ms: probe every millisecond at first, then back off.
+const READY_FAST_POLL_MS = 1;
+const READY_FAST_WINDOW_MS = 100;
 const READY_POLL_MS = 5;
 const ADOPTED_POLL_MS = 200;
 
-function socketAccepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = connect(path);
-    probe.once('connect', () => {
-      probe.end();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-}
 
 async function logTail(logFile: string): Promise<string> {
   try {
@@ -91,7 +84,8 @@ export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey:
   keyPipe.end(stateKeyMaterial(stateKey));
   child.unref();
 
-  const deadline = Date.now() + READY_TIMEOUT_MS;
+  const launched = Date.now();
+  const deadline = launched + READY_TIMEOUT_MS;
   let gone: ExitInfo | undefined;
   void exited.then((info) => (gone = info));
   while (Date.now() < deadline) {
@@ -99,7 +93,7 @@ export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey:
       throw new EmulatorError(`swtpm exited during start (${gone.signal ?? `status ${gone.code}`}): ${await logTail(paths.logFile) || 'no output'}`, { log: paths.logFile });
     }
     if (await socketAccepts(paths.socket)) return { pid: child.pid!, exited };
-    await Promise.race([delay(READY_POLL_MS), spawnFailure]);
+    await Promise.race([delay(Date.now() - launched < READY_FAST_WINDOW_MS ? READY_FAST_POLL_MS : READY_POLL_MS), spawnFailure]);
   }
   child.kill('SIGKILL');
   throw new EmulatorError(`swtpm did not open its socket ${paths.socket} within ${READY_TIMEOUT_MS / 1000} s: ${await logTail(paths.logFile)}`, { log: paths.logFile });

@@ -124,6 +124,8 @@ export interface RunningGuest {
   holding: () => boolean;
   /** True once the guest waits before its TPM commands. */
   waiting: () => boolean;
+  /** performance.now() when the console first showed a TPM response, once it has. */
+  tpmAnsweredAt: () => number | undefined;
   report: Promise<GuestReport>;
 }
 
@@ -141,7 +143,11 @@ export function launchGuest(options: BootOptions): RunningGuest {
     ...options.qemuArgs,
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
-  qemu.stdout.on('data', (chunk: Buffer) => (output += chunk.toString('latin1')));
+  let tpmAnsweredAt: number | undefined;
+  qemu.stdout.on('data', (chunk: Buffer) => {
+    output += chunk.toString('latin1');
+    if (tpmAnsweredAt === undefined && output.includes('VTPM-RSP')) tpmAnsweredAt = performance.now();
+  });
   qemu.stderr.on('data', (chunk: Buffer) => (output += chunk.toString('latin1')));
   const timer = setTimeout(() => qemu.kill('SIGKILL'), options.timeoutMs ?? 180_000);
   const report = new Promise<GuestReport>((resolve, reject) => {
@@ -160,7 +166,7 @@ export function launchGuest(options: BootOptions): RunningGuest {
       resolve({ ...(loadRate !== undefined && { loadRate }), devices: field('VTPM-DEVICES').split(/\s+/).filter(Boolean), version: field('VTPM-VERSION'), responses, console: output });
     });
   });
-  return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), holding: () => output.includes('VTPM-HOLDING'), waiting: () => output.includes('VTPM-WAITING'), report };
+  return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), holding: () => output.includes('VTPM-HOLDING'), waiting: () => output.includes('VTPM-WAITING'), tpmAnsweredAt: () => tpmAnsweredAt, report };
 }
 
 export function bootGuest(options: BootOptions): Promise<GuestReport> {

@@ -1,0 +1,167 @@
+/**
+ * Adoption: takes the state file another manager's swtpm left (libvirt's
+ * `emulator` backend), and returns the same TPM re-encrypted under the
+ * vTPM's own key, with the EK certificates found in its NV memory.
+ *
+ * The TPM itself is untouched: its permanent state moves from one swtpm to
+ * another through swtpm's state-blob interface (what QEMU uses for
+ * migration), encrypted in transit with a one-time migration key, so the
+ * plaintext TPM state never reaches a file. What the guest sees afterwards
+ * (EK, NV indices, PCR banks, seeds) is exactly what it saw before.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { EmulatorError, HostSetupError, IntegrityError } from '../errors.js';
+import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { EkCertificate } from './manufacture.js';
+import { runProgram } from './run-program.js';
+import { STATE_CIPHER, stateKeyMaterial } from './state-key.js';
+import { stateFileName } from './state-file.js';
+import { EK_CERTIFICATE_INDICES, readNvIndex, responseCode, tpm2 } from './tpm2-commands.js';
+import { connectTpm, socketAccepts } from './tpm-socket.js';
+
+export interface AdoptOptions {
+  spec: TpmSpec;
+  /** The state file as the other manager's swtpm wrote it. */
+  state: Buffer;
+  /** The passphrase the other manager encrypted the state with (libvirt's secret value), if it did. */
+  sourcePassphrase?: Buffer | undefined;
+  /** The vTPM's own key, which the adopted state is encrypted under. */
+  stateKey: Buffer;
+  /** A directory on a memory file system for the short-lived files. */
+  scratchRoot: string;
+}
+
+export interface AdoptedTpm {
+  state: Buffer;
+  ekCertificates: EkCertificate[];
+}
+
+const READY_TIMEOUT_MS = 10_000;
+const IOCTL_TIMEOUT_MS = 15_000;
+const SOURCE_KEY_FD = 3;
+const TARGET_KEY_FD = 3;
+const MIGRATION_KEY_FD = 4;
+
+interface Swtpm {
+  child: ChildProcess;
+  control: string;
+  exited: Promise<void>;
+}
+
+/** swtpm on `dir`, with key material handed over on pipes (fd number to content). */
+async function startSwtpm(spec: TpmSpec, dir: string, name: string, options: string[], pipes: Record<number, string | Buffer>): Promise<Swtpm> {
+  const control = join(dir, `${name}.ctrl`);
+  const logFd = openSync(join(dir, `${name}.log`), 'a', 0o600);
+  const highestFd = Math.max(2, ...Object.keys(pipes).map(Number));
+  const stdio = Array.from({ length: highestFd + 1 }, (_, fd) => (fd === 0 ? 'ignore' : fd <= 2 ? logFd : fd in pipes ? 'pipe' : 'ignore')) as Array<'ignore' | 'pipe' | number>;
+  const child = (() => {
+    try {
+      return spawn('swtpm', ['socket', ...(spec.version === '2.0' ? ['--tpm2'] : []), '--ctrl', `type=unixio,path=${control},mode=0600`, ...options], { stdio });
+    } finally {
+      closeSync(logFd);
+    }
+  })();
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const failed = new Promise<never>((_, reject) => child.once('error', (error: NodeJS.ErrnoException) => reject(error.code === 'ENOENT'
+    ? new HostSetupError('swtpm is not installed on this host; run the README\'s setup command (Debian package swtpm)')
+    : new EmulatorError(`swtpm could not be started: ${error.message}`))));
+  failed.catch(() => undefined);
+  for (const [fd, content] of Object.entries(pipes)) {
+    const pipe = child.stdio[Number(fd)] as NodeJS.WritableStream;
+    (pipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
+    pipe.end(content);
+  }
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (!(await socketAccepts(control))) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill('SIGKILL');
+      const log = await readFile(join(dir, `${name}.log`), 'utf8').catch(() => '');
+      throw new EmulatorError(`swtpm (${name}) did not start: ${log.trim().split('\n').slice(-5).join(' ') || 'no output'}`);
+    }
+    await Promise.race([delay(2), failed]);
+  }
+  return { child, control, exited };
+}
+
+async function ioctl(swtpm: Swtpm, ...args: string[]): Promise<void> {
+  await runProgram('swtpm_ioctl', ['--unix', swtpm.control, ...args], { timeoutMs: IOCTL_TIMEOUT_MS });
+}
+
+async function shutDown(swtpm: Swtpm): Promise<void> {
+  await ioctl(swtpm, '-s').catch(() => swtpm.child.kill('SIGKILL'));
+  await swtpm.exited;
+}
+
+export async function adoptState(options: AdoptOptions): Promise<AdoptedTpm> {
+  const scratch = await mkdtemp(join(options.scratchRoot, 'vtpm-adopt-'));
+  const running: Swtpm[] = [];
+  try {
+    const [sourceDir, targetDir] = [join(scratch, 'source'), join(scratch, 'target')];
+    await mkdir(sourceDir, { mode: 0o700 });
+    await mkdir(targetDir, { mode: 0o700 });
+    await writeFile(join(sourceDir, stateFileName(options.spec)), options.state, { mode: 0o600 });
+    const migrationKey = randomBytes(32).toString('hex');
+    const migration = ['--migration-key', `fd=${MIGRATION_KEY_FD},mode=${STATE_CIPHER},format=hex`];
+
+    const source = await startSwtpm(options.spec, scratch, 'source', [
+      '--tpmstate', `dir=${sourceDir},mode=0600`, ...migration,
+      ...(options.sourcePassphrase ? ['--key', `pwdfd=${SOURCE_KEY_FD},mode=${STATE_CIPHER}`] : []),
+    ], options.sourcePassphrase
+      ? { [MIGRATION_KEY_FD]: migrationKey, [SOURCE_KEY_FD]: options.sourcePassphrase }
+      : { [MIGRATION_KEY_FD]: migrationKey });
+    running.push(source);
+    // swtpm hands out its permanent state only from an initialised TPM; initialising does not start it (no TPM2_Startup).
+    await ioctl(source, '-i').catch((error: unknown) => {
+      throw new IntegrityError(options.sourcePassphrase
+        ? 'the TPM state cannot be opened with the given secret (wrong secret, or not a swtpm state of this TPM version)'
+        : 'the TPM state cannot be opened (encrypted, so its secret is needed, or not a swtpm state of this TPM version)', { cause: String(error) });
+    });
+    const blob = join(scratch, 'permanent.blob');
+    await ioctl(source, '--save', 'permanent', blob);
+    await shutDown(source);
+
+    const target = await startSwtpm(options.spec, scratch, 'target', ['--tpmstate', `dir=${targetDir},mode=0600`, ...migration, '--key', `fd=${TARGET_KEY_FD},mode=${STATE_CIPHER},format=hex`],
+      { [MIGRATION_KEY_FD]: migrationKey, [TARGET_KEY_FD]: stateKeyMaterial(options.stateKey) });
+    running.push(target);
+    await ioctl(target, '--load', 'permanent', blob);
+    // Initialising makes swtpm write the loaded state, now under the vTPM's key.
+    await ioctl(target, '-i');
+    await shutDown(target);
+    const state = await readFile(join(targetDir, stateFileName(options.spec)));
+
+    const ekCertificates = options.spec.version === '2.0' ? await readEkCertificates(options.spec, scratch, targetDir, options.stateKey, running) : [];
+    return { state, ekCertificates };
+  } finally {
+    for (const swtpm of running) if (swtpm.child.exitCode === null) swtpm.child.kill('SIGKILL');
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+/** Boots a throwaway copy of the adopted TPM and reads the EK certificates from their TCG-defined NV indices. */
+async function readEkCertificates(spec: TpmSpec, scratch: string, stateDir: string, stateKey: Buffer, running: Swtpm[]): Promise<EkCertificate[]> {
+  const data = join(scratch, 'reader.data');
+  const reader = await startSwtpm(spec, scratch, 'reader', [
+    '--tpmstate', `dir=${stateDir},mode=0600`, '--server', `type=unixio,path=${data},mode=0600`,
+    '--key', `fd=${TARGET_KEY_FD},mode=${STATE_CIPHER},format=hex`, '--flags', 'not-need-init,startup-clear',
+  ], { [TARGET_KEY_FD]: stateKeyMaterial(stateKey) });
+  running.push(reader);
+  const tpm = await connectTpm(data);
+  try {
+    const random = await tpm.send(tpm2.getRandom16);
+    if (responseCode(random) !== 0) throw new EmulatorError(`the adopted TPM does not answer (0x${responseCode(random).toString(16)})`);
+    const certificates: EkCertificate[] = [];
+    for (const [keyType, index] of Object.entries(EK_CERTIFICATE_INDICES)) {
+      const der = await readNvIndex(tpm.send, index);
+      if (der) certificates.push({ keyType, der });
+    }
+    return certificates;
+  } finally {
+    tpm.close();
+    await shutDown(reader);
+  }
+}
