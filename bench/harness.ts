@@ -85,7 +85,10 @@ export async function startSwtpmDirectly(dir: string): Promise<DirectSwtpm> {
     'socket', '--tpm2', '--tpmstate', `dir=${dir},mode=0600`, '--ctrl', `type=unixio,path=${socket},mode=0600`,
     '--key', SWTPM_KEY_OPTION, '--terminate',
   ], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
-  (child.stdio[3] as NodeJS.WritableStream).end(randomBytes(32).toString('hex'));
+  const keyPipe = child.stdio[3] as NodeJS.WritableStream;
+  // A socket pair underneath: killing swtpm can reset it, which is not a failure of the benchmark.
+  (keyPipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
+  keyPipe.end(randomBytes(32).toString('hex'));
   while (!(await socketAccepts(socket))) {
     if (child.exitCode !== null) throw new Error(`swtpm exited with status ${child.exitCode}`);
     await delay(1);

@@ -6,8 +6,9 @@
 # templates UEFI guests start from.
 SERVICE_PACKAGES=(swtpm swtpm-tools qemu-system-x86 ovmf)
 # What the end-to-end tests add: a kernel with TPM TIS and CRB drivers built in, and a busybox
-# initramfs built by the tests, to boot real guests in seconds.
-TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio)
+# initramfs built by the tests, to boot real guests in seconds; libvirt (daemon, QEMU driver,
+# virsh), whose libvirtd the libvirt tests start.
+TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 
 NODE_MINIMUM=20.19.0
 

@@ -36,6 +36,13 @@ export interface ManufacturedVtpm {
   state: Buffer;
 }
 
+/** A TPM state another manager created (libvirt's swtpm), to be taken over under the vTPM's own key. */
+export interface AdoptRequest extends VtpmOnHost {
+  state: Buffer;
+  /** The passphrase the other manager encrypted the state with, if it did. */
+  sourcePassphrase?: Buffer | undefined;
+}
+
 export interface StateChange {
   vm: string;
   kind: StateKind;
@@ -74,6 +81,8 @@ export interface HostAgent {
   describe(): Promise<HostDescription>;
   /** Manufactures the vTPM: returns its state and its EK certificates. */
   manufacture(request: ManufactureRequest): Promise<ManufacturedVtpm>;
+  /** Re-encrypts another manager's TPM state under the vTPM's key, unchanged for the guest, and reads its EK certificates. */
+  adopt(request: AdoptRequest): Promise<ManufacturedVtpm>;
   /**
    * Starts swtpm on exactly the given state (whatever the host's disk held
    * before is replaced); resolves when the socket accepts connections.

@@ -18,9 +18,10 @@ import type { StateKind } from '../store/index.js';
 import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';
 import { adoptSwtpm, launchSwtpm, terminateSwtpm, type InstancePaths, type SwtpmInstance } from '../swtpm/instance.js';
+import { adoptState } from '../swtpm/adopt.js';
 import { manufactureTpm } from '../swtpm/manufacture.js';
 import { stateFileName } from '../swtpm/state-file.js';
-import type { DevicePaths, HostAgent, HostDescription, ManufactureRequest, ManufacturedVtpm, RunningVtpm, StartRequest, StateChange, VtpmExit } from './host-agent.js';
+import type { AdoptRequest, DevicePaths, HostAgent, HostDescription, ManufactureRequest, ManufacturedVtpm, RunningVtpm, StartRequest, StateChange, VtpmExit } from './host-agent.js';
 import { StateWatcher, type WatchedFile } from './state-watcher.js';
 
 export interface LocalHostAgentOptions {
@@ -185,6 +186,11 @@ export class LocalHostAgent implements HostAgent {
     const instance = await launchSwtpm(request.spec, paths, request.stateKey);
     this.track(request.vm, instance, stateFile, request.nvram !== undefined, { tpm: request.state, ...(request.nvram && { nvram: request.nvram }) });
     return { vm: request.vm, pid: instance.pid, socket: paths.socket };
+  }
+
+  async adopt(request: AdoptRequest): Promise<ManufacturedVtpm> {
+    if (this.instances.has(request.vm)) throw new StateConflictError(`vTPM ${request.vm} is running on ${this.hostName}; it cannot be adopted again`, { vm: request.vm });
+    return adoptState({ spec: request.spec, state: request.state, sourcePassphrase: request.sourcePassphrase, stateKey: request.stateKey, scratchRoot: this.options.scratchDir });
   }
 
   async resync(vm: string): Promise<void> {

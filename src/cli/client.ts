@@ -14,15 +14,19 @@ export interface ClientOptions {
   url: string;
   token?: string | undefined;
   dataDir: string;
+  /** Per request; the default suits interactive use, the libvirt hook sets its own. */
+  timeoutMs?: number | undefined;
 }
 
+const DEFAULT_TIMEOUT_MS = 120_000;
+
 export class ApiClient {
-  private constructor(private readonly url: string, private readonly token: string | undefined) {}
+  private constructor(private readonly url: string, private readonly token: string | undefined, private readonly timeoutMs: number) {}
 
   /** The token comes from --token, VTPM_TOKEN, or the server's data directory, in that order. */
   static async connect(options: ClientOptions): Promise<ApiClient> {
     const token = options.token || process.env.VTPM_TOKEN || (await readFile(adminTokenPath(options.dataDir), 'utf8').then((t) => t.trim(), () => undefined));
-    return new ApiClient(options.url.replace(/\/+$/, ''), token);
+    return new ApiClient(options.url.replace(/\/+$/, ''), token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -33,10 +37,10 @@ export class ApiClient {
         method,
         headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        signal: AbortSignal.timeout(120_000),
+        signal: AbortSignal.timeout(this.timeoutMs),
       });
     } catch (error) {
-      const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
+      const cause = (error as Error).name === 'TimeoutError' ? `no answer within ${this.timeoutMs / 1000} s` : (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
       throw new UnreachableError(`cannot reach vtpm-manager at ${this.url} (${cause}): is \`vtpm serve\` running? Set --url or VTPM_URL`, { url: this.url });
     }
     if (response.status === 204) return undefined as T;

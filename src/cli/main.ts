@@ -13,34 +13,12 @@ import { startServer } from '../control/server.js';
 import type { Attachment, GenerationView, HostView, VtpmView } from '../control/vtpm-service.js';
 import { KEY_MANAGER_KINDS } from '../keys/index.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
-import { ApiClient } from './client.js';
-import { DEFAULT_LISTEN, defaultDataDir, defaultRunDir, defaultScratchDir, defaultUrl } from './defaults.js';
+import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
+import { client, emit, globals, vmPath, withClientOptions } from './context.js';
+import { registerLibvirtCommands } from './libvirt-commands.js';
 import { fields, shellQuote, table } from './output.js';
 
 const packageVersion = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-
-interface GlobalOptions {
-  url: string;
-  token: string | undefined;
-  dataDir: string;
-  json: boolean;
-}
-
-interface ClientFlags {
-  url?: string;
-  token?: string;
-  dataDir?: string;
-  json?: boolean;
-}
-
-/** Options every command understands, before or after the command name. */
-function withClientOptions(command: Command): Command {
-  return command
-    .option('--url <url>', 'control plane URL (env VTPM_URL; default http://127.0.0.1:7390)')
-    .option('--token <token>', 'API token (env VTPM_TOKEN; default: <data-dir>/admin.token)')
-    .option('--data-dir <dir>', 'data directory (env VTPM_DATA_DIR)')
-    .option('--json', 'print one JSON document on stdout');
-}
 
 // Positional options: `vtpm create --version 2.0` is the TPM version, `vtpm --version` the program's.
 const program = withClientOptions(new Command('vtpm'))
@@ -49,27 +27,6 @@ const program = withClientOptions(new Command('vtpm'))
   .enablePositionalOptions()
   .showHelpAfterError()
   .configureOutput({ outputError: (text, write) => write(text) });
-
-function globals(command: Command): GlobalOptions {
-  const flags = command.optsWithGlobals<ClientFlags>();
-  return {
-    url: flags.url ?? defaultUrl(),
-    token: flags.token,
-    dataDir: flags.dataDir ?? defaultDataDir(),
-    json: flags.json === true,
-  };
-}
-
-async function client(command: Command): Promise<ApiClient> {
-  const options = globals(command);
-  return ApiClient.connect({ url: options.url, token: options.token, dataDir: options.dataDir });
-}
-
-function emit(command: Command, json: unknown, human: () => string): void {
-  process.stdout.write((globals(command).json ? JSON.stringify(json, null, 2) : human()) + '\n');
-}
-
-const vmPath = (vm: string) => `/v1/vtpms/${encodeURIComponent(vm)}`;
 
 function keyValue(field: string) {
   return (value: string, previous: Record<string, string> = {}): Record<string, string> => {
@@ -296,6 +253,8 @@ withClientOptions(program.command('hosts'))
     const { hosts } = await (await client(command)).request<{ hosts: HostView[] }>('GET', '/v1/hosts');
     emit(command, hosts, () => table(hosts.map((h) => ({ name: h.name, vtpms: h.vtpms, running: h.running, traits: h.traits.join(',') })), ['name', 'vtpms', 'running', 'traits']));
   });
+
+registerLibvirtCommands(program);
 
 function fail(error: unknown): never {
   const json = process.argv.includes('--json');

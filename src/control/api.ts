@@ -82,7 +82,7 @@ const Generation = Type.Object({
   kind: Type.String({ description: 'tpm (TPM permanent state) or nvram (UEFI variable store)' }),
   size: Type.Integer(),
   digest: Type.String({ description: 'SHA-256 of the stored state, hex' }),
-  reason: Type.String({ description: 'create, sync, stop, restore or import' }),
+  reason: Type.String({ description: 'create, sync, stop, restore, import or adopt' }),
   created_at: Type.String(),
 });
 const RestoreBody = Type.Object({ generation: Type.Integer({ minimum: 1 }) }, { additionalProperties: false });
@@ -97,6 +97,15 @@ const ImportBody = Type.Object({
   vm: Type.Optional(Type.String({ description: 'import under this VM UUID instead of the exported one' })),
 }, { additionalProperties: false });
 const BUNDLE_LIMIT = 256 * 1024 * 1024;
+
+const AdoptBody = Type.Object({
+  vm: Type.String({ description: 'UUID of the VM the TPM belongs to' }),
+  version: Type.String({ description: 'TPM version of the state: 1.2 or 2.0' }),
+  model: Type.Optional(Type.String({ description: 'TPM model: tpm-tis (default) or tpm-crb (2.0 only)' })),
+  source: Type.String({ minLength: 1, maxLength: 300, description: 'where the TPM comes from, recorded with the vTPM, e.g. libvirt:DOMAIN' }),
+  state: Type.String({ minLength: 1, description: "the swtpm permanent-state file as the other manager left it, base64" }),
+  source_secret: Type.Optional(Type.String({ minLength: 1, description: "the passphrase the other manager encrypted the state with (libvirt's secret value), base64" })),
+}, { additionalProperties: false });
 
 const VmParams = Type.Object({ vm: Type.String({ description: 'VM UUID' }) });
 const DeleteQuery = Type.Object({ force: Type.Optional(Type.Boolean({ default: false })) });
@@ -287,6 +296,22 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
   }, async (request, reply) => {
     const imported = await service.importBundle(Buffer.from(request.body.bundle, 'base64'), { passphrase: request.body.passphrase, vm: request.body.vm }, actorOf(request));
     return reply.status(201).send(imported);
+  });
+
+  app.post<{ Body: Static<typeof AdoptBody> }>('/v1/vtpms/adopt', {
+    schema: {
+      summary: "Take over a TPM another manager created (libvirt's swtpm state): same EK, NV contents and PCR banks, re-encrypted under a new secret",
+      tags: ['vtpms'],
+      body: AdoptBody,
+      response: { 201: Type.Ref(Vtpm), ...errors(400, 401, 409, 500) },
+    },
+  }, async (request, reply) => {
+    const { vm, version, model, source, state, source_secret: secret } = request.body;
+    const adopted = await service.adopt({
+      vm, version, source, ...(model !== undefined && { model }),
+      state: Buffer.from(state, 'base64'), sourcePassphrase: secret === undefined ? undefined : Buffer.from(secret, 'base64'),
+    }, actorOf(request));
+    return reply.status(201).send(adopted);
   });
 
   app.get('/v1/pool', {

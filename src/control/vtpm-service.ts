@@ -38,6 +38,15 @@ export interface CreateRequest extends SpecRequest, FirmwareRequest {
   vm: string;
 }
 
+/** A TPM another manager created, to be taken over as it is. */
+export interface AdoptRequest extends SpecRequest {
+  vm: string;
+  /** Where it comes from, recorded with the vTPM (e.g. libvirt:DOMAIN). */
+  source: string;
+  state: Buffer;
+  sourcePassphrase?: Buffer | undefined;
+}
+
 /** What the API shows of a vTPM: never the secret reference or sealed data. */
 export interface VtpmView {
   vm: string;
@@ -257,18 +266,14 @@ export class VtpmService {
     const firmware = resolveFirmware(request);
     return this.lock.run(vm, async () => {
       if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
-      const host = await this.placeFor(spec);
-      const row = (secretRef: string): Omit<VtpmRecord, 'createdAt' | 'updatedAt'> => ({
-        vm, project: actor.project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot,
-        host, status: 'creating', secretRef, specClaims: claims, ekCertificates: null, socket: null,
-      });
+      const row = this.newRow(vm, spec, claims, firmware, await this.placeFor(spec), actor);
       const pooled = this.pool ? await this.store.claimPoolEntry(spec.version, (entry) => row(entry.secretRef)) : undefined;
       const record = pooled ? row(pooled.secretRef) : await this.insertWithNewSecret(vm, row, actor);
       try {
         const secret = await this.keys.readSecret(record.secretRef);
-        const tpm = pooled ? openPoolEntry(pooled, secret) : await this.agentFor(host).manufacture({ vm, spec, stateKey: secret });
+        const tpm = pooled ? openPoolEntry(pooled, secret) : await this.agentFor(record.host).manufacture({ vm, spec, stateKey: secret });
         const ready = await this.finishCreate(record, secret, tpm.state, tpm.ekCertificates, firmware);
-        this.logger.info({ vm, host, version: spec.version, model: spec.model, pooled: pooled !== undefined }, 'vTPM created');
+        this.logger.info({ vm, host: record.host, version: spec.version, model: spec.model, pooled: pooled !== undefined }, 'vTPM created');
         return view(ready);
       } catch (error) {
         this.logger.error({ vm, err: error }, 'vTPM creation failed; rolling back');
@@ -277,6 +282,40 @@ export class VtpmService {
       } finally {
         if (pooled) this.pool?.refill();
       }
+    });
+  }
+
+  /**
+   * Takes over a TPM another manager created (libvirt's swtpm state): same
+   * EK, NV contents and PCR banks for the guest, now under a secret of its own
+   * in the key manager and in the vault. The variable store stays where it is.
+   */
+  async adopt(request: AdoptRequest, actor: Actor): Promise<VtpmView> {
+    const vm = normalizeVm(request.vm);
+    const { spec, claims } = resolveTpmSpec(request);
+    const firmware = resolveFirmware({});
+    return this.lock.run(vm, async () => {
+      if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
+      const row = this.newRow(vm, spec, { ...claims, adopted_from: request.source }, firmware, await this.placeFor(spec), actor);
+      const record = await this.insertWithNewSecret(vm, row, actor);
+      try {
+        const secret = await this.keys.readSecret(record.secretRef);
+        const tpm = await this.agentFor(record.host).adopt({ vm, spec, stateKey: secret, state: request.state, sourcePassphrase: request.sourcePassphrase });
+        const ready = await this.finishCreate(record, secret, tpm.state, tpm.ekCertificates, firmware, 'adopt');
+        this.logger.info({ vm, host: record.host, version: spec.version, from: request.source, ek_certificates: tpm.ekCertificates.length }, 'vTPM adopted');
+        return view(ready);
+      } catch (error) {
+        this.logger.error({ vm, err: error }, 'vTPM adoption failed; rolling back');
+        await this.erase(record);
+        throw error;
+      }
+    });
+  }
+
+  private newRow(vm: string, spec: TpmSpec, claims: VtpmRecord['specClaims'], firmware: Firmware, host: string, actor: Actor): (secretRef: string) => Omit<VtpmRecord, 'createdAt' | 'updatedAt'> {
+    return (secretRef) => ({
+      vm, project: actor.project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot,
+      host, status: 'creating', secretRef, specClaims: claims, ekCertificates: null, socket: null,
     });
   }
 
@@ -291,10 +330,10 @@ export class VtpmService {
   }
 
   /** The first generations in the vault, the sealed EK certificates, and `stopped`. */
-  private async finishCreate(record: Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, secret: Buffer, state: Buffer, certificates: EkCertificate[], firmware: Firmware): Promise<VtpmRecord> {
+  private async finishCreate(record: Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, secret: Buffer, state: Buffer, certificates: EkCertificate[], firmware: Firmware, reason: 'create' | 'adopt' = 'create'): Promise<VtpmRecord> {
     const vaultKey = vaultKeyFrom(secret);
     try {
-      await this.vault.commit(record.vm, 'tpm', vaultKey, state, 'create');
+      await this.vault.commit(record.vm, 'tpm', vaultKey, state, reason);
       if (firmware.type === 'uefi') await this.vault.commit(record.vm, 'nvram', vaultKey, await this.agentFor(record.host).defaultVariableStore(firmware.secureBoot), 'create');
       const ekCertificates = sealEkCertificates(secret, record.vm, certificates);
       const ready = await this.store.updateVtpm(record.vm, { status: 'stopped', ekCertificates }, ['creating']);

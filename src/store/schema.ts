@@ -49,7 +49,7 @@ export interface SettingTable {
 }
 
 export type StateKind = 'tpm' | 'nvram';
-export type GenerationReason = 'create' | 'sync' | 'stop' | 'restore' | 'import';
+export type GenerationReason = 'create' | 'sync' | 'stop' | 'restore' | 'import' | 'adopt';
 
 /** One encrypted copy of a vTPM's state; see src/vault for what binds it. */
 export interface StateGenerationTable {

@@ -22,7 +22,9 @@ async function withTpm<T>(stateDir: string, key: string[], keyMaterial: string |
   const data = join(stateDir, '..', `data-${randomBytes(4).toString('hex')}`);
   const child = spawn('swtpm', ['socket', '--tpm2', '--tpmstate', `dir=${stateDir}`, '--server', `type=unixio,path=${data}`, '--flags', 'not-need-init,startup-clear', ...key],
     { stdio: ['ignore', 'ignore', 'inherit', 'pipe'] });
-  (child.stdio[3] as NodeJS.WritableStream).end(keyMaterial);
+  const keyPipe = child.stdio[3] as NodeJS.WritableStream;
+  (keyPipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
+  keyPipe.end(keyMaterial);
   while (!(await socketAccepts(data))) await delay(5);
   const tpm = await connectTpm(data);
   try {
@@ -46,8 +48,14 @@ describe('adopting a TPM state written by libvirt\'s swtpm', () => {
     await mkdir(sourceDir);
     const passFile = join(root, 'pass');
     await writeFile(passFile, passphrase);
-    // What libvirt runs for <backend type='emulator' version='2.0'><encryption .../>: swtpm_setup with the host's local CA and a passphrase.
-    await runProgram('swtpm_setup', ['--tpm2', '--tpmstate', sourceDir, '--create-ek-cert', '--create-platform-cert', '--lock-nvram',
+    // What libvirt runs for <backend type='emulator' version='2.0'><encryption .../>: swtpm_setup with a local CA and a passphrase.
+    // The CA is the test's own: the host's (/var/lib/swtpm-localca) belongs to the tss user libvirt runs swtpm_setup as.
+    const caDir = join(root, 'localca');
+    await mkdir(caDir);
+    await writeFile(join(root, 'swtpm-localca.conf'), ['statedir', 'signingkey signkey.pem', 'issuercert issuercert.pem', 'certserial certserial']
+      .map((entry) => { const [key, file] = entry.split(' '); return `${key} = ${file ? join(caDir, file) : caDir}`; }).join('\n') + '\n');
+    await writeFile(join(root, 'swtpm_setup.conf'), `create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = ${join(root, 'swtpm-localca.conf')}\ncreate_certs_tool_options = /etc/swtpm-localca.options\n`);
+    await runProgram('swtpm_setup', ['--tpm2', '--tpmstate', sourceDir, '--config', join(root, 'swtpm_setup.conf'), '--create-ek-cert', '--create-platform-cert', '--lock-nvram',
       '--pwdfile', passFile, '--cipher', 'aes-256-cbc', '--vmid', 'adopt-test', '--overwrite'], { timeoutMs: 120_000 });
     await withTpm(sourceDir, ['--key', 'pwdfd=3,mode=aes-256-cbc'], passphrase, async (send) => {
       assert.equal(responseCode(await send(tpm2.nvDefineSpace(NV_INDEX, WRITTEN.length))), 0);

@@ -7,6 +7,7 @@ import { execFile, spawn } from 'node:child_process';
 import { chmod, copyFile, mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { EK_CERTIFICATE_INDICES, tpm2 } from '../../../src/swtpm/tpm2-commands.js';
 
 const exec = promisify(execFile);
 
@@ -19,6 +20,30 @@ const TPM2_COMMANDS: Record<string, string> = {
   readclock: '8001' + '0000000a' + '00000181',
   // TPM2_ReadPublic of the RSA EK that swtpm_setup persisted at 0x81010001.
   ekpublic: '8001' + '0000000e' + '00000173' + '81010001',
+};
+
+/** The NV index of the nv command set, and what the guest writes there. */
+export const GUEST_NV_INDEX = 0x0150_0077;
+export const GUEST_NV_DATA = Buffer.from('guest-wrote-this');
+
+/**
+ * Further TPM 2.0 command sets, chosen with vtpm.set=NAME on the kernel command
+ * line. nv reads the guest's NV index (which fails until a boot has written
+ * it), defines it (which fails once it exists), writes it, then reads the
+ * RSA EK certificate's NV index (public area and the certificate's bytes) and
+ * the EK's public key: two boots of the same TPM print the same responses
+ * from 1-data on, except on the first.
+ */
+const TPM2_COMMAND_SETS: Record<string, Record<string, Buffer>> = {
+  nv: {
+    '1-data': tpm2.nvRead(GUEST_NV_INDEX, GUEST_NV_DATA.length, 0),
+    '2-define': tpm2.nvDefineSpace(GUEST_NV_INDEX, GUEST_NV_DATA.length),
+    '3-write': tpm2.nvWrite(GUEST_NV_INDEX, GUEST_NV_DATA),
+    '4-ekcert-public': tpm2.nvReadPublic(EK_CERTIFICATE_INDICES.rsa2048!),
+    '5-ekcert-0': tpm2.nvRead(EK_CERTIFICATE_INDICES.rsa2048!, 512, 0),
+    '6-ekcert-512': tpm2.nvRead(EK_CERTIFICATE_INDICES.rsa2048!, 256, 512),
+    '7-ekpublic': Buffer.from(TPM2_COMMANDS.ekpublic!, 'hex'),
+  },
 };
 
 /** TPM 1.2: TPM_ReadPubek with a 20-byte anti-replay nonce. */
@@ -40,7 +65,8 @@ echo "VTPM-VERSION $major"
 delay=$(sed -n 's/.*vtpm.delay=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
 if [ -n "$delay" ]; then echo VTPM-WAITING; sleep "$delay"; fi
 if [ -e /dev/tpm0 ]; then
-  [ "$major" = 2 ] && set=/cmds/2 || set=/cmds/1
+  named=$(sed -n 's/.*vtpm.set=\\([a-z0-9]*\\).*/\\1/p' /proc/cmdline)
+  [ "$major" = 2 ] && set=/cmds/2\${named:+-$named} || set=/cmds/1
   for cmd in $set/*; do
     name=$(basename $cmd)
     exec 3<>/dev/tpm0
@@ -87,6 +113,10 @@ export async function buildInitramfs(dir: string): Promise<string> {
   await chmod(join(root, 'init'), 0o755);
   for (const [name, hex] of Object.entries(TPM2_COMMANDS)) await writeFile(join(root, 'cmds/2', name), Buffer.from(hex, 'hex'));
   for (const [name, hex] of Object.entries(TPM12_COMMANDS)) await writeFile(join(root, 'cmds/1', name), Buffer.from(hex, 'hex'));
+  for (const [set, commands] of Object.entries(TPM2_COMMAND_SETS)) {
+    await mkdir(join(root, `cmds/2-${set}`));
+    for (const [name, command] of Object.entries(commands)) await writeFile(join(root, `cmds/2-${set}`, name), command);
+  }
   const image = join(dir, 'initrd.gz');
   await exec('sh', ['-c', `cd "${root}" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "${image}"`]);
   return image;
@@ -111,6 +141,8 @@ export interface BootOptions {
   holdSeconds?: number;
   /** Seconds the guest waits before its TPM commands (the firmware has already started the TPM). */
   delaySeconds?: number;
+  /** A named TPM 2.0 command set instead of the default one. */
+  commandSet?: 'nv';
   /** TPM2_GetRandom commands the guest sends in a loop, timed by its own clock (VTPM-LOAD line). */
   loadCommands?: number;
   timeoutMs?: number;
@@ -139,6 +171,7 @@ export function launchGuest(options: BootOptions): RunningGuest {
       ...(options.holdSeconds ? [`vtpm.hold=${options.holdSeconds}`] : []),
       ...(options.delaySeconds ? [`vtpm.delay=${options.delaySeconds}`] : []),
       ...(options.loadCommands ? [`vtpm.load=${options.loadCommands}`] : []),
+      ...(options.commandSet ? [`vtpm.set=${options.commandSet}`] : []),
     ].join(' '),
     ...options.qemuArgs,
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -159,14 +192,20 @@ export function launchGuest(options: BootOptions): RunningGuest {
         return;
       }
       const field = (name: string) => new RegExp(`${name} ?(.*)$`, 'm').exec(output)?.[1]?.trim() ?? '';
-      const responses: Record<string, Buffer> = {};
-      for (const match of output.matchAll(/VTPM-RSP (\S+) ?([0-9a-f]*)\s*$/gm)) responses[match[1]!] = Buffer.from(match[2] ?? '', 'hex');
+      const responses = responsesOf(output);
       const load = /VTPM-LOAD (\d+) ([\d.]+) ([\d.]+)/.exec(output);
       const loadRate = load ? Number(load[1]) / (Number(load[3]) - Number(load[2])) : undefined;
       resolve({ ...(loadRate !== undefined && { loadRate }), devices: field('VTPM-DEVICES').split(/\s+/).filter(Boolean), version: field('VTPM-VERSION'), responses, console: output });
     });
   });
   return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), holding: () => output.includes('VTPM-HOLDING'), waiting: () => output.includes('VTPM-WAITING'), tpmAnsweredAt: () => tpmAnsweredAt, report };
+}
+
+/** Raw TPM responses a guest printed on its console, by command name. */
+export function responsesOf(console: string): Record<string, Buffer> {
+  const responses: Record<string, Buffer> = {};
+  for (const match of console.matchAll(/VTPM-RSP (\S+) ?([0-9a-f]*)\s*$/gm)) responses[match[1]!] = Buffer.from(match[2] ?? '', 'hex');
+  return responses;
 }
 
 export function bootGuest(options: BootOptions): Promise<GuestReport> {

@@ -1,0 +1,67 @@
+#!/usr/bin/env node
+/**
+ * Entry point of libvirt's qemu hook (see hypervisor/libvirt-hook.ts). Kept
+ * apart from the `vtpm` command so that it loads only what it needs: libvirtd
+ * waits for it on every domain operation.
+ *
+ * Called as: qemu DOMAIN OPERATION SUB-OPERATION EXTRA, domain XML on stdin.
+ */
+import { text } from 'node:stream/consumers';
+import { VtpmError } from '../errors.js';
+import { parseDomain } from '../hypervisor/libvirt-domain.js';
+import { hookAction, hookMayAct } from '../hypervisor/libvirt-hook.js';
+import { ApiClient, RemoteError } from './client.js';
+import { defaultDataDir, defaultRunDir, defaultUrl } from './defaults.js';
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+async function main(): Promise<number> {
+  const [domainName = '?', operation = '', subOperation = ''] = process.argv.slice(2);
+  // libvirt writes the XML for every operation; read it all so that it never meets a closed pipe.
+  const xml = await text(process.stdin);
+  if (!hookMayAct(operation, subOperation)) return 0;
+  const dataDir = defaultDataDir();
+  let domain;
+  try {
+    domain = parseDomain(xml);
+  } catch (error) {
+    process.stderr.write(`vtpm-manager: domain ${domainName} left alone, its XML could not be read: ${message(error)}\n`);
+    return 0;
+  }
+  const action = hookAction(operation, subOperation, domain, process.env.VTPM_HOOK_SOCKET_DIR ?? defaultRunDir(dataDir));
+  if (!action) return 0;
+  const timeoutMs = Number(process.env.VTPM_HOOK_TIMEOUT_MS) || DEFAULT_TIMEOUT_MS;
+  const api = await ApiClient.connect({ url: defaultUrl(), dataDir, timeoutMs });
+  const path = `/v1/vtpms/${encodeURIComponent(action.vm)}`;
+  const what = `the vTPM of libvirt domain ${domainName} (VM ${action.vm})`;
+  if (action.kind === 'start') {
+    try {
+      await api.request('POST', `${path}/start`);
+    } catch (error) {
+      // libvirt may run prepare again for a vTPM this hook already started (a retried start): running is what it needs.
+      const alreadyRunning = error instanceof RemoteError && error.code === 'state_conflict'
+        && (await api.request<{ status: string }>('GET', path).then((v) => v.status === 'running', () => false));
+      if (!alreadyRunning) {
+        process.stderr.write(`vtpm-manager: cannot start ${what}: ${message(error)}\n`);
+        return 1;
+      }
+    }
+    return 0;
+  }
+  try {
+    await api.request('POST', `${path}/stop`);
+  } catch (error) {
+    // QEMU is already gone; libvirt cannot undo a release. Say so in its log and let it finish.
+    process.stderr.write(`vtpm-manager: could not confirm that ${what} stopped: ${message(error)}\n`);
+  }
+  return 0;
+}
+
+function message(error: unknown): string {
+  return error instanceof VtpmError ? `${error.message} [${error.code}]` : error instanceof Error ? error.message : String(error);
+}
+
+main().then((code) => process.exit(code), (error: unknown) => {
+  process.stderr.write(`vtpm-manager: libvirt hook failed: ${message(error)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,42 @@
+/**
+ * libvirt's qemu hook (/etc/libvirt/hooks/qemu), for domains whose <tpm>
+ * is a vtpm-manager socket: the vTPM starts at `prepare begin` (before libvirt
+ * launches QEMU, so QEMU finds the socket), and is stopped at `release end`
+ * (QEMU is gone; swtpm has already exited with it and the agent has committed
+ * its final state). Every other domain and operation is left alone without a
+ * network call.
+ *
+ * libvirtd waits for the hook, so every call has a deadline; a failure at
+ * `prepare` fails the domain's start with the hook's message, which libvirt
+ * shows to the user (virsh start) and writes to its log.
+ */
+import type { Domain } from './libvirt-domain.js';
+import { usesVtpmManager } from './libvirt-domain.js';
+
+export type HookAction = { kind: 'start' | 'stop'; vm: string } | undefined;
+
+/** Whether the hook reads the domain XML on its stdin and may act. */
+export function hookMayAct(operation: string, subOperation: string): boolean {
+  return (operation === 'prepare' && subOperation === 'begin') || (operation === 'release' && subOperation === 'end');
+}
+
+export function hookAction(operation: string, subOperation: string, domain: Domain, socketDir: string): HookAction {
+  if (!hookMayAct(operation, subOperation) || !usesVtpmManager(domain, socketDir)) return undefined;
+  return { kind: operation === 'prepare' ? 'start' : 'stop', vm: domain.uuid };
+}
+
+export const HOOK_MARKER = '# vtpm-manager libvirt hook';
+
+/** The hook script: a shell line that runs the hook entry point under this very Node, with the service's coordinates. */
+export function hookScript(options: { node: string; entry: string; url: string; dataDir: string; socketDir: string; timeoutMs: number }): string {
+  const quote = (value: string) => `'${value.replaceAll("'", "'\\''")}'`;
+  return [
+    '#!/bin/sh',
+    HOOK_MARKER,
+    '# Installed by `vtpm libvirt install-hook`: starts the vTPM of a domain whose <tpm> is a',
+    '# vtpm-manager socket before QEMU starts, and stops it once QEMU has gone.',
+    `VTPM_URL=${quote(options.url)} VTPM_DATA_DIR=${quote(options.dataDir)} VTPM_HOOK_SOCKET_DIR=${quote(options.socketDir)} \\`,
+    `VTPM_HOOK_TIMEOUT_MS=${options.timeoutMs} exec ${quote(options.node)} ${quote(options.entry)} "$@"`,
+    '',
+  ].join('\n');
+}

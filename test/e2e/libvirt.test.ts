@@ -1,0 +1,174 @@
+/**
+ * vtpm-manager under a real libvirtd: the qemu hook starts and stops vTPMs
+ * around `virsh start` / `virsh destroy`, a domain is given a vTPM with
+ * `vtpm libvirt attach`, a start with the control plane down fails fast with
+ * a message naming vtpm-manager, and a TPM created by libvirt's own emulator
+ * backend is adopted with its EK certificate and NV contents unchanged.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, responsesOf } from './support/guest.js';
+import { domainXml, ensureLibvirtd, restartLibvirtd, untilShutOff, virsh, type TestDomain } from './support/libvirt.js';
+import { serviceForFile, type VtpmJson } from './support/service.js';
+
+const exec = promisify(execFile);
+const HOOKS_DIR = '/etc/libvirt/hooks';
+let kernel = '';
+let initramfs = '';
+const defined: string[] = [];
+
+const context = serviceForFile('vtpm-libvirt', async ({ service, workDir }) => {
+  kernel = await findKernel();
+  initramfs = await buildInitramfs(workDir);
+  await ensureLibvirtd();
+  const installed = await service.json<{ hook: string }>('libvirt', 'install-hook', '--hooks-dir', HOOKS_DIR);
+  assert.equal(installed.hook, join(HOOKS_DIR, 'qemu'));
+  await restartLibvirtd();
+});
+
+after(async () => {
+  for (const name of defined) {
+    await virsh('destroy', name).catch(() => undefined);
+    await virsh('undefine', name, '--nvram', '--tpm').catch(() => virsh('undefine', name).catch(() => undefined));
+  }
+  // A hook libvirtd knows of must stay executable while it runs: remove it, then restart libvirtd.
+  await rm(join(HOOKS_DIR, 'qemu'), { force: true });
+  await restartLibvirtd();
+});
+
+function testDomain(name: string, extra: Partial<TestDomain> = {}): TestDomain {
+  return { name, uuid: randomUUID(), kernel, initramfs, console: join(context.workDir, `${name}.console`), ...extra };
+}
+
+async function define(domain: TestDomain): Promise<void> {
+  const file = join(context.workDir, `${domain.name}.xml`);
+  await writeFile(file, domainXml(domain));
+  await virsh('define', file);
+  defined.push(domain.name);
+}
+
+async function vtpmStatus(vm: string): Promise<string> {
+  return (await context.service.json<VtpmJson>('show', vm)).status;
+}
+
+describe('libvirt hook and attach', () => {
+  it('attach, virsh start: the guest writes its TPM; virsh destroy stops the vTPM with the write committed; the next start sees it', async () => {
+    const domain = testDomain(`vtpm-attach-${process.pid}`, { append: 'vtpm.set=nv vtpm.hold=600' });
+    await define(domain);
+    const attached = await context.service.json<{ vtpm: VtpmJson }>('libvirt', 'attach', domain.name, '--version', '2.0');
+    assert.equal(attached.vtpm.vm, domain.uuid);
+    assert.match(await virsh('dumpxml', domain.name), /<backend type='external'>/);
+
+    await virsh('start', domain.name);
+    assert.equal(await vtpmStatus(domain.uuid), 'running', 'the hook started the vTPM before QEMU');
+    const firstConsole = await waitForConsole(domain, 'VTPM-HOLDING');
+    assert.match(firstConsole, /VTPM-DEVICES .*\/dev\/tpm0/);
+    const first = responsesOf(firstConsole);
+    assert.notEqual(responseCode(first['1-data']!), 0, 'nothing written yet at the first boot');
+    assert.equal(responseCode(first['3-write']!), 0);
+
+    await virsh('destroy', domain.name);
+    assert.equal(await vtpmStatus(domain.uuid), 'stopped', 'the release hook stopped the vTPM');
+    const history = await context.service.json<Array<{ reason: string }>>('history', domain.uuid);
+    assert.ok(history.some((g) => g.reason === 'sync' || g.reason === 'stop'), 'the guest\'s write reached the vault');
+
+    await virsh('start', domain.name);
+    const second = responsesOf(await waitForConsole(domain, 'VTPM-HOLDING'));
+    assert.equal(responseCode(second['1-data']!), 0);
+    assert.ok(second['1-data']!.includes(GUEST_NV_DATA), 'the second boot reads what the first wrote');
+    await virsh('destroy', domain.name);
+  });
+
+  it('refuses to attach to a domain that has a TPM, unless --replace', async () => {
+    const domain = testDomain(`vtpm-has-tpm-${process.pid}`, { tpmXml: "<tpm model='tpm-tis'>\n  <backend type='emulator' version='2.0'/>\n</tpm>" });
+    await define(domain);
+    const refused = await context.service.cli('libvirt', 'attach', domain.name, '--version', '2.0');
+    assert.equal(refused.code, 4, refused.stderr);
+    assert.match(refused.stderr, /already has a TPM \(emulator backend\).*--replace.*vtpm libvirt adopt/);
+    await context.service.json('libvirt', 'attach', domain.name, '--version', '2.0', '--replace');
+    const xml = await virsh('dumpxml', '--inactive', domain.name);
+    assert.equal(xml.match(/<tpm /g)?.length, 1);
+    assert.match(xml, /<backend type='external'>/);
+  });
+
+});
+
+describe('adopting a TPM from libvirt\'s emulator backend', () => {
+  it('keeps the EK certificate, the EK and an NV index the guest wrote before', async () => {
+    const domain = testDomain(`vtpm-adopt-${process.pid}`, {
+      append: 'vtpm.set=nv',
+      tpmXml: "<tpm model='tpm-crb'>\n  <backend type='emulator' version='2.0'/>\n</tpm>",
+    });
+    await define(domain);
+    // First boot under libvirt's own swtpm writes the NV index; the second reads everything back.
+    await virsh('start', domain.name);
+    await untilShutOff(domain);
+    await virsh('start', domain.name);
+    const before = responsesOf(await untilShutOff(domain));
+    assert.equal(responseCode(before['1-data']!), 0, 'the index written at the first boot');
+    assert.equal(responseCode(before['5-ekcert-0']!), 0, 'libvirt\'s TPM carries an EK certificate');
+
+    const adopted = await context.service.json<{ vtpm: VtpmJson }>('libvirt', 'adopt', domain.name);
+    assert.equal(adopted.vtpm.vm, domain.uuid);
+    assert.equal(adopted.vtpm.model, 'tpm-crb');
+    const xml = await virsh('dumpxml', '--inactive', domain.name);
+    assert.match(xml, /<tpm model='tpm-crb'>\s*<backend type='external'>/);
+
+    await virsh('start', domain.name);
+    const after = responsesOf(await untilShutOff(domain));
+    for (const name of ['1-data', '4-ekcert-public', '5-ekcert-0', '6-ekcert-512', '7-ekpublic']) {
+      assert.deepEqual(after[name], before[name], `${name} is the same after adoption`);
+    }
+    assert.ok(after['1-data']!.includes(GUEST_NV_DATA));
+    assert.equal(await vtpmStatus(domain.uuid), 'stopped');
+
+    // vtpm ek serves the certificate the guest reads from NV.
+    const { certificates } = await context.service.json<{ certificates: Array<{ key_type: string; pem: string }> }>('ek', domain.uuid, '--key-type', 'rsa2048');
+    const der = Buffer.from(certificates[0]!.pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+    assert.ok(before['5-ekcert-0']!.includes(der.subarray(0, 400)), 'the stored certificate is the one in the TPM');
+  });
+
+  it('refuses a domain whose TPM is not libvirt\'s emulator', async () => {
+    const domain = testDomain(`vtpm-no-tpm-${process.pid}`);
+    await define(domain);
+    const refused = await context.service.cli('libvirt', 'adopt', domain.name);
+    assert.equal(refused.code, 4, refused.stderr);
+    assert.match(refused.stderr, /has no TPM; only a TPM of libvirt's emulator backend can be adopted/);
+    const missing = await context.service.cli('libvirt', 'adopt', `no-such-domain-${process.pid}`);
+    assert.equal(missing.code, 3, missing.stderr);
+  });
+});
+
+// Last: restarting the service moves it to another port, which the installed hook does not know.
+describe('control plane down', () => {
+  it('with the control plane down, virsh start fails at once with a message naming vtpm-manager', async () => {
+    const domain = testDomain(`vtpm-down-${process.pid}`, { append: 'vtpm.hold=600' });
+    await define(domain);
+    await context.service.json('libvirt', 'attach', domain.name, '--version', '2.0');
+    await context.restart(async () => {
+      // The test's own deadline bounds a hang; the hook's timeout is far shorter.
+      const started = await exec('virsh', ['-c', 'qemu:///system', 'start', domain.name], { timeout: 60_000 }).then(() => undefined, (error: { stderr?: string; killed?: boolean }) => error);
+      assert.ok(started, 'virsh start failed');
+      assert.equal(started.killed, false, 'virsh start did not hang');
+      assert.match(started.stderr ?? '', /vtpm-manager: cannot start the vTPM of libvirt domain .* cannot reach vtpm-manager/);
+      assert.equal((await virsh('domstate', domain.name)).trim(), 'shut off');
+    });
+  });
+});
+
+async function waitForConsole(domain: TestDomain, marker: string, timeoutMs = 180_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const output = await readFile(domain.console, 'utf8').catch(() => '');
+    if (output.includes(marker)) return output;
+    if (Date.now() > deadline) throw new Error(`the guest of ${domain.name} never printed ${marker}; console:\n${output.slice(-3000)}`);
+    await delay(200);
+  }
+}
+
