@@ -30,6 +30,10 @@ async function main(): Promise<number> {
   }
   const action = hookAction(operation, subOperation, domain, process.env.VTPM_HOOK_SOCKET_DIR ?? defaultRunDir(dataDir));
   if (!action) return 0;
+  if (action.kind === 'refuse-migration') {
+    process.stderr.write(`vtpm-manager: the vTPM of libvirt domain ${domainName} (VM ${action.vm}) cannot follow a migration through libvirt yet; the domain stays where it is\n`);
+    return 1;
+  }
   const timeoutMs = Number(process.env.VTPM_HOOK_TIMEOUT_MS) || DEFAULT_TIMEOUT_MS;
   const api = await ApiClient.connect({ url: defaultUrl(), dataDir, timeoutMs });
   const path = `/v1/vtpms/${encodeURIComponent(action.vm)}`;

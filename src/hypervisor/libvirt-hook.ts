@@ -13,16 +13,23 @@
 import type { Domain } from './libvirt-domain.js';
 import { usesVtpmManager } from './libvirt-domain.js';
 
-export type HookAction = { kind: 'start' | 'stop'; vm: string } | undefined;
+export type HookAction = { kind: 'start' | 'stop' | 'refuse-migration'; vm: string } | undefined;
 
-/** Whether the hook reads the domain XML on its stdin and may act. */
+const ACTIONS: Record<string, NonNullable<HookAction>['kind']> = {
+  'prepare begin': 'start',
+  'release end': 'stop',
+  // Called on the destination before an incoming migration: the vTPM cannot follow through libvirt yet (see docs/libvirt.md).
+  'migrate begin': 'refuse-migration',
+};
+
+/** Whether the hook needs the domain XML on its stdin and may act. */
 export function hookMayAct(operation: string, subOperation: string): boolean {
-  return (operation === 'prepare' && subOperation === 'begin') || (operation === 'release' && subOperation === 'end');
+  return `${operation} ${subOperation}` in ACTIONS;
 }
 
 export function hookAction(operation: string, subOperation: string, domain: Domain, socketDir: string): HookAction {
-  if (!hookMayAct(operation, subOperation) || !usesVtpmManager(domain, socketDir)) return undefined;
-  return { kind: operation === 'prepare' ? 'start' : 'stop', vm: domain.uuid };
+  const kind = ACTIONS[`${operation} ${subOperation}`];
+  return kind && usesVtpmManager(domain, socketDir) ? { kind, vm: domain.uuid } : undefined;
 }
 
 export const HOOK_MARKER = '# vtpm-manager libvirt hook';
