@@ -4,7 +4,7 @@
  * and speaks whatever transport the connection URI names.
  */
 import { execFile } from 'node:child_process';
-import { rm, writeFile, mkdtemp } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HostSetupError, NotFoundError, UnreachableError } from '../errors.js';
@@ -12,6 +12,7 @@ import { HostSetupError, NotFoundError, UnreachableError } from '../errors.js';
 const VIRSH_TIMEOUT_MS = 60_000;
 
 export const DEFAULT_LIBVIRT_URI = 'qemu:///system';
+const LIBVIRT_SECRETS_DIR = '/etc/libvirt/secrets';
 
 export class Virsh {
   constructor(private readonly uri: string = DEFAULT_LIBVIRT_URI) {}
@@ -48,8 +49,19 @@ export class Virsh {
     }
   }
 
-  /** A secret's value, raw. */
+  /**
+   * A secret's value, raw. libvirt does not hand out a private secret (Nova
+   * makes its vTPM secrets private); on the host itself, root can read it
+   * from libvirt's own secret store instead.
+   */
   async secretValue(uuid: string): Promise<Buffer> {
-    return Buffer.from((await this.run(['secret-get-value', uuid])).trim(), 'base64');
+    try {
+      return Buffer.from((await this.run(['secret-get-value', uuid])).trim(), 'base64');
+    } catch (error) {
+      if (!(error instanceof HostSetupError && /private/i.test(error.message))) throw error;
+      const stored = await readFile(join(LIBVIRT_SECRETS_DIR, `${uuid}.base64`), 'utf8').catch(() => undefined);
+      if (stored === undefined) throw new HostSetupError(`libvirt secret ${uuid} is private and ${LIBVIRT_SECRETS_DIR} is not readable here: run this on the libvirt host, as root`, { secret: uuid });
+      return Buffer.from(stored.trim(), 'base64');
+    }
   }
 }

@@ -85,6 +85,25 @@ describe('adopting a TPM state written by libvirt\'s swtpm', () => {
     });
   });
 
+  it('adopts a state libvirt left unencrypted (no secret)', async () => {
+    const plainDir = join(root, 'plain');
+    await mkdir(plainDir);
+    await runProgram('swtpm_setup', ['--tpm2', '--tpmstate', plainDir, '--createek', '--overwrite'], { timeoutMs: 120_000 });
+    await withTpm(plainDir, [], '', async (send) => {
+      assert.equal(responseCode(await send(tpm2.nvDefineSpace(NV_INDEX, WRITTEN.length))), 0);
+      assert.equal(responseCode(await send(tpm2.nvWrite(NV_INDEX, WRITTEN))), 0);
+    });
+    const stateKey = randomBytes(32);
+    const adopted = await adoptState({ spec: SPEC, state: await readFile(join(plainDir, 'tpm2-00.permall')), stateKey, scratchRoot: root });
+    assert.deepEqual(adopted.ekCertificates, [], 'no certificates were made, none are invented');
+    const adoptedDir = join(root, 'adopted-plain');
+    await mkdir(adoptedDir);
+    await writeFile(join(adoptedDir, 'tpm2-00.permall'), adopted.state);
+    await withTpm(adoptedDir, ['--key', 'fd=3,mode=aes-256-cbc,format=hex'], stateKey.toString('hex'), async (send) => {
+      assert.deepEqual(await readNvIndex(send, NV_INDEX), WRITTEN);
+    });
+  });
+
   it('refuses a wrong secret without producing anything', async () => {
     await assert.rejects(
       adoptState({ spec: SPEC, state: await readFile(join(sourceDir, 'tpm2-00.permall')), sourcePassphrase: Buffer.from('wrong'), stateKey: randomBytes(32), scratchRoot: root }),

@@ -22,6 +22,7 @@ const HOOKS_DIR = '/etc/libvirt/hooks';
 let kernel = '';
 let initramfs = '';
 const defined: string[] = [];
+const secrets: string[] = [];
 
 const context = serviceForFile('vtpm-libvirt', async ({ service, workDir }) => {
   kernel = await findKernel();
@@ -37,6 +38,7 @@ after(async () => {
     await virsh('destroy', name).catch(() => undefined);
     await virsh('undefine', name, '--nvram', '--tpm').catch(() => virsh('undefine', name).catch(() => undefined));
   }
+  for (const secret of secrets) await virsh('secret-undefine', secret).catch(() => undefined);
   // A hook libvirtd knows of must stay executable while it runs: remove it, then restart libvirtd.
   await rm(join(HOOKS_DIR, 'qemu'), { force: true });
   await restartLibvirtd();
@@ -100,10 +102,17 @@ describe('libvirt hook and attach', () => {
 });
 
 describe('adopting a TPM from libvirt\'s emulator backend', () => {
-  it('keeps the EK certificate, the EK and an NV index the guest wrote before', async () => {
+  it('keeps the EK certificate, the EK and an NV index the guest wrote before, from a state libvirt encrypted with a private secret', async () => {
+    // As Nova sets it up: a private libvirt secret of usage vtpm encrypts the emulator's state.
+    const secret = randomUUID();
+    const secretFile = join(context.workDir, 'secret.xml');
+    await writeFile(secretFile, `<secret ephemeral='no' private='yes'><uuid>${secret}</uuid><usage type='vtpm'><name>vtpm-test-${secret}</name></usage></secret>`);
+    await virsh('secret-define', secretFile);
+    secrets.push(secret);
+    await virsh('secret-set-value', secret, Buffer.from(`passphrase-${secret}`).toString('base64'));
     const domain = testDomain(`vtpm-adopt-${process.pid}`, {
       append: 'vtpm.set=nv',
-      tpmXml: "<tpm model='tpm-crb'>\n  <backend type='emulator' version='2.0'/>\n</tpm>",
+      tpmXml: `<tpm model='tpm-crb'>\n  <backend type='emulator' version='2.0'>\n    <encryption secret='${secret}'/>\n  </backend>\n</tpm>`,
     });
     await define(domain);
     // First boot under libvirt's own swtpm writes the NV index; the second reads everything back.
