@@ -318,7 +318,7 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
     schema: {
       summary: 'TPMs manufactured ahead of demand, per version',
       tags: ['hosts'],
-      response: { 200: Type.Object({ size: Type.Integer(), ready: Type.Record(Type.String(), Type.Integer()) }), ...errors(401) },
+      response: { 200: Type.Object({ size: Type.Integer(), refill_pause_ms: Type.Integer(), ready: Type.Record(Type.String(), Type.Integer()) }), ...errors(401) },
     },
   }, async () => service.poolStatus());
 

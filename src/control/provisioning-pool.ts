@@ -11,9 +11,11 @@
  * UUID as subject.
  *
  * Refilling runs in the background, one manufacture at a time, at the lowest
- * CPU priority, so that it never competes with running guests.
+ * CPU priority, so that it never competes with running guests; a pause after
+ * each manufacture caps the refill rate where even that is too much.
  */
 import { hkdfSync, randomUUID } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { HostAgent } from '../agent/host-agent.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
@@ -45,6 +47,7 @@ export class ProvisioningPool {
   private again = false;
   private closed = false;
   private retryTimer: NodeJS.Timeout | undefined;
+  private readonly closing = new AbortController();
 
   constructor(
     private readonly store: Store,
@@ -54,6 +57,8 @@ export class ProvisioningPool {
     /** Entries to keep ready for each version; 0 turns the pool off. */
     readonly size: number,
     private readonly versions: readonly TpmVersion[],
+    /** Pause after each manufacture, in ms: the refill rate's cap. */
+    readonly refillPauseMs = 0,
   ) {}
 
   /** Starts refilling, or notes that another pass is needed when one is under way. */
@@ -80,7 +85,10 @@ export class ProvisioningPool {
 
   private async fill(): Promise<void> {
     for (const version of this.versions) {
-      while (!this.closed && (await this.store.countPoolEntries(version)) < this.size) await this.manufactureOne(version);
+      while (!this.closed && (await this.store.countPoolEntries(version)) < this.size) {
+        await this.manufactureOne(version);
+        if (this.refillPauseMs > 0) await delay(this.refillPauseMs, undefined, { signal: this.closing.signal }).catch(() => undefined);
+      }
     }
   }
 
@@ -107,6 +115,7 @@ export class ProvisioningPool {
   /** Stops refilling and waits for a manufacture under way. */
   async close(): Promise<void> {
     this.closed = true;
+    this.closing.abort();
     clearTimeout(this.retryTimer);
     await this.running;
   }

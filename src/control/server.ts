@@ -29,6 +29,8 @@ export interface ServeOptions {
   retention: number;
   /** TPMs of each version kept manufactured ahead of demand; 0 turns the pool off. */
   poolSize: number;
+  /** Pause after each background manufacture, in ms (0: none). */
+  poolRefillPauseMs?: number;
   logger: Logger;
   version: string;
 }
@@ -86,7 +88,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const agent = await LocalHostAgent.open({ dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }) });
   const vault = new StateVault(store, options.retention);
   // 2.0 first: it is what Windows 11 and most new guests ask for.
-  const pool = options.poolSize > 0 ? new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, ['2.0', '1.2']) : undefined;
+  const pool = options.poolSize > 0 ? new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, ['2.0', '1.2'], options.poolRefillPauseMs ?? 0) : undefined;
   const service = new VtpmService(store, keys, vault, new Map([[agent.hostName, agent]]), logger.child({ component: 'control' }), pool);
   await service.registerHosts();
   await service.reconcile();

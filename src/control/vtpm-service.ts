@@ -579,10 +579,10 @@ export class VtpmService {
   }
 
   /** Ready TPMs per version in the provisioning pool. */
-  async poolStatus(): Promise<{ size: number; ready: Record<string, number> }> {
+  async poolStatus(): Promise<{ size: number; refill_pause_ms: number; ready: Record<string, number> }> {
     const ready: Record<string, number> = {};
     for (const version of TPM_VERSIONS) ready[version] = await this.store.countPoolEntries(version);
-    return { size: this.pool?.size ?? 0, ready };
+    return { size: this.pool?.size ?? 0, refill_pause_ms: this.pool?.refillPauseMs ?? 0, ready };
   }
 
   async hosts(): Promise<HostView[]> {

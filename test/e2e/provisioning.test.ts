@@ -6,10 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { X509Certificate, randomUUID } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { bootGuest, buildInitramfs, findKernel, resetCountOf, responseCode } from './support/guest.js';
-import { ekModulus, serviceForFile, type ServiceUnderTest, type StartedJson } from './support/service.js';
+import { ekModulus, serviceForFile, ServiceUnderTest, temporaryDir, type StartedJson } from './support/service.js';
 
 const POOL_SIZE = 2;
 let kernel: string;
@@ -21,6 +23,7 @@ const context = serviceForFile('vtpm-pool', async ({ workDir }) => {
 
 interface PoolJson {
   size: number;
+  refill_pause_ms: number;
   ready: Record<string, number>;
 }
 
@@ -75,5 +78,22 @@ describe('the provisioning pool', () => {
     assert.ok(vms.length - inline <= POOL_SIZE, 'more vTPMs came from the pool than it held');
     const moduli = await Promise.all(vms.map((vm) => ekModulus(service, vm)));
     assert.equal(new Set(moduli.map((m) => m.toString('hex'))).size, vms.length, 'two vTPMs share an EK');
+  });
+});
+
+describe('the refill rate', () => {
+  it('pauses after each background manufacture when --pool-refill-pause says so', async () => {
+    const dir = await temporaryDir('vtpm-pool-pause');
+    const service = await ServiceUnderTest.start(join(dir, 'data'), ['--pool-size', '2', '--pool-refill-pause', '3600000']);
+    try {
+      await waitForPool(service, '2.0', 1);
+      assert.equal((await service.json<PoolJson>('pool')).refill_pause_ms, 3_600_000);
+      // Unpaused, the second TPM would be ready about a second after the first.
+      await delay(5_000);
+      assert.deepEqual((await service.json<PoolJson>('pool')).ready, { '1.2': 0, '2.0': 1 });
+    } finally {
+      await service.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
