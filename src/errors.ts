@@ -52,6 +52,11 @@ export class UnauthenticatedError extends VtpmError {
   }
 }
 
+export class ForbiddenError extends VtpmError {
+  readonly code = 'forbidden';
+  readonly status = 403;
+}
+
 export class NotFoundError extends VtpmError {
   readonly code = 'not_found';
   readonly status = 404;
@@ -137,6 +142,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = {
   invalid_argument: 2,
   spec_conflict: 2,
   unauthenticated: 5,
+  forbidden: 8,
   not_found: 3,
   state_conflict: 4,
   already_exists: 4,

@@ -12,9 +12,11 @@ import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
 import { startServer } from '../control/server.js';
 import type { Attachment, GenerationView, HostView, VtpmView } from '../control/vtpm-service.js';
 import { KEY_MANAGER_KINDS } from '../keys/index.js';
+import { SECRET_SECURITY_MODES } from '../spec/secret-security.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
 import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
+import { registerIdentityCommands } from './identity-commands.js';
 import { registerLibvirtCommands } from './libvirt-commands.js';
 import { fields, shellQuote, table } from './output.js';
 
@@ -47,7 +49,7 @@ const positiveInteger = integerAtLeast(1);
 const wholeNumber = integerAtLeast(0);
 
 const showVtpm = (vtpm: VtpmView) =>
-  fields(vtpm as unknown as Record<string, unknown>, ['vm', 'version', 'model', 'firmware', 'secure_boot', 'host', 'status', 'socket', 'project', 'created_at', 'updated_at']);
+  fields(vtpm as unknown as Record<string, unknown>, ['vm', 'version', 'model', 'firmware', 'secure_boot', 'host', 'status', 'socket', 'project', 'secret_security', 'created_at', 'updated_at']);
 const showAttachment = (attachment: Attachment) =>
   [
     `socket       ${attachment.socket}`,
@@ -101,9 +103,10 @@ withClientOptions(program.command('create'))
   .option('--image <key=value>', 'image property, e.g. hw_tpm_model=tpm-crb (repeatable)', keyValue('--image'))
   .addOption(new Option('--firmware <type>', 'guest firmware (default bios)').choices(['bios', 'uefi']))
   .option('--secure-boot', 'UEFI secure boot, Microsoft keys enrolled in the variable store')
-  .action(async (options: { vm: string; version?: string; model?: string; flavor?: Record<string, string>; image?: Record<string, string>; firmware?: string; secureBoot?: boolean }, command: Command) => {
-    const { secureBoot, ...rest } = options;
-    const created = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms', { ...rest, ...(secureBoot && { secure_boot: true }) });
+  .addOption(new Option('--secret-security <mode>', "who may use the vTPM's secret: user (default, this project only) or deployment (a vtpm-operator too)").choices([...SECRET_SECURITY_MODES]))
+  .action(async (options: { vm: string; version?: string; model?: string; flavor?: Record<string, string>; image?: Record<string, string>; firmware?: string; secureBoot?: boolean; secretSecurity?: string }, command: Command) => {
+    const { secureBoot, secretSecurity, ...rest } = options;
+    const created = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms', { ...rest, ...(secureBoot && { secure_boot: true }), ...(secretSecurity && { secret_security: secretSecurity }) });
     emit(command, created, () => showVtpm(created));
   });
 
@@ -257,6 +260,7 @@ withClientOptions(program.command('hosts'))
   });
 
 registerLibvirtCommands(program);
+registerIdentityCommands(program);
 
 function fail(error: unknown): never {
   const json = process.argv.includes('--json');

@@ -9,12 +9,19 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import type { Logger } from 'pino';
 import { InternalError, InvalidArgumentError, NotFoundError, UnauthenticatedError, VtpmError } from '../errors.js';
 import type { Store } from '../store/index.js';
+import { requestContext, type AuditLog } from './audit.js';
+import { registerIdentityRoutes } from './identity-routes.js';
+import { enforceOnDeployment, type Principal } from './policy.js';
 import { authenticate } from './tokens.js';
-import type { Actor, VtpmService } from './vtpm-service.js';
+import type { VtpmService } from './vtpm-service.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    actor: Actor | null;
+    actor: Principal | null;
+    /** The error code the request ended with, for the audit log. */
+    failureCode: string | null;
+    /** The project of the vTPM the request is about, as it was before the request. */
+    vtpmProject: string | null;
   }
 }
 
@@ -32,6 +39,7 @@ const CreateBody = Type.Object({
   image: Type.Optional(properties('Image properties, e.g. hw_tpm_version, hw_tpm_model, hw_firmware_type, os_secure_boot')),
   firmware: Type.Optional(Type.String({ description: 'bios (default) or uefi' })),
   secure_boot: Type.Optional(Type.Boolean({ description: 'UEFI secure boot with Microsoft keys enrolled' })),
+  secret_security: Type.Optional(Type.String({ description: 'user (default): only this project may use the secret; deployment: a vtpm-operator may too (flavor hw:tpm_secret_security)' })),
 }, { additionalProperties: false });
 
 const UpdateBody = Type.Object({
@@ -47,6 +55,7 @@ const vtpmFields = {
   secure_boot: Type.Boolean(),
   host: Type.String(),
   status: Type.String({ description: 'creating, stopped, starting, running, stopping, deleting' }),
+  secret_security: Type.String({ description: 'user or deployment' }),
   socket: Type.Union([Type.String(), Type.Null()]),
   spec_sources: Type.Unknown(),
   created_at: Type.String(),
@@ -110,7 +119,7 @@ const AdoptBody = Type.Object({
 const VmParams = Type.Object({ vm: Type.String({ description: 'VM UUID' }) });
 const DeleteQuery = Type.Object({ force: Type.Optional(Type.Boolean({ default: false })) });
 
-const errors = (...statuses: number[]): Record<number, TSchema> =>
+export const errors = (...statuses: number[]): Record<number, TSchema> =>
   Object.fromEntries(statuses.map((status) => [status, Type.Ref(ErrorBody)]));
 
 /** Turns a schema validation failure into the product's error, naming the field. */
@@ -134,13 +143,21 @@ function validationError(error: FastifyError): InvalidArgumentError {
   return new InvalidArgumentError(field, expected[first?.keyword ?? ''] ?? `a value that satisfies: ${first?.message ?? 'the schema'}`);
 }
 
-function actorOf(request: FastifyRequest): Actor {
+const CREATING_ROUTES = new Set(['/v1/vtpms', '/v1/vtpms/import', '/v1/vtpms/adopt']);
+
+/** The VM a request is about: its path's, or a create's body's; only a well-formed UUID, never arbitrary input. */
+function vmOf(request: FastifyRequest): string | undefined {
+  const candidate = (request.params as { vm?: unknown } | undefined)?.vm ?? (request.body as { vm?: unknown } | undefined)?.vm;
+  return typeof candidate === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(candidate) ? candidate.toLowerCase() : undefined;
+}
+
+export function actorOf(request: FastifyRequest): Principal {
   if (!request.actor) throw new UnauthenticatedError();
   return request.actor;
 }
 
-export async function buildApi(options: { service: VtpmService; store: Store; logger: Logger; version: string }): Promise<FastifyInstance> {
-  const { service, store } = options;
+export async function buildApi(options: { service: VtpmService; store: Store; audit: AuditLog; logger: Logger; version: string }): Promise<FastifyInstance> {
+  const { service, store, audit } = options;
   const app: FastifyInstance = Fastify({ loggerInstance: options.logger as FastifyBaseLogger, bodyLimit: 1024 * 1024 });
 
   await app.register(swagger, {
@@ -155,13 +172,46 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
   app.addSchema(Vtpm);
 
   app.decorateRequest('actor', null);
+  app.decorateRequest('failureCode', null);
+  app.decorateRequest('vtpmProject', null);
   app.addHook('onRequest', async (request) => {
     if (!request.url.startsWith('/v1/')) return;
     const header = request.headers.authorization ?? '';
     const token = /^Bearer\s+(\S+)$/i.exec(header)?.[1];
     const actor = token ? await authenticate(store, token) : undefined;
-    if (!actor) throw new UnauthenticatedError();
+    if (!actor) throw new UnauthenticatedError('missing, unknown, expired or revoked API token: pass --token, set VTPM_TOKEN, or point --data-dir at the server\'s data directory');
     request.actor = actor;
+  });
+  // Code below the API (the audited key manager) learns whom it works for, and on which vTPM.
+  app.addHook('preHandler', (request, _reply, done) => {
+    const principal = request.actor;
+    if (!principal) return done();
+    const vm = vmOf(request);
+    const withContext = (project: string | undefined) => {
+      request.vtpmProject = project ?? null;
+      requestContext.run({ principal, vm, project }, done);
+    };
+    if (vm === undefined) return withContext(undefined);
+    // A vTPM that does not exist yet is being created, in the caller's project.
+    const creating = CREATING_ROUTES.has(request.routeOptions.url ?? '');
+    store.getVtpm(vm).then((record) => withContext(record?.project ?? (creating ? principal.project : undefined)), () => withContext(undefined));
+  });
+  // Every state-changing request, allowed or not, authenticated or not; never bodies, which may carry passphrases or state.
+  app.addHook('onResponse', async (request, reply) => {
+    if (request.method === 'GET' || !request.url.startsWith('/v1/')) return;
+    const params = (request.params ?? {}) as Record<string, string | undefined>;
+    const vm = vmOf(request);
+    // A create's vTPM exists only afterwards.
+    const project = request.vtpmProject ?? (vm === undefined ? undefined : (await store.getVtpm(vm).catch(() => undefined))?.project);
+    const result = request.failureCode ?? (reply.statusCode < 400 ? 'ok' : `http_${reply.statusCode}`);
+    const actor = request.actor ?? { name: '(no valid token)', project: '-' };
+    await audit.record({
+      operation: `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`,
+      vm,
+      project,
+      result,
+      detail: { status: reply.statusCode, ...(params.name !== undefined && { user: params.name }), ...(params.id !== undefined && { token: params.id }) },
+    }, actor);
   });
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
@@ -174,6 +224,7 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       failure = new InternalError();
     }
     if (failure.status >= 500) request.log.error({ code: failure.code, msg: failure.message }, 'request failed');
+    request.failureCode = failure.code;
     void reply.status(failure.status).send({ error: failure.toJSON() });
   });
   app.setNotFoundHandler((request, reply) => {
@@ -195,13 +246,13 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       response: { 201: Type.Ref(Vtpm), ...errors(400, 401, 409, 500) },
     },
   }, async (request, reply) => {
-    const { secure_boot: secureBoot, ...rest } = request.body;
-    const created = await service.create({ ...rest, secureBoot }, actorOf(request));
+    const { secure_boot: secureBoot, secret_security: secretSecurity, ...rest } = request.body;
+    const created = await service.create({ ...rest, secureBoot, secretSecurity }, actorOf(request));
     return reply.status(201).send(created);
   });
 
   app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm', {
-    schema: { summary: 'Show a vTPM', tags: ['vtpms'], params: VmParams, response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 404) } },
+    schema: { summary: 'Show a vTPM', tags: ['vtpms'], params: VmParams, response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 403, 404) } },
   }, async (request) => service.show(request.params.vm, actorOf(request)));
 
   app.patch<{ Params: Static<typeof VmParams>; Body: Static<typeof UpdateBody> }>('/v1/vtpms/:vm', {
@@ -210,7 +261,7 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       tags: ['vtpms'],
       params: VmParams,
       body: UpdateBody,
-      response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 404, 409) },
+      response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 403, 404, 409) },
     },
   }, async (request) => service.setSecureBoot(request.params.vm, request.body.secure_boot, actorOf(request)));
 
@@ -220,7 +271,7 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       tags: ['vtpms'],
       params: VmParams,
       querystring: DeleteQuery,
-      response: { 204: Type.Null(), ...errors(400, 401, 404, 409) },
+      response: { 204: Type.Null(), ...errors(400, 401, 403, 404, 409) },
     },
   }, async (request, reply) => {
     await service.delete(request.params.vm, { force: request.query.force ?? false }, actorOf(request));
@@ -232,12 +283,12 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       summary: 'Start the vTPM; returns the socket and how to attach QEMU or libvirt to it',
       tags: ['vtpms'],
       params: VmParams,
-      response: { 200: Started, ...errors(400, 401, 404, 409, 500) },
+      response: { 200: Started, ...errors(400, 401, 403, 404, 409, 500) },
     },
   }, async (request) => service.start(request.params.vm, actorOf(request)));
 
   app.post<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/stop', {
-    schema: { summary: 'Stop the vTPM', tags: ['vtpms'], params: VmParams, response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 404, 409) } },
+    schema: { summary: 'Stop the vTPM', tags: ['vtpms'], params: VmParams, response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 403, 404, 409) } },
   }, async (request) => service.stop(request.params.vm, actorOf(request)));
 
   app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/attachment', {
@@ -245,12 +296,12 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       summary: 'QEMU arguments and libvirt XML for the vTPM (valid once it is started)',
       tags: ['vtpms'],
       params: VmParams,
-      response: { 200: Attachment, ...errors(400, 401, 404) },
+      response: { 200: Attachment, ...errors(400, 401, 403, 404) },
     },
   }, async (request) => service.attachmentOf(request.params.vm, actorOf(request)));
 
   app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/ek', {
-    schema: { summary: 'EK certificates (PEM)', tags: ['vtpms'], params: VmParams, response: { 200: EkCertificates, ...errors(400, 401, 404, 409) } },
+    schema: { summary: 'EK certificates (PEM)', tags: ['vtpms'], params: VmParams, response: { 200: EkCertificates, ...errors(400, 401, 403, 404, 409) } },
   }, async (request) => ({ certificates: await service.ekCertificates(request.params.vm, actorOf(request)) }));
 
   app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/generations', {
@@ -258,7 +309,7 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       summary: 'State generations in the vault, newest first',
       tags: ['vault'],
       params: VmParams,
-      response: { 200: Type.Object({ generations: Type.Array(Generation) }), ...errors(400, 401, 404) },
+      response: { 200: Type.Object({ generations: Type.Array(Generation) }), ...errors(400, 401, 403, 404) },
     },
   }, async (request) => ({ generations: await service.history(request.params.vm, actorOf(request)) }));
 
@@ -268,7 +319,7 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       tags: ['vault'],
       params: VmParams,
       body: RestoreBody,
-      response: { 200: Type.Object({ ...vtpmFields, generation: Type.Integer() }), ...errors(400, 401, 404, 409, 500) },
+      response: { 200: Type.Object({ ...vtpmFields, generation: Type.Integer() }), ...errors(400, 401, 403, 404, 409, 500) },
     },
   }, async (request) => service.restore(request.params.vm, request.body.generation, actorOf(request)));
 
@@ -278,7 +329,7 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
       tags: ['vault'],
       params: VmParams,
       body: ExportBody,
-      response: { 200: Type.Object({ bundle: Type.String({ description: 'base64' }) }), ...errors(400, 401, 404, 409, 500) },
+      response: { 200: Type.Object({ bundle: Type.String({ description: 'base64' }) }), ...errors(400, 401, 403, 404, 409, 500) },
     },
   }, async (request) => {
     const bundle = await service.exportBundle(request.params.vm, { passphrase: request.body.passphrase, generations: request.body.generations ?? 1 }, actorOf(request));
@@ -318,13 +369,20 @@ export async function buildApi(options: { service: VtpmService; store: Store; lo
     schema: {
       summary: 'TPMs manufactured ahead of demand, per version',
       tags: ['hosts'],
-      response: { 200: Type.Object({ size: Type.Integer(), refill_pause_ms: Type.Integer(), ready: Type.Record(Type.String(), Type.Integer()) }), ...errors(401) },
+      response: { 200: Type.Object({ size: Type.Integer(), refill_pause_ms: Type.Integer(), ready: Type.Record(Type.String(), Type.Integer()) }), ...errors(401, 403) },
     },
-  }, async () => service.poolStatus());
+  }, async (request) => {
+    enforceOnDeployment(actorOf(request), 'pool');
+    return service.poolStatus();
+  });
 
   app.get('/v1/hosts', {
-    schema: { summary: 'Hosts, their traits and load', tags: ['hosts'], response: { 200: Type.Object({ hosts: Type.Array(Host) }), ...errors(401) } },
-  }, async () => ({ hosts: await service.hosts() }));
+    schema: { summary: 'Hosts, their traits and load', tags: ['hosts'], response: { 200: Type.Object({ hosts: Type.Array(Host) }), ...errors(401, 403) } },
+  }, async (request) => {
+    enforceOnDeployment(actorOf(request), 'hosts');
+    return { hosts: await service.hosts() };
+  });
 
+  registerIdentityRoutes(app, { store, audit, actorOf, errors });
   return app;
 }

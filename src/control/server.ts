@@ -15,6 +15,7 @@ import { openEmbeddedStore, type Store } from '../store/index.js';
 import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
 import { StateVault } from '../vault/state-vault.js';
 import { buildApi } from './api.js';
+import { AuditedKeyManager, AuditLog } from './audit.js';
 import { ProvisioningPool } from './provisioning-pool.js';
 import { ensureAdminToken } from './tokens.js';
 import { VtpmService } from './vtpm-service.js';
@@ -80,7 +81,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const { host, port } = parseListen(options.listen);
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
   const store = await openEmbeddedStore(options.dataDir);
-  const keys = await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir });
+  const audit = new AuditLog(store);
+  const keys = new AuditedKeyManager(await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir }), audit);
   // A scratch directory of its own per process: two services on one host never share one.
   const scratchDir = join(options.scratchDir, `vtpm-${process.pid}-${randomBytes(4).toString('hex')}`);
   await checkScratchDir(scratchDir, logger);
@@ -97,7 +99,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
 
   let app: FastifyInstance;
   try {
-    app = await buildApi({ service, store, logger, version: options.version });
+    app = await buildApi({ service, store, audit, logger, version: options.version });
     await app.listen({ host, port });
   } catch (error) {
     await pool?.close();

@@ -6,11 +6,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Store } from '../store/index.js';
-import type { Actor } from './vtpm-service.js';
+import type { Store, TokenRecord } from '../store/index.js';
+import type { Principal, Role } from './policy.js';
 
 const TOKEN_PREFIX = 'vtpm_';
-const ADMIN_TOKEN_NAME = 'bootstrap-admin';
+const ADMIN_USER = 'bootstrap-admin';
+const ADMIN_PROJECT = 'admin';
 
 const hashToken = (token: string): string => createHash('sha256').update(token).digest('hex');
 export const adminTokenPath = (dataDir: string): string => join(dataDir, 'admin.token');
@@ -19,21 +20,28 @@ function newToken(): string {
   return TOKEN_PREFIX + randomBytes(32).toString('base64url');
 }
 
+/** Issues a token for the user; only its hash is kept. */
+export async function issueToken(store: Store, user: string, expiresAt: string | null): Promise<{ token: string; record: TokenRecord }> {
+  const token = newToken();
+  return { token, record: await store.insertToken({ user, tokenHash: hashToken(token), expiresAt }) };
+}
+
 /** Returns the admin token file's path, and whether it was created now. */
 export async function ensureAdminToken(store: Store, dataDir: string): Promise<{ path: string; created: boolean }> {
   const path = adminTokenPath(dataDir);
   const existing = await readFile(path, 'utf8').then((t) => t.trim(), () => undefined);
-  if (existing && (await store.findTokenByHash(hashToken(existing)))) return { path, created: false };
-  // The file is missing or does not match: issue a fresh admin token and retire the old one.
-  const token = newToken();
-  await store.deleteTokensNamed(ADMIN_TOKEN_NAME);
-  await store.insertToken({ name: ADMIN_TOKEN_NAME, project: 'admin', role: 'admin', tokenHash: hashToken(token) });
+  if (existing && (await store.findUserByTokenHash(hashToken(existing), new Date().toISOString()))?.name === ADMIN_USER) return { path, created: false };
+  // The file is missing or does not match: issue a fresh admin token and retire the old ones.
+  if (!(await store.getUser(ADMIN_USER))) await store.insertUser({ name: ADMIN_USER, project: ADMIN_PROJECT, roles: ['admin'] });
+  await store.revokeTokensOf(ADMIN_USER);
+  const { token } = await issueToken(store, ADMIN_USER, null);
   const temporary = `${path}.tmp-${process.pid}`;
   await writeFile(temporary, token + '\n', { mode: 0o600 });
   await rename(temporary, path);
   return { path, created: true };
 }
 
-export async function authenticate(store: Store, token: string): Promise<Actor | undefined> {
-  return store.findTokenByHash(hashToken(token));
+export async function authenticate(store: Store, token: string): Promise<Principal | undefined> {
+  const user = await store.findUserByTokenHash(hashToken(token), new Date().toISOString());
+  return user && { name: user.name, project: user.project, roles: user.roles as Role[] };
 }

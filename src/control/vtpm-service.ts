@@ -26,20 +26,16 @@ import { vaultKeyFrom, type StateVault } from '../vault/state-vault.js';
 import { openEkCertificates, sealEkCertificates, toPem } from './ek-certificates.js';
 import { KeyedLock } from './keyed-lock.js';
 import { openPoolEntry, type ProvisioningPool } from './provisioning-pool.js';
+import { resolveSecretSecurity, type SecretSecurity, type SecretSecurityRequest } from '../spec/secret-security.js';
+import { decideOnVtpm, enforceOnVtpm, seesAllProjects, type Principal, type VtpmOperation } from './policy.js';
 import { chooseHost } from './scheduler.js';
 
-export interface Actor {
-  name: string;
-  role: string;
-  project: string;
-}
-
-export interface CreateRequest extends SpecRequest, FirmwareRequest {
+export interface CreateRequest extends SpecRequest, FirmwareRequest, SecretSecurityRequest {
   vm: string;
 }
 
 /** A TPM another manager created, to be taken over as it is. */
-export interface AdoptRequest extends SpecRequest {
+export interface AdoptRequest extends SpecRequest, SecretSecurityRequest {
   vm: string;
   /** Where it comes from, recorded with the vTPM (e.g. libvirt:DOMAIN). */
   source: string;
@@ -57,6 +53,7 @@ export interface VtpmView {
   secure_boot: boolean;
   host: string;
   status: string;
+  secret_security: string;
   socket: string | null;
   spec_sources: unknown;
   created_at: string;
@@ -115,6 +112,8 @@ function specOf(record: VtpmRecord): TpmSpec {
 
 const firmwareOf = (record: VtpmRecord): Firmware => ({ type: record.firmware === 'uefi' ? 'uefi' : 'bios', secureBoot: record.secureBoot });
 
+const targetOf = (record: VtpmRecord) => ({ vm: record.vm, project: record.project, secretSecurity: record.secretSecurity as SecretSecurity });
+
 function view(record: VtpmRecord): VtpmView {
   return {
     vm: record.vm,
@@ -125,6 +124,7 @@ function view(record: VtpmRecord): VtpmView {
     secure_boot: record.secureBoot,
     host: record.host,
     status: record.status,
+    secret_security: record.secretSecurity,
     socket: record.status === 'running' ? record.socket : null,
     spec_sources: record.specClaims,
     created_at: record.createdAt,
@@ -169,10 +169,11 @@ export class VtpmService {
     return agent;
   }
 
-  private async load(vm: string, actor: Actor): Promise<VtpmRecord> {
+  /** The vTPM, if the principal may do `operation` to it; another project's vTPM it may not see is reported exactly like a missing one. */
+  private async load(vm: string, actor: Principal, operation: VtpmOperation): Promise<VtpmRecord> {
     const record = await this.store.getVtpm(normalizeVm(vm));
-    // Another project's vTPM is reported exactly like a missing one: no existence leak.
-    if (!record || (actor.role !== 'admin' && record.project !== actor.project)) throw new NotFoundError('vTPM for VM', vm);
+    if (!record) throw new NotFoundError('vTPM for VM', vm);
+    enforceOnVtpm(actor, operation, targetOf(record));
     return record;
   }
 
@@ -260,13 +261,14 @@ export class VtpmService {
     return chooseHost(spec, hosts.map((h) => ({ name: h.name, traits: h.traits, vtpms: counts.get(h.name)?.total ?? 0 }))).name;
   }
 
-  async create(request: CreateRequest, actor: Actor): Promise<VtpmView> {
+  async create(request: CreateRequest, actor: Principal): Promise<VtpmView> {
     const vm = normalizeVm(request.vm);
     const { spec, claims } = resolveTpmSpec(request);
     const firmware = resolveFirmware(request);
+    const secretSecurity = resolveSecretSecurity(request);
     return this.lock.run(vm, async () => {
       if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
-      const row = this.newRow(vm, spec, claims, firmware, await this.placeFor(spec), actor);
+      const row = this.newRow(vm, spec, claims, firmware, secretSecurity, await this.placeFor(spec), actor);
       const pooled = this.pool ? await this.store.claimPoolEntry(spec.version, (entry) => row(entry.secretRef)) : undefined;
       const record = pooled ? row(pooled.secretRef) : await this.insertWithNewSecret(vm, row, actor);
       try {
@@ -290,13 +292,14 @@ export class VtpmService {
    * EK, NV contents and PCR banks for the guest, now under a secret of its own
    * in the key manager and in the vault. The variable store stays where it is.
    */
-  async adopt(request: AdoptRequest, actor: Actor): Promise<VtpmView> {
+  async adopt(request: AdoptRequest, actor: Principal): Promise<VtpmView> {
     const vm = normalizeVm(request.vm);
     const { spec, claims } = resolveTpmSpec(request);
     const firmware = resolveFirmware({});
+    const secretSecurity = resolveSecretSecurity(request);
     return this.lock.run(vm, async () => {
       if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
-      const row = this.newRow(vm, spec, { ...claims, adopted_from: request.source }, firmware, await this.placeFor(spec), actor);
+      const row = this.newRow(vm, spec, { ...claims, adopted_from: request.source }, firmware, secretSecurity, await this.placeFor(spec), actor);
       const record = await this.insertWithNewSecret(vm, row, actor);
       try {
         const secret = await this.keys.readSecret(record.secretRef);
@@ -312,14 +315,14 @@ export class VtpmService {
     });
   }
 
-  private newRow(vm: string, spec: TpmSpec, claims: VtpmRecord['specClaims'], firmware: Firmware, host: string, actor: Actor): (secretRef: string) => Omit<VtpmRecord, 'createdAt' | 'updatedAt'> {
+  private newRow(vm: string, spec: TpmSpec, claims: VtpmRecord['specClaims'], firmware: Firmware, secretSecurity: SecretSecurity, host: string, actor: Principal): (secretRef: string) => Omit<VtpmRecord, 'createdAt' | 'updatedAt'> {
     return (secretRef) => ({
       vm, project: actor.project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot,
-      host, status: 'creating', secretRef, specClaims: claims, ekCertificates: null, socket: null,
+      host, status: 'creating', secretRef, specClaims: claims, ekCertificates: null, socket: null, secretSecurity,
     });
   }
 
-  private async insertWithNewSecret(vm: string, row: (secretRef: string) => Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, actor: Actor): Promise<VtpmRecord> {
+  private async insertWithNewSecret(vm: string, row: (secretRef: string) => Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, actor: Principal): Promise<VtpmRecord> {
     const record = row(await this.keys.createSecret(`vtpm-${vm}`, { project: actor.project }));
     try {
       return await this.store.insertVtpm(record);
@@ -353,19 +356,19 @@ export class VtpmService {
     await this.store.deleteVtpm(record.vm);
   }
 
-  async list(actor: Actor): Promise<VtpmView[]> {
+  async list(actor: Principal): Promise<VtpmView[]> {
     const records = await this.store.listVtpms();
-    return records.filter((r) => actor.role === 'admin' || r.project === actor.project).map(view);
+    return records.filter((r) => decideOnVtpm(actor, 'read', targetOf(r)) === 'allow').map(view);
   }
 
-  async show(vm: string, actor: Actor): Promise<VtpmView> {
-    return view(await this.load(vm, actor));
+  async show(vm: string, actor: Principal): Promise<VtpmView> {
+    return view(await this.load(vm, actor, 'read'));
   }
 
-  async start(vm: string, actor: Actor): Promise<VtpmView & Attachment> {
-    const record = await this.load(vm, actor);
+  async start(vm: string, actor: Principal): Promise<VtpmView & Attachment> {
+    const record = await this.load(vm, actor, 'operate');
     return this.lock.run(record.vm, async () => {
-      const current = await this.load(record.vm, actor);
+      const current = await this.load(record.vm, actor, 'operate');
       if (current.status === 'running') throw new StateConflictError(`vTPM ${current.vm} is already running on ${current.host}`, { vm: current.vm, status: current.status });
       const claimed = await this.store.updateVtpm(current.vm, { status: 'starting' }, ['stopped']);
       if (!claimed) throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a stopped vTPM can be started`, { vm: current.vm, status: current.status });
@@ -393,10 +396,10 @@ export class VtpmService {
     });
   }
 
-  async stop(vm: string, actor: Actor): Promise<VtpmView> {
-    const record = await this.load(vm, actor);
+  async stop(vm: string, actor: Principal): Promise<VtpmView> {
+    const record = await this.load(vm, actor, 'operate');
     return this.lock.run(record.vm, async () => {
-      const current = await this.load(record.vm, actor);
+      const current = await this.load(record.vm, actor, 'operate');
       if (current.status === 'stopped') return view(current);
       if (!(await this.store.updateVtpm(current.vm, { status: 'stopping' }, ['running']))) {
         throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a running vTPM can be stopped`, { vm: current.vm, status: current.status });
@@ -408,10 +411,10 @@ export class VtpmService {
     });
   }
 
-  async delete(vm: string, options: { force: boolean }, actor: Actor): Promise<void> {
-    const record = await this.load(vm, actor);
+  async delete(vm: string, options: { force: boolean }, actor: Principal): Promise<void> {
+    const record = await this.load(vm, actor, 'delete');
     await this.lock.run(record.vm, async () => {
-      const current = await this.load(record.vm, actor);
+      const current = await this.load(record.vm, actor, 'delete');
       if (current.status !== 'stopped' && !options.force) {
         throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; stop it first or delete with --force`, { vm: current.vm, status: current.status });
       }
@@ -422,16 +425,16 @@ export class VtpmService {
     });
   }
 
-  async history(vm: string, actor: Actor): Promise<GenerationView[]> {
-    const record = await this.load(vm, actor);
+  async history(vm: string, actor: Principal): Promise<GenerationView[]> {
+    const record = await this.load(vm, actor, 'read');
     return (await this.vault.history(record.vm)).map(generationView);
   }
 
   /** Makes an older generation the newest one again; nothing is deleted. Stopped vTPMs only. */
-  async restore(vm: string, generation: number, actor: Actor): Promise<VtpmView & { generation: number }> {
-    const record = await this.load(vm, actor);
+  async restore(vm: string, generation: number, actor: Principal): Promise<VtpmView & { generation: number }> {
+    const record = await this.load(vm, actor, 'operate');
     return this.lock.run(record.vm, async () => {
-      const current = await this.load(record.vm, actor);
+      const current = await this.load(record.vm, actor, 'operate');
       if (current.status !== 'stopped') {
         throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a stopped vTPM can be restored`, { vm: current.vm, status: current.status });
       }
@@ -452,8 +455,8 @@ export class VtpmService {
    * certificates, secret, and the newest `generations` of each kind of state
    * (all of them with 'all'), as committed in the vault.
    */
-  async exportBundle(vm: string, options: { passphrase: string; generations: number | 'all' }, actor: Actor): Promise<Buffer> {
-    const record = await this.load(vm, actor);
+  async exportBundle(vm: string, options: { passphrase: string; generations: number | 'all' }, actor: Principal): Promise<Buffer> {
+    const record = await this.load(vm, actor, 'export');
     if (record.status === 'creating' || record.status === 'deleting') throw new StateConflictError(`vTPM ${record.vm} is ${record.status}`, { vm: record.vm });
     const secret = await this.keys.readSecret(record.secretRef);
     const vaultKey = vaultKeyFrom(secret);
@@ -484,7 +487,7 @@ export class VtpmService {
   }
 
   /** Recreates an exported vTPM here, under its own VM UUID or `vm`; all or nothing. */
-  async importBundle(bundle: Buffer, options: { passphrase: string; vm?: string | undefined }, actor: Actor): Promise<VtpmView> {
+  async importBundle(bundle: Buffer, options: { passphrase: string; vm?: string | undefined }, actor: Principal): Promise<VtpmView> {
     const payload = readBundle(bundle, options.passphrase);
     const vm = normalizeVm(options.vm ?? payload.vm);
     if (!isTpmVersion(payload.version) || !isTpmModel(payload.model) || !payload.generations.some((g) => g.kind === 'tpm') || payload.secret.length !== 32) {
@@ -492,7 +495,7 @@ export class VtpmService {
     }
     const spec: TpmSpec = { version: payload.version, model: payload.model };
     const firmware = resolveFirmware({ firmware: payload.firmware, secureBoot: payload.secure_boot });
-    const project = actor.role === 'admin' ? payload.project : actor.project;
+    const project = seesAllProjects(actor) ? payload.project : actor.project;
     return this.lock.run(vm, async () => {
       if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
       const host = await this.placeFor(spec);
@@ -501,7 +504,7 @@ export class VtpmService {
       try {
         record = await this.store.insertVtpm({
           vm, project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot, host, status: 'creating',
-          secretRef, specClaims: { imported_from: payload.vm }, ekCertificates: null, socket: null,
+          secretRef, specClaims: { imported_from: payload.vm }, ekCertificates: null, socket: null, secretSecurity: 'user',
         });
       } catch (error) {
         await this.keys.deleteSecret(secretRef);
@@ -537,8 +540,8 @@ export class VtpmService {
   }
 
   /** How to attach a guest to the vTPM; the socket exists while the vTPM runs. */
-  async attachmentOf(vm: string, actor: Actor): Promise<Attachment> {
-    return this.attachment(await this.load(vm, actor));
+  async attachmentOf(vm: string, actor: Principal): Promise<Attachment> {
+    return this.attachment(await this.load(vm, actor, 'read'));
   }
 
   /**
@@ -546,10 +549,10 @@ export class VtpmService {
    * store's generations are deleted and a fresh default takes their place
    * (oVirt's semantics: its secure-boot data goes with the setting).
    */
-  async setSecureBoot(vm: string, secureBoot: boolean, actor: Actor): Promise<VtpmView> {
-    const record = await this.load(vm, actor);
+  async setSecureBoot(vm: string, secureBoot: boolean, actor: Principal): Promise<VtpmView> {
+    const record = await this.load(vm, actor, 'operate');
     return this.lock.run(record.vm, async () => {
-      const current = await this.load(record.vm, actor);
+      const current = await this.load(record.vm, actor, 'operate');
       if (current.firmware !== 'uefi') throw new StateConflictError(`VM ${current.vm} uses BIOS firmware; secure boot needs UEFI (create it with --firmware uefi)`, { vm: current.vm });
       if (current.status !== 'stopped') throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; change secure boot while it is stopped`, { vm: current.vm, status: current.status });
       if (current.secureBoot === secureBoot) return view(current);
@@ -567,8 +570,8 @@ export class VtpmService {
     });
   }
 
-  async ekCertificates(vm: string, actor: Actor): Promise<Array<{ key_type: string; pem: string }>> {
-    const record = await this.load(vm, actor);
+  async ekCertificates(vm: string, actor: Principal): Promise<Array<{ key_type: string; pem: string }>> {
+    const record = await this.load(vm, actor, 'read');
     if (!record.ekCertificates) throw new StateConflictError(`vTPM ${record.vm} has no EK certificate (it is ${record.status})`, { vm: record.vm });
     const secret = await this.keys.readSecret(record.secretRef);
     try {

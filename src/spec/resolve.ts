@@ -5,6 +5,7 @@
  * the model defaults to tpm-tis; tpm-crb exists only for TPM 2.0.
  */
 import { InvalidArgumentError, SpecConflictError } from '../errors.js';
+import { SECRET_SECURITY_FLAVOR_KEY } from './secret-security.js';
 import {
   DEFAULT_TPM_MODEL,
   FLAVOR_KEYS,
@@ -44,7 +45,7 @@ const describe = (c: SpecClaim): string =>
 function rejectUnknownTpmKeys(properties: Record<string, string>, source: 'flavor' | 'image'): void {
   const keys = source === 'flavor' ? FLAVOR_KEYS : IMAGE_KEYS;
   const prefix = source === 'flavor' ? 'hw:tpm_' : 'hw_tpm_';
-  const known: string[] = Object.values(keys);
+  const known: string[] = [...Object.values(keys), ...(source === 'flavor' ? [SECRET_SECURITY_FLAVOR_KEY] : [])];
   for (const key of Object.keys(properties)) {
     if (key.startsWith(prefix) && !known.includes(key)) {
       throw new InvalidArgumentError(`${source}.${key}`, `a known TPM key (${known.join(', ')})`, key);

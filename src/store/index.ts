@@ -12,5 +12,5 @@ export async function openEmbeddedStore(dataDir: string): Promise<Store> {
 }
 
 export { Store } from './store.js';
-export type { GenerationRecord, GenerationSummary, HostRecord, PoolEntry, StateHead, VtpmRecord } from './store.js';
+export type { AuditEvent, AuditRow, GenerationRecord, GenerationSummary, HostRecord, PoolEntry, StateHead, TokenRecord, UserRecord, VtpmRecord } from './store.js';
 export type { GenerationReason, StateKind, VtpmStatus } from './schema.js';

@@ -2,7 +2,7 @@
  * Schema migrations, in order. Written with the portable subset of the
  * schema builder so that the same list serves SQLite and PostgreSQL.
  */
-import { type Kysely, type Migration, type MigrationProvider, Migrator } from 'kysely';
+import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
 
 const migrations: Record<string, Migration> = {
   '0001_initial': {
@@ -90,6 +90,44 @@ const migrations: Record<string, Migration> = {
         .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
         .execute();
       await db.schema.createIndex('pool_entries_version').on('pool_entries').columns(['version', 'created_at']).execute();
+    },
+  },
+  '0005_identities_and_audit': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('users')
+        .addColumn('name', 'varchar(255)', (c) => c.primaryKey())
+        .addColumn('project', 'varchar(255)', (c) => c.notNull())
+        .addColumn('roles', 'varchar(255)', (c) => c.notNull())
+        .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
+        .execute();
+      // Tokens issued before users existed name their user, project and role themselves.
+      await sql`INSERT INTO users (name, project, roles, created_at) SELECT name, MIN(project), MIN(role), MIN(created_at) FROM api_tokens GROUP BY name`.execute(db);
+      await db.schema.alterTable('api_tokens').addColumn('user_name', 'varchar(255)').execute();
+      await sql`UPDATE api_tokens SET user_name = name`.execute(db);
+      for (const column of ['name', 'project', 'role']) await db.schema.alterTable('api_tokens').dropColumn(column).execute();
+      await db.schema.alterTable('api_tokens').addColumn('expires_at', 'varchar(32)').execute();
+      await db.schema.alterTable('api_tokens').addColumn('revoked_at', 'varchar(32)').execute();
+      await db.schema.alterTable('vtpms').addColumn('secret_security', 'varchar(16)', (c) => c.notNull().defaultTo('user')).execute();
+      await db.schema
+        .createTable('audit_events')
+        .addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement())
+        .addColumn('at', 'varchar(32)', (c) => c.notNull())
+        .addColumn('actor', 'varchar(255)', (c) => c.notNull())
+        .addColumn('actor_project', 'varchar(255)', (c) => c.notNull())
+        .addColumn('operation', 'varchar(128)', (c) => c.notNull())
+        .addColumn('vm', 'varchar(36)')
+        .addColumn('project', 'varchar(255)')
+        .addColumn('result', 'varchar(64)', (c) => c.notNull())
+        .addColumn('detail', 'text', (c) => c.notNull())
+        .addColumn('previous_hash', 'varchar(64)', (c) => c.notNull())
+        .addColumn('hash', 'varchar(64)', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('audit_events_vm').on('audit_events').columns(['vm', 'seq']).execute();
+      // Append-only in the database itself (SQLite trigger syntax; each dialect brings its own).
+      for (const statement of ['UPDATE', 'DELETE']) {
+        await sql.raw(`CREATE TRIGGER audit_events_no_${statement.toLowerCase()} BEFORE ${statement} ON audit_events BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END`).execute(db);
+      }
     },
   },
 };

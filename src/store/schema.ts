@@ -20,6 +20,8 @@ export interface VtpmTable {
   /** EK certificates, sealed under a key derived from the vTPM's secret. */
   ek_certificates: Buffer | null;
   socket: string | null;
+  /** user: only the owning project may use the secret; deployment: a vtpm-operator may too. */
+  secret_security: string;
   created_at: string;
   updated_at: string;
 }
@@ -33,14 +35,40 @@ export interface HostTable {
   last_seen: string;
 }
 
-export interface ApiTokenTable {
-  id: Generated<number>;
+export interface UserTable {
   name: string;
   project: string;
-  role: string;
+  /** Comma-separated: member, admin, vtpm-operator. */
+  roles: string;
+  created_at: string;
+}
+
+export interface ApiTokenTable {
+  id: Generated<number>;
+  user_name: string;
   /** SHA-256 of the token; the token itself is shown once and never stored. */
   token_hash: string;
   created_at: string;
+  expires_at: string | null;
+  revoked_at: string | null;
+}
+
+/** Append-only (database triggers), each entry hash-chained to the one before. */
+export interface AuditEventTable {
+  seq: Generated<number>;
+  at: string;
+  actor: string;
+  actor_project: string;
+  operation: string;
+  vm: string | null;
+  /** The project of the vTPM acted on, when there is one. */
+  project: string | null;
+  /** ok, or the error code. */
+  result: string;
+  /** JSON; never secrets, tokens or state. */
+  detail: string;
+  previous_hash: string;
+  hash: string;
 }
 
 export interface SettingTable {
@@ -90,7 +118,9 @@ export interface PoolEntryTable {
 export interface Database {
   vtpms: VtpmTable;
   hosts: HostTable;
+  users: UserTable;
   api_tokens: ApiTokenTable;
+  audit_events: AuditEventTable;
   settings: SettingTable;
   state_generations: StateGenerationTable;
   state_heads: StateHeadTable;

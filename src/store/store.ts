@@ -7,7 +7,7 @@
 import { type Dialect, type Insertable, Kysely, type Selectable } from 'kysely';
 import { AlreadyExistsError } from '../errors.js';
 import { migrateToLatest } from './migrations.js';
-import type { Database, GenerationReason, HostTable, StateGenerationTable, StateKind, VtpmStatus, VtpmTable } from './schema.js';
+import type { AuditEventTable, Database, GenerationReason, HostTable, StateGenerationTable, StateKind, UserTable, VtpmStatus, VtpmTable } from './schema.js';
 
 export interface VtpmRecord {
   vm: string;
@@ -22,9 +22,28 @@ export interface VtpmRecord {
   specClaims: unknown;
   ekCertificates: Buffer | null;
   socket: string | null;
+  secretSecurity: string;
   createdAt: string;
   updatedAt: string;
 }
+
+export interface UserRecord {
+  name: string;
+  project: string;
+  roles: string[];
+  createdAt: string;
+}
+
+export interface TokenRecord {
+  id: number;
+  user: string;
+  createdAt: string;
+  expiresAt: string | null;
+  revokedAt: string | null;
+}
+
+export type AuditRow = Omit<Selectable<AuditEventTable>, 'seq'>;
+export type AuditEvent = Selectable<AuditEventTable>;
 
 export interface HostRecord {
   name: string;
@@ -79,10 +98,13 @@ function toVtpm(row: Selectable<VtpmTable>): VtpmRecord {
     specClaims: JSON.parse(row.spec_claims),
     ekCertificates: row.ek_certificates === null ? null : Buffer.from(row.ek_certificates),
     socket: row.socket,
+    secretSecurity: row.secret_security,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };
 }
+
+const toUser = (row: Selectable<UserTable>): UserRecord => ({ name: row.name, project: row.project, roles: row.roles.split(','), createdAt: row.created_at });
 
 function toGenerationSummary(row: Omit<Selectable<StateGenerationTable>, 'wrapped_key' | 'ciphertext'>): GenerationSummary {
   return {
@@ -115,6 +137,7 @@ function vtpmRow(record: Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, timestamp:
     spec_claims: JSON.stringify(record.specClaims),
     ek_certificates: record.ekCertificates,
     socket: record.socket,
+    secret_security: record.secretSecurity,
     created_at: timestamp,
     updated_at: timestamp,
   };
@@ -328,19 +351,94 @@ export class Store {
     return counts;
   }
 
-  async insertToken(token: { name: string; project: string; role: string; tokenHash: string }): Promise<void> {
-    await this.db
-      .insertInto('api_tokens')
-      .values({ name: token.name, project: token.project, role: token.role, token_hash: token.tokenHash, created_at: now() })
-      .execute();
+  async insertUser(user: { name: string; project: string; roles: string[] }): Promise<UserRecord> {
+    const row = { name: user.name, project: user.project, roles: user.roles.join(','), created_at: now() };
+    try {
+      await this.db.insertInto('users').values(row).execute();
+    } catch (error) {
+      if (isUniqueViolation(error)) throw new AlreadyExistsError('user', user.name);
+      throw error;
+    }
+    return toUser(row);
   }
 
-  async findTokenByHash(tokenHash: string): Promise<{ name: string; project: string; role: string } | undefined> {
-    return this.db.selectFrom('api_tokens').select(['name', 'project', 'role']).where('token_hash', '=', tokenHash).executeTakeFirst();
+  async getUser(name: string): Promise<UserRecord | undefined> {
+    const row = await this.db.selectFrom('users').selectAll().where('name', '=', name).executeTakeFirst();
+    return row && toUser(row);
   }
 
-  async deleteTokensNamed(name: string): Promise<void> {
-    await this.db.deleteFrom('api_tokens').where('name', '=', name).execute();
+  async listUsers(): Promise<UserRecord[]> {
+    return (await this.db.selectFrom('users').selectAll().orderBy('name').execute()).map(toUser);
+  }
+
+  /** Deletes the user and revokes its tokens, in one transaction. */
+  async deleteUser(name: string): Promise<boolean> {
+    return this.db.transaction().execute(async (trx) => {
+      await trx.updateTable('api_tokens').set({ revoked_at: now() }).where('user_name', '=', name).where('revoked_at', 'is', null).execute();
+      const deleted = await trx.deleteFrom('users').where('name', '=', name).executeTakeFirst();
+      return deleted.numDeletedRows > 0n;
+    });
+  }
+
+  async insertToken(token: { user: string; tokenHash: string; expiresAt: string | null }): Promise<TokenRecord> {
+    const row = { user_name: token.user, token_hash: token.tokenHash, created_at: now(), expires_at: token.expiresAt, revoked_at: null };
+    const { id } = await this.db.insertInto('api_tokens').values(row).returning('id').executeTakeFirstOrThrow();
+    return { id, user: row.user_name, createdAt: row.created_at, expiresAt: row.expires_at, revokedAt: null };
+  }
+
+  /** The user a token stands for, if the token is known, not revoked, not expired, and its user exists. */
+  async findUserByTokenHash(tokenHash: string, at: string): Promise<UserRecord | undefined> {
+    const row = await this.db
+      .selectFrom('api_tokens')
+      .innerJoin('users', 'users.name', 'api_tokens.user_name')
+      .select(['users.name', 'users.project', 'users.roles', 'users.created_at'])
+      .where('api_tokens.token_hash', '=', tokenHash)
+      .where('api_tokens.revoked_at', 'is', null)
+      .where((eb) => eb.or([eb('api_tokens.expires_at', 'is', null), eb('api_tokens.expires_at', '>', at)]))
+      .executeTakeFirst();
+    return row && toUser(row);
+  }
+
+  async listTokens(user?: string): Promise<TokenRecord[]> {
+    let query = this.db.selectFrom('api_tokens').select(['id', 'user_name', 'created_at', 'expires_at', 'revoked_at']).orderBy('id');
+    if (user !== undefined) query = query.where('user_name', '=', user);
+    return (await query.execute()).map((row) => ({ id: row.id, user: row.user_name, createdAt: row.created_at, expiresAt: row.expires_at, revokedAt: row.revoked_at }));
+  }
+
+  /** Revokes a token; false when there is no such token or it was revoked already. */
+  async revokeToken(id: number): Promise<boolean> {
+    const updated = await this.db.updateTable('api_tokens').set({ revoked_at: now() }).where('id', '=', id).where('revoked_at', 'is', null).executeTakeFirst();
+    return updated.numUpdatedRows > 0n;
+  }
+
+  async revokeTokensOf(user: string): Promise<void> {
+    await this.db.updateTable('api_tokens').set({ revoked_at: now() }).where('user_name', '=', user).where('revoked_at', 'is', null).execute();
+  }
+
+  async tokenExists(tokenHash: string): Promise<boolean> {
+    return (await this.db.selectFrom('api_tokens').select('id').where('token_hash', '=', tokenHash).where('revoked_at', 'is', null).executeTakeFirst()) !== undefined;
+  }
+
+  /** Appends an audit event, chained to the newest one; `seal` computes the entry's hash from the previous hash. */
+  async appendAuditEvent(seal: (previousHash: string) => AuditRow): Promise<AuditEvent> {
+    return this.db.transaction().execute(async (trx) => {
+      const last = await trx.selectFrom('audit_events').select('hash').orderBy('seq', 'desc').limit(1).executeTakeFirst();
+      const row = seal(last?.hash ?? '');
+      const { seq } = await trx.insertInto('audit_events').values(row).returning('seq').executeTakeFirstOrThrow();
+      return { seq, ...row };
+    });
+  }
+
+  /** Audit events in order, from `afterSeq`, optionally only those about one VM or one project. */
+  async listAuditEvents(filter: { afterSeq?: number; vm?: string; project?: string; limit: number; newestFirst?: boolean }): Promise<AuditEvent[]> {
+    let query = this.db.selectFrom('audit_events').selectAll().limit(filter.limit);
+    if (filter.afterSeq !== undefined) query = query.where('seq', '>', filter.afterSeq);
+    if (filter.vm !== undefined) query = query.where('vm', '=', filter.vm);
+    if (filter.project !== undefined) {
+      const project = filter.project;
+      query = query.where((eb) => eb.or([eb('project', '=', project), eb('actor_project', '=', project)]));
+    }
+    return query.orderBy('seq', filter.newestFirst ? 'desc' : 'asc').execute();
   }
 
   async getSetting(key: string): Promise<string | undefined> {

@@ -29,27 +29,33 @@ export class ServiceUnderTest {
     readonly url: string,
     private readonly process: ChildProcess,
     readonly serveArgs: string[],
+    private readonly output: { text: string },
   ) {}
+
+  /** Everything the service wrote to stdout and stderr so far (its logs). */
+  get log(): string {
+    return this.output.text;
+  }
 
   /** `serveArgs` default to an empty provisioning pool, so that every create manufactures inline. */
   static async start(dataDir: string, serveArgs: string[] = ['--pool-size', '0']): Promise<ServiceUnderTest> {
     const child = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn', ...serveArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    let output = '';
-    child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const captured = { text: '' };
+    child.stderr!.on('data', (chunk: Buffer) => (captured.text += chunk.toString()));
     const url = await new Promise<string>((resolve, reject) => {
       let stdout = '';
       child.stdout!.on('data', (chunk: Buffer) => {
         stdout += chunk.toString();
-        output += chunk.toString();
+        captured.text += chunk.toString();
         const match = /listening on (http:\/\/\S+)/.exec(stdout);
         if (match?.[1]) resolve(match[1]);
       });
-      child.once('exit', (code) => reject(new Error(`vtpm serve exited with ${code} before listening:\n${output}`)));
-      setTimeout(() => reject(new Error(`vtpm serve did not listen within 60 s:\n${output}`)), 60_000).unref();
+      child.once('exit', (code) => reject(new Error(`vtpm serve exited with ${code} before listening:\n${captured.text}`)));
+      setTimeout(() => reject(new Error(`vtpm serve did not listen within 60 s:\n${captured.text}`)), 60_000).unref();
     });
-    return new ServiceUnderTest(dataDir, url, child, serveArgs);
+    return new ServiceUnderTest(dataDir, url, child, serveArgs, captured);
   }
 
   async stop(): Promise<void> {

@@ -1,0 +1,143 @@
+/**
+ * The audit log: who did what to which VM, with what result, and every read
+ * of a vTPM secret. Entries are append-only (the database refuses updates and
+ * deletes) and hash-chained: each entry's hash covers its content and the
+ * previous entry's hash, so that `vtpm audit verify` finds any entry that was
+ * changed, removed or inserted since. Entries never carry secrets, tokens,
+ * passphrases or state: only names, codes and references.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { createHash } from 'node:crypto';
+import type { KeyManager, SecretOwner } from '../keys/key-manager.js';
+import type { AuditEvent, AuditRow, Store } from '../store/index.js';
+import type { Principal } from './policy.js';
+
+export interface AuditEntry {
+  operation: string;
+  vm?: string | undefined;
+  /** The project of the vTPM acted on. */
+  project?: string | undefined;
+  result: string;
+  detail?: Record<string, string | number | boolean> | undefined;
+}
+
+export interface AuditView {
+  seq: number;
+  at: string;
+  actor: string;
+  actor_project: string;
+  operation: string;
+  vm: string | null;
+  project: string | null;
+  result: string;
+  detail: Record<string, unknown>;
+}
+
+export interface VerifyReport {
+  ok: boolean;
+  events: number;
+  /** The first entry whose content or link does not check out. */
+  broken_at?: number | undefined;
+  reason?: string | undefined;
+}
+
+const SYSTEM: Pick<Principal, 'name' | 'project'> = { name: 'vtpm-manager', project: '-' };
+const PAGE = 500;
+
+/** Whom a request works for and on which vTPM, for code below the API (the key manager) that records what it does. */
+export interface RequestContext {
+  principal: Principal;
+  vm?: string | undefined;
+  /** The project of the vTPM the request is about, when it exists. */
+  project?: string | undefined;
+}
+export const requestContext = new AsyncLocalStorage<RequestContext>();
+
+function hashOf(row: Omit<AuditRow, 'hash'>): string {
+  const content = [row.previous_hash, row.at, row.actor, row.actor_project, row.operation, row.vm ?? '', row.project ?? '', row.result, row.detail];
+  return createHash('sha256').update(JSON.stringify(content)).digest('hex');
+}
+
+const toView = (event: AuditEvent): AuditView => ({
+  seq: event.seq, at: event.at, actor: event.actor, actor_project: event.actor_project, operation: event.operation,
+  vm: event.vm, project: event.project, result: event.result, detail: JSON.parse(event.detail) as Record<string, unknown>,
+});
+
+export class AuditLog {
+  constructor(private readonly store: Store) {}
+
+  async record(entry: AuditEntry, actor: Pick<Principal, 'name' | 'project'> = requestContext.getStore()?.principal ?? SYSTEM): Promise<void> {
+    await this.store.appendAuditEvent((previousHash) => {
+      const row = {
+        at: new Date().toISOString(), actor: actor.name, actor_project: actor.project, operation: entry.operation,
+        vm: entry.vm ?? null, project: entry.project ?? null, result: entry.result, detail: JSON.stringify(entry.detail ?? {}), previous_hash: previousHash,
+      };
+      return { ...row, hash: hashOf(row) };
+    });
+  }
+
+  async list(filter: { vm?: string | undefined; project?: string | undefined; limit: number }): Promise<AuditView[]> {
+    return (await this.store.listAuditEvents({ ...filter, newestFirst: true })).map(toView);
+  }
+
+  /** Walks the whole chain from the first entry. */
+  async verify(): Promise<VerifyReport> {
+    let previous = '';
+    let afterSeq = 0;
+    let events = 0;
+    for (;;) {
+      const page = await this.store.listAuditEvents({ afterSeq, limit: PAGE });
+      for (const event of page) {
+        const { seq, hash, ...content } = event;
+        if (content.previous_hash !== previous) return { ok: false, events, broken_at: seq, reason: 'it does not follow the entry before it (an entry was removed or inserted)' };
+        if (hashOf(content) !== hash) return { ok: false, events, broken_at: seq, reason: 'its content does not match its hash (it was changed)' };
+        previous = hash;
+        afterSeq = seq;
+        events += 1;
+      }
+      if (page.length < PAGE) return { ok: true, events };
+    }
+  }
+}
+
+/** A key manager that records every read of a secret in the audit log, as the request's principal. */
+export class AuditedKeyManager implements KeyManager {
+  constructor(private readonly keys: KeyManager, private readonly audit: AuditLog) {}
+
+  get kind(): string {
+    return this.keys.kind;
+  }
+
+  createSecret(label: string, owner: SecretOwner): Promise<string> {
+    return this.keys.createSecret(label, owner);
+  }
+
+  storeSecret(label: string, owner: SecretOwner, secret: Buffer): Promise<string> {
+    return this.keys.storeSecret(label, owner, secret);
+  }
+
+  async readSecret(ref: string): Promise<Buffer> {
+    try {
+      const secret = await this.keys.readSecret(ref);
+      await this.recordSecret('secret.read', ref, 'ok');
+      return secret;
+    } catch (error) {
+      await this.recordSecret('secret.read', ref, (error as { code?: string }).code ?? 'failed');
+      throw error;
+    }
+  }
+
+  async deleteSecret(ref: string): Promise<void> {
+    await this.keys.deleteSecret(ref);
+    await this.recordSecret('secret.delete', ref, 'ok');
+  }
+
+  private recordSecret(operation: string, ref: string, result: string): Promise<void> {
+    const context = requestContext.getStore();
+    return this.audit.record({ operation, vm: context?.vm, project: context?.project, result, detail: { secret: ref } });
+  }
+
+  close(): Promise<void> {
+    return this.keys.close();
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * Who may do what: every authorisation decision of the API is made here.
+ *
+ * Roles, held by users in a project:
+ * - member: everything on its own project's vTPMs; nothing else exists for it
+ *   (another project's vTPM answers "not found", so nothing leaks).
+ * - admin: sees every vTPM, may delete any, and runs the deployment (users,
+ *   hosts, pool, the audit log). It cannot use another project's TPM secret.
+ * - vtpm-operator: the explicit delegation: may read and operate (start, stop,
+ *   restore, change secure boot) another project's vTPM whose secret security
+ *   is `deployment`, the mode in which the owner lets the deployment use the
+ *   secret (Nova's hw:tpm_secret_security). A vTPM in `user` mode is usable by
+ *   its own project only, whoever asks; nobody but its project can export it.
+ */
+import { ForbiddenError, NotFoundError } from '../errors.js';
+import type { SecretSecurity } from '../spec/secret-security.js';
+
+export const ROLES = ['member', 'admin', 'vtpm-operator'] as const;
+export type Role = (typeof ROLES)[number];
+
+/** Operations on one vTPM. */
+export const VTPM_OPERATIONS = ['read', 'operate', 'export', 'delete'] as const;
+export type VtpmOperation = (typeof VTPM_OPERATIONS)[number];
+
+/** Operations on the deployment, or in the caller's own project. */
+export const DEPLOYMENT_OPERATIONS = ['create', 'list', 'hosts', 'pool', 'users', 'audit-read', 'audit-verify'] as const;
+export type DeploymentOperation = (typeof DEPLOYMENT_OPERATIONS)[number];
+
+export interface Principal {
+  name: string;
+  project: string;
+  roles: readonly Role[];
+}
+
+export interface VtpmTarget {
+  vm: string;
+  project: string;
+  secretSecurity: SecretSecurity;
+}
+
+export type Decision = 'allow' | 'forbid' | 'hide';
+
+const has = (principal: Principal, role: Role) => principal.roles.includes(role);
+
+export function decideOnVtpm(principal: Principal, operation: VtpmOperation, target: VtpmTarget): Decision {
+  if (target.project === principal.project) return 'allow';
+  const admin = has(principal, 'admin');
+  const delegated = has(principal, 'vtpm-operator') && target.secretSecurity === 'deployment';
+  switch (operation) {
+    case 'read':
+      return admin || delegated ? 'allow' : 'hide';
+    case 'delete':
+      return admin ? 'allow' : delegated ? 'forbid' : 'hide';
+    case 'operate':
+      return delegated ? 'allow' : admin ? 'forbid' : 'hide';
+    case 'export':
+      return admin || delegated ? 'forbid' : 'hide';
+  }
+}
+
+export function decideOnDeployment(principal: Principal, operation: DeploymentOperation): Decision {
+  switch (operation) {
+    case 'create':
+    case 'list':
+    case 'audit-read':
+      return 'allow';
+    case 'hosts':
+    case 'pool':
+      return has(principal, 'admin') || has(principal, 'vtpm-operator') ? 'allow' : 'forbid';
+    case 'users':
+    case 'audit-verify':
+      return has(principal, 'admin') ? 'allow' : 'forbid';
+  }
+}
+
+/** Whether the principal sees every project's vTPMs and events, or its own project's only. */
+export function seesAllProjects(principal: Principal): boolean {
+  return has(principal, 'admin');
+}
+
+/** Throws the error a decision stands for: 404 when the vTPM must not even be seen to exist. */
+export function enforceOnVtpm(principal: Principal, operation: VtpmOperation, target: VtpmTarget): void {
+  const decision = decideOnVtpm(principal, operation, target);
+  if (decision === 'hide') throw new NotFoundError('vTPM for VM', target.vm);
+  if (decision === 'forbid') {
+    const why = target.secretSecurity === 'user'
+      ? `its secret is bound to project ${target.project} (secret security "user")`
+      : operation === 'operate' ? 'this needs the vtpm-operator role' : `only project ${target.project} may ${operation} it`;
+    throw new ForbiddenError(`${principal.name} may not ${operation} the vTPM of VM ${target.vm}: ${why}`, { vm: target.vm, operation });
+  }
+}
+
+export function enforceOnDeployment(principal: Principal, operation: DeploymentOperation): void {
+  if (decideOnDeployment(principal, operation) === 'forbid') {
+    throw new ForbiddenError(`${principal.name} may not ${operation === 'users' ? 'manage users' : operation.replace('-', ' ')}: this needs the ${operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin'} role`, { operation });
+  }
+}
