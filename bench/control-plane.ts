@@ -10,9 +10,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { Agent, request } from 'node:http';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { apiClient, inBatches, serveAsProcess } from './harness.js';
+import { apiClient, benchRoot, inBatches, serveAsProcess } from './harness.js';
 import { summarize, table } from './stats.js';
 
 const VTPMS = 20;
@@ -66,7 +66,7 @@ async function bareServer(body: string): Promise<{ child: ChildProcess; url: str
 }
 
 export async function runControlPlaneBenchmark(): Promise<{ table: string; results: unknown }> {
-  const root = await mkdtemp('/tmp/vtpm-bench-');
+  const root = await benchRoot();
   const service = await serveAsProcess(join(root, 'data'));
   const api = apiClient(service.url, service.token);
   const anchors: ChildProcess[] = [];

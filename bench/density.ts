@@ -12,11 +12,11 @@
  * what any vTPM costs with or without a manager.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import Sqlite from 'better-sqlite3';
-import { apiClient, inBatches, serveAsProcess } from './harness.js';
+import { apiClient, benchRoot, inBatches, serveAsProcess } from './harness.js';
 import { summarize, table } from './stats.js';
 import { responseCode, tpm2 } from '../src/swtpm/tpm2-commands.js';
 import { TpmChannel } from './tpm-load-client.js';
@@ -85,7 +85,7 @@ async function everySecond<T>(items: T[], until: number, work: (item: T) => Prom
 
 export async function runDensityBenchmark(args: string[]): Promise<{ table: string; results: unknown }> {
   const count = Number(args[0] ?? 1000);
-  const root = await mkdtemp('/tmp/vtpm-bench-');
+  const root = await benchRoot();
   const dataDir = join(root, 'data');
   const { child, url, token } = await serveAsProcess(dataDir);
   const api = apiClient(url, token);

@@ -1,7 +1,7 @@
 /** What the benchmarks share: an in-process `vtpm serve`, a minimal API client, the direct-swtpm anchor. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -13,6 +13,13 @@ import { socketAccepts } from '../src/swtpm/tpm-socket.js';
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
 export type Api = (method: string, path: string, body?: unknown) => Promise<unknown>;
+
+/** A fresh directory for a benchmark's service, which swtpm (running as its unprivileged user) may pass through. */
+export async function benchRoot(): Promise<string> {
+  const root = await mkdtemp('/tmp/vtpm-bench-');
+  await chmod(root, 0o711);
+  return root;
+}
 
 export async function untilStopped(api: Api, vm: string): Promise<void> {
   while (((await api('GET', `/v1/vtpms/${vm}`)) as { status: string }).status !== 'stopped') await delay(10);

@@ -9,10 +9,10 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { serveInProcess, type Api } from './harness.js';
+import { type Api, benchRoot, serveInProcess } from './harness.js';
 import { summarize, table, type Summary } from './stats.js';
 
 const POOLED_CREATES = 40;
@@ -69,7 +69,7 @@ async function waitForPool(api: Api, ready: number): Promise<void> {
 }
 
 export async function runProvisionBenchmark(): Promise<{ table: string; results: unknown }> {
-  const root = await mkdtemp('/tmp/vtpm-bench-');
+  const root = await benchRoot();
   try {
     const anchor = summarize(await bareSwtpmSetup(root));
 

@@ -11,10 +11,10 @@
  *   them is what vtpm-manager adds where a user waits.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildInitramfs, findKernel, launchGuest } from '../test/e2e/support/guest.js';
-import { serveInProcess, startSwtpmDirectly, untilStopped } from './harness.js';
+import { benchRoot, serveInProcess, startSwtpmDirectly, untilStopped } from './harness.js';
 import { summarize, table } from './stats.js';
 
 const START_SAMPLES = 50;
@@ -30,7 +30,7 @@ async function guestReadiness(kernel: string, initramfs: string, begin: number, 
 }
 
 export async function runStartBenchmark(): Promise<{ table: string; results: unknown }> {
-  const root = await mkdtemp('/tmp/vtpm-bench-');
+  const root = await benchRoot();
   const { server, api } = await serveInProcess(join(root, 'data'), 0);
   try {
     const vm = randomUUID();

@@ -13,14 +13,14 @@
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import Sqlite from 'better-sqlite3';
 import { Store } from '../src/store/index.js';
 import { sqliteDialect } from '../src/store/sqlite/sqlite-dialect.js';
 import { StateVault, vaultKeyFrom } from '../src/vault/state-vault.js';
-import { inBatches, serveInProcess } from './harness.js';
+import { benchRoot, inBatches, serveInProcess } from './harness.js';
 import { summarize, table, type Summary } from './stats.js';
 
 const SCALES = [1, 50, 200];
@@ -101,7 +101,7 @@ async function commitThroughput(root: string): Promise<{ vault: number; anchor: 
 }
 
 export async function runSyncBenchmark(): Promise<{ table: string; results: unknown }> {
-  const root = await mkdtemp('/tmp/vtpm-bench-');
+  const root = await benchRoot();
   const dataDir = join(root, 'data');
   const { server, api } = await serveInProcess(dataDir, 0);
   const database = new Sqlite(join(dataDir, 'vtpm.sqlite'), { readonly: true });

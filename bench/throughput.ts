@@ -8,9 +8,9 @@
  * be 1 within noise; this measures it rather than asserting it.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { serveInProcess, startSwtpmDirectly, untilStopped } from './harness.js';
+import { benchRoot, serveInProcess, startSwtpmDirectly, untilStopped } from './harness.js';
 import { summarize, table } from './stats.js';
 import { responseCode, tpm2 } from '../src/swtpm/tpm2-commands.js';
 import { TpmChannel } from './tpm-load-client.js';
@@ -31,7 +31,7 @@ async function blockRate(channel: TpmChannel): Promise<number> {
 }
 
 export async function runThroughputBenchmark(): Promise<{ table: string; results: unknown }> {
-  const root = await mkdtemp('/tmp/vtpm-bench-');
+  const root = await benchRoot();
   const { server, api } = await serveInProcess(join(root, 'data'), 0);
   try {
     const vm = randomUUID();

@@ -7,9 +7,9 @@
  * and under the run directory: <vm>.sock, <vm>.pid
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { EmulatorError, HostSetupError, StateConflictError } from '../errors.js';
 import { ovmfVarsTemplate } from '../hypervisor/ovmf.js';
@@ -17,7 +17,7 @@ import type { TpmSpec } from '../spec/tpm-spec.js';
 import type { StateKind } from '../store/index.js';
 import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';
-import { adoptSwtpm, launchSwtpm, terminateSwtpm, type InstancePaths, type SwtpmInstance } from '../swtpm/instance.js';
+import { adoptSwtpm, launchSwtpm, terminateSwtpm, type Confinement, type InstancePaths, type SwtpmInstance } from '../swtpm/instance.js';
 import { adoptState } from '../swtpm/adopt.js';
 import { manufactureTpm } from '../swtpm/manufacture.js';
 import { stateFileName } from '../swtpm/state-file.js';
@@ -32,6 +32,26 @@ export interface LocalHostAgentOptions {
   authority: CertificateAuthority;
   logger: Logger;
   hostName?: string;
+  /** The unprivileged user running swtpm processes run as, when the service runs as root. */
+  swtpmUser?: SystemUser | undefined;
+}
+
+export interface SystemUser {
+  name: string;
+  uid: number;
+  gid: number;
+}
+
+/** Fails, naming the directory, if `user` could not pass through `dir` and every directory above it. */
+async function requireTraversable(dir: string, user: SystemUser): Promise<void> {
+  for (let current = resolve(dir); ; current = dirname(current)) {
+    const { mode, uid, gid } = await stat(current);
+    const may = uid === user.uid ? mode & 0o100 : gid === user.gid ? mode & 0o010 : mode & 0o001;
+    if (!may) {
+      throw new HostSetupError(`swtpm runs as ${user.name}, which cannot pass through ${current} (mode ${(mode & 0o777).toString(8)}): let it (chmod o+x ${current}), choose other directories, or pass --swtpm-user root`, { directory: current });
+    }
+    if (current === dirname(current)) return;
+  }
 }
 
 /** Unix socket paths are limited to 107 bytes by the kernel. */
@@ -51,10 +71,13 @@ export class LocalHostAgent implements HostAgent {
   private readonly instances = new Map<string, Tracked>();
   private readonly exitListeners: Array<(exit: VtpmExit) => void> = [];
   private readonly changeListeners: Array<(change: StateChange) => Promise<void>> = [];
-  private description: HostDescription | undefined;
 
-  private constructor(private readonly options: LocalHostAgentOptions) {
-    this.hostName = options.hostName ?? hostname();
+  private constructor(
+    private readonly options: LocalHostAgentOptions,
+    private readonly confinement: Confinement,
+    private readonly description: HostDescription,
+  ) {
+    this.hostName = description.name;
   }
 
   static async open(options: LocalHostAgentOptions): Promise<LocalHostAgent> {
@@ -65,7 +88,18 @@ export class LocalHostAgent implements HostAgent {
     for (const dir of ['tpm', 'nvram', 'log'].map((d) => join(options.dataDir, d)).concat(options.runDir, options.scratchDir)) {
       await mkdir(dir, { recursive: true, mode: 0o700 });
     }
-    const agent = new LocalHostAgent(options);
+    const user = options.swtpmUser;
+    if (user) {
+      // swtpm creates its socket and pid file, and writes its state, after it has become this user:
+      // the run directory is its, each state directory too; the directories above let it pass, not look.
+      await chown(options.runDir, user.uid, user.gid);
+      for (const dir of [options.dataDir, join(options.dataDir, 'tpm')]) await chmod(dir, 0o711);
+      for (const dir of [options.runDir, join(options.dataDir, 'tpm')]) await requireTraversable(dirname(dir), user);
+    }
+    const capabilities = await probeCapabilities();
+    const seccomp = capabilities.swtpm.features.includes('cmdarg-seccomp');
+    if (!seccomp) options.logger.warn('this swtpm has no seccomp support: vTPMs run without a syscall filter');
+    const agent = new LocalHostAgent(options, { runAs: user?.name, seccomp }, { name: options.hostName ?? hostname(), traits: traitsOf(capabilities), capabilities });
     await agent.adoptSurvivors();
     return agent;
   }
@@ -137,10 +171,6 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async describe(): Promise<HostDescription> {
-    if (!this.description) {
-      const capabilities = await probeCapabilities();
-      this.description = { name: this.hostName, traits: traitsOf(capabilities), capabilities };
-    }
     return this.description;
   }
 
@@ -181,9 +211,11 @@ export class LocalHostAgent implements HostAgent {
     await rm(paths.stateDir, { recursive: true, force: true });
     await mkdir(paths.stateDir, { mode: 0o700 });
     await writeFile(join(paths.stateDir, stateFile), request.state, { mode: 0o600 });
+    const user = this.options.swtpmUser;
+    if (user) for (const path of [paths.stateDir, join(paths.stateDir, stateFile)]) await chown(path, user.uid, user.gid);
     await rm(nvramPath, { force: true });
     if (request.nvram) await writeFile(nvramPath, request.nvram, { mode: 0o600 });
-    const instance = await launchSwtpm(request.spec, paths, request.stateKey);
+    const instance = await launchSwtpm(request.spec, paths, request.stateKey, this.confinement);
     this.track(request.vm, instance, stateFile, request.nvram !== undefined, { tpm: request.state, ...(request.nvram && { nvram: request.nvram }) });
     return { vm: request.vm, pid: instance.pid, socket: paths.socket };
   }

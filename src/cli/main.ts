@@ -68,8 +68,9 @@ withClientOptions(program.command('serve'))
   .option('--retention <count>', 'state generations kept per vTPM', positiveInteger('--retention'), 20)
   .option('--pool-size <count>', 'TPMs of each version manufactured ahead of demand (0: off)', wholeNumber('--pool-size'), 4)
   .option('--pool-refill-pause <ms>', 'pause after each background manufacture, capping the refill rate', wholeNumber('--pool-refill-pause'), 0)
+  .option('--swtpm-user <user>', 'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; logLevel: string }, command: Command) => {
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; logLevel: string }, command: Command) => {
     const { dataDir } = globals(command);
     const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
     const server = await startServer({
@@ -81,6 +82,7 @@ withClientOptions(program.command('serve'))
       retention: options.retention,
       poolSize: options.poolSize,
       poolRefillPauseMs: options.poolRefillPause,
+      swtpmUser: options.swtpmUser,
       logger,
       version: packageVersion,
     });

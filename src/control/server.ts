@@ -8,11 +8,12 @@ import { mkdir, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { LocalHostAgent } from '../agent/local-host-agent.js';
-import { InvalidArgumentError } from '../errors.js';
+import { LocalHostAgent, type SystemUser } from '../agent/local-host-agent.js';
+import { HostSetupError, InvalidArgumentError } from '../errors.js';
 import { openKeyManager, type KeyManager } from '../keys/index.js';
 import { openEmbeddedStore, type Store } from '../store/index.js';
 import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
+import { runProgram } from '../swtpm/run-program.js';
 import { StateVault } from '../vault/state-vault.js';
 import { buildApi } from './api.js';
 import { AuditedKeyManager, AuditLog } from './audit.js';
@@ -32,8 +33,26 @@ export interface ServeOptions {
   poolSize: number;
   /** Pause after each background manufacture, in ms (0: none). */
   poolRefillPauseMs?: number;
+  /** Who swtpm runs as when the service runs as root (default tss, as libvirt does; root keeps it root). */
+  swtpmUser?: string | undefined;
   logger: Logger;
   version: string;
+}
+
+const DEFAULT_SWTPM_USER = 'tss';
+
+/** The unprivileged user for swtpm, when there is one to switch to. */
+async function swtpmUserFor(requested: string | undefined): Promise<SystemUser | undefined> {
+  if (process.getuid?.() !== 0) {
+    if (requested !== undefined) throw new HostSetupError(`--swtpm-user ${requested} needs the service to run as root (only root can switch users)`);
+    return undefined;
+  }
+  const name = requested ?? DEFAULT_SWTPM_USER;
+  if (name === 'root') return undefined;
+  const id = (flag: string) => runProgram('id', [flag, name]).then((r) => Number(r.stdout.trim()), () => {
+    throw new HostSetupError(`the user ${name} that swtpm should run as does not exist (Debian's swtpm-tools creates tss); create it, or pass --swtpm-user`);
+  });
+  return { name, uid: await id('-u'), gid: await id('-g') };
 }
 
 export interface RunningServer {
@@ -87,7 +106,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const scratchDir = join(options.scratchDir, `vtpm-${process.pid}-${randomBytes(4).toString('hex')}`);
   await checkScratchDir(scratchDir, logger);
   const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
-  const agent = await LocalHostAgent.open({ dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }) });
+  const agent = await LocalHostAgent.open({
+    dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }), swtpmUser: await swtpmUserFor(options.swtpmUser),
+  });
   const vault = new StateVault(store, options.retention);
   // 2.0 first: it is what Windows 11 and most new guests ask for.
   const pool = options.poolSize > 0 ? new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, ['2.0', '1.2'], options.poolRefillPauseMs ?? 0) : undefined;

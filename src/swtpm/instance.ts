@@ -49,7 +49,14 @@ async function logTail(logFile: string): Promise<string> {
   }
 }
 
-export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey: Buffer): Promise<SwtpmInstance> {
+export interface Confinement {
+  /** The user swtpm switches to once it has its sockets and key (when the service runs as root). */
+  runAs?: string | undefined;
+  /** swtpm's seccomp profile, killing the process on a syscall outside it (when this swtpm supports it). */
+  seccomp: boolean;
+}
+
+export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey: Buffer, confinement: Confinement): Promise<SwtpmInstance> {
   await rm(paths.socket, { force: true });
   const logFd = openSync(paths.logFile, 'a', 0o600);
   const child = (() => {
@@ -64,6 +71,8 @@ export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey:
           '--key', SWTPM_KEY_OPTION,
           '--pid', `file=${paths.pidFile}`,
           '--terminate',
+          ...(confinement.runAs ? ['--runas', confinement.runAs] : []),
+          ...(confinement.seccomp ? ['--seccomp', 'action=kill'] : []),
         ],
         { detached: true, stdio: ['ignore', logFd, logFd, 'pipe'] },
       );

@@ -9,13 +9,16 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import Sqlite from 'better-sqlite3';
 import { serviceForFile, type CliResult, type VtpmJson } from './support/service.js';
 
+const exec = promisify(execFile);
 const EXIT = { notFound: 3, unauthenticated: 5, integrity: 6, forbidden: 8 };
 const tokens: Record<string, string> = {};
 const secrets: string[] = [];
@@ -177,6 +180,31 @@ describe('secrets stay out of sight', () => {
     assert.ok(context.service.log.includes(vmUser) && events.includes(vmUser) && failures.length > 10);
     for (const secret of secrets) {
       for (const [name, text] of places) assert.equal(text.includes(secret), false, `a secret (${secret.slice(0, 8)}...) is in the ${name}`);
+    }
+  });
+});
+
+describe('hardening', () => {
+  it('swtpm runs as an unprivileged user under its seccomp filter; state directories are 0700 and files 0600', async () => {
+    const vm = randomUUID();
+    await jsonAs('alice', 'create', '--vm', vm, '--version', '2.0');
+    await jsonAs('alice', 'start', vm);
+    try {
+      const pid = Number(await readFile(join(context.service.dataDir, 'run', `${vm}.pid`), 'utf8'));
+      const status = await readFile(`/proc/${pid}/status`, 'utf8');
+      const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
+      assert.notEqual(uid, 0, 'swtpm does not run as root');
+      assert.equal(uid, Number((await exec('id', ['-u', 'tss'])).stdout.trim()), 'it runs as tss, as libvirt runs it');
+      assert.equal(/^Seccomp:\s+(\d)/m.exec(status)?.[1], '2', 'a seccomp filter is on');
+
+      const modeOf = async (path: string) => ((await stat(path)).mode & 0o777).toString(8);
+      const stateDir = join(context.service.dataDir, 'tpm', vm);
+      assert.equal(await modeOf(stateDir), '700');
+      for (const file of (await readdir(stateDir)).filter((f) => f.endsWith('.permall'))) assert.equal(await modeOf(join(stateDir, file)), '600', file);
+      for (const dir of ['keys', 'ca', 'log', 'nvram', 'run']) assert.equal(await modeOf(join(context.service.dataDir, dir)), '700', dir);
+      for (const file of ['admin.token', 'vtpm.sqlite']) assert.equal(await modeOf(join(context.service.dataDir, file)), '600', file);
+    } finally {
+      await jsonAs('alice', 'stop', vm);
     }
   });
 });

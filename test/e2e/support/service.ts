@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -13,8 +13,11 @@ import { fileURLToPath } from 'node:url';
 export const CLI = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
 
 /** Short paths: swtpm's unix sockets live under the data directory. */
-export function temporaryDir(prefix: string): Promise<string> {
-  return mkdtemp(join('/tmp', `${prefix}-`));
+/** A fresh directory that swtpm, running as its unprivileged user, may pass through (not list). */
+export async function temporaryDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join('/tmp', `${prefix}-`));
+  await chmod(dir, 0o711);
+  return dir;
 }
 
 export interface CliResult {
