@@ -46,7 +46,7 @@ export async function serveAsProcess(dataDir: string): Promise<{ child: ChildPro
     let out = '';
     child.stdout!.on('data', (chunk: Buffer) => {
       out += chunk.toString();
-      const match = /listening on (http:\/\/\S+)/.exec(out);
+      const match = /listening on (https?:\/\/\S+)/.exec(out);
       if (match?.[1]) resolve(match[1]);
     });
     child.once('exit', (code) => reject(new Error(`vtpm serve exited ${code}`)));

@@ -1,6 +1,8 @@
 /** The CLI's view of the API: one request function, errors turned back into typed errors. */
 import { readFile } from 'node:fs/promises';
-import { UnauthenticatedError, UnreachableError, VtpmError, type ErrorDetails } from '../errors.js';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { InvalidArgumentError, UnauthenticatedError, UnreachableError, VtpmError, type ErrorDetails } from '../errors.js';
 import { adminTokenPath } from '../control/tokens.js';
 
 /** An error the server reported, carrying the server's own code and status. */
@@ -16,42 +18,84 @@ export interface ClientOptions {
   dataDir: string;
   /** Per request; the default suits interactive use, the libvirt hook sets its own. */
   timeoutMs?: number | undefined;
+  /** PEM file of the CA that issued the control plane's TLS certificate, when the system's CAs did not. */
+  caFile?: string | undefined;
+}
+
+interface Outgoing {
+  method: string;
+  headers: Record<string, string>;
+  body: string | undefined;
+  ca: Buffer | undefined;
+  timeoutMs: number;
+}
+
+/** One request over http or https, verifying the server's certificate (against `ca` when given). */
+function send(url: string, outgoing: Outgoing): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const target = new URL(url);
+    const options = { method: outgoing.method, headers: outgoing.headers, signal: AbortSignal.timeout(outgoing.timeoutMs) };
+    const onResponse = (response: IncomingMessage) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString() }));
+      response.on('error', reject);
+    };
+    const request = target.protocol === 'https:'
+      ? httpsRequest(target, { ...options, ...(outgoing.ca && { ca: outgoing.ca }) }, onResponse)
+      : httpRequest(target, options, onResponse);
+    request.on('error', reject);
+    request.end(outgoing.body);
+  });
 }
 
 const DEFAULT_TIMEOUT_MS = 120_000;
 
 export class ApiClient {
-  private constructor(private readonly url: string, private readonly token: string | undefined, private readonly timeoutMs: number) {}
+  private constructor(
+    private readonly url: string,
+    private readonly token: string | undefined,
+    private readonly timeoutMs: number,
+    private readonly ca: Buffer | undefined,
+  ) {}
 
   /** The token comes from --token, VTPM_TOKEN, or the server's data directory, in that order. */
   static async connect(options: ClientOptions): Promise<ApiClient> {
     const token = options.token || process.env.VTPM_TOKEN || (await readFile(adminTokenPath(options.dataDir), 'utf8').then((t) => t.trim(), () => undefined));
-    return new ApiClient(options.url.replace(/\/+$/, ''), token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const caFile = options.caFile ?? process.env.VTPM_CA_FILE;
+    const ca = caFile ? await readFile(caFile).catch(() => { throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', caFile); }) : undefined;
+    return new ApiClient(options.url.replace(/\/+$/, ''), token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca);
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     if (this.token === undefined) throw new UnauthenticatedError();
-    let response: Response;
+    let response: { status: number; text: string };
     try {
-      response = await fetch(`${this.url}${path}`, {
+      response = await send(`${this.url}${path}`, {
         method,
         headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        signal: AbortSignal.timeout(this.timeoutMs),
+        body: body === undefined ? undefined : JSON.stringify(body),
+        ca: this.ca,
+        timeoutMs: this.timeoutMs,
       });
     } catch (error) {
-      const cause = (error as Error).name === 'TimeoutError' ? `no answer within ${this.timeoutMs / 1000} s` : (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
-      throw new UnreachableError(`cannot reach vtpm-manager at ${this.url} (${cause}): is \`vtpm serve\` running? Set --url or VTPM_URL`, { url: this.url });
+      const code = (error as NodeJS.ErrnoException).code;
+      const timedOut = (error as Error).name === 'TimeoutError' || (error as { cause?: Error }).cause?.name === 'TimeoutError';
+      const cause = timedOut ? `no answer within ${this.timeoutMs / 1000} s` : code ?? (error as Error).message;
+      const hint = code !== undefined && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS/.test(code)
+        ? "its TLS certificate is not one this client trusts: pass --ca-file or set VTPM_CA_FILE to the CA that issued it"
+        : 'is `vtpm serve` running? Set --url or VTPM_URL';
+      throw new UnreachableError(`cannot reach vtpm-manager at ${this.url} (${cause}): ${hint}`, { url: this.url });
     }
+    const text = response.text;
     if (response.status === 204) return undefined as T;
-    const text = await response.text();
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);
     } catch {
       throw new UnreachableError(`${this.url} answered ${response.status} with something that is not the vtpm-manager API`, { url: this.url });
     }
-    if (!response.ok) {
+    if (response.status >= 400) {
       const error = (parsed as { error?: { code?: string; message?: string; details?: ErrorDetails } }).error;
       throw new RemoteError(error?.code ?? 'internal', response.status, error?.message ?? `HTTP ${response.status}`, error?.details ?? {});
     }

@@ -7,6 +7,7 @@ export interface GlobalOptions {
   url: string;
   token: string | undefined;
   dataDir: string;
+  caFile: string | undefined;
   json: boolean;
 }
 
@@ -14,6 +15,7 @@ interface ClientFlags {
   url?: string;
   token?: string;
   dataDir?: string;
+  caFile?: string;
   json?: boolean;
 }
 
@@ -23,6 +25,7 @@ export function withClientOptions(command: Command): Command {
     .option('--url <url>', 'control plane URL (env VTPM_URL; default http://127.0.0.1:7390)')
     .option('--token <token>', 'API token (env VTPM_TOKEN; default: <data-dir>/admin.token)')
     .option('--data-dir <dir>', 'data directory (env VTPM_DATA_DIR)')
+    .option('--ca-file <pem>', "CA certificate the control plane's TLS certificate is checked against (env VTPM_CA_FILE; default: the system's)")
     .option('--json', 'print one JSON document on stdout');
 }
 
@@ -32,13 +35,14 @@ export function globals(command: Command): GlobalOptions {
     url: flags.url ?? defaultUrl(),
     token: flags.token,
     dataDir: flags.dataDir ?? defaultDataDir(),
+    caFile: flags.caFile,
     json: flags.json === true,
   };
 }
 
 export async function client(command: Command): Promise<ApiClient> {
   const options = globals(command);
-  return ApiClient.connect({ url: options.url, token: options.token, dataDir: options.dataDir });
+  return ApiClient.connect({ url: options.url, token: options.token, dataDir: options.dataDir, caFile: options.caFile });
 }
 
 export function emit(command: Command, json: unknown, human: () => string): void {

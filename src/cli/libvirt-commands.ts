@@ -64,10 +64,10 @@ export function registerLibvirtCommands(program: Command): void {
     .description("install libvirt's qemu hook, which starts a domain's vTPM before QEMU and stops it after (restart libvirtd afterwards)")
     .option('--hooks-dir <dir>', "libvirt's hooks directory", DEFAULT_HOOKS_DIR)
     .action(async (options: { hooksDir: string }, command: Command) => {
-      const { url, dataDir } = globals(command);
+      const { url, dataDir, caFile } = globals(command);
       const path = await hookPath(options.hooksDir);
       await mkdir(join(path, '..'), { recursive: true, mode: 0o755 });
-      await writeFile(path, hookScript({ node: process.execPath, entry: HOOK_ENTRY, url, dataDir, socketDir: defaultRunDir(dataDir), timeoutMs: HOOK_TIMEOUT_MS }), { mode: 0o755 });
+      await writeFile(path, hookScript({ node: process.execPath, entry: HOOK_ENTRY, url, dataDir, socketDir: defaultRunDir(dataDir), timeoutMs: HOOK_TIMEOUT_MS, caFile: caFile ?? process.env.VTPM_CA_FILE }), { mode: 0o755 });
       await chmod(path, 0o755);
       emit(command, { hook: path }, () => `installed ${path}\nlibvirtd looks for hooks when it starts: restart it (systemctl restart libvirtd) for the hook to take effect`);
     });

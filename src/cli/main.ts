@@ -68,9 +68,11 @@ withClientOptions(program.command('serve'))
   .option('--retention <count>', 'state generations kept per vTPM', positiveInteger('--retention'), 20)
   .option('--pool-size <count>', 'TPMs of each version manufactured ahead of demand (0: off)', wholeNumber('--pool-size'), 4)
   .option('--pool-refill-pause <ms>', 'pause after each background manufacture, capping the refill rate', wholeNumber('--pool-refill-pause'), 0)
+  .option('--tls-cert <pem>', 'serve the API over HTTPS with this certificate (chain)')
+  .option('--tls-key <pem>', 'the private key of --tls-cert (must be readable by its owner only)')
   .option('--swtpm-user <user>', 'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; logLevel: string }, command: Command) => {
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
     const { dataDir } = globals(command);
     const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
     const server = await startServer({
@@ -83,6 +85,7 @@ withClientOptions(program.command('serve'))
       poolSize: options.poolSize,
       poolRefillPauseMs: options.poolRefillPause,
       swtpmUser: options.swtpmUser,
+      tls: tlsOf(options.tlsCert, options.tlsKey),
       logger,
       version: packageVersion,
     });
@@ -260,6 +263,12 @@ withClientOptions(program.command('hosts'))
     const { hosts } = await (await client(command)).request<{ hosts: HostView[] }>('GET', '/v1/hosts');
     emit(command, hosts, () => table(hosts.map((h) => ({ name: h.name, vtpms: h.vtpms, running: h.running, traits: h.traits.join(',') })), ['name', 'vtpms', 'running', 'traits']));
   });
+
+function tlsOf(certFile: string | undefined, keyFile: string | undefined): { certFile: string; keyFile: string } | undefined {
+  if (certFile === undefined && keyFile === undefined) return undefined;
+  if (certFile === undefined || keyFile === undefined) throw new InvalidArgumentError(certFile === undefined ? '--tls-cert' : '--tls-key', 'both --tls-cert and --tls-key, or neither');
+  return { certFile, keyFile };
+}
 
 registerLibvirtCommands(program);
 registerIdentityCommands(program);

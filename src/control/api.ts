@@ -156,9 +156,9 @@ export function actorOf(request: FastifyRequest): Principal {
   return request.actor;
 }
 
-export async function buildApi(options: { service: VtpmService; store: Store; audit: AuditLog; logger: Logger; version: string }): Promise<FastifyInstance> {
+export async function buildApi(options: { service: VtpmService; store: Store; audit: AuditLog; logger: Logger; version: string; https?: { cert: Buffer; key: Buffer } | undefined }): Promise<FastifyInstance> {
   const { service, store, audit } = options;
-  const app: FastifyInstance = Fastify({ loggerInstance: options.logger as FastifyBaseLogger, bodyLimit: 1024 * 1024 });
+  const app = Fastify({ loggerInstance: options.logger as FastifyBaseLogger, bodyLimit: 1024 * 1024, ...(options.https && { https: options.https }) }) as unknown as FastifyInstance;
 
   await app.register(swagger, {
     openapi: {

@@ -4,7 +4,7 @@
  * the data directory.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm, statfs } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
@@ -33,6 +33,8 @@ export interface ServeOptions {
   poolSize: number;
   /** Pause after each background manufacture, in ms (0: none). */
   poolRefillPauseMs?: number;
+  /** PEM certificate chain and key: the API listens on HTTPS. */
+  tls?: { certFile: string; keyFile: string } | undefined;
   /** Who swtpm runs as when the service runs as root (default tss, as libvirt does; root keeps it root). */
   swtpmUser?: string | undefined;
   logger: Logger;
@@ -40,6 +42,14 @@ export interface ServeOptions {
 }
 
 const DEFAULT_SWTPM_USER = 'tss';
+
+/** The TLS key must be the service's alone: refused when others may read it. */
+async function readTls(tls: { certFile: string; keyFile: string }): Promise<{ cert: Buffer; key: Buffer }> {
+  const read = (field: string, path: string) => readFile(path).catch(() => { throw new InvalidArgumentError(field, 'a readable PEM file', path); });
+  const { mode } = await stat(tls.keyFile).catch(() => { throw new InvalidArgumentError('--tls-key', 'a readable PEM file', tls.keyFile); });
+  if (mode & 0o077) throw new InvalidArgumentError('--tls-key', `a key file only its owner can read (chmod 600 ${tls.keyFile}); it is ${(mode & 0o777).toString(8)}`);
+  return { cert: await read('--tls-cert', tls.certFile), key: await read('--tls-key', tls.keyFile) };
+}
 
 /** The unprivileged user for swtpm, when there is one to switch to. */
 async function swtpmUserFor(requested: string | undefined): Promise<SystemUser | undefined> {
@@ -98,6 +108,7 @@ async function checkScratchDir(path: string, logger: Logger): Promise<void> {
 export async function startServer(options: ServeOptions): Promise<RunningServer> {
   const { logger } = options;
   const { host, port } = parseListen(options.listen);
+  const https = options.tls && (await readTls(options.tls));
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
   const store = await openEmbeddedStore(options.dataDir);
   const audit = new AuditLog(store);
@@ -120,7 +131,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
 
   let app: FastifyInstance;
   try {
-    app = await buildApi({ service, store, audit, logger, version: options.version });
+    app = await buildApi({ service, store, audit, logger, version: options.version, https });
     await app.listen({ host, port });
   } catch (error) {
     await pool?.close();
@@ -133,7 +144,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const boundPort = typeof address === 'object' && address ? address.port : port;
   const shownHost = host.includes(':') ? `[${host}]` : host;
   return {
-    url: `http://${shownHost}:${boundPort}`,
+    url: `${options.tls ? 'https' : 'http'}://${shownHost}:${boundPort}`,
     adminTokenPath: admin.path,
     adminTokenCreated: admin.created,
     async close() {

@@ -35,7 +35,7 @@ export function hookAction(operation: string, subOperation: string, domain: Doma
 export const HOOK_MARKER = '# vtpm-manager libvirt hook';
 
 /** The hook script: a shell line that runs the hook entry point under this very Node, with the service's coordinates. */
-export function hookScript(options: { node: string; entry: string; url: string; dataDir: string; socketDir: string; timeoutMs: number }): string {
+export function hookScript(options: { node: string; entry: string; url: string; dataDir: string; socketDir: string; timeoutMs: number; caFile?: string | undefined }): string {
   const quote = (value: string) => `'${value.replaceAll("'", "'\\''")}'`;
   return [
     '#!/bin/sh',
@@ -43,7 +43,7 @@ export function hookScript(options: { node: string; entry: string; url: string; 
     '# Installed by `vtpm libvirt install-hook`: starts the vTPM of a domain whose <tpm> is a',
     '# vtpm-manager socket before QEMU starts, and stops it once QEMU has gone.',
     `VTPM_URL=${quote(options.url)} VTPM_DATA_DIR=${quote(options.dataDir)} VTPM_HOOK_SOCKET_DIR=${quote(options.socketDir)} \\`,
-    `VTPM_HOOK_TIMEOUT_MS=${options.timeoutMs} exec ${quote(options.node)} ${quote(options.entry)} "$@"`,
+    `VTPM_HOOK_TIMEOUT_MS=${options.timeoutMs}${options.caFile ? ` VTPM_CA_FILE=${quote(options.caFile)}` : ''} exec ${quote(options.node)} ${quote(options.entry)} "$@"`,
     '',
   ].join('\n');
 }

@@ -10,13 +10,13 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import Sqlite from 'better-sqlite3';
-import { serviceForFile, type CliResult, type VtpmJson } from './support/service.js';
+import { CLI, serviceForFile, ServiceUnderTest, temporaryDir, type CliResult, type VtpmJson } from './support/service.js';
 
 const exec = promisify(execFile);
 const EXIT = { notFound: 3, unauthenticated: 5, integrity: 6, forbidden: 8 };
@@ -205,6 +205,39 @@ describe('hardening', () => {
       for (const file of ['admin.token', 'vtpm.sqlite']) assert.equal(await modeOf(join(context.service.dataDir, file)), '600', file);
     } finally {
       await jsonAs('alice', 'stop', vm);
+    }
+  });
+});
+
+describe('TLS', () => {
+  it('serves the API over HTTPS; the CLI verifies the certificate; a key others can read is refused', async () => {
+    const dir = await temporaryDir('vtpm-tls');
+    try {
+      const [key, cert, template] = ['key.pem', 'cert.pem', 'template'].map((f) => join(dir, f)) as [string, string, string];
+      await writeFile(template, 'cn = "vtpm-manager test"\nip_address = "127.0.0.1"\ntls_www_server\nsigning_key\nencryption_key\nca\ncert_signing_key\nexpiration_days = 2\n');
+      await exec('certtool', ['--generate-privkey', '--key-type', 'ecdsa', '--outfile', key]);
+      await exec('certtool', ['--generate-self-signed', '--load-privkey', key, '--template', template, '--outfile', cert]);
+
+      await chmod(key, 0o644);
+      const refused = await exec(process.execPath, [CLI, 'serve', '--data-dir', join(dir, 'refused'), '--listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key]).then(() => undefined, (error: { code: number; stderr: string }) => error);
+      assert.equal(refused?.code, 2);
+      assert.match(refused?.stderr ?? '', /--tls-key.*only its owner can read \(chmod 600/);
+      await chmod(key, 0o600);
+
+      const service = await ServiceUnderTest.start(join(dir, 'data'), ['--pool-size', '0', '--tls-cert', cert, '--tls-key', key]);
+      try {
+        assert.match(service.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+        const untrusted = await service.cli('list');
+        assert.equal(untrusted.code, 7, untrusted.stderr);
+        assert.match(untrusted.stderr, /TLS certificate is not one this client trusts: pass --ca-file/);
+        assert.equal((await service.cli('--ca-file', cert, 'list')).code, 0);
+        const plain = await service.cli('--url', service.url.replace('https:', 'http:'), '--ca-file', cert, 'list');
+        assert.notEqual(plain.code, 0, 'plain HTTP gets no answer');
+      } finally {
+        await service.stop();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

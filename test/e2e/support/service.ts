@@ -52,7 +52,7 @@ export class ServiceUnderTest {
       child.stdout!.on('data', (chunk: Buffer) => {
         stdout += chunk.toString();
         captured.text += chunk.toString();
-        const match = /listening on (http:\/\/\S+)/.exec(stdout);
+        const match = /listening on (https?:\/\/\S+)/.exec(stdout);
         if (match?.[1]) resolve(match[1]);
       });
       child.once('exit', (code) => reject(new Error(`vtpm serve exited with ${code} before listening:\n${captured.text}`)));
