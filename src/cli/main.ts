@@ -11,7 +11,7 @@ import pino from 'pino';
 import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
 import { startServer } from '../control/server.js';
 import type { Attachment, GenerationView, HostView, VtpmView } from '../control/vtpm-service.js';
-import { KEY_MANAGER_KINDS } from '../keys/index.js';
+import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS } from '../keys/index.js';
 import { SECRET_SECURITY_MODES } from '../spec/secret-security.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
 import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
@@ -68,11 +68,13 @@ withClientOptions(program.command('serve'))
   .option('--retention <count>', 'state generations kept per vTPM', positiveInteger('--retention'), 20)
   .option('--pool-size <count>', 'TPMs of each version manufactured ahead of demand (0: off)', wholeNumber('--pool-size'), 4)
   .option('--pool-refill-pause <ms>', 'pause after each background manufacture, capping the refill rate', wholeNumber('--pool-refill-pause'), 0)
+  .option('--seal-to-tpm', "local key manager: seal the master key to the host's TPM (a copied data directory then opens nothing elsewhere)")
+  .option('--host-tpm <tcti>', `the host TPM for --seal-to-tpm, as a tpm2-tools TCTI (default ${DEFAULT_HOST_TPM})`)
   .option('--tls-cert <pem>', 'serve the API over HTTPS with this certificate (chain)')
   .option('--tls-key <pem>', 'the private key of --tls-cert (must be readable by its owner only)')
   .option('--swtpm-user <user>', 'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; sealToTpm?: boolean; hostTpm?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
     const { dataDir } = globals(command);
     const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
     const server = await startServer({
@@ -85,6 +87,7 @@ withClientOptions(program.command('serve'))
       poolSize: options.poolSize,
       poolRefillPauseMs: options.poolRefillPause,
       swtpmUser: options.swtpmUser,
+      sealToTpm: sealingTpm(options.sealToTpm === true, options.hostTpm),
       tls: tlsOf(options.tlsCert, options.tlsKey),
       logger,
       version: packageVersion,
@@ -263,6 +266,11 @@ withClientOptions(program.command('hosts'))
     const { hosts } = await (await client(command)).request<{ hosts: HostView[] }>('GET', '/v1/hosts');
     emit(command, hosts, () => table(hosts.map((h) => ({ name: h.name, vtpms: h.vtpms, running: h.running, traits: h.traits.join(',') })), ['name', 'vtpms', 'running', 'traits']));
   });
+
+function sealingTpm(seal: boolean, hostTpm: string | undefined): string | undefined {
+  if (!seal && hostTpm !== undefined) throw new InvalidArgumentError('--host-tpm', 'to come with --seal-to-tpm');
+  return seal ? hostTpm ?? DEFAULT_HOST_TPM : undefined;
+}
 
 function tlsOf(certFile: string | undefined, keyFile: string | undefined): { certFile: string; keyFile: string } | undefined {
   if (certFile === undefined && keyFile === undefined) return undefined;

@@ -33,6 +33,8 @@ export interface ServeOptions {
   poolSize: number;
   /** Pause after each background manufacture, in ms (0: none). */
   poolRefillPauseMs?: number;
+  /** The local key manager seals its master key to this TPM (tpm2-tools TCTI). */
+  sealToTpm?: string | undefined;
   /** PEM certificate chain and key: the API listens on HTTPS. */
   tls?: { certFile: string; keyFile: string } | undefined;
   /** Who swtpm runs as when the service runs as root (default tss, as libvirt does; root keeps it root). */
@@ -111,11 +113,16 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const https = options.tls && (await readTls(options.tls));
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
   const store = await openEmbeddedStore(options.dataDir);
-  const audit = new AuditLog(store);
-  const keys = new AuditedKeyManager(await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir }), audit);
   // A scratch directory of its own per process: two services on one host never share one.
   const scratchDir = join(options.scratchDir, `vtpm-${process.pid}-${randomBytes(4).toString('hex')}`);
   await checkScratchDir(scratchDir, logger);
+  const audit = new AuditLog(store);
+  const hostTpm = options.sealToTpm === undefined ? undefined : { tcti: options.sealToTpm, scratchDir };
+  const keys = new AuditedKeyManager(await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir, hostTpm }).catch(async (error: unknown) => {
+    await store.close();
+    await rm(scratchDir, { recursive: true, force: true });
+    throw error;
+  }), audit);
   const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
   const agent = await LocalHostAgent.open({
     dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }), swtpmUser: await swtpmUserFor(options.swtpmUser),

@@ -16,6 +16,8 @@ export interface RunOptions {
   env?: Record<string, string>;
   /** Written to fd 3, then the pipe is closed. */
   keyMaterial?: string;
+  /** Written to standard input, for programs that read secrets from there. */
+  stdin?: string;
   timeoutMs?: number;
   /** Run under `nice -n 19`; its children (swtpm, swtpm_localca) inherit it. */
   lowPriority?: boolean;
@@ -28,7 +30,7 @@ export function runProgram(program: string, args: string[], options: RunOptions 
     const [command, commandArgs] = options.lowPriority ? ['nice', ['-n', '19', program, ...args]] : [program, args];
     const child = spawn(command, commandArgs, {
       env: { ...process.env, ...options.env },
-      stdio: ['ignore', 'pipe', 'pipe', options.keyMaterial === undefined ? 'ignore' : 'pipe'],
+      stdio: [options.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe', options.keyMaterial === undefined ? 'ignore' : 'pipe'],
     });
     let stdout = '';
     let stderr = '';
@@ -49,6 +51,10 @@ export function runProgram(program: string, args: string[], options: RunOptions 
         reject(new EmulatorError(`${program} ${how}: ${tail(stderr + stdout) || 'no output'}`, { program, status: code, signal }));
       }
     });
+    if (options.stdin !== undefined) {
+      child.stdin!.on('error', () => undefined);
+      child.stdin!.end(options.stdin);
+    }
     if (options.keyMaterial !== undefined) {
       const keyPipe = child.stdio[KEY_FD] as NodeJS.WritableStream;
       // EPIPE here means the program exited before reading; 'close' reports why.
