@@ -1,4 +1,4 @@
-/** `vtpm user ...`, `vtpm token ...`, `vtpm events`, `vtpm audit verify`. */
+/** `vtpm user ...`, `vtpm token ...`, `vtpm keys rotate`, `vtpm events`, `vtpm audit verify`. */
 import { InvalidArgumentError as CommanderArgumentError, Option, type Command } from 'commander';
 import { IntegrityError } from '../errors.js';
 import { ROLES } from '../control/policy.js';
@@ -100,6 +100,14 @@ export function registerIdentityCommands(program: Command): void {
       const query = new URLSearchParams({ limit: options.limit, ...(options.vm && { vm: options.vm }) });
       const { events } = await (await client(command)).request<{ events: EventJson[] }>('GET', `/v1/events?${query.toString()}`);
       emit(command, events, () => table(events.map((e) => ({ ...e, vm: e.vm ?? '-' })), ['seq', 'at', 'actor', 'operation', 'vm', 'result']));
+    });
+
+  const keys = program.command('keys').description("the key manager's keys");
+  withClientOptions(keys.command('rotate'))
+    .description('a new key-encryption key; every vTPM secret is re-wrapped under it (values unchanged), then the old key is destroyed; an interrupted rotation finishes when the service starts again')
+    .action(async (_options: unknown, command: Command) => {
+      const report = await (await client(command)).request<{ kind: string; rewrapped: number; already_rewrapped: number }>('POST', '/v1/keys/rotate');
+      emit(command, report, () => `${report.kind} key manager: new key-encryption key; ${report.rewrapped} secrets re-wrapped under it, the old key destroyed`);
     });
 
   const audit = program.command('audit').description('the audit log');

@@ -8,7 +8,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash } from 'node:crypto';
-import type { KeyManager, SecretOwner } from '../keys/key-manager.js';
+import type { KeyManager, RotationReport, SecretOwner } from '../keys/key-manager.js';
 import type { AuditEvent, AuditRow, Store } from '../store/index.js';
 import type { Principal } from './policy.js';
 
@@ -135,6 +135,17 @@ export class AuditedKeyManager implements KeyManager {
   private recordSecret(operation: string, ref: string, result: string): Promise<void> {
     const context = requestContext.getStore();
     return this.audit.record({ operation, vm: context?.vm, project: context?.project, result, detail: { secret: ref } });
+  }
+
+  async rotate(): Promise<RotationReport> {
+    try {
+      const report = await this.keys.rotate();
+      await this.audit.record({ operation: 'keys.rotate', result: 'ok', detail: { rewrapped: report.rewrapped, already_rewrapped: report.already_rewrapped } });
+      return report;
+    } catch (error) {
+      await this.audit.record({ operation: 'keys.rotate', result: (error as { code?: string }).code ?? 'failed' });
+      throw error;
+    }
   }
 
   close(): Promise<void> {

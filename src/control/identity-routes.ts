@@ -1,11 +1,13 @@
 /**
- * Users, their tokens, and the audit log, under /v1. Users belong to one
+ * Running the deployment, under /v1: users, their tokens, the audit log, key
+ * rotation. Users belong to one
  * project and hold roles (policy.ts); a token is shown once, stored as a
  * hash, and may expire and be revoked.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { InvalidArgumentError, NotFoundError } from '../errors.js';
+import type { KeyManager } from '../keys/index.js';
 import type { Store, TokenRecord, UserRecord } from '../store/index.js';
 import type { AuditLog } from './audit.js';
 import { enforceOnDeployment, ROLES, seesAllProjects, type Principal } from './policy.js';
@@ -39,12 +41,24 @@ const expiryOf = (days: number | undefined) => (days === undefined ? null : new 
 
 export interface IdentityRouteContext {
   store: Store;
+  keys: KeyManager;
   audit: AuditLog;
   actorOf: (request: FastifyRequest) => Principal;
   errors: (...statuses: number[]) => Record<number, TSchema>;
 }
 
-export function registerIdentityRoutes(app: FastifyInstance, { store, audit, actorOf, errors }: IdentityRouteContext): void {
+export function registerIdentityRoutes(app: FastifyInstance, { store, keys, audit, actorOf, errors }: IdentityRouteContext): void {
+  app.post('/v1/keys/rotate', {
+    schema: {
+      summary: "A new key-encryption key in the key manager; every vTPM secret is re-wrapped under it (values unchanged), then the old key is destroyed",
+      tags: ['keys'],
+      response: { 200: Type.Object({ kind: Type.String(), rewrapped: Type.Integer(), already_rewrapped: Type.Integer() }), ...errors(401, 403, 500) },
+    },
+  }, async (request) => {
+    enforceOnDeployment(actorOf(request), 'keys');
+    return keys.rotate();
+  });
+
   app.post<{ Body: Static<typeof CreateUserBody> }>('/v1/users', {
     schema: { summary: 'Create a user in a project with roles; returns its first token', tags: ['users'], body: CreateUserBody, response: { 201: Type.Object({ user: User, ...Issued.properties }), ...errors(400, 401, 403, 409) } },
   }, async (request, reply) => {

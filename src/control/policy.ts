@@ -23,7 +23,7 @@ export const VTPM_OPERATIONS = ['read', 'operate', 'export', 'delete'] as const;
 export type VtpmOperation = (typeof VTPM_OPERATIONS)[number];
 
 /** Operations on the deployment, or in the caller's own project. */
-export const DEPLOYMENT_OPERATIONS = ['create', 'list', 'hosts', 'pool', 'users', 'audit-read', 'audit-verify'] as const;
+export const DEPLOYMENT_OPERATIONS = ['create', 'list', 'hosts', 'pool', 'users', 'keys', 'audit-read', 'audit-verify'] as const;
 export type DeploymentOperation = (typeof DEPLOYMENT_OPERATIONS)[number];
 
 export interface Principal {
@@ -68,6 +68,7 @@ export function decideOnDeployment(principal: Principal, operation: DeploymentOp
     case 'pool':
       return has(principal, 'admin') || has(principal, 'vtpm-operator') ? 'allow' : 'forbid';
     case 'users':
+    case 'keys':
     case 'audit-verify':
       return has(principal, 'admin') ? 'allow' : 'forbid';
   }
@@ -92,6 +93,6 @@ export function enforceOnVtpm(principal: Principal, operation: VtpmOperation, ta
 
 export function enforceOnDeployment(principal: Principal, operation: DeploymentOperation): void {
   if (decideOnDeployment(principal, operation) === 'forbid') {
-    throw new ForbiddenError(`${principal.name} may not ${operation === 'users' ? 'manage users' : operation.replace('-', ' ')}: this needs the ${operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin'} role`, { operation });
+    throw new ForbiddenError(`${principal.name} may not ${operation === 'users' ? 'manage users' : operation === 'keys' ? 'rotate keys' : operation.replace('-', ' ')}: this needs the ${operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin'} role`, { operation });
   }
 }

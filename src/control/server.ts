@@ -138,7 +138,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
 
   let app: FastifyInstance;
   try {
-    app = await buildApi({ service, store, audit, logger, version: options.version, https });
+    app = await buildApi({ service, store, keys, audit, logger, version: options.version, https });
     await app.listen({ host, port });
   } catch (error) {
     await pool?.close();

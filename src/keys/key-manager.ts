@@ -11,6 +11,13 @@ export interface SecretOwner {
   project: string;
 }
 
+export interface RotationReport {
+  kind: string;
+  rewrapped: number;
+  /** Found re-wrapped already: the rest of an interrupted rotation. */
+  already_rewrapped: number;
+}
+
 export interface KeyManager {
   /** Short name of the backend, for `vtpm hosts` and logs. */
   readonly kind: string;
@@ -21,5 +28,11 @@ export interface KeyManager {
   readSecret(ref: string): Promise<Buffer>;
   /** Idempotent: deleting an already-deleted secret succeeds. */
   deleteSecret(ref: string): Promise<void>;
+  /**
+   * A new key-encryption key; every secret is re-wrapped under it, values
+   * unchanged, then the old key is destroyed. An interrupted rotation is
+   * finished when the key manager opens again.
+   */
+  rotate(): Promise<RotationReport>;
   close(): Promise<void>;
 }

@@ -1,7 +1,7 @@
 /**
  * The local key manager with its master key sealed to the host's TPM (a swtpm
  * stands in for each host's TPM, reached through tpm2-tools): no plaintext
- * master key on disk, vTPMs work across restarts, and a copy of the data
+ * master key on disk, vTPMs work across restarts and a key rotation, and a copy of the data
  * directory unlocks nothing on a host with another TPM, while the same copy
  * opens fine with the original TPM (so it is the TPM that decides).
  */
@@ -64,13 +64,23 @@ describe('the local key manager sealed to the host TPM', () => {
       await service.stop();
     }
     const keyFiles = await readdir(join(dataDir, 'keys'));
-    assert.ok(!keyFiles.includes('master.key'), `no plaintext master key: ${keyFiles.join(', ')}`);
-    assert.ok(keyFiles.includes('master.tpm.pub') && keyFiles.includes('master.tpm.priv'));
+    assert.deepEqual(keyFiles.sort(), ['master.tpm', 'secrets'], 'no plaintext master key, only the TPM-sealed one');
 
-    // Restart: the master key is unsealed again and the vTPM's secret opens.
+    // Restart: the master key is unsealed again and the vTPM's secret opens. Then a key rotation, and again.
     service = await ServiceUnderTest.start(dataDir, sealed);
     const certificate = await service.json<{ certificates: unknown[] }>('ek', vm);
     try {
+      assert.equal((await service.json<VtpmJson>('start', vm)).status, 'running');
+      await service.json('stop', vm);
+      const rotated = await service.json<{ rewrapped: number }>('keys', 'rotate');
+      assert.ok(rotated.rewrapped >= 2, 'the vTPM secret and the CA passwords are re-wrapped');
+    } finally {
+      await service.stop();
+    }
+    assert.deepEqual((await readdir(join(dataDir, 'keys'))).sort(), ['master.tpm', 'secrets'], 'the new key replaced the old, sealed too');
+    service = await ServiceUnderTest.start(dataDir, sealed);
+    try {
+      assert.deepEqual(await service.json('ek', vm), certificate);
       assert.equal((await service.json<VtpmJson>('start', vm)).status, 'running');
       await service.json('stop', vm);
     } finally {

@@ -9,77 +9,75 @@
  * 0600 file in the data directory, which a copy carries along.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { access, mkdir, open as openFile, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES, open, seal } from '../aead.js';
-import type { KeyManager } from '../key-manager.js';
-import { sealToHostTpm, unsealFromHostTpm, type HostTpmOptions } from './host-tpm.js';
+import type { KeyManager, RotationReport } from '../key-manager.js';
+import type { HostTpmOptions } from './host-tpm.js';
+import { FileMasterKeys, fileExists, TpmMasterKeys, writeFileAtomically, type MasterKeyStore } from './master-keys.js';
 
 const REF_PREFIX = 'local:';
 const REF_PATTERN = /^local:[0-9a-f-]{36}$/;
 
-async function writeFileAtomically(path: string, content: Buffer): Promise<void> {
-  const temporary = `${path}.tmp-${process.pid}`;
-  const handle = await openFile(temporary, 'wx', 0o600);
-  try {
-    await handle.writeFile(content);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await rename(temporary, path);
-}
-
-async function readOrCreateMasterKey(path: string): Promise<Buffer> {
-  try {
-    const key = await readFile(path);
-    if (key.length !== KEY_BYTES) throw new KeyManagerError(`master key ${path} is damaged: expected ${KEY_BYTES} bytes`, { path });
-    return key;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-  }
-  const key = randomBytes(KEY_BYTES);
-  await writeFileAtomically(path, key);
-  return key;
-}
-
-const exists = (path: string) => access(path).then(() => true, () => false);
-
-/**
- * The master key sealed to the host's TPM: unsealed if it is sealed already;
- * otherwise the existing plaintext key (or a new one) is sealed, checked by
- * unsealing it, and only then is the plaintext file removed.
- */
-async function sealedMasterKey(keysDir: string, hostTpm: HostTpmOptions): Promise<Buffer> {
-  const [pub, priv, plain] = [join(keysDir, 'master.tpm.pub'), join(keysDir, 'master.tpm.priv'), join(keysDir, 'master.key')];
-  if (await exists(pub)) return unsealFromHostTpm({ public: await readFile(pub), private: await readFile(priv) }, hostTpm);
-  const key = (await exists(plain)) ? await readOrCreateMasterKey(plain) : randomBytes(KEY_BYTES);
-  const sealed = await sealToHostTpm(key, hostTpm);
-  if (!(await unsealFromHostTpm(sealed, hostTpm)).equals(key)) throw new KeyManagerError(`the host TPM (${hostTpm.tcti}) did not give back the key it sealed`);
-  await writeFileAtomically(priv, sealed.private);
-  await writeFileAtomically(pub, sealed.public);
-  if (await exists(plain)) {
-    await writeFile(plain, randomBytes(KEY_BYTES));
-    await unlink(plain);
-  }
-  return key;
-}
-
 export class LocalKeyManager implements KeyManager {
   readonly kind = 'local';
+  /** While a rotation rewraps the secrets, everything else waits for it. */
+  private rotation: Promise<RotationReport> | undefined;
 
-  private constructor(private readonly secretsDir: string, private readonly masterKey: Buffer) {}
+  private constructor(private readonly secretsDir: string, private readonly keys: MasterKeyStore, private masterKey: Buffer) {}
 
   static async open(dataDir: string, hostTpm?: HostTpmOptions): Promise<LocalKeyManager> {
     const keysDir = join(dataDir, 'keys');
     const secretsDir = join(keysDir, 'secrets');
     await mkdir(secretsDir, { recursive: true, mode: 0o700 });
-    if (hostTpm) return new LocalKeyManager(secretsDir, await sealedMasterKey(keysDir, hostTpm));
-    if (await exists(join(keysDir, 'master.tpm.pub'))) {
+    if (!hostTpm && (await fileExists(join(keysDir, 'master.tpm')))) {
       throw new KeyManagerError("this data directory's master key is sealed to a TPM: start with --seal-to-tpm (and --host-tpm when the TPM is not /dev/tpmrm0)");
     }
-    return new LocalKeyManager(secretsDir, await readOrCreateMasterKey(join(keysDir, 'master.key')));
+    const keys: MasterKeyStore = hostTpm ? new TpmMasterKeys(keysDir, hostTpm) : new FileMasterKeys(keysDir);
+    let master = await keys.load('master');
+    if (!master) {
+      master = randomBytes(KEY_BYTES);
+      await keys.save('master', master);
+    }
+    const manager = new LocalKeyManager(secretsDir, keys, master);
+    // A rotation that was interrupted is finished before anything else.
+    const next = await keys.load('master.next');
+    if (next) await manager.rewrapAll(next);
+    return manager;
+  }
+
+  /** A new master key; every secret is re-sealed under it (its value unchanged), then the old key is destroyed. */
+  rotate(): Promise<RotationReport> {
+    this.rotation ??= (async () => {
+      const next = randomBytes(KEY_BYTES);
+      await this.keys.save('master.next', next);
+      return this.rewrapAll(next);
+    })().finally(() => (this.rotation = undefined));
+    return this.rotation;
+  }
+
+  /** Idempotent: a secret already sealed under `next` (a resumed rotation) is left as it is. */
+  private async rewrapAll(next: Buffer): Promise<RotationReport> {
+    let rewrapped = 0;
+    let already = 0;
+    for (const file of (await readdir(this.secretsDir)).filter((f) => !f.includes('.tmp-'))) {
+      const ref = `${REF_PREFIX}${file}`;
+      const path = this.pathOf(ref);
+      const sealed = await readFile(path);
+      if (opens(next, sealed, ref)) {
+        already += 1;
+        continue;
+      }
+      const secret = open(this.masterKey, sealed, ref, `secret ${ref}`);
+      await writeFileAtomically(path, seal(next, secret, ref));
+      secret.fill(0);
+      rewrapped += 1;
+    }
+    await this.keys.promote();
+    this.masterKey.fill(0);
+    this.masterKey = next;
+    return { kind: this.kind, rewrapped, already_rewrapped: already };
   }
 
   private pathOf(ref: string): string {
@@ -92,12 +90,14 @@ export class LocalKeyManager implements KeyManager {
   }
 
   async storeSecret(_label: string, _owner: unknown, secret: Buffer): Promise<string> {
+    await this.rotation;
     const ref = `${REF_PREFIX}${randomUUID()}`;
     await writeFileAtomically(this.pathOf(ref), seal(this.masterKey, secret, ref));
     return ref;
   }
 
   async readSecret(ref: string): Promise<Buffer> {
+    await this.rotation;
     let sealed: Buffer;
     try {
       sealed = await readFile(this.pathOf(ref));
@@ -117,6 +117,16 @@ export class LocalKeyManager implements KeyManager {
   }
 
   async close(): Promise<void> {
+    await this.rotation;
     this.masterKey.fill(0);
+  }
+}
+
+function opens(key: Buffer, sealed: Buffer, ref: string): boolean {
+  try {
+    open(key, sealed, ref, `secret ${ref}`).fill(0);
+    return true;
+  } catch {
+    return false;
   }
 }

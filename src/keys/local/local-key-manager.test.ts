@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { open, seal } from '../aead.js';
+import { LocalKeyManager } from './local-key-manager.js';
+
+const roots: string[] = [];
+after(async () => Promise.all(roots.map((root) => rm(root, { recursive: true, force: true }))));
+
+async function withSecrets(count: number): Promise<{ dataDir: string; refs: string[]; values: Buffer[] }> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'vtpm-keys-test-'));
+  roots.push(dataDir);
+  const keys = await LocalKeyManager.open(dataDir);
+  const refs: string[] = [];
+  for (let i = 0; i < count; i += 1) refs.push(await keys.createSecret());
+  const values = await Promise.all(refs.map((ref) => keys.readSecret(ref)));
+  await keys.close();
+  return { dataDir, refs, values };
+}
+
+const masterOf = (dataDir: string) => readFile(join(dataDir, 'keys', 'master.key'));
+
+describe('local key manager rotation', () => {
+  it('re-wraps every secret under a new master key, values unchanged, and destroys the old key', async () => {
+    const { dataDir, refs, values } = await withSecrets(3);
+    const before = await masterOf(dataDir);
+    const sealedBefore = await readFile(join(dataDir, 'keys', 'secrets', refs[0]!.slice('local:'.length)));
+    const keys = await LocalKeyManager.open(dataDir);
+    assert.deepEqual(await keys.rotate(), { kind: 'local', rewrapped: 3, already_rewrapped: 0 });
+    for (const [i, ref] of refs.entries()) assert.deepEqual(await keys.readSecret(ref), values[i]);
+    await keys.close();
+
+    const after = await masterOf(dataDir);
+    assert.notDeepEqual(after, before);
+    assert.deepEqual((await readdir(join(dataDir, 'keys'))).sort(), ['master.key', 'secrets']);
+    assert.throws(() => open(after, sealedBefore, refs[0]!, 'x'), 'what was sealed under the old key does not open under the new one');
+    const reopened = await LocalKeyManager.open(dataDir);
+    assert.deepEqual(await reopened.readSecret(refs[1]!), values[1]);
+    await reopened.close();
+  });
+
+  it('finishes an interrupted rotation when it opens again', async () => {
+    const { dataDir, refs, values } = await withSecrets(3);
+    const old = await masterOf(dataDir);
+    // As a crash would leave it: the next key saved, one secret already re-wrapped under it, the others not.
+    const next = randomBytes(32);
+    await writeFile(join(dataDir, 'keys', 'master.next.key'), next, { mode: 0o600 });
+    const first = join(dataDir, 'keys', 'secrets', refs[0]!.slice('local:'.length));
+    await writeFile(first, seal(next, open(old, await readFile(first), refs[0]!, 'x'), refs[0]!));
+
+    const keys = await LocalKeyManager.open(dataDir);
+    for (const [i, ref] of refs.entries()) assert.deepEqual(await keys.readSecret(ref), values[i]);
+    await keys.close();
+    assert.deepEqual(await masterOf(dataDir), next, 'the next key became the master key');
+    assert.ok(!(await readdir(join(dataDir, 'keys'))).includes('master.next.key'));
+    for (const ref of refs) {
+      const sealed = await readFile(join(dataDir, 'keys', 'secrets', ref.slice('local:'.length)));
+      assert.doesNotThrow(() => open(next, sealed, ref, 'x'), `${ref} is under the new key`);
+    }
+  });
+});
