@@ -9,8 +9,8 @@ SERVICE_PACKAGES=(swtpm swtpm-tools qemu-system-x86 ovmf tpm2-tools libtss2-tcti
 # What the end-to-end tests add: a kernel with TPM TIS and CRB drivers built in, and a busybox
 # initramfs built by the tests, to boot real guests in seconds; libvirt (daemon, QEMU driver,
 # virsh), whose libvirtd the libvirt tests start; the swtpm TCTI, through which tpm2-tools reach
-# the swtpm that stands in for a host's TPM.
-TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libtss2-tcti-swtpm0)
+# the swtpm that stands in for a host's TPM; OpenStack Barbican, which the Barbican tests run.
+TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libtss2-tcti-swtpm0 barbican-api)
 
 NODE_MINIMUM=20.19.0
 

@@ -68,13 +68,14 @@ withClientOptions(program.command('serve'))
   .option('--retention <count>', 'state generations kept per vTPM', positiveInteger('--retention'), 20)
   .option('--pool-size <count>', 'TPMs of each version manufactured ahead of demand (0: off)', wholeNumber('--pool-size'), 4)
   .option('--pool-refill-pause <ms>', 'pause after each background manufacture, capping the refill rate', wholeNumber('--pool-refill-pause'), 0)
+  .option('--barbican-url <url>', "with --key-manager barbican: Barbican's endpoint, e.g. http://barbican:9311")
   .option('--seal-to-tpm', "local key manager: seal the master key to the host's TPM (a copied data directory then opens nothing elsewhere)")
   .option('--host-tpm <tcti>', `the host TPM for --seal-to-tpm, as a tpm2-tools TCTI (default ${DEFAULT_HOST_TPM})`)
   .option('--tls-cert <pem>', 'serve the API over HTTPS with this certificate (chain)')
   .option('--tls-key <pem>', 'the private key of --tls-cert (must be readable by its owner only)')
   .option('--swtpm-user <user>', 'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; sealToTpm?: boolean; hostTpm?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; barbicanUrl?: string; sealToTpm?: boolean; hostTpm?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
     const { dataDir } = globals(command);
     const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
     const server = await startServer({
@@ -88,6 +89,7 @@ withClientOptions(program.command('serve'))
       poolRefillPauseMs: options.poolRefillPause,
       swtpmUser: options.swtpmUser,
       sealToTpm: sealingTpm(options.sealToTpm === true, options.hostTpm),
+      barbicanUrl: options.barbicanUrl,
       tls: tlsOf(options.tlsCert, options.tlsKey),
       logger,
       version: packageVersion,

@@ -33,6 +33,8 @@ export interface ServeOptions {
   poolSize: number;
   /** Pause after each background manufacture, in ms (0: none). */
   poolRefillPauseMs?: number;
+  /** --key-manager barbican: Barbican's endpoint. */
+  barbicanUrl?: string | undefined;
   /** The local key manager seals its master key to this TPM (tpm2-tools TCTI). */
   sealToTpm?: string | undefined;
   /** PEM certificate chain and key: the API listens on HTTPS. */
@@ -118,7 +120,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   await checkScratchDir(scratchDir, logger);
   const audit = new AuditLog(store);
   const hostTpm = options.sealToTpm === undefined ? undefined : { tcti: options.sealToTpm, scratchDir };
-  const keys = new AuditedKeyManager(await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir, hostTpm }).catch(async (error: unknown) => {
+  const keys = new AuditedKeyManager(await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir, hostTpm, barbicanUrl: options.barbicanUrl }).catch(async (error: unknown) => {
     await store.close();
     await rm(scratchDir, { recursive: true, force: true });
     throw error;
