@@ -198,8 +198,9 @@ export async function buildApi(options: { service: VtpmService; store: Store; ke
     store.getVtpm(vm).then((record) => withContext(record?.project ?? (creating ? principal.project : undefined)), () => withContext(undefined));
   });
   // Every state-changing request, allowed or not, authenticated or not; never bodies, which may carry passphrases or state.
-  app.addHook('onResponse', async (request, reply) => {
-    if (request.method === 'GET' || !request.url.startsWith('/v1/')) return;
+  // Recorded before the answer leaves: nothing acknowledged goes unrecorded.
+  app.addHook('onSend', async (request, reply, payload) => {
+    if (request.method === 'GET' || !request.url.startsWith('/v1/')) return payload;
     const params = (request.params ?? {}) as Record<string, string | undefined>;
     const vm = vmOf(request);
     // A create's vTPM exists only afterwards.
@@ -213,6 +214,7 @@ export async function buildApi(options: { service: VtpmService; store: Store; ke
       result,
       detail: { status: reply.statusCode, ...(params.name !== undefined && { user: params.name }), ...(params.id !== undefined && { token: params.id }) },
     }, actor);
+    return payload;
   });
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
