@@ -4,8 +4,8 @@
  * even in a backup of the database.
  *
  * The master key is the root of this backend. Sealed to the host's TPM
- * (--seal-to-tpm), it exists on disk only as two TPM blobs that no other TPM
- * can open, so a copied data directory unlocks nothing. Without a TPM it is a
+ * (--seal-to-tpm), it exists on disk only as the TPM's sealed blobs, which no
+ * other TPM can load, so a copied data directory unlocks nothing. Without a TPM it is a
  * 0600 file in the data directory, which a copy carries along.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -64,7 +64,11 @@ export class LocalKeyManager implements KeyManager {
     for (const file of (await readdir(this.secretsDir)).filter((f) => !f.includes('.tmp-'))) {
       const ref = `${REF_PREFIX}${file}`;
       const path = this.pathOf(ref);
-      const sealed = await readFile(path);
+      const sealed = await readFile(path).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT') return undefined;
+        throw error;
+      });
+      if (sealed === undefined) continue;
       if (opens(next, sealed, ref)) {
         already += 1;
         continue;
@@ -109,6 +113,7 @@ export class LocalKeyManager implements KeyManager {
   }
 
   async deleteSecret(ref: string): Promise<void> {
+    await this.rotation;
     try {
       await unlink(this.pathOf(ref));
     } catch (error) {
