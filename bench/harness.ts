@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import pino from 'pino';
 import { startServer, type RunningServer } from '../src/control/server.js';
+import { handOver, KEY_FD } from '../src/swtpm/run-program.js';
 import { SWTPM_KEY_OPTION } from '../src/swtpm/state-key.js';
 import { socketAccepts } from '../src/swtpm/tpm-socket.js';
 
@@ -92,10 +93,7 @@ export async function startSwtpmDirectly(dir: string): Promise<DirectSwtpm> {
     'socket', '--tpm2', '--tpmstate', `dir=${dir},mode=0600`, '--ctrl', `type=unixio,path=${socket},mode=0600`,
     '--key', SWTPM_KEY_OPTION, '--terminate',
   ], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
-  const keyPipe = child.stdio[3] as NodeJS.WritableStream;
-  // A socket pair underneath: killing swtpm can reset it, which is not a failure of the benchmark.
-  (keyPipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
-  keyPipe.end(randomBytes(32).toString('hex'));
+  handOver(child, KEY_FD, randomBytes(32).toString('hex'));
   while (!(await socketAccepts(socket))) {
     if (child.exitCode !== null) throw new Error(`swtpm exited with status ${child.exitCode}`);
     await delay(1);

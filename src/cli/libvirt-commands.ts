@@ -4,13 +4,13 @@
  * adopt takes over the TPM libvirt's own emulator backend created.
  */
 import { chmod, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
 import type { Attachment, VtpmView } from '../control/vtpm-service.js';
 import { HostSetupError, NotFoundError, StateConflictError } from '../errors.js';
 import { parseDomain, withTpmElement, type Domain } from '../hypervisor/libvirt-domain.js';
-import { HOOK_MARKER, hookScript } from '../hypervisor/libvirt-hook.js';
+import { HOOK_MARKER, HOOK_TIMEOUT_MS, hookScript } from '../hypervisor/libvirt-hook.js';
 import { DEFAULT_LIBVIRT_URI, Virsh } from '../hypervisor/virsh.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
 import { stateFileName } from '../swtpm/state-file.js';
@@ -21,7 +21,6 @@ import { defaultRunDir } from './defaults.js';
 const DEFAULT_HOOKS_DIR = '/etc/libvirt/hooks';
 const DEFAULT_SWTPM_DIR = '/var/lib/libvirt/swtpm';
 const HOOK_ENTRY = fileURLToPath(new URL('./libvirt-hook.js', import.meta.url));
-const HOOK_TIMEOUT_MS = 10_000;
 
 const connectOption = () => new Option('--connect <uri>', 'libvirt connection URI').default(DEFAULT_LIBVIRT_URI);
 
@@ -66,7 +65,7 @@ export function registerLibvirtCommands(program: Command): void {
     .action(async (options: { hooksDir: string }, command: Command) => {
       const { url, dataDir, caFile } = globals(command);
       const path = await hookPath(options.hooksDir);
-      await mkdir(join(path, '..'), { recursive: true, mode: 0o755 });
+      await mkdir(dirname(path), { recursive: true, mode: 0o755 });
       await writeFile(path, hookScript({ node: process.execPath, entry: HOOK_ENTRY, url, dataDir, socketDir: defaultRunDir(dataDir), timeoutMs: HOOK_TIMEOUT_MS, caFile: caFile ?? process.env.VTPM_CA_FILE }), { mode: 0o755 });
       await chmod(path, 0o755);
       emit(command, { hook: path }, () => `installed ${path}\nlibvirtd looks for hooks when it starts: restart it (systemctl restart libvirtd) for the hook to take effect`);

@@ -9,11 +9,9 @@
 import { text } from 'node:stream/consumers';
 import { VtpmError } from '../errors.js';
 import { parseDomain } from '../hypervisor/libvirt-domain.js';
-import { hookAction, hookMayAct } from '../hypervisor/libvirt-hook.js';
+import { HOOK_TIMEOUT_MS, hookAction, hookMayAct } from '../hypervisor/libvirt-hook.js';
 import { ApiClient, RemoteError } from './client.js';
 import { defaultDataDir, defaultRunDir, defaultUrl } from './defaults.js';
-
-const DEFAULT_TIMEOUT_MS = 10_000;
 
 async function main(): Promise<number> {
   const [domainName = '?', operation = '', subOperation = ''] = process.argv.slice(2);
@@ -34,7 +32,7 @@ async function main(): Promise<number> {
     process.stderr.write(`vtpm-manager: the vTPM of libvirt domain ${domainName} (VM ${action.vm}) cannot follow a migration through libvirt yet; the domain stays where it is\n`);
     return 1;
   }
-  const timeoutMs = Number(process.env.VTPM_HOOK_TIMEOUT_MS) || DEFAULT_TIMEOUT_MS;
+  const timeoutMs = Number(process.env.VTPM_HOOK_TIMEOUT_MS) || HOOK_TIMEOUT_MS;
   const api = await ApiClient.connect({ url: defaultUrl(), dataDir, timeoutMs });
   const path = `/v1/vtpms/${encodeURIComponent(action.vm)}`;
   const what = `the vTPM of libvirt domain ${domainName} (VM ${action.vm})`;

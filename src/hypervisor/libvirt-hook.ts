@@ -34,6 +34,9 @@ export function hookAction(operation: string, subOperation: string, domain: Doma
 
 export const HOOK_MARKER = '# vtpm-manager libvirt hook';
 
+/** How long the hook waits for the control plane on each call: libvirtd waits for the hook. */
+export const HOOK_TIMEOUT_MS = 10_000;
+
 /** The hook script: a shell line that runs the hook entry point under this very Node, with the service's coordinates. */
 export function hookScript(options: { node: string; entry: string; url: string; dataDir: string; socketDir: string; timeoutMs: number; caFile?: string | undefined }): string {
   const quote = (value: string) => `'${value.replaceAll("'", "'\\''")}'`;

@@ -9,7 +9,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { IntegrityError } from '../errors.js';
 import type { TpmSpec } from '../spec/tpm-spec.js';
 import { adoptState } from './adopt.js';
-import { runProgram } from './run-program.js';
+import { handOver, KEY_FD, runProgram } from './run-program.js';
 import { EK_CERTIFICATE_INDICES, readNvIndex, responseCode, tpm2 } from './tpm2-commands.js';
 import { connectTpm, socketAccepts } from './tpm-socket.js';
 
@@ -22,9 +22,7 @@ async function withTpm<T>(stateDir: string, key: string[], keyMaterial: string |
   const data = join(stateDir, '..', `data-${randomBytes(4).toString('hex')}`);
   const child = spawn('swtpm', ['socket', '--tpm2', '--tpmstate', `dir=${stateDir}`, '--server', `type=unixio,path=${data}`, '--flags', 'not-need-init,startup-clear', ...key],
     { stdio: ['ignore', 'ignore', 'inherit', 'pipe'] });
-  const keyPipe = child.stdio[3] as NodeJS.WritableStream;
-  (keyPipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
-  keyPipe.end(keyMaterial);
+  handOver(child, KEY_FD, keyMaterial);
   while (!(await socketAccepts(data))) await delay(5);
   const tpm = await connectTpm(data);
   try {

@@ -18,7 +18,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError, HostSetupError, IntegrityError } from '../errors.js';
 import type { TpmSpec } from '../spec/tpm-spec.js';
 import type { EkCertificate } from './manufacture.js';
-import { runProgram } from './run-program.js';
+import { handOver, runProgram } from './run-program.js';
 import { STATE_CIPHER, stateKeyMaterial } from './state-key.js';
 import { stateFileName } from './state-file.js';
 import { EK_CERTIFICATE_INDICES, readNvIndex, responseCode, tpm2 } from './tpm2-commands.js';
@@ -71,11 +71,7 @@ async function startSwtpm(spec: TpmSpec, dir: string, name: string, options: str
     ? new HostSetupError('swtpm is not installed on this host; run the README\'s setup command (Debian package swtpm)')
     : new EmulatorError(`swtpm could not be started: ${error.message}`))));
   failed.catch(() => undefined);
-  for (const [fd, content] of Object.entries(pipes)) {
-    const pipe = child.stdio[Number(fd)] as NodeJS.WritableStream;
-    (pipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
-    pipe.end(content);
-  }
+  for (const [fd, content] of Object.entries(pipes)) handOver(child, Number(fd), content);
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (!(await socketAccepts(control))) {
     if (child.exitCode !== null || Date.now() > deadline) {

@@ -11,7 +11,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError, HostSetupError } from '../errors.js';
 import type { TpmSpec } from '../spec/tpm-spec.js';
-import { KEY_FD } from './run-program.js';
+import { handOver, KEY_FD } from './run-program.js';
 import { SWTPM_KEY_OPTION, stateKeyMaterial } from './state-key.js';
 import { socketAccepts } from './tpm-socket.js';
 
@@ -88,9 +88,7 @@ export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey:
         : new EmulatorError(`swtpm could not be started: ${error.message}`))),
   );
   spawnFailure.catch(() => undefined);
-  const keyPipe = child.stdio[KEY_FD] as NodeJS.WritableStream;
-  (keyPipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
-  keyPipe.end(stateKeyMaterial(stateKey));
+  handOver(child, KEY_FD, stateKeyMaterial(stateKey));
   child.unref();
 
   const launched = Date.now();

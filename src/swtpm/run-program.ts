@@ -2,7 +2,7 @@
  * Runs swtpm's tools with the state key handed over on file descriptor 3
  * through a pipe, so that the key never touches a file or a command line.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { EmulatorError, HostSetupError } from '../errors.js';
 
 export const KEY_FD = 3;
@@ -21,6 +21,17 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Run under `nice -n 19`; its children (swtpm, swtpm_localca) inherit it. */
   lowPriority?: boolean;
+}
+
+/**
+ * Writes `content` to one of the child's pipes and closes it. A reset or EPIPE
+ * there means the program exited or dropped the pipe before reading; its exit
+ * says why, so the pipe's own error is not reported twice.
+ */
+export function handOver(child: ChildProcess, fd: number, content: string | Buffer): void {
+  const pipe = child.stdio[fd] as NodeJS.WritableStream;
+  (pipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
+  pipe.end(content);
 }
 
 const tail = (text: string, lines = 15): string => text.trim().split('\n').slice(-lines).join('\n');
@@ -51,15 +62,7 @@ export function runProgram(program: string, args: string[], options: RunOptions 
         reject(new EmulatorError(`${program} ${how}: ${tail(stderr + stdout) || 'no output'}`, { program, status: code, signal }));
       }
     });
-    if (options.stdin !== undefined) {
-      child.stdin!.on('error', () => undefined);
-      child.stdin!.end(options.stdin);
-    }
-    if (options.keyMaterial !== undefined) {
-      const keyPipe = child.stdio[KEY_FD] as NodeJS.WritableStream;
-      // EPIPE here means the program exited before reading; 'close' reports why.
-      (keyPipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
-      keyPipe.end(options.keyMaterial);
-    }
+    if (options.stdin !== undefined) handOver(child, 0, options.stdin);
+    if (options.keyMaterial !== undefined) handOver(child, KEY_FD, options.keyMaterial);
   });
 }
