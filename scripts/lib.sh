@@ -4,13 +4,15 @@
 # What the service needs on a host: swtpm and its tools (swtpm_setup, swtpm_localca, certtool),
 # QEMU, whose devices tell which TPM models this host offers, and OVMF, whose variable-store
 # templates UEFI guests start from; tpm2-tools and the device TCTI, with which --seal-to-tpm
-# seals the local key manager's master key to the host's TPM.
-SERVICE_PACKAGES=(swtpm swtpm-tools qemu-system-x86 ovmf tpm2-tools libtss2-tcti-device0)
+# seals the local key manager's master key to the host's TPM; a compiler, with which npm ci
+# builds the native modules (better-sqlite3, pkcs11js).
+SERVICE_PACKAGES=(swtpm swtpm-tools qemu-system-x86 ovmf tpm2-tools libtss2-tcti-device0 g++ make python3)
 # What the end-to-end tests add: a kernel with TPM TIS and CRB drivers built in, and a busybox
 # initramfs built by the tests, to boot real guests in seconds; libvirt (daemon, QEMU driver,
 # virsh), whose libvirtd the libvirt tests start; the swtpm TCTI, through which tpm2-tools reach
-# the swtpm that stands in for a host's TPM; OpenStack Barbican, which the Barbican tests run.
-TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libtss2-tcti-swtpm0 barbican-api)
+# the swtpm that stands in for a host's TPM; OpenStack Barbican, which the Barbican tests run;
+# SoftHSM2, the HSM the PKCS#11 tests use.
+TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libtss2-tcti-swtpm0 barbican-api softhsm2)
 
 NODE_MINIMUM=20.19.0
 

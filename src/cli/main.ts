@@ -11,7 +11,7 @@ import pino from 'pino';
 import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
 import { startServer } from '../control/server.js';
 import type { Attachment, GenerationView, HostView, VtpmView } from '../control/vtpm-service.js';
-import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS } from '../keys/index.js';
+import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS, PIN_ENVIRONMENT, PKCS11_DEFAULTS } from '../keys/index.js';
 import { SECRET_SECURITY_MODES } from '../spec/secret-security.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
 import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
@@ -69,13 +69,17 @@ withClientOptions(program.command('serve'))
   .option('--pool-size <count>', 'TPMs of each version manufactured ahead of demand (0: off)', wholeNumber('--pool-size'), 4)
   .option('--pool-refill-pause <ms>', 'pause after each background manufacture, capping the refill rate', wholeNumber('--pool-refill-pause'), 0)
   .option('--barbican-url <url>', "with --key-manager barbican: Barbican's endpoint, e.g. http://barbican:9311")
+  .option('--pkcs11-module <path>', "with --key-manager pkcs11: the HSM's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+  .option('--pkcs11-token <label>', 'with --key-manager pkcs11: the label of the token to use', PKCS11_DEFAULTS.token)
+  .option('--pkcs11-pin-file <path>', `with --key-manager pkcs11: a file (owner-only) holding the token's user PIN (default: env ${PIN_ENVIRONMENT})`)
+  .option('--pkcs11-key-label <label>', "with --key-manager pkcs11: the label of this installation's key-encryption keys in the token", PKCS11_DEFAULTS.keyLabel)
   .option('--seal-to-tpm', "local key manager: seal the master key to the host's TPM (a copied data directory then opens nothing elsewhere)")
   .option('--host-tpm <tcti>', `the host TPM for --seal-to-tpm, as a tpm2-tools TCTI (default ${DEFAULT_HOST_TPM})`)
   .option('--tls-cert <pem>', 'serve the API over HTTPS with this certificate (chain)')
   .option('--tls-key <pem>', 'the private key of --tls-cert (must be readable by its owner only)')
   .option('--swtpm-user <user>', 'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; barbicanUrl?: string; sealToTpm?: boolean; hostTpm?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; barbicanUrl?: string; pkcs11Module?: string; pkcs11Token: string; pkcs11PinFile?: string; pkcs11KeyLabel: string; sealToTpm?: boolean; hostTpm?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
     const { dataDir } = globals(command);
     const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
     const server = await startServer({
@@ -90,6 +94,7 @@ withClientOptions(program.command('serve'))
       swtpmUser: options.swtpmUser,
       sealToTpm: sealingTpm(options.sealToTpm === true, options.hostTpm),
       barbicanUrl: options.barbicanUrl,
+      pkcs11: { module: options.pkcs11Module, token: options.pkcs11Token, pinFile: options.pkcs11PinFile, keyLabel: options.pkcs11KeyLabel },
       tls: tlsOf(options.tlsCert, options.tlsKey),
       logger,
       version: packageVersion,

@@ -10,7 +10,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { LocalHostAgent, type SystemUser } from '../agent/local-host-agent.js';
 import { HostSetupError, InvalidArgumentError } from '../errors.js';
-import { openKeyManager, type KeyManager } from '../keys/index.js';
+import { openKeyManager, type KeyManager, type Pkcs11Settings } from '../keys/index.js';
 import { openEmbeddedStore, type Store } from '../store/index.js';
 import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
 import { runProgram } from '../swtpm/run-program.js';
@@ -35,6 +35,8 @@ export interface ServeOptions {
   poolRefillPauseMs?: number;
   /** --key-manager barbican: Barbican's endpoint. */
   barbicanUrl?: string | undefined;
+  /** --key-manager pkcs11: the module, token, PIN file and key label. */
+  pkcs11?: Pkcs11Settings | undefined;
   /** The local key manager seals its master key to this TPM (tpm2-tools TCTI). */
   sealToTpm?: string | undefined;
   /** PEM certificate chain and key: the API listens on HTTPS. */
@@ -120,7 +122,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   await checkScratchDir(scratchDir, logger);
   const audit = new AuditLog(store);
   const hostTpm = options.sealToTpm === undefined ? undefined : { tcti: options.sealToTpm, scratchDir };
-  const keys = new AuditedKeyManager(await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir, hostTpm, barbicanUrl: options.barbicanUrl }).catch(async (error: unknown) => {
+  const keys = new AuditedKeyManager(await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir, hostTpm, barbicanUrl: options.barbicanUrl, pkcs11: options.pkcs11 }).catch(async (error: unknown) => {
     await store.close();
     await rm(scratchDir, { recursive: true, force: true });
     throw error;

@@ -3,8 +3,10 @@ import type { KeyManager } from './key-manager.js';
 import { BarbicanKeyManager } from './barbican/barbican-key-manager.js';
 import type { HostTpmOptions } from './local/host-tpm.js';
 import { LocalKeyManager } from './local/local-key-manager.js';
+import { readPin } from './pkcs11/pin.js';
+import { Pkcs11KeyManager } from './pkcs11/pkcs11-key-manager.js';
 
-export const KEY_MANAGER_KINDS = ['local', 'barbican'] as const;
+export const KEY_MANAGER_KINDS = ['local', 'pkcs11', 'barbican'] as const;
 export type KeyManagerKind = (typeof KEY_MANAGER_KINDS)[number];
 
 export interface KeyManagerOptions {
@@ -14,15 +16,34 @@ export interface KeyManagerOptions {
   hostTpm?: HostTpmOptions | undefined;
   /** barbican: its API endpoint, e.g. http://barbican:9311 */
   barbicanUrl?: string | undefined;
+  pkcs11?: Pkcs11Settings | undefined;
 }
+
+export interface Pkcs11Settings {
+  /** The HSM vendor's PKCS#11 library. */
+  module?: string | undefined;
+  /** Label of the token to use. */
+  token: string;
+  /** File holding the user PIN (owner-only); without it, the environment's VTPM_PKCS11_PIN. */
+  pinFile?: string | undefined;
+  /** Label of this installation's key-encryption keys in the token. */
+  keyLabel: string;
+}
+
+export const PKCS11_DEFAULTS = { token: 'vtpm-manager', keyLabel: 'vtpm-manager-kek' } as const;
 
 export async function openKeyManager(options: KeyManagerOptions): Promise<KeyManager> {
   switch (options.kind) {
     case 'local':
       return LocalKeyManager.open(options.dataDir, options.hostTpm);
     case 'barbican':
-      if (!options.barbicanUrl) throw new InvalidArgumentError('barbican-url', "Barbican's endpoint (e.g. http://barbican:9311) with --key-manager barbican");
+      if (!options.barbicanUrl) throw new InvalidArgumentError('--barbican-url', "Barbican's endpoint (e.g. http://barbican:9311) with --key-manager barbican");
       return new BarbicanKeyManager(options.barbicanUrl.replace(/\/+$/, ''));
+    case 'pkcs11': {
+      const settings: Pkcs11Settings = options.pkcs11 ?? PKCS11_DEFAULTS;
+      if (!settings.module) throw new InvalidArgumentError('--pkcs11-module', "the HSM's PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so) with --key-manager pkcs11");
+      return Pkcs11KeyManager.open(options.dataDir, { module: settings.module, tokenLabel: settings.token, pin: await readPin(settings.pinFile), keyLabel: settings.keyLabel });
+    }
     default:
       throw new InvalidArgumentError('key-manager', `one of ${KEY_MANAGER_KINDS.join(', ')}`, options.kind);
   }
@@ -30,3 +51,4 @@ export async function openKeyManager(options: KeyManagerOptions): Promise<KeyMan
 
 export type { KeyManager, SecretOwner } from './key-manager.js';
 export { DEFAULT_HOST_TPM } from './local/host-tpm.js';
+export { PIN_ENVIRONMENT } from './pkcs11/pin.js';

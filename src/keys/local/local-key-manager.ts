@@ -15,7 +15,8 @@ import { InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES, open, seal } from '../aead.js';
 import type { KeyManager, RotationReport } from '../key-manager.js';
 import type { HostTpmOptions } from './host-tpm.js';
-import { FileMasterKeys, fileExists, TpmMasterKeys, writeFileAtomically, type MasterKeyStore } from './master-keys.js';
+import { fileExists, isTemporary, writeFileAtomically } from '../files.js';
+import { FileMasterKeys, TpmMasterKeys, type MasterKeyStore } from './master-keys.js';
 
 const REF_PREFIX = 'local:';
 const REF_PATTERN = /^local:[0-9a-f-]{36}$/;
@@ -61,7 +62,7 @@ export class LocalKeyManager implements KeyManager {
   private async rewrapAll(next: Buffer): Promise<RotationReport> {
     let rewrapped = 0;
     let already = 0;
-    for (const file of (await readdir(this.secretsDir)).filter((f) => !f.includes('.tmp-'))) {
+    for (const file of (await readdir(this.secretsDir)).filter((f) => !isTemporary(f))) {
       const ref = `${REF_PREFIX}${file}`;
       const path = this.pathOf(ref);
       const sealed = await readFile(path).catch((error: NodeJS.ErrnoException) => {

@@ -1,13 +1,14 @@
 /**
  * Where the local key manager keeps its master key, and the next one while a
  * rotation runs: plaintext 0600 files, or sealed to the host's TPM. Each key
- * is one file, replaced by one rename, so that a crash never leaves half a key.
+ * is one file, replaced by one rename.
  */
 import { randomBytes } from 'node:crypto';
-import { access, open as openFile, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KeyManagerError } from '../../errors.js';
 import { KEY_BYTES } from '../aead.js';
+import { fileExists, readIfExists, writeFileAtomically } from '../files.js';
 import { sealToHostTpm, unsealFromHostTpm, type HostTpmOptions } from './host-tpm.js';
 
 export type MasterKeyName = 'master' | 'master.next';
@@ -18,27 +19,6 @@ export interface MasterKeyStore {
   save(name: MasterKeyName, key: Buffer): Promise<void>;
   /** The next key becomes the master key; the old one is overwritten, then gone. */
   promote(): Promise<void>;
-}
-
-export async function writeFileAtomically(path: string, content: Buffer): Promise<void> {
-  const temporary = `${path}.tmp-${process.pid}`;
-  const handle = await openFile(temporary, 'w', 0o600);
-  try {
-    await handle.writeFile(content);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await rename(temporary, path);
-}
-
-export const fileExists = (path: string) => access(path).then(() => true, () => false);
-
-async function readIfExists(path: string): Promise<Buffer | undefined> {
-  return readFile(path).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return undefined;
-    throw error;
-  });
 }
 
 async function overwriteAndRemove(path: string): Promise<void> {

@@ -1,0 +1,185 @@
+/**
+ * A hardware security module as the key manager, through PKCS#11: the
+ * key-encryption key (KEK) is an AES-256 key generated inside the token,
+ * sensitive and not extractable, so it never exists outside the HSM. Each
+ * vTPM's secret is encrypted by the token (AES-GCM, the reference as
+ * associated data) and the result kept as a file in the data directory;
+ * deleting the file crypto-erases the vTPM, and a copy of the data directory
+ * opens nothing without the HSM and its PIN.
+ *
+ * Every KEK of this installation carries one label (--pkcs11-key-label);
+ * keys/pkcs11/kek.json names the current one by CKA_ID, and the next one
+ * while a rotation runs. A wrapped secret starts with the CKA_ID of the KEK it
+ * is under, so a resumed rotation knows what is left to do.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdir, readdir, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { IntegrityError, InvalidArgumentError, KeyManagerError } from '../../errors.js';
+import { KEY_BYTES } from '../aead.js';
+import { isTemporary, readIfExists, writeFileAtomically } from '../files.js';
+import type { KeyManager, RotationReport } from '../key-manager.js';
+import { Pkcs11Token, type Pkcs11TokenOptions, type TokenKey } from './token.js';
+
+const REF_PREFIX = 'pkcs11:';
+const REF_PATTERN = /^pkcs11:[0-9a-f-]{36}$/;
+const FORMAT_VERSION = 1;
+const KEY_ID_BYTES = 16;
+
+export interface Pkcs11Options extends Pkcs11TokenOptions {
+  /** CKA_LABEL of this installation's key-encryption keys in the token. */
+  keyLabel: string;
+}
+
+interface KekState {
+  /** CKA_ID (hex) of the key every secret is under. */
+  current: string;
+  /** CKA_ID (hex) of the key a rotation is moving them to. */
+  next?: string;
+}
+
+export class Pkcs11KeyManager implements KeyManager {
+  readonly kind = 'pkcs11';
+  /** While a rotation rewraps the secrets, everything else waits for it. */
+  private rotation: Promise<RotationReport> | undefined;
+
+  private constructor(
+    private readonly dir: string,
+    private readonly token: Pkcs11Token,
+    private readonly keyLabel: string,
+    private current: TokenKey,
+  ) {}
+
+  static async open(dataDir: string, options: Pkcs11Options): Promise<Pkcs11KeyManager> {
+    const dir = join(dataDir, 'keys', 'pkcs11');
+    await mkdir(join(dir, 'secrets'), { recursive: true, mode: 0o700 });
+    const token = Pkcs11Token.open(options);
+    try {
+      const keys = token.findKeys(options.keyLabel);
+      let state = await readState(dir);
+      if (!state) {
+        if (keys.length > 0) {
+          throw new KeyManagerError(
+            `the token already holds ${keys.length} key(s) labelled "${options.keyLabel}" that this data directory does not know (another installation's?): give this one its own --pkcs11-key-label`,
+          );
+        }
+        const first = token.generateKey(options.keyLabel);
+        keys.push(first);
+        state = { current: first.id.toString('hex') };
+        await writeState(dir, state);
+      }
+      const find = (id: string, role: 'current' | 'next') => {
+        const key = keys.find((k) => k.id.toString('hex') === id);
+        if (!key) throw new KeyManagerError(`the ${role} key-encryption key (label "${options.keyLabel}", id ${id}) is not in the token: the secrets wrapped under it cannot be opened`);
+        return key;
+      };
+      const manager = new Pkcs11KeyManager(dir, token, options.keyLabel, find(state.current, 'current'));
+      // A rotation that was interrupted is finished before anything else.
+      if (state.next) await manager.rewrapAll(find(state.next, 'next'));
+      return manager;
+    } catch (error) {
+      token.close();
+      throw error;
+    }
+  }
+
+  /** A new KEK in the token; every secret is re-wrapped under it (its value unchanged), then the old KEK is destroyed. */
+  rotate(): Promise<RotationReport> {
+    this.rotation ??= (async () => {
+      const next = this.token.generateKey(this.keyLabel);
+      await writeState(this.dir, { current: this.current.id.toString('hex'), next: next.id.toString('hex') });
+      return this.rewrapAll(next);
+    })().finally(() => (this.rotation = undefined));
+    return this.rotation;
+  }
+
+  /** Idempotent: a secret already under `next` (a resumed rotation) is left as it is. */
+  private async rewrapAll(next: TokenKey): Promise<RotationReport> {
+    let rewrapped = 0;
+    let already = 0;
+    for (const file of (await readdir(join(this.dir, 'secrets'))).filter((f) => !isTemporary(f))) {
+      const ref = `${REF_PREFIX}${file}`;
+      const wrapped = await readIfExists(this.pathOf(ref));
+      if (wrapped === undefined) continue;
+      if (keyIdOf(wrapped, ref).equals(next.id)) {
+        already += 1;
+        continue;
+      }
+      const secret = this.unwrap(wrapped, ref);
+      await writeFileAtomically(this.pathOf(ref), this.wrap(next, secret, ref));
+      secret.fill(0);
+      rewrapped += 1;
+    }
+    await writeState(this.dir, { current: next.id.toString('hex') });
+    // Old KEKs, and any a crash left behind before kek.json named it, go now that nothing is under them.
+    for (const key of this.token.findKeys(this.keyLabel)) if (!key.id.equals(next.id)) this.token.destroy(key);
+    this.current = next;
+    return { kind: this.kind, rewrapped, already_rewrapped: already };
+  }
+
+  private wrap(key: TokenKey, secret: Buffer, ref: string): Buffer {
+    return Buffer.concat([Buffer.from([FORMAT_VERSION]), key.id, this.token.encrypt(key, secret, Buffer.from(ref))]);
+  }
+
+  private unwrap(wrapped: Buffer, ref: string): Buffer {
+    const keyId = keyIdOf(wrapped, ref);
+    if (!keyId.equals(this.current.id)) {
+      throw new IntegrityError(`secret ${ref} is wrapped under key-encryption key ${keyId.toString('hex')}, which is not this installation's current key`, { ref });
+    }
+    const secret = this.token.decrypt(this.current, wrapped.subarray(1 + KEY_ID_BYTES), Buffer.from(ref));
+    if (!secret) throw new IntegrityError(`secret ${ref} failed authentication in the token: it was altered, or belongs to something else`, { ref });
+    return secret;
+  }
+
+  private pathOf(ref: string): string {
+    if (!REF_PATTERN.test(ref)) throw new InvalidArgumentError('secret_ref', 'a PKCS#11 key manager reference (pkcs11:<uuid>)', ref);
+    return join(this.dir, 'secrets', ref.slice(REF_PREFIX.length));
+  }
+
+  createSecret(): Promise<string> {
+    return this.storeSecret('', undefined, randomBytes(KEY_BYTES));
+  }
+
+  async storeSecret(_label: string, _owner: unknown, secret: Buffer): Promise<string> {
+    await this.rotation;
+    const ref = `${REF_PREFIX}${randomUUID()}`;
+    await writeFileAtomically(this.pathOf(ref), this.wrap(this.current, secret, ref));
+    return ref;
+  }
+
+  async readSecret(ref: string): Promise<Buffer> {
+    await this.rotation;
+    const wrapped = await readIfExists(this.pathOf(ref));
+    if (!wrapped) throw new KeyManagerError(`secret ${ref} does not exist in the PKCS#11 key manager`, { ref });
+    return this.unwrap(wrapped, ref);
+  }
+
+  async deleteSecret(ref: string): Promise<void> {
+    await this.rotation;
+    await unlink(this.pathOf(ref)).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'ENOENT') throw error;
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.rotation;
+    this.token.close();
+  }
+}
+
+function keyIdOf(wrapped: Buffer, ref: string): Buffer {
+  if (wrapped.length <= 1 + KEY_ID_BYTES || wrapped[0] !== FORMAT_VERSION) throw new IntegrityError(`secret ${ref} is truncated or not in a known format`, { ref });
+  return wrapped.subarray(1, 1 + KEY_ID_BYTES);
+}
+
+async function readState(dir: string): Promise<KekState | undefined> {
+  const content = await readIfExists(join(dir, 'kek.json'));
+  if (!content) return undefined;
+  const state = JSON.parse(content.toString()) as Partial<KekState>;
+  if (typeof state.current !== 'string') throw new IntegrityError(`${join(dir, 'kek.json')} does not name the current key-encryption key`);
+  return state as KekState;
+}
+
+function writeState(dir: string, state: KekState): Promise<void> {
+  return writeFileAtomically(join(dir, 'kek.json'), Buffer.from(JSON.stringify(state)));
+}
