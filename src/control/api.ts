@@ -8,9 +8,8 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { InternalError, InvalidArgumentError, NotFoundError, UnauthenticatedError, VtpmError } from '../errors.js';
-import type { KeyManager } from '../keys/index.js';
 import type { Store } from '../store/index.js';
-import { requestContext, type AuditLog } from './audit.js';
+import { requestContext, type AuditedKeyManager, type AuditLog } from './audit.js';
 import { registerIdentityRoutes } from './identity-routes.js';
 import { enforceOnDeployment, type Principal } from './policy.js';
 import { authenticate } from './tokens.js';
@@ -157,7 +156,7 @@ export function actorOf(request: FastifyRequest): Principal {
   return request.actor;
 }
 
-export async function buildApi(options: { service: VtpmService; store: Store; keys: KeyManager; audit: AuditLog; logger: Logger; version: string; https?: { cert: Buffer; key: Buffer } | undefined }): Promise<FastifyInstance> {
+export async function buildApi(options: { service: VtpmService; store: Store; keys: AuditedKeyManager; audit: AuditLog; logger: Logger; version: string; https?: { cert: Buffer; key: Buffer } | undefined }): Promise<FastifyInstance> {
   const { service, store, audit } = options;
   const app = Fastify({ loggerInstance: options.logger as FastifyBaseLogger, bodyLimit: 1024 * 1024, ...(options.https && { https: options.https }) }) as unknown as FastifyInstance;
 

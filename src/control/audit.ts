@@ -102,10 +102,15 @@ export class AuditLog {
 
 /** A key manager that records every read of a secret in the audit log, as the request's principal. */
 export class AuditedKeyManager implements KeyManager {
-  constructor(private readonly keys: KeyManager, private readonly audit: AuditLog) {}
+  /** `replaceAll` rotates for key managers that cannot re-wrap in place (src/control/secret-rotation.ts). */
+  constructor(private readonly keys: KeyManager, private readonly audit: AuditLog, private readonly replaceAll: (keys: KeyManager) => Promise<RotationReport>) {}
 
   get kind(): string {
     return this.keys.kind;
+  }
+
+  get ownerScoped(): boolean {
+    return this.keys.ownerScoped;
   }
 
   createSecret(label: string, owner: SecretOwner): Promise<string> {
@@ -137,9 +142,10 @@ export class AuditedKeyManager implements KeyManager {
     return this.audit.record({ operation, vm: context?.vm, project: context?.project, result, detail: { secret: ref } });
   }
 
+  /** Every rotation, whichever way the key manager rotates, is one audited operation. */
   async rotate(): Promise<RotationReport> {
     try {
-      const report = await this.keys.rotate();
+      const report = this.keys.rotate ? await this.keys.rotate() : await this.replaceAll(this);
       await this.audit.record({ operation: 'keys.rotate', result: 'ok', detail: { rewrapped: report.rewrapped, already_rewrapped: report.already_rewrapped } });
       return report;
     } catch (error) {

@@ -7,9 +7,8 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { InvalidArgumentError, NotFoundError } from '../errors.js';
-import type { KeyManager } from '../keys/index.js';
 import type { Store, TokenRecord, UserRecord } from '../store/index.js';
-import type { AuditLog } from './audit.js';
+import type { AuditedKeyManager, AuditLog } from './audit.js';
 import { enforceOnDeployment, ROLES, seesAllProjects, type Principal } from './policy.js';
 import { issueToken } from './tokens.js';
 
@@ -41,7 +40,7 @@ const expiryOf = (days: number | undefined) => (days === undefined ? null : new 
 
 export interface IdentityRouteContext {
   store: Store;
-  keys: KeyManager;
+  keys: AuditedKeyManager;
   audit: AuditLog;
   actorOf: (request: FastifyRequest) => Principal;
   errors: (...statuses: number[]) => Record<number, TSchema>;

@@ -21,7 +21,7 @@ import type { HostAgent } from '../agent/host-agent.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
 import type { KeyManager } from '../keys/key-manager.js';
 import type { TpmVersion } from '../spec/tpm-spec.js';
-import type { PoolEntry, Store } from '../store/index.js';
+import { DEPLOYMENT_PROJECT, type PoolEntry, type Store } from '../store/index.js';
 import type { EkCertificate } from '../swtpm/manufacture.js';
 import { openEkCertificates, sealEkCertificates } from './ek-certificates.js';
 
@@ -94,7 +94,7 @@ export class ProvisioningPool {
 
   private async manufactureOne(version: TpmVersion): Promise<void> {
     const id = randomUUID();
-    const secretRef = await this.keys.createSecret(`vtpm-pool-${id}`, { project: 'admin' });
+    const secretRef = await this.keys.createSecret(`vtpm-pool-${id}`, { project: DEPLOYMENT_PROJECT });
     try {
       const secret = await this.keys.readSecret(secretRef);
       const manufactured = await this.agent.manufacture({ vm: id, spec: { version, model: 'tpm-tis' }, stateKey: secret, background: true });

@@ -11,13 +11,14 @@ import type { Logger } from 'pino';
 import { LocalHostAgent, type SystemUser } from '../agent/local-host-agent.js';
 import { HostSetupError, InvalidArgumentError } from '../errors.js';
 import { openKeyManager, type KeyManager, type Pkcs11Settings } from '../keys/index.js';
-import { openEmbeddedStore, type Store } from '../store/index.js';
+import { DEPLOYMENT_PROJECT, openEmbeddedStore, SECRET_SETTINGS, type Store } from '../store/index.js';
 import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
 import { runProgram } from '../swtpm/run-program.js';
 import { StateVault } from '../vault/state-vault.js';
 import { buildApi } from './api.js';
 import { AuditedKeyManager, AuditLog } from './audit.js';
 import { ProvisioningPool } from './provisioning-pool.js';
+import { finishSecretReplacements, rotateByReplacement } from './secret-rotation.js';
 import { ensureAdminToken } from './tokens.js';
 import { VtpmService } from './vtpm-service.js';
 
@@ -93,13 +94,13 @@ async function caPasswords(store: Store, keys: KeyManager): Promise<CaPasswords>
   const password = async (setting: string): Promise<string> => {
     let ref = await store.getSetting(setting);
     if (ref === undefined) {
-      const created = await keys.createSecret(setting, { project: 'admin' });
+      const created = await keys.createSecret(setting, { project: DEPLOYMENT_PROJECT });
       ref = await store.setSettingOnce(setting, created);
       if (ref !== created) await keys.deleteSecret(created);
     }
     return (await keys.readSecret(ref)).toString('hex');
   };
-  return { signing: await password('ca.signing_key_password'), root: await password('ca.root_key_password') };
+  return { signing: await password(SECRET_SETTINGS.caSigningKeyPassword), root: await password(SECRET_SETTINGS.caRootKeyPassword) };
 }
 
 const TMPFS_MAGIC = 0x01021994;
@@ -126,7 +127,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     await store.close();
     await rm(scratchDir, { recursive: true, force: true });
     throw error;
-  }), audit);
+  }), audit, (audited) => rotateByReplacement(store, audited));
+  await finishSecretReplacements(store, keys);
   const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
   const agent = await LocalHostAgent.open({
     dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }), swtpmUser: await swtpmUserFor(options.swtpmUser),

@@ -6,12 +6,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Store, TokenRecord } from '../store/index.js';
+import { DEPLOYMENT_PROJECT, type Store, type TokenRecord } from '../store/index.js';
 import type { Principal, Role } from './policy.js';
 
 const TOKEN_PREFIX = 'vtpm_';
 const ADMIN_USER = 'bootstrap-admin';
-const ADMIN_PROJECT = 'admin';
 
 const hashToken = (token: string): string => createHash('sha256').update(token).digest('hex');
 export const adminTokenPath = (dataDir: string): string => join(dataDir, 'admin.token');
@@ -32,7 +31,7 @@ export async function ensureAdminToken(store: Store, dataDir: string): Promise<{
   const existing = await readFile(path, 'utf8').then((t) => t.trim(), () => undefined);
   if (existing && (await store.findUserByTokenHash(hashToken(existing), new Date().toISOString()))?.name === ADMIN_USER) return { path, created: false };
   // The file is missing or does not match: issue a fresh admin token and retire the old ones.
-  if (!(await store.getUser(ADMIN_USER))) await store.insertUser({ name: ADMIN_USER, project: ADMIN_PROJECT, roles: ['admin'] });
+  if (!(await store.getUser(ADMIN_USER))) await store.insertUser({ name: ADMIN_USER, project: DEPLOYMENT_PROJECT, roles: ['admin'] });
   await store.revokeTokensOf(ADMIN_USER);
   const { token } = await issueToken(store, ADMIN_USER, null);
   const temporary = `${path}.tmp-${process.pid}`;

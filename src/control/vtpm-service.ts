@@ -29,6 +29,7 @@ import { openPoolEntry, type ProvisioningPool } from './provisioning-pool.js';
 import { resolveSecretSecurity, type SecretSecurity, type SecretSecurityRequest } from '../spec/secret-security.js';
 import { decideOnVtpm, enforceOnVtpm, seesAllProjects, type Principal, type VtpmOperation } from './policy.js';
 import { chooseHost } from './scheduler.js';
+import { storeAnew } from './secret-rotation.js';
 
 export interface CreateRequest extends SpecRequest, FirmwareRequest, SecretSecurityRequest {
   vm: string;
@@ -193,7 +194,7 @@ export class VtpmService {
   async reconcile(): Promise<void> {
     for (const record of await this.store.listVtpms({ statuses: ['creating', 'deleting'] })) {
       this.logger.warn({ vm: record.vm, status: record.status }, 'finishing an operation interrupted by a restart');
-      await this.erase(record);
+      await this.rollBack(record);
     }
     const running = new Set<string>();
     for (const agent of this.agents.values()) for (const instance of await agent.running()) running.add(instance.vm);
@@ -270,16 +271,19 @@ export class VtpmService {
       if (await this.store.getVtpm(vm)) throw new StateConflictError(`a vTPM for VM ${vm} already exists`, { vm });
       const row = this.newRow(vm, spec, claims, firmware, secretSecurity, await this.placeFor(spec), actor);
       const pooled = this.pool ? await this.store.claimPoolEntry(spec.version, (entry) => row(entry.secretRef)) : undefined;
-      const record = pooled ? row(pooled.secretRef) : await this.insertWithNewSecret(vm, row, actor);
+      let record = pooled ? row(pooled.secretRef) : await this.insertWithNewSecret(vm, row, actor);
       try {
         const secret = await this.keys.readSecret(record.secretRef);
+        if (pooled && this.keys.ownerScoped) {
+          record = { ...record, secretRef: await storeAnew(this.store, this.keys, { ref: record.secretRef, label: `vtpm-${vm}`, project: actor.project }, secret) };
+        }
         const tpm = pooled ? openPoolEntry(pooled, secret) : await this.agentFor(record.host).manufacture({ vm, spec, stateKey: secret });
         const ready = await this.finishCreate(record, secret, tpm.state, tpm.ekCertificates, firmware);
         this.logger.info({ vm, host: record.host, version: spec.version, model: spec.model, pooled: pooled !== undefined }, 'vTPM created');
         return view(ready);
       } catch (error) {
         this.logger.error({ vm, err: error }, 'vTPM creation failed; rolling back');
-        await this.erase(record);
+        await this.rollBack(record);
         throw error;
       } finally {
         if (pooled) this.pool?.refill();
@@ -309,7 +313,7 @@ export class VtpmService {
         return view(ready);
       } catch (error) {
         this.logger.error({ vm, err: error }, 'vTPM adoption failed; rolling back');
-        await this.erase(record);
+        await this.rollBack(record);
         throw error;
       }
     });
@@ -349,6 +353,21 @@ export class VtpmService {
   }
 
   /** Crypto-erase first: once the secret is gone, any copy of the state is noise. */
+  /**
+   * Undoes what a failed create, adoption or import left. When that fails too
+   * (the key manager is unreachable, say), the vTPM is left `deleting`: the
+   * service's next start, or `vtpm delete`, finishes it; the failure that
+   * caused the rollback stays the one reported.
+   */
+  private async rollBack(record: Pick<VtpmRecord, 'vm' | 'host' | 'secretRef'>): Promise<void> {
+    try {
+      await this.erase(record);
+    } catch (error) {
+      this.logger.error({ vm: record.vm, err: error }, 'rollback incomplete: the vTPM stays deleting until `vtpm delete` or the next start finishes it');
+      await this.store.updateVtpm(record.vm, { status: 'deleting' });
+    }
+  }
+
   private async erase(record: Pick<VtpmRecord, 'vm' | 'host' | 'secretRef'>): Promise<void> {
     await this.keys.deleteSecret(record.secretRef);
     if (this.agents.has(record.host)) await this.agentFor(record.host).destroy(record.vm);
@@ -415,7 +434,7 @@ export class VtpmService {
     const record = await this.load(vm, actor, 'delete');
     await this.lock.run(record.vm, async () => {
       const current = await this.load(record.vm, actor, 'delete');
-      if (current.status !== 'stopped' && !options.force) {
+      if (current.status !== 'stopped' && current.status !== 'deleting' && !options.force) {
         throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; stop it first or delete with --force`, { vm: current.vm, status: current.status });
       }
       if (current.status !== 'stopped') await this.agentFor(current.host).stop(current.vm);
@@ -519,7 +538,7 @@ export class VtpmService {
         this.logger.info({ vm, from: payload.vm, generations: payload.generations.length }, 'vTPM imported');
         return view(ready!);
       } catch (error) {
-        await this.erase(record);
+        await this.rollBack(record);
         throw error;
       } finally {
         payload.secret.fill(0);

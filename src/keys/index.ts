@@ -49,6 +49,6 @@ export async function openKeyManager(options: KeyManagerOptions): Promise<KeyMan
   }
 }
 
-export type { KeyManager, SecretOwner } from './key-manager.js';
+export type { KeyManager, RotationReport, SecretOwner } from './key-manager.js';
 export { DEFAULT_HOST_TPM } from './local/host-tpm.js';
 export { PIN_ENVIRONMENT } from './pkcs11/pin.js';

@@ -3,8 +3,8 @@
  * reference; the secret itself is fetched when needed and kept in memory
  * only. Deleting the secret is the crypto-erase of everything sealed under it.
  *
- * Backends (local today; PKCS#11 and Barbican behind the same interface) live
- * in their own folders; nothing outside src/keys knows which one is in use.
+ * Backends (local, PKCS#11, Barbican) live in their own folders; nothing
+ * outside src/keys knows which one is in use.
  */
 export interface SecretOwner {
   /** Who the secret belongs to, for backends that scope secrets (Barbican projects). */
@@ -21,6 +21,12 @@ export interface RotationReport {
 export interface KeyManager {
   /** Short name of the backend, for `vtpm hosts` and logs. */
   readonly kind: string;
+  /**
+   * Secrets live in their owner's scope (Barbican: the project). A secret
+   * made ahead for the provisioning pool is then stored anew in the owner's
+   * scope when a vTPM claims it.
+   */
+  readonly ownerScoped: boolean;
   /** Generates a fresh 32-byte secret inside the key manager and returns its reference. */
   createSecret(label: string, owner: SecretOwner): Promise<string>;
   /** Stores a secret that already exists elsewhere (an imported vTPM's) and returns its reference. */
@@ -29,10 +35,15 @@ export interface KeyManager {
   /** Idempotent: deleting an already-deleted secret succeeds. */
   deleteSecret(ref: string): Promise<void>;
   /**
-   * A new key-encryption key; every secret is re-wrapped under it, values
-   * unchanged, then the old key is destroyed. An interrupted rotation is
-   * finished when the key manager opens again.
+   * A new key-encryption key; every secret is re-wrapped under it, values and
+   * references unchanged, then the old key is destroyed. An interrupted
+   * rotation is finished when the key manager opens again.
+   *
+   * Absent where the key-encryption keys are the key manager's own
+   * (Barbican's): there the control plane, which knows every reference,
+   * stores each secret anew under the key manager's current keys and deletes
+   * the old one (src/control/secret-rotation.ts).
    */
-  rotate(): Promise<RotationReport>;
+  rotate?(): Promise<RotationReport>;
   close(): Promise<void>;
 }

@@ -11,6 +11,6 @@ export async function openEmbeddedStore(dataDir: string): Promise<Store> {
   return store;
 }
 
-export { Store } from './store.js';
-export type { AuditEvent, AuditRow, GenerationRecord, GenerationSummary, HostRecord, PoolEntry, StateHead, TokenRecord, UserRecord, VtpmRecord } from './store.js';
+export { DEPLOYMENT_PROJECT, SECRET_SETTINGS, Store } from './store.js';
+export type { AuditEvent, AuditRow, GenerationRecord, GenerationSummary, HostRecord, PoolEntry, SecretUse, StateHead, TokenRecord, UserRecord, VtpmRecord } from './store.js';
 export type { GenerationReason, StateKind, VtpmStatus } from './schema.js';

@@ -130,6 +130,16 @@ const migrations: Record<string, Migration> = {
       }
     },
   },
+  '0006_secret_replacements': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('secret_replacements')
+        .addColumn('old_ref', 'varchar(512)', (c) => c.primaryKey())
+        .addColumn('new_ref', 'varchar(512)', (c) => c.notNull())
+        .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -115,6 +115,13 @@ export interface PoolEntryTable {
   created_at: string;
 }
 
+/** A secret stored anew in the key manager while its uses still name the old one: a rotation by replacement under way. */
+export interface SecretReplacementTable {
+  old_ref: string;
+  new_ref: string;
+  created_at: string;
+}
+
 export interface Database {
   vtpms: VtpmTable;
   hosts: HostTable;
@@ -125,4 +132,5 @@ export interface Database {
   state_generations: StateGenerationTable;
   state_heads: StateHeadTable;
   pool_entries: PoolEntryTable;
+  secret_replacements: SecretReplacementTable;
 }

@@ -82,6 +82,19 @@ export interface PoolEntry {
 
 export type VtpmPatch = Partial<Pick<VtpmRecord, 'status' | 'ekCertificates' | 'socket' | 'secureBoot'>>;
 
+/** Where secrets the deployment owns (the CA's passwords, the provisioning pool's) are kept: the admin user's project. */
+export const DEPLOYMENT_PROJECT = 'admin';
+
+/** Settings whose values are key-manager references. */
+export const SECRET_SETTINGS = { caSigningKeyPassword: 'ca.signing_key_password', caRootKeyPassword: 'ca.root_key_password' } as const;
+
+/** A place that names a key-manager secret, and what the secret is stored as. */
+export interface SecretUse {
+  ref: string;
+  label: string;
+  project: string;
+}
+
 const now = (): string => new Date().toISOString();
 
 function toVtpm(row: Selectable<VtpmTable>): VtpmRecord {
@@ -439,6 +452,47 @@ export class Store {
       query = query.where((eb) => eb.or([eb('project', '=', project), eb('actor_project', '=', project)]));
     }
     return query.orderBy('seq', filter.newestFirst ? 'desc' : 'asc').execute();
+  }
+
+  /** Every place that names a key-manager secret, with the label and project the secret is stored under. */
+  async listSecretUses(): Promise<SecretUse[]> {
+    const vtpms = await this.db.selectFrom('vtpms').select(['vm', 'secret_ref', 'project']).orderBy('vm').execute();
+    const pool = await this.db.selectFrom('pool_entries').select(['id', 'secret_ref']).orderBy('id').execute();
+    const settings = await this.db.selectFrom('settings').select(['key', 'value']).where('key', 'in', Object.values(SECRET_SETTINGS)).orderBy('key').execute();
+    return [
+      ...vtpms.map((row) => ({ ref: row.secret_ref, label: `vtpm-${row.vm}`, project: row.project })),
+      ...pool.map((row) => ({ ref: row.secret_ref, label: `vtpm-pool-${row.id}`, project: DEPLOYMENT_PROJECT })),
+      ...settings.map((row) => ({ ref: row.value, label: row.key, project: DEPLOYMENT_PROJECT })),
+    ];
+  }
+
+  async recordSecretReplacement(oldRef: string, newRef: string): Promise<void> {
+    await this.db.insertInto('secret_replacements').values({ old_ref: oldRef, new_ref: newRef, created_at: now() }).execute();
+  }
+
+  async listSecretReplacements(): Promise<Array<{ oldRef: string; newRef: string }>> {
+    const rows = await this.db.selectFrom('secret_replacements').select(['old_ref', 'new_ref']).orderBy('created_at').execute();
+    return rows.map((row) => ({ oldRef: row.old_ref, newRef: row.new_ref }));
+  }
+
+  async forgetSecretReplacement(oldRef: string): Promise<void> {
+    await this.db.deleteFrom('secret_replacements').where('old_ref', '=', oldRef).execute();
+  }
+
+  /** Points every use of `oldRef` at `newRef`, in one transaction; returns how many uses moved. */
+  async replaceSecretRef(oldRef: string, newRef: string): Promise<number> {
+    return this.db.transaction().execute(async (trx) => {
+      const moved = await Promise.all([
+        trx.updateTable('vtpms').set({ secret_ref: newRef }).where('secret_ref', '=', oldRef).executeTakeFirst(),
+        trx.updateTable('pool_entries').set({ secret_ref: newRef }).where('secret_ref', '=', oldRef).executeTakeFirst(),
+        trx.updateTable('settings').set({ value: newRef }).where('key', 'in', Object.values(SECRET_SETTINGS)).where('value', '=', oldRef).executeTakeFirst(),
+      ]);
+      return moved.reduce((sum, result) => sum + Number(result.numUpdatedRows), 0);
+    });
+  }
+
+  async isSecretRefInUse(ref: string): Promise<boolean> {
+    return (await this.listSecretUses()).some((use) => use.ref === ref);
   }
 
   async getSetting(key: string): Promise<string | undefined> {

@@ -12,13 +12,14 @@
 import { randomBytes } from 'node:crypto';
 import { InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES } from '../aead.js';
-import type { KeyManager, RotationReport, SecretOwner } from '../key-manager.js';
+import type { KeyManager, SecretOwner } from '../key-manager.js';
 
 const REF_PATTERN = /^barbican:([^:]+):([0-9a-f-]{36})$/;
 const TIMEOUT_MS = 5_000;
 
 export class BarbicanKeyManager implements KeyManager {
   readonly kind = 'barbican';
+  readonly ownerScoped = true;
 
   constructor(private readonly endpoint: string) {}
 
@@ -74,11 +75,6 @@ export class BarbicanKeyManager implements KeyManager {
     const { project, id } = this.parse(ref);
     const response = await this.call('DELETE', `/v1/secrets/${id}`, project);
     if (response.status !== 204 && response.status !== 404) throw new KeyManagerError(`Barbican refused to delete secret ${ref}: HTTP ${response.status}`, { ref });
-  }
-
-  /** Barbican's key-encryption keys are Barbican's own: their rotation is done there (its crypto plugin / HSM), not through this client. */
-  async rotate(): Promise<RotationReport> {
-    throw new KeyManagerError("Barbican's key-encryption keys are rotated in Barbican itself (its crypto plugin or HSM), not through vtpm-manager", { kind: this.kind });
   }
 
   async close(): Promise<void> {}

@@ -23,6 +23,7 @@ const REF_PATTERN = /^local:[0-9a-f-]{36}$/;
 
 export class LocalKeyManager implements KeyManager {
   readonly kind = 'local';
+  readonly ownerScoped = false;
   /** While a rotation rewraps the secrets, everything else waits for it. */
   private rotation: Promise<RotationReport> | undefined;
 

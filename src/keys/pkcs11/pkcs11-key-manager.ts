@@ -40,6 +40,7 @@ interface KekState {
 
 export class Pkcs11KeyManager implements KeyManager {
   readonly kind = 'pkcs11';
+  readonly ownerScoped = false;
   /** While a rotation rewraps the secrets, everything else waits for it. */
   private rotation: Promise<RotationReport> | undefined;
 

@@ -76,9 +76,13 @@ export class Barbican {
     await exited;
   }
 
-  /** Names of the secrets a project holds. */
-  async secretNames(project: string): Promise<string[]> {
+  /** The secrets a project holds: name and Barbican's reference (URL). */
+  async secrets(project: string): Promise<Array<{ name: string; secret_ref: string }>> {
     const response = await fetch(`${this.url}/v1/secrets?limit=100`, { headers: { 'x-project-id': project, accept: 'application/json' } });
-    return ((await response.json()) as { secrets: Array<{ name: string }> }).secrets.map((s) => s.name);
+    return ((await response.json()) as { secrets: Array<{ name: string; secret_ref: string }> }).secrets;
+  }
+
+  async secretNames(project: string): Promise<string[]> {
+    return (await this.secrets(project)).map((secret) => secret.name);
   }
 }
