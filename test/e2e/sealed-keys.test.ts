@@ -1,7 +1,8 @@
 /**
  * The local key manager with its master key sealed to the host's TPM (a swtpm
  * stands in for each host's TPM, reached through tpm2-tools): no plaintext
- * master key on disk, vTPMs work across restarts and a key rotation, and a copy of the data
+ * master key on disk, a real guest's TPM state carries on across restarts and a
+ * key rotation, and a copy of the data
  * directory unlocks nothing on a host with another TPM, while the same copy
  * opens fine with the original TPM (so it is the TPM that decides).
  */
@@ -14,7 +15,8 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { socketAccepts } from '../../src/swtpm/tpm-socket.js';
-import { CLI, ServiceUnderTest, temporaryDir, type VtpmJson } from './support/service.js';
+import { bootGuest, buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, type GuestReport } from './support/guest.js';
+import { CLI, ServiceUnderTest, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
 
 const exec = promisify(execFile);
 let workDir = '';
@@ -39,9 +41,20 @@ async function serveFails(dataDir: string, args: string[]): Promise<string> {
   return failed.stderr;
 }
 
+let kernel = '';
+let initramfs = '';
+
 before(async () => {
   workDir = await temporaryDir('vtpm-sealed');
+  kernel = await findKernel();
+  initramfs = await buildInitramfs(workDir);
 });
+
+async function boot(service: ServiceUnderTest, vm: string): Promise<GuestReport> {
+  const report = await bootGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args, commandSet: 'nv' });
+  await service.waitForStatus(vm, 'stopped');
+  return report;
+}
 
 after(async () => {
   for (const tpm of hostTpms) tpm.kill();
@@ -56,10 +69,11 @@ describe('the local key manager sealed to the host TPM', () => {
     const vm = randomUUID();
 
     let service = await ServiceUnderTest.start(dataDir, sealed);
+    let first: GuestReport;
     try {
       await service.json('create', '--vm', vm, '--version', '2.0');
-      assert.equal((await service.json<VtpmJson>('start', vm)).status, 'running');
-      await service.json('stop', vm);
+      first = await boot(service, vm);
+      assert.equal(responseCode(first.responses['3-write']!), 0, 'the guest wrote its NV index');
     } finally {
       await service.stop();
     }
@@ -81,8 +95,9 @@ describe('the local key manager sealed to the host TPM', () => {
     service = await ServiceUnderTest.start(dataDir, sealed);
     try {
       assert.deepEqual(await service.json('ek', vm), certificate);
-      assert.equal((await service.json<VtpmJson>('start', vm)).status, 'running');
-      await service.json('stop', vm);
+      const second = await boot(service, vm);
+      assert.ok(second.responses['1-data']!.includes(GUEST_NV_DATA), 'after rotation and restart the guest reads what it wrote');
+      assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
     } finally {
       await service.stop();
     }
