@@ -34,6 +34,12 @@ export interface LocalHostAgentOptions {
   hostName?: string;
   /** The unprivileged user running swtpm processes run as, when the service runs as root. */
   swtpmUser?: SystemUser | undefined;
+  /**
+   * The group QEMU runs in when it is not root (libvirt's libvirt-qemu): vTPM
+   * sockets and UEFI variable stores are shared with it (0660), and the
+   * directories holding them let it pass (0710).
+   */
+  qemuGroup?: SystemGroup | undefined;
 }
 
 export interface SystemUser {
@@ -42,13 +48,18 @@ export interface SystemUser {
   gid: number;
 }
 
-/** Fails, naming the directory, if `user` could not pass through `dir` and every directory above it. */
-async function requireTraversable(dir: string, user: SystemUser): Promise<void> {
+export interface SystemGroup {
+  name: string;
+  gid: number;
+}
+
+/** Fails, naming the directory, if `who` (a user, or any member of a group) could not pass through `dir` and every directory above it. */
+async function requireTraversable(dir: string, who: { uid?: number; gid: number; description: string; remedy: string }): Promise<void> {
   for (let current = resolve(dir); ; current = dirname(current)) {
     const { mode, uid, gid } = await stat(current);
-    const may = uid === user.uid ? mode & 0o100 : gid === user.gid ? mode & 0o010 : mode & 0o001;
+    const may = uid === who.uid ? mode & 0o100 : gid === who.gid ? mode & 0o010 : mode & 0o001;
     if (!may) {
-      throw new HostSetupError(`swtpm runs as ${user.name}, which cannot pass through ${current} (mode ${(mode & 0o777).toString(8)}): let it (chmod o+x ${current}), choose other directories, or pass --swtpm-user root`, { directory: current });
+      throw new HostSetupError(`${who.description} cannot pass through ${current} (mode ${(mode & 0o777).toString(8)}): let it (chmod o+x ${current}), choose other directories, or ${who.remedy}`, { directory: current });
     }
     if (current === dirname(current)) return;
   }
@@ -94,7 +105,19 @@ export class LocalHostAgent implements HostAgent {
       // the run directory is its, each state directory too; the directories above let it pass, not look.
       await chown(options.runDir, user.uid, user.gid);
       for (const dir of [options.dataDir, join(options.dataDir, 'tpm')]) await chmod(dir, 0o711);
-      for (const dir of [options.runDir, join(options.dataDir, 'tpm')]) await requireTraversable(dirname(dir), user);
+      const swtpm = { ...user, description: `swtpm runs as ${user.name}, which`, remedy: 'pass --swtpm-user root' };
+      for (const dir of [options.runDir, join(options.dataDir, 'tpm')]) await requireTraversable(dirname(dir), swtpm);
+    }
+    const group = options.qemuGroup;
+    if (group) {
+      const nvramDir = join(options.dataDir, 'nvram');
+      for (const dir of [options.runDir, nvramDir]) {
+        await chown(dir, -1, group.gid);
+        await chmod(dir, 0o710);
+      }
+      await chmod(options.dataDir, 0o711);
+      const qemu = { gid: group.gid, description: `QEMU, in group ${group.name},`, remedy: 'leave out --qemu-group and run QEMU as root' };
+      for (const dir of [options.runDir, nvramDir]) await requireTraversable(dirname(dir), qemu);
     }
     const capabilities = await probeCapabilities();
     const seccomp = capabilities.swtpm.features.includes('cmdarg-seccomp');
@@ -214,10 +237,27 @@ export class LocalHostAgent implements HostAgent {
     const user = this.options.swtpmUser;
     if (user) for (const path of [paths.stateDir, join(paths.stateDir, stateFile)]) await chown(path, user.uid, user.gid);
     await rm(nvramPath, { force: true });
-    if (request.nvram) await writeFile(nvramPath, request.nvram, { mode: 0o600 });
+    if (request.nvram) {
+      await writeFile(nvramPath, request.nvram, { mode: 0o600 });
+      await this.shareWithQemu(nvramPath);
+    }
     const instance = await launchSwtpm(request.spec, paths, request.stateKey, this.confinement);
+    try {
+      // Before QEMU is told where the socket is: swtpm made it for its own user only.
+      await this.shareWithQemu(paths.socket);
+    } catch (error) {
+      process.kill(instance.pid, 'SIGTERM');
+      throw error;
+    }
     this.track(request.vm, instance, stateFile, request.nvram !== undefined, { tpm: request.state, ...(request.nvram && { nvram: request.nvram }) });
     return { vm: request.vm, pid: instance.pid, socket: paths.socket };
+  }
+
+  private async shareWithQemu(path: string): Promise<void> {
+    const group = this.options.qemuGroup;
+    if (!group) return;
+    await chown(path, -1, group.gid);
+    await chmod(path, 0o660);
   }
 
   async adopt(request: AdoptRequest): Promise<ManufacturedVtpm> {

@@ -78,8 +78,9 @@ withClientOptions(program.command('serve'))
   .option('--tls-cert <pem>', 'serve the API over HTTPS with this certificate (chain)')
   .option('--tls-key <pem>', 'the private key of --tls-cert (must be readable by its owner only)')
   .option('--swtpm-user <user>', 'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)')
+  .option('--qemu-group <group>', "the group QEMU runs in when not root (libvirt's default: libvirt-qemu): vTPM sockets and UEFI variable stores are shared with it")
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; barbicanUrl?: string; pkcs11Module?: string; pkcs11Token: string; pkcs11PinFile?: string; pkcs11KeyLabel: string; sealToTpm?: boolean; hostTpm?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; qemuGroup?: string; barbicanUrl?: string; pkcs11Module?: string; pkcs11Token: string; pkcs11PinFile?: string; pkcs11KeyLabel: string; sealToTpm?: boolean; hostTpm?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
     const { dataDir } = globals(command);
     const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
     const server = await startServer({
@@ -92,6 +93,7 @@ withClientOptions(program.command('serve'))
       poolSize: options.poolSize,
       poolRefillPauseMs: options.poolRefillPause,
       swtpmUser: options.swtpmUser,
+      qemuGroup: options.qemuGroup,
       sealToTpm: sealingTpm(options.sealToTpm === true, options.hostTpm),
       barbicanUrl: options.barbicanUrl,
       pkcs11: { module: options.pkcs11Module, token: options.pkcs11Token, pinFile: options.pkcs11PinFile, keyLabel: options.pkcs11KeyLabel },

@@ -8,7 +8,7 @@ import { mkdir, readFile, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { LocalHostAgent, type SystemUser } from '../agent/local-host-agent.js';
+import { LocalHostAgent, type SystemGroup, type SystemUser } from '../agent/local-host-agent.js';
 import { HostSetupError, InvalidArgumentError } from '../errors.js';
 import { openKeyManager, type KeyManager, type Pkcs11Settings } from '../keys/index.js';
 import { DEPLOYMENT_PROJECT, openEmbeddedStore, SECRET_SETTINGS, type Store } from '../store/index.js';
@@ -44,6 +44,8 @@ export interface ServeOptions {
   tls?: { certFile: string; keyFile: string } | undefined;
   /** Who swtpm runs as when the service runs as root (default tss, as libvirt does; root keeps it root). */
   swtpmUser?: string | undefined;
+  /** The group QEMU runs in (libvirt's libvirt-qemu), with which sockets and variable stores are shared. */
+  qemuGroup?: string | undefined;
   logger: Logger;
   version: string;
 }
@@ -70,6 +72,14 @@ async function swtpmUserFor(requested: string | undefined): Promise<SystemUser |
     throw new HostSetupError(`the user ${name} that swtpm should run as does not exist (Debian's swtpm-tools creates tss); create it, or pass --swtpm-user`);
   });
   return { name, uid: await id('-u'), gid: await id('-g') };
+}
+
+async function qemuGroupFor(name: string | undefined): Promise<SystemGroup | undefined> {
+  if (name === undefined) return undefined;
+  const entry = await runProgram('getent', ['group', name]).then((r) => r.stdout.trim(), () => {
+    throw new InvalidArgumentError('--qemu-group', "an existing group, the one QEMU runs in (libvirt's: the group in /etc/libvirt/qemu.conf, libvirt-qemu on Debian)", name);
+  });
+  return { name, gid: Number(entry.split(':')[2]) };
 }
 
 export interface RunningServer {
@@ -131,7 +141,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   await finishSecretReplacements(store, keys);
   const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
   const agent = await LocalHostAgent.open({
-    dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }), swtpmUser: await swtpmUserFor(options.swtpmUser),
+    dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }), swtpmUser: await swtpmUserFor(options.swtpmUser), qemuGroup: await qemuGroupFor(options.qemuGroup),
   });
   const vault = new StateVault(store, options.retention);
   // 2.0 first: it is what Windows 11 and most new guests ask for.

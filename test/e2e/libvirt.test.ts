@@ -8,13 +8,13 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, responsesOf } from './support/guest.js';
-import { domainXml, ensureLibvirtd, restartLibvirtd, untilShutOff, virsh, type TestDomain } from './support/libvirt.js';
+import { domainXml, ensureLibvirtd, QEMU_GROUP, restartLibvirtd, untilShutOff, virsh, type TestDomain } from './support/libvirt.js';
 import { serviceForFile, type VtpmJson } from './support/service.js';
 
 const exec = promisify(execFile);
@@ -25,12 +25,17 @@ const defined: string[] = [];
 const secrets: string[] = [];
 
 const context = serviceForFile('vtpm-libvirt', async ({ service, workDir }) => {
-  kernel = await findKernel();
+  // A copy of its own: libvirt labels the files a domain uses, and refuses a file another domain holds under another label.
+  kernel = join(workDir, 'vmlinuz');
+  await copyFile(await findKernel(), kernel);
   initramfs = await buildInitramfs(workDir);
-  await ensureLibvirtd();
   const installed = await service.json<{ hook: string }>('libvirt', 'install-hook', '--hooks-dir', HOOKS_DIR);
   assert.equal(installed.hook, join(HOOKS_DIR, 'qemu'));
   await restartLibvirtd();
+}, async () => {
+  // QEMU runs as libvirt's unprivileged user, as on any libvirt host: the vTPM sockets are shared with its group.
+  await ensureLibvirtd();
+  return ['--pool-size', '0', '--qemu-group', QEMU_GROUP];
 });
 
 after(async () => {

@@ -1,8 +1,9 @@
 /**
  * A real libvirtd for the tests, started without systemd as on these machines
  * (the test setup installs libvirt-daemon, libvirt-daemon-driver-qemu and
- * libvirt-clients): QEMU runs as root with no security driver, so that it can
- * reach sockets and state in the test's directories.
+ * libvirt-clients): QEMU runs as libvirt's unprivileged libvirt-qemu user,
+ * as Debian's libvirt does, with libvirt's DAC ownership handling and no
+ * AppArmor profile (not every test machine has AppArmor).
  *
  * Domains boot the test guest (Debian cloud kernel + busybox initramfs) with
  * software emulation; the guest's serial console goes to a file.
@@ -16,30 +17,48 @@ import { setTimeout as delay } from 'node:timers/promises';
 const exec = promisify(execFile);
 export const LIBVIRT_URI = 'qemu:///system';
 const QEMU_CONF = '/etc/libvirt/qemu.conf';
-const TEST_SETTINGS = ['user = "root"', 'group = "root"', 'security_driver = "none"'];
+export const QEMU_GROUP = 'libvirt-qemu';
+const TEST_SETTINGS = ['user = "libvirt-qemu"', `group = "${QEMU_GROUP}"`, 'security_driver = "none"'];
+/** What earlier versions of these tests wrote, taken out again. */
+const FORMER_SETTINGS = ['user = "root"', 'group = "root"'];
 
 export async function virsh(...args: string[]): Promise<string> {
   return (await exec('virsh', ['-c', LIBVIRT_URI, ...args], { timeout: 120_000 })).stdout;
 }
 
-async function running(program: string): Promise<boolean> {
-  return exec('pgrep', ['-x', program]).then(() => true, () => false);
+/**
+ * The daemon of this (the root) mount namespace, by its pid file: other
+ * libvirtds may run on the machine in namespaces of their own (the migration
+ * tests' hosts), and must be told apart.
+ */
+async function daemonPid(program: 'libvirtd' | 'virtlogd'): Promise<number | undefined> {
+  const pid = Number((await readFile(`/run/${program}.pid`, 'utf8').catch(() => '')).trim());
+  if (!pid) return undefined;
+  const comm = (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
+  return comm === program ? pid : undefined;
+}
+
+async function running(program: 'libvirtd' | 'virtlogd'): Promise<boolean> {
+  return (await daemonPid(program)) !== undefined;
 }
 
 async function ensureUserAndGroups(): Promise<void> {
-  // Debian's libvirt expects these to exist (the -system package would create them).
+  // Debian's libvirt expects these to exist (the -system package would create them), libvirt-qemu in
+  // group kvm: without it libvirt finds /dev/kvm inaccessible to QEMU and probes QEMU again on every call.
   for (const group of ['kvm', 'libvirt-qemu']) await exec('getent', ['group', group]).catch(() => exec('groupadd', ['-r', group]));
   await exec('id', ['libvirt-qemu']).catch(() => exec('useradd', ['-r', '-g', 'libvirt-qemu', 'libvirt-qemu']));
+  await exec('usermod', ['-a', '-G', 'kvm', 'libvirt-qemu']);
 }
 
 /** Starts virtlogd and libvirtd unless they run, with the test settings in qemu.conf; resolves once libvirt answers. */
 export async function ensureLibvirtd(): Promise<void> {
   await ensureUserAndGroups();
   for (const dir of ['/var/log/libvirt', '/run/libvirt', '/var/lib/libvirt/qemu']) await mkdir(dir, { recursive: true });
-  const conf = existsSync(QEMU_CONF) ? await readFile(QEMU_CONF, 'utf8') : '';
-  const missing = TEST_SETTINGS.filter((line) => !conf.split('\n').includes(line));
-  if (missing.length > 0) {
-    await writeFile(QEMU_CONF, conf + (conf.endsWith('\n') || conf === '' ? '' : '\n') + missing.join('\n') + '\n');
+  const lines = (existsSync(QEMU_CONF) ? await readFile(QEMU_CONF, 'utf8') : '').split('\n').filter((line) => line !== '');
+  const kept = lines.filter((line) => !FORMER_SETTINGS.includes(line));
+  const missing = TEST_SETTINGS.filter((line) => !kept.includes(line));
+  if (missing.length > 0 || kept.length !== lines.length) {
+    await writeFile(QEMU_CONF, [...kept, ...missing].join('\n') + '\n');
     if (await running('libvirtd')) await stopLibvirtd();
   }
   if (!(await running('virtlogd'))) await exec('virtlogd', ['-d']);
@@ -52,8 +71,14 @@ export async function ensureLibvirtd(): Promise<void> {
 }
 
 async function stopLibvirtd(): Promise<void> {
-  await exec('pkill', ['-x', 'libvirtd']).catch(() => undefined);
-  while (await running('libvirtd')) await delay(50);
+  const pid = await daemonPid('libvirtd');
+  if (pid === undefined) return;
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + 30_000;
+  while ((await daemonPid('libvirtd')) === pid) {
+    if (Date.now() > deadline) process.kill(pid, 'SIGKILL');
+    await delay(50);
+  }
 }
 
 /** libvirt looks for hook scripts when it starts. */

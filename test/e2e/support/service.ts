@@ -129,16 +129,16 @@ export interface FileService {
 
 /**
  * A `vtpm serve` on a fresh data directory for the tests of one file: started
- * before them, then `setup` runs; afterwards every vTPM is deleted (its swtpm stopped) and the
+ * before them (with `serveArgs`, or what that function prepares and returns), then `setup` runs; afterwards every vTPM is deleted (its swtpm stopped) and the
  * directory removed.
  */
-export function serviceForFile(prefix: string, setup?: (context: FileService) => Promise<void>, serveArgs?: string[]): FileService {
+export function serviceForFile(prefix: string, setup?: (context: FileService) => Promise<void>, serveArgs?: string[] | (() => Promise<string[]>)): FileService {
   let service: ServiceUnderTest | undefined;
   let workDir: string | undefined;
   // One hook does all of it: Node 20 does not wait for one root-level before() to finish before the next.
   before(async () => {
     workDir = await temporaryDir(prefix);
-    service = await ServiceUnderTest.start(join(workDir, 'data'), serveArgs);
+    service = await ServiceUnderTest.start(join(workDir, 'data'), typeof serveArgs === 'function' ? await serveArgs() : serveArgs);
     await setup?.(context);
   });
   after(async () => {
