@@ -17,6 +17,18 @@ export interface HostDescription {
   name: string;
   traits: string[];
   capabilities: HostCapabilities;
+  layout: HostLayout;
+}
+
+/** Where a host keeps vTPM sockets and UEFI variable stores. */
+export interface HostLayout {
+  runDir: string;
+  nvramDir: string;
+}
+
+/** The same rule on every host, so that the control plane knows a vTPM's paths without asking. */
+export function devicePathsIn(layout: HostLayout, vm: string): DevicePaths {
+  return { socket: `${layout.runDir}/${vm}.sock`, nvram: `${layout.nvramDir}/${vm}.fd` };
 }
 
 export interface VtpmOnHost {

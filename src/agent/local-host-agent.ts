@@ -21,7 +21,7 @@ import { adoptSwtpm, launchSwtpm, terminateSwtpm, type Confinement, type Instanc
 import { adoptState } from '../swtpm/adopt.js';
 import { manufactureTpm } from '../swtpm/manufacture.js';
 import { stateFileName } from '../swtpm/state-file.js';
-import type { AdoptRequest, DevicePaths, HostAgent, HostDescription, ManufactureRequest, ManufacturedVtpm, RunningVtpm, StartRequest, StateChange, VtpmExit } from './host-agent.js';
+import { devicePathsIn, type AdoptRequest, type DevicePaths, type HostAgent, type HostDescription, type ManufactureRequest, type ManufacturedVtpm, type RunningVtpm, type StartRequest, type StateChange, type VtpmExit } from './host-agent.js';
 import { StateWatcher, type WatchedFile } from './state-watcher.js';
 
 export interface LocalHostAgentOptions {
@@ -29,7 +29,8 @@ export interface LocalHostAgentOptions {
   runDir: string;
   /** A memory-backed directory for short-lived secret-bearing configuration. */
   scratchDir: string;
-  authority: CertificateAuthority;
+  /** The deployment's EK CA, for manufacturing; a remote agent (`vtpm agent`) runs TPMs the control plane manufactured and has none. */
+  authority?: CertificateAuthority | undefined;
   logger: Logger;
   hostName?: string;
   /** The unprivileged user running swtpm processes run as, when the service runs as root. */
@@ -122,7 +123,9 @@ export class LocalHostAgent implements HostAgent {
     const capabilities = await probeCapabilities();
     const seccomp = capabilities.swtpm.features.includes('cmdarg-seccomp');
     if (!seccomp) options.logger.warn('this swtpm has no seccomp support: vTPMs run without a syscall filter');
-    const agent = new LocalHostAgent(options, { runAs: user?.name, seccomp }, { name: options.hostName ?? hostname(), traits: traitsOf(capabilities), capabilities });
+    const agent = new LocalHostAgent(options, { runAs: user?.name, seccomp }, {
+      name: options.hostName ?? hostname(), traits: traitsOf(capabilities), capabilities, layout: { runDir: resolve(options.runDir), nvramDir: resolve(options.dataDir, 'nvram') },
+    });
     await agent.adoptSurvivors();
     return agent;
   }
@@ -137,7 +140,7 @@ export class LocalHostAgent implements HostAgent {
   }
 
   devicePaths(vm: string): DevicePaths {
-    return { socket: join(this.options.runDir, `${vm}.sock`), nvram: join(this.options.dataDir, 'nvram', `${vm}.fd`) };
+    return devicePathsIn(this.description.layout, vm);
   }
 
   /** swtpm processes outlive a restart of the service; take back those still serving their socket. */
@@ -200,6 +203,8 @@ export class LocalHostAgent implements HostAgent {
   async manufacture(request: ManufactureRequest): Promise<ManufacturedVtpm> {
     if (this.instances.has(request.vm)) throw new StateConflictError(`vTPM ${request.vm} is running on ${this.hostName}; it cannot be manufactured again`);
     const { stateDir } = this.paths(request.vm);
+    const authority = this.options.authority;
+    if (!authority) throw new HostSetupError(`host ${this.hostName} runs vTPMs but does not manufacture them: the control plane's host does`);
     await rm(stateDir, { recursive: true, force: true });
     try {
       const ekCertificates = await manufactureTpm({
@@ -207,7 +212,7 @@ export class LocalHostAgent implements HostAgent {
         spec: request.spec,
         stateDir,
         stateKey: request.stateKey,
-        authority: this.options.authority,
+        authority,
         scratchRoot: this.options.scratchDir,
         background: request.background ?? false,
       });

@@ -14,7 +14,7 @@ import { HOOK_MARKER, HOOK_TIMEOUT_MS, hookScript } from '../hypervisor/libvirt-
 import { DEFAULT_LIBVIRT_URI, Virsh } from '../hypervisor/virsh.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
 import { stateFileName } from '../swtpm/state-file.js';
-import { RemoteError, type ApiClient } from './client.js';
+import { RemoteError, type ApiClient } from '../api-client.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir } from './defaults.js';
 

@@ -146,7 +146,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const vault = new StateVault(store, options.retention);
   // 2.0 first: it is what Windows 11 and most new guests ask for.
   const pool = options.poolSize > 0 ? new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, ['2.0', '1.2'], options.poolRefillPauseMs ?? 0) : undefined;
-  const service = new VtpmService(store, keys, vault, new Map([[agent.hostName, agent]]), logger.child({ component: 'control' }), pool);
+  const service = new VtpmService(store, keys, vault, agent, logger.child({ component: 'control' }), pool);
   await service.registerHosts();
   await service.reconcile();
   const admin = await ensureAdminToken(store, options.dataDir);

@@ -61,6 +61,16 @@ export interface VtpmView {
   updated_at: string;
 }
 
+/** How a live migration ended: the guest runs on the destination, or stays on the source. */
+export type MigrationOutcome = 'completed' | 'abandoned';
+
+/** Which host the caller acts from (the libvirt hook on a host says so): start there, stop only there. */
+export interface HostScope {
+  host?: string | undefined;
+}
+
+export type MigrationView = VtpmView & Attachment & { from: string; to: string };
+
 export interface Attachment {
   socket: string;
   qemu_args: string[];
@@ -141,18 +151,31 @@ export class VtpmService {
    */
   private readonly runningVaultKeys = new Map<string, Buffer>();
 
+  private readonly agents = new Map<string, HostAgent>();
+  /** Live migrations under way, by VM: settled when the source's or the destination's swtpm exits. */
+  private readonly migrations = new Map<string, { outcome: Promise<MigrationOutcome>; settle: (outcome: MigrationOutcome) => void }>();
+
+  /**
+   * `manufacturer` is the control plane's own host: it manufactures and adopts
+   * every vTPM (the deployment's EK CA is there) and runs vTPMs like any other
+   * host; hosts with a remote agent join through addAgent().
+   */
   constructor(
     private readonly store: Store,
     private readonly keys: KeyManager,
     private readonly vault: StateVault,
-    private readonly agents: ReadonlyMap<string, HostAgent>,
+    private readonly manufacturer: HostAgent,
     private readonly logger: Logger,
     private readonly pool?: ProvisioningPool,
   ) {
-    for (const agent of agents.values()) {
-      agent.onStateChange((change) => this.onStateChange(change));
-      agent.onExit((exit) => void this.onSwtpmExit(exit));
-    }
+    this.addAgent(manufacturer);
+  }
+
+  /** A host's agent joins (or replaces the one of the same name); its reports are taken from now on. */
+  addAgent(agent: HostAgent): void {
+    this.agents.set(agent.hostName, agent);
+    agent.onStateChange((change) => this.onStateChange(agent.hostName, change));
+    agent.onExit((exit) => void this.onSwtpmExit(agent.hostName, exit).catch((error: unknown) => this.logger.error({ vm: exit.vm, host: agent.hostName, err: error }, 'an exit could not be recorded')));
   }
 
   private async vaultKeyOf(record: VtpmRecord): Promise<Buffer> {
@@ -181,8 +204,13 @@ export class VtpmService {
   /** Registers every connected host's traits and capabilities. */
   async registerHosts(): Promise<void> {
     for (const agent of this.agents.values()) {
-      const description = await agent.describe();
-      await this.store.upsertHost({ name: description.name, traits: description.traits, capabilities: description.capabilities });
+      try {
+        const description = await agent.describe();
+        await this.store.upsertHost({ name: description.name, traits: description.traits, capabilities: description.capabilities });
+      } catch (error) {
+        if (agent === this.manufacturer) throw error;
+        this.logger.warn({ host: agent.hostName, err: error }, 'a remote agent did not answer; it is used again once it reports in');
+      }
     }
   }
 
@@ -197,9 +225,18 @@ export class VtpmService {
       await this.rollBack(record);
     }
     const running = new Set<string>();
-    for (const agent of this.agents.values()) for (const instance of await agent.running()) running.add(instance.vm);
+    const answered = new Set<string>();
+    for (const agent of this.agents.values()) {
+      try {
+        for (const instance of await agent.running()) running.add(instance.vm);
+        answered.add(agent.hostName);
+      } catch (error) {
+        // What a host that does not answer runs is unknown: its vTPMs keep the status they have.
+        this.logger.warn({ host: agent.hostName, err: error }, 'a host did not say what it runs; its vTPMs are left as they are');
+      }
+    }
     for (const record of await this.store.listVtpms({ statuses: ['starting', 'running', 'stopping', 'stopped'] })) {
-      if (!this.agents.has(record.host)) continue;
+      if (!answered.has(record.host)) continue;
       const isRunning = running.has(record.vm);
       // Only a vTPM that was running can have state the vault has not seen; a `starting` one may
       // still hold an older working copy (from before a restore, say), which must not come back.
@@ -234,7 +271,19 @@ export class VtpmService {
     }
   }
 
-  private async onStateChange(change: StateChange): Promise<void> {
+  /**
+   * A host reports a change of a vTPM's state. Only the host the vTPM runs on
+   * is heard; a live migration's destination is heard once the migration has
+   * completed (its report waits until then), never if it was abandoned.
+   */
+  private async onStateChange(host: string, change: StateChange): Promise<void> {
+    const record = await this.store.getVtpm(change.vm);
+    if (record?.status === 'migrating' && record.migratingTo === host) {
+      const outcome = await (this.migrations.get(change.vm)?.outcome ?? Promise.resolve<MigrationOutcome>('abandoned'));
+      if (outcome !== 'completed') return;
+    } else if (record && record.host !== host) {
+      throw new StateConflictError(`vTPM ${change.vm} runs on ${record.host}, not on ${host}: ${host}'s report of its state is not taken`, { vm: change.vm, host });
+    }
     const vaultKey = this.runningVaultKeys.get(change.vm);
     if (!vaultKey) {
       this.logger.error({ vm: change.vm }, 'a state change arrived for a vTPM with no vault key in memory; it is not committed');
@@ -249,11 +298,39 @@ export class VtpmService {
     }
   }
 
-  private async onSwtpmExit(exit: VtpmExit): Promise<void> {
-    // Not under the VM's lock: stop() holds it while it waits for this very exit.
+  /**
+   * Not under the VM's lock: stop() holds it while it waits for this very exit.
+   *
+   * During a live migration the exits decide its outcome: QEMU leaves the
+   * source only once the guest runs on the destination (or when it dies), and
+   * leaves the destination when the migration failed. So the source's swtpm
+   * exiting completes the migration, the destination's abandons it.
+   */
+  private async onSwtpmExit(host: string, exit: VtpmExit): Promise<void> {
+    const record = await this.store.getVtpm(exit.vm);
+    if (!record) return;
+    if (record.status === 'migrating' && record.migratingTo !== null && (host === record.host || host === record.migratingTo)) {
+      await this.settleMigration(record, record.migratingTo, host === record.host ? 'completed' : 'abandoned');
+      return;
+    }
+    if (record.host !== host) return;
     this.runningVaultKeys.get(exit.vm)?.fill(0);
     this.runningVaultKeys.delete(exit.vm);
     await this.store.updateVtpm(exit.vm, { status: 'stopped', socket: null }, ['running', 'stopping']);
+  }
+
+  private async settleMigration(record: VtpmRecord, destination: string, outcome: MigrationOutcome): Promise<void> {
+    const patch = outcome === 'completed'
+      ? { status: 'running' as const, host: destination, migratingTo: null, socket: this.agentFor(destination).devicePaths(record.vm).socket }
+      : { status: 'running' as const, migratingTo: null };
+    await this.store.updateVtpm(record.vm, patch, ['migrating']);
+    this.migrations.get(record.vm)?.settle(outcome);
+    this.migrations.delete(record.vm);
+    this.logger.info({ vm: record.vm, from: record.host, to: destination, outcome }, outcome === 'completed' ? 'live migration completed' : 'live migration abandoned');
+    if (outcome === 'abandoned') {
+      // The destination's copy is not the vTPM's: it goes, and the source runs on.
+      await this.agentFor(destination).destroy(record.vm).catch((error: unknown) => this.logger.warn({ vm: record.vm, host: destination, err: error }, "the abandoned destination's copy could not be removed"));
+    }
   }
 
   private async placeFor(spec: TpmSpec): Promise<string> {
@@ -277,7 +354,7 @@ export class VtpmService {
         if (pooled && this.keys.ownerScoped) {
           record = { ...record, secretRef: await storeAnew(this.store, this.keys, { ref: record.secretRef, label: `vtpm-${vm}`, project: actor.project }, secret) };
         }
-        const tpm = pooled ? openPoolEntry(pooled, secret) : await this.agentFor(record.host).manufacture({ vm, spec, stateKey: secret });
+        const tpm = pooled ? openPoolEntry(pooled, secret) : await this.manufacturer.manufacture({ vm, spec, stateKey: secret });
         const ready = await this.finishCreate(record, secret, tpm.state, tpm.ekCertificates, firmware);
         this.logger.info({ vm, host: record.host, version: spec.version, model: spec.model, pooled: pooled !== undefined }, 'vTPM created');
         return view(ready);
@@ -307,7 +384,7 @@ export class VtpmService {
       const record = await this.insertWithNewSecret(vm, row, actor);
       try {
         const secret = await this.keys.readSecret(record.secretRef);
-        const tpm = await this.agentFor(record.host).adopt({ vm, spec, stateKey: secret, state: request.state, sourcePassphrase: request.sourcePassphrase });
+        const tpm = await this.manufacturer.adopt({ vm, spec, stateKey: secret, state: request.state, sourcePassphrase: request.sourcePassphrase });
         const ready = await this.finishCreate(record, secret, tpm.state, tpm.ekCertificates, firmware, 'adopt');
         this.logger.info({ vm, host: record.host, version: spec.version, from: request.source, ek_certificates: tpm.ekCertificates.length }, 'vTPM adopted');
         return view(ready);
@@ -322,7 +399,7 @@ export class VtpmService {
   private newRow(vm: string, spec: TpmSpec, claims: VtpmRecord['specClaims'], firmware: Firmware, secretSecurity: SecretSecurity, host: string, actor: Principal): (secretRef: string) => Omit<VtpmRecord, 'createdAt' | 'updatedAt'> {
     return (secretRef) => ({
       vm, project: actor.project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot,
-      host, status: 'creating', secretRef, specClaims: claims, ekCertificates: null, socket: null, secretSecurity,
+      host, status: 'creating', secretRef, specClaims: claims, ekCertificates: null, socket: null, secretSecurity, migratingTo: null,
     });
   }
 
@@ -341,7 +418,7 @@ export class VtpmService {
     const vaultKey = vaultKeyFrom(secret);
     try {
       await this.vault.commit(record.vm, 'tpm', vaultKey, state, reason);
-      if (firmware.type === 'uefi') await this.vault.commit(record.vm, 'nvram', vaultKey, await this.agentFor(record.host).defaultVariableStore(firmware.secureBoot), 'create');
+      if (firmware.type === 'uefi') await this.vault.commit(record.vm, 'nvram', vaultKey, await this.manufacturer.defaultVariableStore(firmware.secureBoot), 'create');
       const ekCertificates = sealEkCertificates(secret, record.vm, certificates);
       const ready = await this.store.updateVtpm(record.vm, { status: 'stopped', ekCertificates }, ['creating']);
       if (!ready) throw new StateConflictError(`vTPM ${record.vm} changed while it was being created`, { vm: record.vm });
@@ -384,13 +461,33 @@ export class VtpmService {
     return view(await this.load(vm, actor, 'read'));
   }
 
-  async start(vm: string, actor: Principal): Promise<VtpmView & Attachment> {
+  /**
+   * Starts the vTPM from the vault's newest generation, on its host or on
+   * `scope.host`: a stopped vTPM's state is in the vault, not on a host, so it
+   * may start on any host that offers what it needs (a cold migration is
+   * just that). The destination of a live migration under way answers with
+   * its socket: its QEMU is the one being prepared.
+   */
+  async start(vm: string, actor: Principal, scope: HostScope = {}): Promise<VtpmView & Attachment> {
     const record = await this.load(vm, actor, 'operate');
     return this.lock.run(record.vm, async () => {
-      const current = await this.load(record.vm, actor, 'operate');
+      let current = await this.load(record.vm, actor, 'operate');
+      if (current.status === 'migrating' && scope.host !== undefined && scope.host === current.migratingTo) {
+        return { ...view(current), ...this.attachment({ ...current, host: scope.host }) };
+      }
       if (current.status === 'running') throw new StateConflictError(`vTPM ${current.vm} is already running on ${current.host}`, { vm: current.vm, status: current.status });
       const claimed = await this.store.updateVtpm(current.vm, { status: 'starting' }, ['stopped']);
       if (!claimed) throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a stopped vTPM can be started`, { vm: current.vm, status: current.status });
+      if (scope.host !== undefined && scope.host !== current.host) {
+        try {
+          await this.requireHostFor(current, scope.host);
+        } catch (error) {
+          await this.store.updateVtpm(current.vm, { status: 'stopped' }, ['starting']);
+          throw error;
+        }
+        current = (await this.store.updateVtpm(current.vm, { host: scope.host }, ['starting'])) ?? current;
+        this.logger.info({ vm: current.vm, host: scope.host }, 'vTPM moves to another host while stopped');
+      }
       const spec = specOf(current);
       try {
         const secret = await this.keys.readSecret(current.secretRef);
@@ -415,10 +512,20 @@ export class VtpmService {
     });
   }
 
-  async stop(vm: string, actor: Principal): Promise<VtpmView> {
+  /**
+   * Stops the vTPM. With `scope.host`, only if it runs there: a host's QEMU
+   * that went away after a live migration must not stop the vTPM now serving
+   * the guest elsewhere. The destination of a migration under way stops its
+   * copy, which abandons the migration.
+   */
+  async stop(vm: string, actor: Principal, scope: HostScope = {}): Promise<VtpmView> {
     const record = await this.load(vm, actor, 'operate');
     return this.lock.run(record.vm, async () => {
       const current = await this.load(record.vm, actor, 'operate');
+      if (scope.host !== undefined && scope.host !== current.host) {
+        if (current.status === 'migrating' && scope.host === current.migratingTo) await this.agentFor(scope.host).stop(current.vm);
+        return view(current);
+      }
       if (current.status === 'stopped') return view(current);
       if (!(await this.store.updateVtpm(current.vm, { status: 'stopping' }, ['running']))) {
         throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a running vTPM can be stopped`, { vm: current.vm, status: current.status });
@@ -523,7 +630,7 @@ export class VtpmService {
       try {
         record = await this.store.insertVtpm({
           vm, project, version: spec.version, model: spec.model, firmware: firmware.type, secureBoot: firmware.secureBoot, host, status: 'creating',
-          secretRef, specClaims: { imported_from: payload.vm }, ekCertificates: null, socket: null, secretSecurity: 'user',
+          secretRef, specClaims: { imported_from: payload.vm }, ekCertificates: null, socket: null, secretSecurity: 'user', migratingTo: null,
         });
       } catch (error) {
         await this.keys.deleteSecret(secretRef);
@@ -542,6 +649,58 @@ export class VtpmService {
         throw error;
       } finally {
         payload.secret.fill(0);
+      }
+    });
+  }
+
+  /** The host is connected and offers what the vTPM needs. */
+  private async requireHostFor(record: VtpmRecord, host: string): Promise<void> {
+    this.agentFor(host);
+    const known = (await this.store.listHosts()).find((h) => h.name === host);
+    chooseHost(specOf(record), known ? [{ name: known.name, traits: known.traits, vtpms: 0 }] : []);
+  }
+
+  /**
+   * Prepares a live migration of a running vTPM to `to`: the destination's
+   * swtpm starts from the vault's newest generation under the same secret, so
+   * the incoming QEMU finds its socket; QEMU carries the TPM's state itself,
+   * in its migration stream. The source keeps serving, and its reports keep
+   * reaching the vault, until its swtpm exits (onSwtpmExit settles it).
+   * Idempotent for the same destination.
+   */
+  async migrate(vm: string, to: string, actor: Principal): Promise<MigrationView> {
+    const record = await this.load(vm, actor, 'operate');
+    return this.lock.run(record.vm, async () => {
+      const current = await this.load(record.vm, actor, 'operate');
+      const prepared = (r: VtpmRecord): MigrationView => ({ ...view(r), ...this.attachment({ ...r, host: to }), from: r.host, to });
+      if (current.status === 'migrating' && current.migratingTo === to) return prepared(current);
+      if (current.status !== 'running') throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a running vTPM is live-migrated (a stopped one starts on any host: vtpm start --host)`, { vm: current.vm, status: current.status });
+      if (to === current.host) throw new StateConflictError(`vTPM ${current.vm} already runs on ${to}`, { vm: current.vm, host: to });
+      await this.requireHostFor(current, to);
+      const secret = await this.keys.readSecret(current.secretRef);
+      try {
+        const vaultKey = vaultKeyFrom(secret);
+        const newest = await this.vault.newest(current.vm, 'tpm', vaultKey);
+        if (!newest) throw new StateConflictError(`vTPM ${current.vm} has no state in the vault`, { vm: current.vm });
+        const firmware = firmwareOf(current);
+        const nvram = firmware.type === 'uefi' ? await this.vault.newest(current.vm, 'nvram', vaultKey) : undefined;
+        let settle: (outcome: MigrationOutcome) => void = () => undefined;
+        const outcome = new Promise<MigrationOutcome>((resolve) => (settle = resolve));
+        this.migrations.set(current.vm, { outcome, settle });
+        const migrating = await this.store.updateVtpm(current.vm, { status: 'migrating', migratingTo: to }, ['running']);
+        if (!migrating) throw new StateConflictError(`vTPM ${current.vm} changed while its migration was prepared`, { vm: current.vm });
+        try {
+          await this.agentFor(to).start({ vm: current.vm, spec: specOf(current), firmware, stateKey: secret, state: newest.data, nvram: nvram?.data });
+        } catch (error) {
+          await this.store.updateVtpm(current.vm, { status: 'running', migratingTo: null }, ['migrating']);
+          this.migrations.delete(current.vm);
+          settle('abandoned');
+          throw error;
+        }
+        this.logger.info({ vm: current.vm, from: current.host, to }, 'live migration prepared');
+        return prepared(migrating);
+      } finally {
+        secret.fill(0);
       }
     });
   }
@@ -575,7 +734,7 @@ export class VtpmService {
       if (current.firmware !== 'uefi') throw new StateConflictError(`VM ${current.vm} uses BIOS firmware; secure boot needs UEFI (create it with --firmware uefi)`, { vm: current.vm });
       if (current.status !== 'stopped') throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; change secure boot while it is stopped`, { vm: current.vm, status: current.status });
       if (current.secureBoot === secureBoot) return view(current);
-      const fresh = await this.agentFor(current.host).defaultVariableStore(secureBoot);
+      const fresh = await this.manufacturer.defaultVariableStore(secureBoot);
       const vaultKey = await this.vaultKeyOf(current);
       try {
         await this.vault.forget(current.vm, 'nvram');

@@ -140,6 +140,13 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0007_remote_hosts_and_migrations': {
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable('hosts').addColumn('agent_url', 'varchar(2048)').execute();
+      await db.schema.alterTable('hosts').addColumn('agent_secret_ref', 'varchar(512)').execute();
+      await db.schema.alterTable('vtpms').addColumn('migrating_to', 'varchar(255)').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

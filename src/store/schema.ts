@@ -1,7 +1,7 @@
 /** Table shapes as the SQL builder sees them. Timestamps are ISO-8601 strings in UTC. */
 import type { Generated } from 'kysely';
 
-export type VtpmStatus = 'creating' | 'stopped' | 'starting' | 'running' | 'stopping' | 'deleting' | 'error';
+export type VtpmStatus = 'creating' | 'stopped' | 'starting' | 'running' | 'migrating' | 'stopping' | 'deleting' | 'error';
 
 export interface VtpmTable {
   vm: string;
@@ -22,6 +22,8 @@ export interface VtpmTable {
   socket: string | null;
   /** user: only the owning project may use the secret; deployment: a vtpm-operator may too. */
   secret_security: string;
+  /** While `migrating`: the host the vTPM is moving to (`host` is where it runs until then). */
+  migrating_to: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -33,6 +35,10 @@ export interface HostTable {
   /** JSON of what the agent probed (swtpm and QEMU versions and features). */
   capabilities: string;
   last_seen: string;
+  /** A remote agent's API (`vtpm agent`); null for the control plane's own host. */
+  agent_url: string | null;
+  /** Key-manager reference of the remote agent's credential. */
+  agent_secret_ref: string | null;
 }
 
 export interface UserTable {

@@ -23,6 +23,7 @@ export interface VtpmRecord {
   ekCertificates: Buffer | null;
   socket: string | null;
   secretSecurity: string;
+  migratingTo: string | null;
   createdAt: string;
   updatedAt: string;
 }
@@ -50,6 +51,9 @@ export interface HostRecord {
   traits: string[];
   capabilities: unknown;
   lastSeen: string;
+  /** Set for hosts whose agent runs remotely (`vtpm agent`). */
+  agentUrl: string | null;
+  agentSecretRef: string | null;
 }
 
 export interface GenerationRecord {
@@ -80,7 +84,7 @@ export interface PoolEntry {
   ekCertificates: Buffer;
 }
 
-export type VtpmPatch = Partial<Pick<VtpmRecord, 'status' | 'ekCertificates' | 'socket' | 'secureBoot'>>;
+export type VtpmPatch = Partial<Pick<VtpmRecord, 'status' | 'ekCertificates' | 'socket' | 'secureBoot' | 'host' | 'migratingTo'>>;
 
 /** Where secrets the deployment owns (the CA's passwords, the provisioning pool's) are kept: the admin user's project. */
 export const DEPLOYMENT_PROJECT = 'admin';
@@ -112,6 +116,7 @@ function toVtpm(row: Selectable<VtpmTable>): VtpmRecord {
     ekCertificates: row.ek_certificates === null ? null : Buffer.from(row.ek_certificates),
     socket: row.socket,
     secretSecurity: row.secret_security,
+    migratingTo: row.migrating_to,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };
@@ -133,7 +138,9 @@ function toGenerationSummary(row: Omit<Selectable<StateGenerationTable>, 'wrappe
 }
 
 function toHost(row: Selectable<HostTable>): HostRecord {
-  return { name: row.name, traits: JSON.parse(row.traits), capabilities: JSON.parse(row.capabilities), lastSeen: row.last_seen };
+  return {
+    name: row.name, traits: JSON.parse(row.traits), capabilities: JSON.parse(row.capabilities), lastSeen: row.last_seen, agentUrl: row.agent_url, agentSecretRef: row.agent_secret_ref,
+  };
 }
 
 function vtpmRow(record: Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, timestamp: string): Insertable<VtpmTable> {
@@ -151,6 +158,7 @@ function vtpmRow(record: Omit<VtpmRecord, 'createdAt' | 'updatedAt'>, timestamp:
     ek_certificates: record.ekCertificates,
     socket: record.socket,
     secret_security: record.secretSecurity,
+    migrating_to: record.migratingTo,
     created_at: timestamp,
     updated_at: timestamp,
   };
@@ -245,6 +253,8 @@ export class Store {
         ...(patch.ekCertificates !== undefined && { ek_certificates: patch.ekCertificates }),
         ...(patch.socket !== undefined && { socket: patch.socket }),
         ...(patch.secureBoot !== undefined && { secure_boot: patch.secureBoot ? 1 : 0 }),
+        ...(patch.host !== undefined && { host: patch.host }),
+        ...(patch.migratingTo !== undefined && { migrating_to: patch.migratingTo }),
         updated_at: now(),
       })
       .where('vm', '=', vm);
@@ -339,7 +349,25 @@ export class Store {
     });
   }
 
-  async upsertHost(host: Omit<HostRecord, 'lastSeen'>): Promise<void> {
+  /** A host whose agent runs remotely; its traits come when the agent first reports in. Returns the previous credential's reference, if any. */
+  async registerRemoteHost(name: string, agentUrl: string, agentSecretRef: string): Promise<string | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      const previous = await trx.selectFrom('hosts').select('agent_secret_ref').where('name', '=', name).executeTakeFirst();
+      await trx
+        .insertInto('hosts')
+        .values({ name, traits: '[]', capabilities: '{}', last_seen: now(), agent_url: agentUrl, agent_secret_ref: agentSecretRef })
+        .onConflict((c) => c.column('name').doUpdateSet({ agent_url: agentUrl, agent_secret_ref: agentSecretRef }))
+        .execute();
+      return previous?.agent_secret_ref ?? undefined;
+    });
+  }
+
+  async getHost(name: string): Promise<HostRecord | undefined> {
+    const row = await this.db.selectFrom('hosts').selectAll().where('name', '=', name).executeTakeFirst();
+    return row && toHost(row);
+  }
+
+  async upsertHost(host: Pick<HostRecord, 'name' | 'traits' | 'capabilities'>): Promise<void> {
     const values = { name: host.name, traits: JSON.stringify(host.traits), capabilities: JSON.stringify(host.capabilities), last_seen: now() };
     await this.db
       .insertInto('hosts')

@@ -1,9 +1,9 @@
-/** The CLI's view of the API: one request function, errors turned back into typed errors. */
+/** The HTTP client of the product's APIs (the CLI, the libvirt hook, host agents and the control plane calling them): one request function, errors turned back into typed errors. */
 import { readFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { InvalidArgumentError, UnauthenticatedError, UnreachableError, VtpmError, type ErrorDetails } from '../errors.js';
-import { adminTokenPath } from '../control/tokens.js';
+import { InvalidArgumentError, UnauthenticatedError, UnreachableError, VtpmError, type ErrorDetails } from './errors.js';
+import { adminTokenPath } from './control/tokens.js';
 
 /** An error the server reported, carrying the server's own code and status. */
 export class RemoteError extends VtpmError {
@@ -65,6 +65,12 @@ export class ApiClient {
     const caFile = options.caFile ?? process.env.VTPM_CA_FILE;
     const ca = caFile ? await readFile(caFile).catch(() => { throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', caFile); }) : undefined;
     return new ApiClient(options.url.replace(/\/+$/, ''), token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca);
+  }
+
+  /** A client with a credential of its own (a host agent's), never the environment's or a data directory's. */
+  static async withToken(options: { url: string; token: string; caFile?: string | undefined; timeoutMs?: number | undefined }): Promise<ApiClient> {
+    const ca = options.caFile ? await readFile(options.caFile).catch(() => { throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', options.caFile); }) : undefined;
+    return new ApiClient(options.url.replace(/\/+$/, ''), options.token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca);
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {

@@ -1,0 +1,104 @@
+/**
+ * `vtpm agent`: a host's agent as a service of its own, for hosts other than
+ * the control plane's. It serves the HostAgent calls to the control plane
+ * (bearer: the host's agent token, which `vtpm host add` issued), and reports
+ * its state changes and swtpm exits back, in order, retrying until the
+ * control plane has taken each one: the host's working copy holds the state
+ * meanwhile, so nothing acknowledged is lost while the control plane is away.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Static } from '@sinclair/typebox';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { RemoteError, type ApiClient } from '../../api-client.js';
+import { InternalError, InvalidArgumentError, UnauthenticatedError, VtpmError } from '../../errors.js';
+import type { LocalHostAgent } from '../local-host-agent.js';
+import { AGENT_API, reportPath, StartBody, toWire, WorkingStateBody } from './wire.js';
+
+export interface AgentServerOptions {
+  agent: LocalHostAgent;
+  /** The host's agent token: the control plane presents it, and the agent reports with it. */
+  token: string;
+  controlPlane: ApiClient;
+  logger: Logger;
+  https?: { cert: Buffer; key: Buffer } | undefined;
+}
+
+const RETRY_MAX_MS = 5_000;
+const digest = (token: string) => createHash('sha256').update(token).digest();
+
+/** Sends one report until the control plane takes it; a refusal (4xx) is logged and dropped, as the control plane decided. */
+async function deliver(controlPlane: ApiClient, logger: Logger, path: string, body: unknown): Promise<void> {
+  for (let wait = 100; ; wait = Math.min(wait * 2, RETRY_MAX_MS)) {
+    try {
+      await controlPlane.request('POST', path, body);
+      return;
+    } catch (error) {
+      if (error instanceof RemoteError && error.status < 500) {
+        logger.warn({ path, code: error.code, msg: error.message }, 'the control plane refused a report');
+        return;
+      }
+      logger.warn({ path, err: error, retryInMs: wait }, 'the control plane did not take a report; retrying');
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+}
+
+export async function buildAgentApi(options: AgentServerOptions): Promise<FastifyInstance> {
+  const { agent, logger, controlPlane } = options;
+  const expected = digest(options.token);
+  const app = Fastify({ loggerInstance: logger as FastifyBaseLogger, bodyLimit: 16 * 1024 * 1024, ...(options.https && { https: options.https }) }) as unknown as FastifyInstance;
+
+  app.addHook('onRequest', async (request) => {
+    const token = /^Bearer\s+(\S+)$/i.exec(request.headers.authorization ?? '')?.[1];
+    if (!token || !timingSafeEqual(digest(token), expected)) throw new UnauthenticatedError("missing or wrong agent token: the control plane presents the token `vtpm host add` issued for this host");
+  });
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    let failure: VtpmError;
+    if (error instanceof VtpmError) failure = error;
+    else if (error.validation) failure = new InvalidArgumentError('request', 'a body as the agent API describes it', error.message);
+    else {
+      request.log.error({ err: error }, 'unexpected error');
+      failure = new InternalError();
+    }
+    void reply.status(failure.status).send({ error: failure.toJSON() });
+  });
+
+  const vmParams = { type: 'object', properties: { vm: { type: 'string', format: 'uuid' } }, required: ['vm'] } as const;
+  app.get(`${AGENT_API}/describe`, async () => agent.describe());
+  app.get(`${AGENT_API}/running`, async () => ({ running: await agent.running() }));
+  app.post<{ Params: { vm: string }; Body: Static<typeof StartBody> }>(`${AGENT_API}/vtpms/:vm/start`, { schema: { params: vmParams, body: StartBody } }, async (request) => {
+    const { spec, firmware, state_key: stateKey, state, nvram } = request.body;
+    const key = Buffer.from(stateKey, 'base64');
+    try {
+      return await agent.start({ vm: request.params.vm, spec, firmware, stateKey: key, state: Buffer.from(state, 'base64'), nvram: nvram === undefined ? undefined : Buffer.from(nvram, 'base64') });
+    } finally {
+      key.fill(0);
+    }
+  });
+  app.post<{ Params: { vm: string } }>(`${AGENT_API}/vtpms/:vm/stop`, { schema: { params: vmParams } }, async (request, reply) => {
+    await agent.stop(request.params.vm);
+    return reply.status(204).send();
+  });
+  app.delete<{ Params: { vm: string } }>(`${AGENT_API}/vtpms/:vm`, { schema: { params: vmParams } }, async (request, reply) => {
+    await agent.destroy(request.params.vm);
+    return reply.status(204).send();
+  });
+  app.post<{ Params: { vm: string } }>(`${AGENT_API}/vtpms/:vm/resync`, { schema: { params: vmParams } }, async (request, reply) => {
+    await agent.resync(request.params.vm);
+    return reply.status(204).send();
+  });
+  app.post<{ Params: { vm: string }; Body: Static<typeof WorkingStateBody> }>(`${AGENT_API}/vtpms/:vm/working-state`, { schema: { params: vmParams, body: WorkingStateBody } }, async (request) => {
+    const state = await agent.workingState(request.params.vm, request.body.spec);
+    return Object.fromEntries(Object.entries(state).map(([kind, data]) => [kind, data.toString('base64')]));
+  });
+
+  agent.onStateChange((change) => deliver(controlPlane, logger, reportPath(agent.hostName, 'state-changes'), toWire(change)));
+  agent.onExit((exit) => void deliver(controlPlane, logger, reportPath(agent.hostName, 'exits'), exit));
+  return app;
+}
+
+/** Tells the control plane this agent is up, and what it is (traits, capabilities, where its sockets are); retried until taken. */
+export async function reportIn(controlPlane: ApiClient, agent: LocalHostAgent, url: string, logger: Logger): Promise<void> {
+  await deliver(controlPlane, logger, reportPath(agent.hostName, 'hello'), { ...(await agent.describe()), url });
+}

@@ -1,0 +1,40 @@
+/**
+ * What crosses the wire between the control plane and a remote agent: the
+ * HostAgent calls and the agent's reports, with buffers as base64. One place
+ * that knows the shapes, used by both ends.
+ */
+import { Type, type Static } from '@sinclair/typebox';
+import type { StateChange, VtpmExit } from '../host-agent.js';
+
+export const AGENT_API = '/agent/v1';
+
+/** The control plane's routes that agents report to, for host NAME. */
+export const reportPath = (host: string, report: 'hello' | 'state-changes' | 'exits') => `${AGENT_API}/hosts/${encodeURIComponent(host)}/${report}`;
+
+const Base64 = Type.String({ pattern: '^[A-Za-z0-9+/]*={0,2}$' });
+const Spec = Type.Object({ version: Type.Union([Type.Literal('1.2'), Type.Literal('2.0')]), model: Type.Union([Type.Literal('tpm-tis'), Type.Literal('tpm-crb')]) });
+
+export const StartBody = Type.Object({
+  spec: Spec,
+  firmware: Type.Object({ type: Type.Union([Type.Literal('bios'), Type.Literal('uefi')]), secureBoot: Type.Boolean() }),
+  state_key: Base64,
+  state: Base64,
+  nvram: Type.Optional(Base64),
+});
+export type StartBody = Static<typeof StartBody>;
+
+export const WorkingStateBody = Type.Object({ spec: Spec });
+
+export const StateChangeBody = Type.Object({
+  vm: Type.String(),
+  kind: Type.Union([Type.Literal('tpm'), Type.Literal('nvram')]),
+  data: Base64,
+  final: Type.Boolean(),
+});
+export type StateChangeBody = Static<typeof StateChangeBody>;
+
+export const ExitBody = Type.Object({ vm: Type.String(), code: Type.Union([Type.Integer(), Type.Null()]), signal: Type.Union([Type.String(), Type.Null()]) });
+
+export const toWire = (change: StateChange): StateChangeBody => ({ vm: change.vm, kind: change.kind, data: change.data.toString('base64'), final: change.final });
+export const fromWire = (body: StateChangeBody): StateChange => ({ vm: body.vm, kind: body.kind, data: Buffer.from(body.data, 'base64'), final: body.final });
+export const exitFromWire = (body: Static<typeof ExitBody>): VtpmExit => ({ vm: body.vm, code: body.code, signal: body.signal });
