@@ -4,7 +4,8 @@
  * adopt takes over the TPM libvirt's own emulator backend created.
  */
 import { chmod, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { hostname } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
 import type { Attachment, VtpmView } from '../control/vtpm-service.js';
@@ -62,11 +63,17 @@ export function registerLibvirtCommands(program: Command): void {
   withClientOptions(libvirt.command('install-hook'))
     .description("install libvirt's qemu hook, which starts a domain's vTPM before QEMU and stops it after (restart libvirtd afterwards)")
     .option('--hooks-dir <dir>', "libvirt's hooks directory", DEFAULT_HOOKS_DIR)
-    .action(async (options: { hooksDir: string }, command: Command) => {
+    .option('--host <name>', "this host's name as vtpm-manager knows it (vtpm hosts)", hostname())
+    .option('--run-dir <dir>', "where this host's agent puts vTPM sockets (default <data-dir>/run)")
+    .option('--token-file <path>', 'on a host other than the control plane\'s: a file (owner-only) with the API token the hook uses (default: <data-dir>/admin.token)')
+    .action(async (options: { hooksDir: string; host: string; runDir?: string; tokenFile?: string }, command: Command) => {
       const { url, dataDir, caFile } = globals(command);
       const path = await hookPath(options.hooksDir);
       await mkdir(dirname(path), { recursive: true, mode: 0o755 });
-      await writeFile(path, hookScript({ node: process.execPath, entry: HOOK_ENTRY, url, dataDir, socketDir: defaultRunDir(dataDir), timeoutMs: HOOK_TIMEOUT_MS, caFile: caFile ?? process.env.VTPM_CA_FILE }), { mode: 0o755 });
+      await writeFile(path, hookScript({
+        node: process.execPath, entry: HOOK_ENTRY, url, dataDir, socketDir: resolve(options.runDir ?? defaultRunDir(dataDir)), host: options.host, timeoutMs: HOOK_TIMEOUT_MS,
+        caFile: caFile ?? process.env.VTPM_CA_FILE, tokenFile: options.tokenFile,
+      }), { mode: 0o755 });
       await chmod(path, 0o755);
       emit(command, { hook: path }, () => `installed ${path}\nlibvirtd looks for hooks when it starts: restart it (systemctl restart libvirtd) for the hook to take effect`);
     });

@@ -6,6 +6,7 @@
  *
  * Called as: qemu DOMAIN OPERATION SUB-OPERATION EXTRA, domain XML on stdin.
  */
+import { readFile } from 'node:fs/promises';
 import { text } from 'node:stream/consumers';
 import { VtpmError } from '../errors.js';
 import { parseDomain } from '../hypervisor/libvirt-domain.js';
@@ -28,21 +29,33 @@ async function main(): Promise<number> {
   }
   const action = hookAction(operation, subOperation, domain, process.env.VTPM_HOOK_SOCKET_DIR ?? defaultRunDir(dataDir));
   if (!action) return 0;
-  if (action.kind === 'refuse-migration') {
-    process.stderr.write(`vtpm-manager: the vTPM of libvirt domain ${domainName} (VM ${action.vm}) cannot follow a migration through libvirt yet; the domain stays where it is\n`);
-    return 1;
-  }
   const timeoutMs = Number(process.env.VTPM_HOOK_TIMEOUT_MS) || HOOK_TIMEOUT_MS;
-  const api = await ApiClient.connect({ url: defaultUrl(), dataDir, timeoutMs });
+  const tokenFile = process.env.VTPM_TOKEN_FILE;
+  const token = tokenFile ? (await readFile(tokenFile, 'utf8')).trim() : undefined;
+  const api = await ApiClient.connect({ url: defaultUrl(), dataDir, timeoutMs, token });
   const path = `/v1/vtpms/${encodeURIComponent(action.vm)}`;
   const what = `the vTPM of libvirt domain ${domainName} (VM ${action.vm})`;
+  const scope = process.env.VTPM_HOOK_HOST ? { host: process.env.VTPM_HOOK_HOST } : undefined;
+  if (action.kind === 'prepare-migration') {
+    if (!scope) {
+      process.stderr.write(`vtpm-manager: ${what} cannot follow a migration: this hook does not know its host (install it again with vtpm libvirt install-hook)\n`);
+      return 1;
+    }
+    try {
+      await api.request('POST', `${path}/migrate`, { to: scope.host });
+    } catch (error) {
+      process.stderr.write(`vtpm-manager: cannot prepare the migration of ${what} to ${scope.host}: ${message(error)}\n`);
+      return 1;
+    }
+    return 0;
+  }
   if (action.kind === 'start') {
     try {
-      await api.request('POST', `${path}/start`);
+      await api.request('POST', `${path}/start`, scope);
     } catch (error) {
       // libvirt may run prepare again for a vTPM this hook already started (a retried start): running is what it needs.
       const alreadyRunning = error instanceof RemoteError && error.code === 'state_conflict'
-        && (await api.request<{ status: string }>('GET', path).then((v) => v.status === 'running', () => false));
+        && (await api.request<{ status: string; host: string }>('GET', path).then((v) => v.status === 'running' && (!scope || v.host === scope.host), () => false));
       if (!alreadyRunning) {
         process.stderr.write(`vtpm-manager: cannot start ${what}: ${message(error)}\n`);
         return 1;
@@ -51,7 +64,7 @@ async function main(): Promise<number> {
     return 0;
   }
   try {
-    await api.request('POST', `${path}/stop`);
+    await api.request('POST', `${path}/stop`, scope);
   } catch (error) {
     // QEMU is already gone; libvirt cannot undo a release. Say so in its log and let it finish.
     process.stderr.write(`vtpm-manager: could not confirm that ${what} stopped: ${message(error)}\n`);

@@ -16,6 +16,7 @@ import { SECRET_SECURITY_MODES } from '../spec/secret-security.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
 import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
+import { registerHostCommands } from './host-commands.js';
 import { registerIdentityCommands } from './identity-commands.js';
 import { registerLibvirtCommands } from './libvirt-commands.js';
 import { fields, shellQuote, table } from './output.js';
@@ -79,8 +80,9 @@ withClientOptions(program.command('serve'))
   .option('--tls-key <pem>', 'the private key of --tls-cert (must be readable by its owner only)')
   .option('--swtpm-user <user>', 'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)')
   .option('--qemu-group <group>', "the group QEMU runs in when not root (libvirt's default: libvirt-qemu): vTPM sockets and UEFI variable stores are shared with it")
+  .option('--agent-ca-file <pem>', "CA certificate remote agents' TLS certificates are checked against (default: the system's)")
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; qemuGroup?: string; barbicanUrl?: string; pkcs11Module?: string; pkcs11Token: string; pkcs11PinFile?: string; pkcs11KeyLabel: string; sealToTpm?: boolean; hostTpm?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
+  .action(async (options: { listen: string; runDir?: string; scratchDir: string; keyManager: string; retention: number; poolSize: number; poolRefillPause: number; swtpmUser?: string; qemuGroup?: string; agentCaFile?: string; barbicanUrl?: string; pkcs11Module?: string; pkcs11Token: string; pkcs11PinFile?: string; pkcs11KeyLabel: string; sealToTpm?: boolean; hostTpm?: string; tlsCert?: string; tlsKey?: string; logLevel: string }, command: Command) => {
     const { dataDir } = globals(command);
     const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
     const server = await startServer({
@@ -94,6 +96,7 @@ withClientOptions(program.command('serve'))
       poolRefillPauseMs: options.poolRefillPause,
       swtpmUser: options.swtpmUser,
       qemuGroup: options.qemuGroup,
+      agentCaFile: options.agentCaFile,
       sealToTpm: sealingTpm(options.sealToTpm === true, options.hostTpm),
       barbicanUrl: options.barbicanUrl,
       pkcs11: { module: options.pkcs11Module, token: options.pkcs11Token, pinFile: options.pkcs11PinFile, keyLabel: options.pkcs11KeyLabel },
@@ -145,16 +148,18 @@ withClientOptions(program.command('show'))
 withClientOptions(program.command('start'))
   .description('start the vTPM; prints its socket, QEMU arguments and libvirt XML')
   .argument('<vm>', 'VM UUID')
-  .action(async (vm: string, _options: unknown, command: Command) => {
-    const started = await (await client(command)).request<VtpmView & Attachment>('POST', `${vmPath(vm)}/start`);
+  .option('--host <name>', 'start it on this host (a stopped vTPM may change hosts: its state is in the vault)')
+  .action(async (vm: string, options: { host?: string }, command: Command) => {
+    const started = await (await client(command)).request<VtpmView & Attachment>('POST', `${vmPath(vm)}/start`, options.host === undefined ? undefined : { host: options.host });
     emit(command, started, () => `${showVtpm(started)}\n${showAttachment(started)}`);
   });
 
 withClientOptions(program.command('stop'))
   .description('stop the vTPM')
   .argument('<vm>', 'VM UUID')
-  .action(async (vm: string, _options: unknown, command: Command) => {
-    const stopped = await (await client(command)).request<VtpmView>('POST', `${vmPath(vm)}/stop`);
+  .option('--host <name>', 'only if it runs on this host')
+  .action(async (vm: string, options: { host?: string }, command: Command) => {
+    const stopped = await (await client(command)).request<VtpmView>('POST', `${vmPath(vm)}/stop`, options.host === undefined ? undefined : { host: options.host });
     emit(command, stopped, () => showVtpm(stopped));
   });
 
@@ -289,6 +294,7 @@ function tlsOf(certFile: string | undefined, keyFile: string | undefined): { cer
 
 registerLibvirtCommands(program);
 registerIdentityCommands(program);
+registerHostCommands(program);
 
 function fail(error: unknown): never {
   const json = process.argv.includes('--json');

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { InternalError, InvalidArgumentError, NotFoundError, UnauthenticatedError, VtpmError } from '../errors.js';
 import type { Store } from '../store/index.js';
 import { requestContext, type AuditedKeyManager, type AuditLog } from './audit.js';
+import { registerAgentRoutes } from './agent-routes.js';
 import { registerIdentityRoutes } from './identity-routes.js';
 import { enforceOnDeployment, type Principal } from './policy.js';
 import { authenticate } from './tokens.js';
@@ -54,7 +55,7 @@ const vtpmFields = {
   firmware: Type.String(),
   secure_boot: Type.Boolean(),
   host: Type.String(),
-  status: Type.String({ description: 'creating, stopped, starting, running, stopping, deleting' }),
+  status: Type.String({ description: 'creating, stopped, starting, running, migrating, stopping, deleting' }),
   secret_security: Type.String({ description: 'user or deployment' }),
   socket: Type.Union([Type.String(), Type.Null()]),
   spec_sources: Type.Unknown(),
@@ -72,6 +73,11 @@ const AttachmentFields = {
 
 const Started = Type.Object({ ...vtpmFields, ...AttachmentFields });
 const Attachment = Type.Object(AttachmentFields);
+
+const HostName = Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$', description: 'a host name as its agent reports it' });
+const HostScopeBody = Type.Object({ host: Type.Optional(HostName) });
+const MigrateBody = Type.Object({ to: HostName });
+const RegisterHostBody = Type.Object({ name: HostName, url: Type.String({ description: "the host agent's API, https://HOST:PORT (http only on loopback)" }) });
 
 const Host = Type.Object({
   name: Type.String(),
@@ -280,18 +286,31 @@ export async function buildApi(options: { service: VtpmService; store: Store; ke
     return reply.status(204).send();
   });
 
-  app.post<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/start', {
+  app.post<{ Params: Static<typeof VmParams>; Body: Static<typeof HostScopeBody> | undefined }>('/v1/vtpms/:vm/start', {
     schema: {
-      summary: 'Start the vTPM; returns the socket and how to attach QEMU or libvirt to it',
+      summary: 'Start the vTPM (on `host`, which a stopped vTPM may change); returns the socket and how to attach QEMU or libvirt to it',
       tags: ['vtpms'],
       params: VmParams,
+      body: Type.Optional(HostScopeBody),
       response: { 200: Started, ...errors(400, 401, 403, 404, 409, 500) },
     },
-  }, async (request) => service.start(request.params.vm, actorOf(request)));
+  }, async (request) => service.start(request.params.vm, actorOf(request), { host: request.body?.host }));
 
-  app.post<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/stop', {
-    schema: { summary: 'Stop the vTPM', tags: ['vtpms'], params: VmParams, response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 403, 404, 409) } },
-  }, async (request) => service.stop(request.params.vm, actorOf(request)));
+  app.post<{ Params: Static<typeof VmParams>; Body: Static<typeof HostScopeBody> | undefined }>('/v1/vtpms/:vm/stop', {
+    schema: {
+      summary: 'Stop the vTPM (with `host`: only if it runs there)', tags: ['vtpms'], params: VmParams, body: Type.Optional(HostScopeBody), response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 403, 404, 409) },
+    },
+  }, async (request) => service.stop(request.params.vm, actorOf(request), { host: request.body?.host }));
+
+  app.post<{ Params: Static<typeof VmParams>; Body: Static<typeof MigrateBody> }>('/v1/vtpms/:vm/migrate', {
+    schema: {
+      summary: "Prepare a live migration of a running vTPM to another host: the destination's swtpm starts for the incoming QEMU; the migration completes when the source's swtpm exits",
+      tags: ['vtpms'],
+      params: VmParams,
+      body: MigrateBody,
+      response: { 200: Type.Object({ ...vtpmFields, ...AttachmentFields, from: Type.String(), to: Type.String() }), ...errors(400, 401, 403, 404, 409, 500) },
+    },
+  }, async (request) => service.migrate(request.params.vm, request.body.to, actorOf(request)));
 
   app.get<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/attachment', {
     schema: {
@@ -385,6 +404,19 @@ export async function buildApi(options: { service: VtpmService; store: Store; ke
     return { hosts: await service.hosts() };
   });
 
+  app.post<{ Body: Static<typeof RegisterHostBody> }>('/v1/hosts', {
+    schema: {
+      summary: "Register a host whose agent runs remotely (`vtpm agent`); returns the agent's token, once",
+      tags: ['hosts'],
+      body: RegisterHostBody,
+      response: { 201: Type.Object({ name: Type.String(), url: Type.String(), token: Type.String() }), ...errors(400, 401, 403, 409) },
+    },
+  }, async (request, reply) => {
+    enforceOnDeployment(actorOf(request), 'hosts-register');
+    return reply.status(201).send(await service.registerRemoteHost(request.body.name, request.body.url));
+  });
+
+  registerAgentRoutes(app, service);
   registerIdentityRoutes(app, { store, keys: options.keys, audit, actorOf, errors });
   return app;
 }

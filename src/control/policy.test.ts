@@ -43,10 +43,10 @@ const vtpmTable: Record<string, Record<string, Record<string, Decision>>> = {
 };
 
 const deploymentTable: Record<string, Record<string, Decision>> = {
-  member: { create: A, list: A, hosts: F, pool: F, users: F, keys: F, 'audit-read': A, 'audit-verify': F },
-  admin: { create: A, list: A, hosts: A, pool: A, users: A, keys: A, 'audit-read': A, 'audit-verify': A },
-  operator: { create: A, list: A, hosts: A, pool: A, users: F, keys: F, 'audit-read': A, 'audit-verify': F },
-  'admin+operator': { create: A, list: A, hosts: A, pool: A, users: A, keys: A, 'audit-read': A, 'audit-verify': A },
+  member: { create: A, list: A, hosts: F, 'hosts-register': F, pool: F, users: F, keys: F, 'audit-read': A, 'audit-verify': F },
+  admin: { create: A, list: A, hosts: A, 'hosts-register': A, pool: A, users: A, keys: A, 'audit-read': A, 'audit-verify': A },
+  operator: { create: A, list: A, hosts: A, 'hosts-register': F, pool: A, users: F, keys: F, 'audit-read': A, 'audit-verify': F },
+  'admin+operator': { create: A, list: A, hosts: A, 'hosts-register': A, pool: A, users: A, keys: A, 'audit-read': A, 'audit-verify': A },
 };
 
 describe('policy: every role x operation on a vTPM', () => {

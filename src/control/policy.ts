@@ -23,7 +23,7 @@ export const VTPM_OPERATIONS = ['read', 'operate', 'export', 'delete'] as const;
 export type VtpmOperation = (typeof VTPM_OPERATIONS)[number];
 
 /** Operations on the deployment, or in the caller's own project. */
-export const DEPLOYMENT_OPERATIONS = ['create', 'list', 'hosts', 'pool', 'users', 'keys', 'audit-read', 'audit-verify'] as const;
+export const DEPLOYMENT_OPERATIONS = ['create', 'list', 'hosts', 'hosts-register', 'pool', 'users', 'keys', 'audit-read', 'audit-verify'] as const;
 export type DeploymentOperation = (typeof DEPLOYMENT_OPERATIONS)[number];
 
 export interface Principal {
@@ -70,6 +70,7 @@ export function decideOnDeployment(principal: Principal, operation: DeploymentOp
     case 'users':
     case 'keys':
     case 'audit-verify':
+    case 'hosts-register':
       return has(principal, 'admin') ? 'allow' : 'forbid';
   }
 }
@@ -93,6 +94,6 @@ export function enforceOnVtpm(principal: Principal, operation: VtpmOperation, ta
 
 export function enforceOnDeployment(principal: Principal, operation: DeploymentOperation): void {
   if (decideOnDeployment(principal, operation) === 'forbid') {
-    throw new ForbiddenError(`${principal.name} may not ${operation === 'users' ? 'manage users' : operation === 'keys' ? 'rotate keys' : operation.replace('-', ' ')}: this needs the ${operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin'} role`, { operation });
+    throw new ForbiddenError(`${principal.name} may not ${operation === 'users' ? 'manage users' : operation === 'keys' ? 'rotate keys' : operation === 'hosts-register' ? 'register hosts' : operation.replace('-', ' ')}: this needs the ${operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin'} role`, { operation });
   }
 }

@@ -4,16 +4,15 @@
  * the data directory.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm, stat, statfs } from 'node:fs/promises';
+import { mkdir, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { LocalHostAgent, type SystemGroup, type SystemUser } from '../agent/local-host-agent.js';
-import { HostSetupError, InvalidArgumentError } from '../errors.js';
+import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../agent/host-setup.js';
+import { LocalHostAgent } from '../agent/local-host-agent.js';
 import { openKeyManager, type KeyManager, type Pkcs11Settings } from '../keys/index.js';
 import { DEPLOYMENT_PROJECT, openEmbeddedStore, SECRET_SETTINGS, type Store } from '../store/index.js';
 import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
-import { runProgram } from '../swtpm/run-program.js';
 import { StateVault } from '../vault/state-vault.js';
 import { buildApi } from './api.js';
 import { AuditedKeyManager, AuditLog } from './audit.js';
@@ -46,40 +45,10 @@ export interface ServeOptions {
   swtpmUser?: string | undefined;
   /** The group QEMU runs in (libvirt's libvirt-qemu), with which sockets and variable stores are shared. */
   qemuGroup?: string | undefined;
+  /** PEM file of the CA that issued remote agents' TLS certificates, when the system's CAs did not. */
+  agentCaFile?: string | undefined;
   logger: Logger;
   version: string;
-}
-
-const DEFAULT_SWTPM_USER = 'tss';
-
-/** The TLS key must be the service's alone: refused when others may read it. */
-async function readTls(tls: { certFile: string; keyFile: string }): Promise<{ cert: Buffer; key: Buffer }> {
-  const read = (field: string, path: string) => readFile(path).catch(() => { throw new InvalidArgumentError(field, 'a readable PEM file', path); });
-  const { mode } = await stat(tls.keyFile).catch(() => { throw new InvalidArgumentError('--tls-key', 'a readable PEM file', tls.keyFile); });
-  if (mode & 0o077) throw new InvalidArgumentError('--tls-key', `a key file only its owner can read (chmod 600 ${tls.keyFile}); it is ${(mode & 0o777).toString(8)}`);
-  return { cert: await read('--tls-cert', tls.certFile), key: await read('--tls-key', tls.keyFile) };
-}
-
-/** The unprivileged user for swtpm, when there is one to switch to. */
-async function swtpmUserFor(requested: string | undefined): Promise<SystemUser | undefined> {
-  if (process.getuid?.() !== 0) {
-    if (requested !== undefined) throw new HostSetupError(`--swtpm-user ${requested} needs the service to run as root (only root can switch users)`);
-    return undefined;
-  }
-  const name = requested ?? DEFAULT_SWTPM_USER;
-  if (name === 'root') return undefined;
-  const id = (flag: string) => runProgram('id', [flag, name]).then((r) => Number(r.stdout.trim()), () => {
-    throw new HostSetupError(`the user ${name} that swtpm should run as does not exist (Debian's swtpm-tools creates tss); create it, or pass --swtpm-user`);
-  });
-  return { name, uid: await id('-u'), gid: await id('-g') };
-}
-
-async function qemuGroupFor(name: string | undefined): Promise<SystemGroup | undefined> {
-  if (name === undefined) return undefined;
-  const entry = await runProgram('getent', ['group', name]).then((r) => r.stdout.trim(), () => {
-    throw new InvalidArgumentError('--qemu-group', "an existing group, the one QEMU runs in (libvirt's: the group in /etc/libvirt/qemu.conf, libvirt-qemu on Debian)", name);
-  });
-  return { name, gid: Number(entry.split(':')[2]) };
 }
 
 export interface RunningServer {
@@ -87,13 +56,6 @@ export interface RunningServer {
   adminTokenPath: string;
   adminTokenCreated: boolean;
   close(): Promise<void>;
-}
-
-export function parseListen(listen: string): { host: string; port: number } {
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(listen);
-  const port = Number(match?.[3]);
-  if (!match || port > 65535) throw new InvalidArgumentError('listen', 'HOST:PORT such as 127.0.0.1:7390', listen);
-  return { host: match[1] ?? match[2]!, port };
 }
 
 /**
@@ -146,7 +108,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const vault = new StateVault(store, options.retention);
   // 2.0 first: it is what Windows 11 and most new guests ask for.
   const pool = options.poolSize > 0 ? new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, ['2.0', '1.2'], options.poolRefillPauseMs ?? 0) : undefined;
-  const service = new VtpmService(store, keys, vault, agent, logger.child({ component: 'control' }), pool);
+  const service = new VtpmService(store, keys, vault, agent, logger.child({ component: 'control' }), pool, options.agentCaFile);
+  await service.connectRemoteHosts();
   await service.registerHosts();
   await service.reconcile();
   const admin = await ensureAdminToken(store, options.dataDir);

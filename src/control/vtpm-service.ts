@@ -10,7 +10,10 @@
  * - status moves are compare-and-set, and one VM's operations are serialised.
  */
 import type { Logger } from 'pino';
-import type { HostAgent, StateChange, VtpmExit } from '../agent/host-agent.js';
+import { randomBytes } from 'node:crypto';
+import type { HostAgent, HostDescription, StateChange, VtpmExit } from '../agent/host-agent.js';
+import { RemoteHostAgent } from '../agent/remote/remote-host-agent.js';
+import { ApiClient } from '../api-client.js';
 import { IntegrityError, InvalidArgumentError, NotFoundError, StateConflictError } from '../errors.js';
 import { libvirtTpmXml } from '../hypervisor/libvirt.js';
 import { libvirtFirmwareXml, qemuFirmwareArgs } from '../hypervisor/ovmf.js';
@@ -20,7 +23,7 @@ import type { EkCertificate } from '../swtpm/manufacture.js';
 import { resolveFirmware, type Firmware, type FirmwareRequest } from '../spec/firmware.js';
 import { resolveTpmSpec, type SpecRequest } from '../spec/resolve.js';
 import { TPM_VERSIONS, isTpmModel, isTpmVersion, type TpmSpec } from '../spec/tpm-spec.js';
-import type { GenerationSummary, StateKind, Store, VtpmRecord } from '../store/index.js';
+import { DEPLOYMENT_PROJECT, type GenerationSummary, type StateKind, type Store, type VtpmRecord } from '../store/index.js';
 import { readBundle, writeBundle, type BundleGeneration } from '../vault/bundle.js';
 import { vaultKeyFrom, type StateVault } from '../vault/state-vault.js';
 import { openEkCertificates, sealEkCertificates, toPem } from './ek-certificates.js';
@@ -143,6 +146,23 @@ function view(record: VtpmRecord): VtpmView {
   };
 }
 
+/** An agent's API carries state keys: HTTPS, or HTTP on loopback only. */
+function checkAgentUrl(url: string): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new InvalidArgumentError('url', "the host agent's API as https://HOST:PORT", url);
+  }
+  const loopback = ['127.0.0.1', 'localhost', '[::1]'].includes(parsed.hostname);
+  if (parsed.protocol !== 'https:' && !(parsed.protocol === 'http:' && loopback)) {
+    throw new InvalidArgumentError('url', 'https://HOST:PORT: vTPM keys travel to the agent (http only on loopback)', url);
+  }
+  return parsed.origin;
+}
+
+const agentToken = (secret: Buffer) => secret.toString('base64url');
+
 export class VtpmService {
   private readonly lock = new KeyedLock();
   /**
@@ -167,6 +187,8 @@ export class VtpmService {
     private readonly manufacturer: HostAgent,
     private readonly logger: Logger,
     private readonly pool?: ProvisioningPool,
+    /** The CA that issued remote agents' TLS certificates, when the system's CAs did not. */
+    private readonly agentCaFile?: string,
   ) {
     this.addAgent(manufacturer);
   }
@@ -764,6 +786,52 @@ export class VtpmService {
     const ready: Record<string, number> = {};
     for (const version of TPM_VERSIONS) ready[version] = await this.store.countPoolEntries(version);
     return { size: this.pool?.size ?? 0, refill_pause_ms: this.pool?.refillPauseMs ?? 0, ready };
+  }
+
+  /**
+   * Registers a host whose agent runs remotely (`vtpm agent`) and issues its
+   * agent token: kept in the key manager (the control plane presents it to
+   * the agent, the agent reports with it), shown once. Registering a host
+   * again issues a new token; the old one stops working.
+   */
+  async registerRemoteHost(name: string, url: string): Promise<{ name: string; url: string; token: string }> {
+    if (name === this.manufacturer.hostName) throw new StateConflictError(`${name} is the control plane's own host; its agent runs in \`vtpm serve\``, { host: name });
+    const agentUrl = checkAgentUrl(url);
+    const secret = randomBytes(32);
+    try {
+      const ref = await this.keys.storeSecret(`vtpm-host-agent-${name}`, { project: DEPLOYMENT_PROJECT }, secret);
+      const previous = await this.store.registerRemoteHost(name, agentUrl, ref);
+      if (previous) await this.keys.deleteSecret(previous);
+      const token = agentToken(secret);
+      this.addAgent(new RemoteHostAgent(name, await ApiClient.withToken({ url: agentUrl, token, caFile: this.agentCaFile }), token, undefined));
+      this.logger.info({ host: name, url: agentUrl }, 'remote host registered');
+      return { name, url: agentUrl, token };
+    } finally {
+      secret.fill(0);
+    }
+  }
+
+  /** Connects to every registered remote host's agent (at start-up); one that does not answer is used once it reports in. */
+  async connectRemoteHosts(): Promise<void> {
+    for (const host of await this.store.listHosts()) {
+      if (!host.agentUrl || !host.agentSecretRef) continue;
+      const secret = await this.keys.readSecret(host.agentSecretRef);
+      const token = agentToken(secret);
+      secret.fill(0);
+      this.addAgent(new RemoteHostAgent(host.name, await ApiClient.withToken({ url: host.agentUrl, token, caFile: this.agentCaFile }), token, undefined));
+    }
+  }
+
+  remoteAgent(name: string): RemoteHostAgent | undefined {
+    const agent = this.agents.get(name);
+    return agent instanceof RemoteHostAgent ? agent : undefined;
+  }
+
+  /** A remote agent is up: its traits and capabilities are recorded, and it learns where its sockets are. */
+  async agentReportedIn(agent: RemoteHostAgent, description: HostDescription): Promise<void> {
+    agent.learn(description);
+    await this.store.upsertHost({ name: agent.hostName, traits: description.traits, capabilities: description.capabilities });
+    this.logger.info({ host: agent.hostName, traits: description.traits }, 'remote agent reported in');
   }
 
   async hosts(): Promise<HostView[]> {

@@ -82,7 +82,7 @@ describe('libvirt hook decisions', () => {
     ['started', 'begin', undefined],
     ['stopped', 'end', undefined],
     ['release', 'end', 'stop'],
-    ['migrate', 'begin', 'refuse-migration'],
+    ['migrate', 'begin', 'prepare-migration'],
     ['restore', 'begin', undefined],
     ['reconnect', 'begin', undefined],
     ['attach', 'begin', undefined],

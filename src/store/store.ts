@@ -487,10 +487,12 @@ export class Store {
     const vtpms = await this.db.selectFrom('vtpms').select(['vm', 'secret_ref', 'project']).orderBy('vm').execute();
     const pool = await this.db.selectFrom('pool_entries').select(['id', 'secret_ref']).orderBy('id').execute();
     const settings = await this.db.selectFrom('settings').select(['key', 'value']).where('key', 'in', Object.values(SECRET_SETTINGS)).orderBy('key').execute();
+    const hosts = await this.db.selectFrom('hosts').select(['name', 'agent_secret_ref']).where('agent_secret_ref', 'is not', null).orderBy('name').execute();
     return [
       ...vtpms.map((row) => ({ ref: row.secret_ref, label: `vtpm-${row.vm}`, project: row.project })),
       ...pool.map((row) => ({ ref: row.secret_ref, label: `vtpm-pool-${row.id}`, project: DEPLOYMENT_PROJECT })),
       ...settings.map((row) => ({ ref: row.value, label: row.key, project: DEPLOYMENT_PROJECT })),
+      ...hosts.map((row) => ({ ref: row.agent_secret_ref!, label: `vtpm-host-agent-${row.name}`, project: DEPLOYMENT_PROJECT })),
     ];
   }
 
@@ -514,6 +516,7 @@ export class Store {
         trx.updateTable('vtpms').set({ secret_ref: newRef }).where('secret_ref', '=', oldRef).executeTakeFirst(),
         trx.updateTable('pool_entries').set({ secret_ref: newRef }).where('secret_ref', '=', oldRef).executeTakeFirst(),
         trx.updateTable('settings').set({ value: newRef }).where('key', 'in', Object.values(SECRET_SETTINGS)).where('value', '=', oldRef).executeTakeFirst(),
+        trx.updateTable('hosts').set({ agent_secret_ref: newRef }).where('agent_secret_ref', '=', oldRef).executeTakeFirst(),
       ]);
       return moved.reduce((sum, result) => sum + Number(result.numUpdatedRows), 0);
     });

@@ -99,6 +99,6 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
 }
 
 /** Tells the control plane this agent is up, and what it is (traits, capabilities, where its sockets are); retried until taken. */
-export async function reportIn(controlPlane: ApiClient, agent: LocalHostAgent, url: string, logger: Logger): Promise<void> {
-  await deliver(controlPlane, logger, reportPath(agent.hostName, 'hello'), { ...(await agent.describe()), url });
+export async function reportIn(controlPlane: ApiClient, agent: LocalHostAgent, logger: Logger): Promise<void> {
+  await deliver(controlPlane, logger, reportPath(agent.hostName, 'hello'), await agent.describe());
 }

@@ -1,0 +1,72 @@
+/**
+ * `vtpm agent`: this host's agent, serving a control plane elsewhere. It
+ * runs vTPMs (the control plane manufactures them), keeps their working
+ * copies, and reports every state change back; swtpm processes outlive a
+ * restart of the agent, as they do under `vtpm serve`.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { ApiClient } from '../../api-client.js';
+import { InvalidArgumentError } from '../../errors.js';
+import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../host-setup.js';
+import { LocalHostAgent } from '../local-host-agent.js';
+import { buildAgentApi, reportIn } from './agent-server.js';
+
+export interface AgentOptions {
+  name: string;
+  dataDir: string;
+  runDir: string;
+  scratchDir: string;
+  listen: string;
+  controlPlane: string;
+  tokenFile: string;
+  /** The CA of the control plane's TLS certificate, when the system's CAs did not issue it. */
+  caFile?: string | undefined;
+  tls?: { certFile: string; keyFile: string } | undefined;
+  swtpmUser?: string | undefined;
+  qemuGroup?: string | undefined;
+  logger: Logger;
+}
+
+export interface RunningAgent {
+  url: string;
+  close(): Promise<void>;
+}
+
+/** The agent token is a credential: refused from a file others may read. */
+async function readToken(path: string): Promise<string> {
+  const { mode } = await stat(path).catch(() => { throw new InvalidArgumentError('--token-file', 'a readable file holding the token `vtpm host add` printed', path); });
+  if (mode & 0o077) throw new InvalidArgumentError('--token-file', `a file only its owner can read (chmod 600 ${path}); it is ${(mode & 0o777).toString(8)}`);
+  const token = (await readFile(path, 'utf8')).trim();
+  if (!token) throw new InvalidArgumentError('--token-file', 'a file holding the token; it is empty', path);
+  return token;
+}
+
+export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
+  const { host, port } = parseListen(options.listen);
+  const https = options.tls && (await readTls(options.tls));
+  const token = await readToken(options.tokenFile);
+  const controlPlane = await ApiClient.withToken({ url: options.controlPlane, token, caFile: options.caFile });
+  await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+  const scratchDir = join(options.scratchDir, `vtpm-agent-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const agent = await LocalHostAgent.open({
+    dataDir: options.dataDir, runDir: options.runDir, scratchDir, logger: options.logger, hostName: options.name,
+    swtpmUser: await swtpmUserFor(options.swtpmUser), qemuGroup: await qemuGroupFor(options.qemuGroup),
+  });
+  const app = await buildAgentApi({ agent, token, controlPlane, logger: options.logger, https });
+  await app.listen({ host, port });
+  const address = app.server.address();
+  const bound = typeof address === 'object' && address ? address.port : port;
+  const url = `${https ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${bound}`;
+  void reportIn(controlPlane, agent, options.logger);
+  return {
+    url,
+    async close() {
+      await app.close();
+      await agent.close();
+      await rm(scratchDir, { recursive: true, force: true });
+    },
+  };
+}
