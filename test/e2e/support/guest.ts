@@ -145,6 +145,8 @@ export interface BootOptions {
   commandSet?: 'nv';
   /** TPM2_GetRandom commands the guest sends in a loop, timed by its own clock (VTPM-LOAD line). */
   loadCommands?: number;
+  /** More QEMU arguments: a QMP socket, or -incoming for the destination of a migration. */
+  extraArgs?: string[];
   timeoutMs?: number;
 }
 
@@ -174,6 +176,7 @@ export function launchGuest(options: BootOptions): RunningGuest {
       ...(options.commandSet ? [`vtpm.set=${options.commandSet}`] : []),
     ].join(' '),
     ...options.qemuArgs,
+    ...(options.extraArgs ?? []),
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   let tpmAnsweredAt: number | undefined;

@@ -1,0 +1,118 @@
+/**
+ * Two hosts: the control plane's own and a second one whose agent runs as
+ * `vtpm agent` (its own process, data and run directories). A vTPM runs on
+ * the second host and its state reaches the vault; a stopped vTPM moves
+ * between hosts by starting elsewhere; and a running vTPM follows its guest
+ * through a live migration of real QEMUs, after which the guest's writes on
+ * the new host are in the vault. Reports without the host's token are refused.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import { AgentUnderTest } from './support/agent.js';
+import { buildInitramfs, findKernel, GUEST_NV_DATA, launchGuest, responseCode, type GuestReport } from './support/guest.js';
+import { freePort } from './support/net.js';
+import { Qmp } from './support/qmp.js';
+import { serviceForFile, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
+
+let kernel = '';
+let initramfs = '';
+let agent: AgentUnderTest | undefined;
+let agentDir = '';
+let localHost = '';
+const REMOTE = 'host-b';
+
+const context = serviceForFile('vtpm-fleet', async ({ service, workDir }) => {
+  kernel = await findKernel();
+  initramfs = await buildInitramfs(workDir);
+  localHost = (await service.json<Array<{ name: string }>>('hosts'))[0]!.name;
+  agentDir = await temporaryDir('vtpm-host-b');
+  agent = await AgentUnderTest.start(service, agentDir, REMOTE);
+});
+
+after(async () => {
+  await agent?.stop();
+  if (agentDir) await rm(agentDir, { recursive: true, force: true });
+});
+
+async function bootOn(vm: string, host: string): Promise<GuestReport> {
+  const started = await context.service.json<StartedJson>('start', vm, '--host', host);
+  const report = await launchGuest({ kernel, initramfs, qemuArgs: started.qemu_args, commandSet: 'nv' }).report;
+  await context.service.waitForStatus(vm, 'stopped');
+  return report;
+}
+
+describe('a second host with its own agent', () => {
+  it('runs a vTPM whose state reaches the vault, and a stopped vTPM starts on either host', async () => {
+    const vm = randomUUID();
+    await context.service.json('create', '--vm', vm, '--version', '2.0');
+    const onRemote = await bootOn(vm, REMOTE);
+    assert.equal(responseCode(onRemote.responses['3-write']!), 0, 'the guest on host-b wrote its NV index');
+    const shown = await context.service.json<VtpmJson>('show', vm);
+    assert.equal(shown.host, REMOTE);
+    const history = await context.service.json<Array<{ kind: string; reason: string }>>('history', vm);
+    assert.ok(history.some((g) => g.kind === 'tpm' && g.reason !== 'create'), `host-b's state is in the vault: ${JSON.stringify(history)}`);
+
+    const onLocal = await bootOn(vm, localHost);
+    assert.ok(onLocal.responses['1-data']!.includes(GUEST_NV_DATA), 'back on the first host, the guest reads what it wrote on host-b');
+    assert.deepEqual(onLocal.responses['7-ekpublic'], onRemote.responses['7-ekpublic'], 'the same EK');
+  });
+
+  it("refuses reports that do not carry the host's agent token", async () => {
+    const report = (token: string) => fetch(`${context.service.url}/agent/v1/hosts/${REMOTE}/exits`, {
+      method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ vm: randomUUID(), code: 0, signal: null }),
+    });
+    assert.equal((await report('not-the-token')).status, 401);
+    const adminToken = (await readFile(join(context.service.dataDir, 'admin.token'), 'utf8')).trim();
+    assert.equal((await report(adminToken)).status, 401, "a user's token, even an admin's, does not speak for a host");
+  });
+});
+
+describe('live migration', () => {
+  it('the vTPM follows its guest from one QEMU to another on host-b; the guest then writes there, and the write is in the vault', async () => {
+    const vm = randomUUID();
+    await context.service.json('create', '--vm', vm, '--version', '2.0');
+    const started = await context.service.json<StartedJson>('start', vm, '--host', localHost);
+    const qmpSocket = join(context.workDir, `${vm}.qmp`);
+    // The guest waits before its TPM commands: they run after the migration, on host-b.
+    const source = launchGuest({ kernel, initramfs, qemuArgs: started.qemu_args, commandSet: 'nv', delaySeconds: 20, extraArgs: ['-qmp', `unix:${qmpSocket},server=on,wait=off`] });
+    source.report.catch(() => undefined);
+    while (!source.waiting()) await delay(100);
+
+    const prepared = await context.service.json<StartedJson & { from: string; to: string }>('migrate', vm, '--to', REMOTE);
+    assert.equal(prepared.status, 'migrating');
+    assert.equal(prepared.from, localHost);
+    assert.match(prepared.socket, new RegExp(`^${agent!.runDir}/`), "the destination's socket is host-b's");
+    const port = await freePort();
+    const destinationQmp = join(context.workDir, `${vm}.incoming.qmp`);
+    const destination = launchGuest({ kernel, initramfs, qemuArgs: prepared.qemu_args, commandSet: 'nv', extraArgs: ['-incoming', `tcp:127.0.0.1:${port}`, '-qmp', `unix:${destinationQmp},server=on,wait=off`] });
+    // Its monitor answering means the destination QEMU is up and listening for the migration.
+    (await Qmp.connect(destinationQmp)).close();
+    const qmp = await Qmp.connect(qmpSocket);
+    try {
+      await qmp.migrate(`tcp:127.0.0.1:${port}`);
+      await qmp.execute('quit');
+    } finally {
+      qmp.close();
+    }
+    // The source's swtpm leaves with its QEMU: that completes the migration.
+    const deadline = Date.now() + 30_000;
+    let shown = await context.service.json<VtpmJson>('show', vm);
+    while (shown.host !== REMOTE && Date.now() < deadline) {
+      await delay(100);
+      shown = await context.service.json<VtpmJson>('show', vm);
+    }
+    assert.deepEqual([shown.host, shown.status], [REMOTE, 'running']);
+    // A stop from the host the guest left (what its libvirt hook sends) leaves the vTPM alone.
+    assert.equal((await context.service.json<VtpmJson>('stop', vm, '--host', localHost)).status, 'running');
+
+    const report = await destination.report;
+    assert.equal(responseCode(report.responses['3-write']!), 0, 'the migrated guest wrote its NV index on host-b');
+    await context.service.waitForStatus(vm, 'stopped');
+    const again = await bootOn(vm, localHost);
+    assert.ok(again.responses['1-data']!.includes(GUEST_NV_DATA), 'what the guest wrote after the migration is in the vault');
+  });
+});
