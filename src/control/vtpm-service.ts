@@ -544,10 +544,13 @@ export class VtpmService {
     const record = await this.load(vm, actor, 'operate');
     return this.lock.run(record.vm, async () => {
       const current = await this.load(record.vm, actor, 'operate');
-      if (scope.host !== undefined && scope.host !== current.host) {
-        if (current.status === 'migrating' && scope.host === current.migratingTo) await this.agentFor(scope.host).stop(current.vm);
+      if (current.status === 'migrating') {
+        // The swtpm exits settle a migration. The destination's QEMU going away abandons it; the source's is how it completes.
+        if (scope.host === undefined) throw new StateConflictError(`vTPM ${current.vm} is migrating from ${current.host} to ${current.migratingTo}; it runs on one of them once either QEMU leaves`, { vm: current.vm, status: current.status });
+        if (scope.host === current.migratingTo) await this.agentFor(scope.host).stop(current.vm);
         return view(current);
       }
+      if (scope.host !== undefined && scope.host !== current.host) return view(current);
       if (current.status === 'stopped') return view(current);
       if (!(await this.store.updateVtpm(current.vm, { status: 'stopping' }, ['running']))) {
         throw new StateConflictError(`vTPM ${current.vm} is ${current.status}; only a running vTPM can be stopped`, { vm: current.vm, status: current.status });

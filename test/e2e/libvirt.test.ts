@@ -8,13 +8,12 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { copyFile, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, responsesOf } from './support/guest.js';
-import { domainXml, ensureLibvirtd, QEMU_GROUP, restartLibvirtd, untilShutOff, virsh, type TestDomain } from './support/libvirt.js';
+import { domainXml, ensureLibvirtd, QEMU_GROUP, restartLibvirtd, untilShutOff, virsh, waitForConsole, type TestDomain } from './support/libvirt.js';
 import { serviceForFile, type VtpmJson } from './support/service.js';
 
 const exec = promisify(execFile);
@@ -175,14 +174,3 @@ describe('control plane down', () => {
     });
   });
 });
-
-async function waitForConsole(domain: TestDomain, marker: string, timeoutMs = 180_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const output = await readFile(domain.console, 'utf8').catch(() => '');
-    if (output.includes(marker)) return output;
-    if (Date.now() > deadline) throw new Error(`the guest of ${domain.name} never printed ${marker}; console:\n${output.slice(-3000)}`);
-    await delay(200);
-  }
-}
-

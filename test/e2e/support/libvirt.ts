@@ -138,3 +138,14 @@ export async function untilShutOff(domain: Pick<TestDomain, 'name' | 'console'>,
   }
   return readFile(domain.console, 'utf8');
 }
+
+/** Waits until the guest's console shows `marker`, and returns the console. */
+export async function waitForConsole(domain: TestDomain, marker: string, timeoutMs = 180_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const output = await readFile(domain.console, 'utf8').catch(() => '');
+    if (output.includes(marker)) return output;
+    if (Date.now() > deadline) throw new Error(`the guest of ${domain.name} never printed ${marker}; console:\n${output.slice(-3000)}`);
+    await delay(200);
+  }
+}
