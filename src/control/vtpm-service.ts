@@ -246,20 +246,29 @@ export class VtpmService {
       this.logger.warn({ vm: record.vm, status: record.status }, 'finishing an operation interrupted by a restart');
       await this.rollBack(record);
     }
-    const running = new Set<string>();
-    const answered = new Set<string>();
+    const runningOn = new Map<string, Set<string>>();
     for (const agent of this.agents.values()) {
       try {
-        for (const instance of await agent.running()) running.add(instance.vm);
-        answered.add(agent.hostName);
+        runningOn.set(agent.hostName, new Set((await agent.running()).map((instance) => instance.vm)));
       } catch (error) {
         // What a host that does not answer runs is unknown: its vTPMs keep the status they have.
         this.logger.warn({ host: agent.hostName, err: error }, 'a host did not say what it runs; its vTPMs are left as they are');
       }
     }
+    const runs = (host: string, vm: string) => runningOn.get(host)?.has(vm) ?? false;
+    // A live migration the control plane was down for: the swtpms that still run tell how it ended.
+    for (const record of await this.store.listVtpms({ statuses: ['migrating'] })) {
+      const to = record.migratingTo;
+      this.runningVaultKeys.set(record.vm, await this.vaultKeyOf(record));
+      if (to === null || !runningOn.has(record.host) || !runningOn.has(to) || (runs(record.host, record.vm) && runs(to, record.vm))) {
+        this.awaitMigration(record.vm);
+        continue;
+      }
+      await this.settleMigration(record, to, runs(to, record.vm) ? 'completed' : 'abandoned');
+    }
     for (const record of await this.store.listVtpms({ statuses: ['starting', 'running', 'stopping', 'stopped'] })) {
-      if (!answered.has(record.host)) continue;
-      const isRunning = running.has(record.vm);
+      if (!runningOn.has(record.host)) continue;
+      const isRunning = runs(record.host, record.vm);
       // Only a vTPM that was running can have state the vault has not seen; a `starting` one may
       // still hold an older working copy (from before a restore, say), which must not come back.
       if (!isRunning && (record.status === 'running' || record.status === 'stopping')) await this.recoverWorkingState(record);
@@ -339,6 +348,14 @@ export class VtpmService {
     this.runningVaultKeys.get(exit.vm)?.fill(0);
     this.runningVaultKeys.delete(exit.vm);
     await this.store.updateVtpm(exit.vm, { status: 'stopped', socket: null }, ['running', 'stopping']);
+  }
+
+  /** The destination's reports wait on this until the migration is settled; returns how to settle it. */
+  private awaitMigration(vm: string): (outcome: MigrationOutcome) => void {
+    let settle: (outcome: MigrationOutcome) => void = () => undefined;
+    const outcome = new Promise<MigrationOutcome>((resolve) => (settle = resolve));
+    this.migrations.set(vm, { outcome, settle });
+    return settle;
   }
 
   private async settleMigration(record: VtpmRecord, destination: string, outcome: MigrationOutcome): Promise<void> {
@@ -709,9 +726,7 @@ export class VtpmService {
         if (!newest) throw new StateConflictError(`vTPM ${current.vm} has no state in the vault`, { vm: current.vm });
         const firmware = firmwareOf(current);
         const nvram = firmware.type === 'uefi' ? await this.vault.newest(current.vm, 'nvram', vaultKey) : undefined;
-        let settle: (outcome: MigrationOutcome) => void = () => undefined;
-        const outcome = new Promise<MigrationOutcome>((resolve) => (settle = resolve));
-        this.migrations.set(current.vm, { outcome, settle });
+        const settle = this.awaitMigration(current.vm);
         const migrating = await this.store.updateVtpm(current.vm, { status: 'migrating', migratingTo: to }, ['running']);
         if (!migrating) throw new StateConflictError(`vTPM ${current.vm} changed while its migration was prepared`, { vm: current.vm });
         try {
