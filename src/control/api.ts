@@ -14,7 +14,7 @@ import { registerAgentRoutes } from './agent-routes.js';
 import { registerIdentityRoutes } from './identity-routes.js';
 import { enforceOnDeployment, type Principal } from './policy.js';
 import { authenticate } from './tokens.js';
-import type { VtpmService } from './vtpm-service.js';
+import type { HostScope, VtpmService } from './vtpm-service.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -74,8 +74,17 @@ const AttachmentFields = {
 const Started = Type.Object({ ...vtpmFields, ...AttachmentFields });
 const Attachment = Type.Object(AttachmentFields);
 
-const HostName = Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$', description: 'a host name as its agent reports it' });
-const HostScopeBody = Type.Object({ host: Type.Optional(HostName) });
+const HOST_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$';
+const HostName = Type.String({ pattern: HOST_NAME_PATTERN, description: 'a host name as its agent reports it' });
+
+function hostScopeOf(body: unknown): HostScope {
+  if (body === undefined || body === null) return {};
+  if (typeof body !== 'object' || Array.isArray(body)) throw new InvalidArgumentError('body', 'none, or an object such as {"host": "host-b"}', body);
+  const { host } = body as { host?: unknown };
+  if (host === undefined) return {};
+  if (typeof host !== 'string' || !new RegExp(HOST_NAME_PATTERN).test(host)) throw new InvalidArgumentError('host', 'a host name as its agent reports it (letters, digits, . _ -)', host);
+  return { host };
+}
 const MigrateBody = Type.Object({ to: HostName });
 const RegisterHostBody = Type.Object({ name: HostName, url: Type.String({ description: "the host agent's API, https://HOST:PORT (http only on loopback)" }) });
 
@@ -286,21 +295,21 @@ export async function buildApi(options: { service: VtpmService; store: Store; ke
     return reply.status(204).send();
   });
 
-  app.post<{ Params: Static<typeof VmParams>; Body: Static<typeof HostScopeBody> | undefined }>('/v1/vtpms/:vm/start', {
+  // The body is optional (a plain start has none), which a body schema cannot say: hostScopeOf checks it.
+  app.post<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/start', {
     schema: {
-      summary: 'Start the vTPM (on `host`, which a stopped vTPM may change); returns the socket and how to attach QEMU or libvirt to it',
+      summary: 'Start the vTPM; an optional body {"host": NAME} starts it on that host (a stopped vTPM may change hosts). Returns the socket and how to attach QEMU or libvirt to it',
       tags: ['vtpms'],
       params: VmParams,
-      body: Type.Optional(HostScopeBody),
       response: { 200: Started, ...errors(400, 401, 403, 404, 409, 500) },
     },
-  }, async (request) => service.start(request.params.vm, actorOf(request), { host: request.body?.host }));
+  }, async (request) => service.start(request.params.vm, actorOf(request), hostScopeOf(request.body)));
 
-  app.post<{ Params: Static<typeof VmParams>; Body: Static<typeof HostScopeBody> | undefined }>('/v1/vtpms/:vm/stop', {
+  app.post<{ Params: Static<typeof VmParams> }>('/v1/vtpms/:vm/stop', {
     schema: {
-      summary: 'Stop the vTPM (with `host`: only if it runs there)', tags: ['vtpms'], params: VmParams, body: Type.Optional(HostScopeBody), response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 403, 404, 409) },
+      summary: 'Stop the vTPM; an optional body {"host": NAME} stops it only if it runs there', tags: ['vtpms'], params: VmParams, response: { 200: Type.Ref(Vtpm), ...errors(400, 401, 403, 404, 409) },
     },
-  }, async (request) => service.stop(request.params.vm, actorOf(request), { host: request.body?.host }));
+  }, async (request) => service.stop(request.params.vm, actorOf(request), hostScopeOf(request.body)));
 
   app.post<{ Params: Static<typeof VmParams>; Body: Static<typeof MigrateBody> }>('/v1/vtpms/:vm/migrate', {
     schema: {

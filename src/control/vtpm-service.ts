@@ -172,8 +172,8 @@ export class VtpmService {
   private readonly runningVaultKeys = new Map<string, Buffer>();
 
   private readonly agents = new Map<string, HostAgent>();
-  /** Live migrations under way, by VM: settled when the source's or the destination's swtpm exits. */
-  private readonly migrations = new Map<string, { outcome: Promise<MigrationOutcome>; settle: (outcome: MigrationOutcome) => void }>();
+  /** Live migrations under way, by VM, with the destination's reports held until the source's or the destination's swtpm exits. */
+  private readonly migrations = new Map<string, { held: Map<StateKind, StateChange> }>();
 
   /**
    * `manufacturer` is the control plane's own host: it manufactures and adopts
@@ -304,17 +304,26 @@ export class VtpmService {
 
   /**
    * A host reports a change of a vTPM's state. Only the host the vTPM runs on
-   * is heard; a live migration's destination is heard once the migration has
-   * completed (its report waits until then), never if it was abandoned.
+   * is heard. A live migration's destination is held to: its newest report of
+   * each kind is kept (in memory, answered at once, so that the destination's
+   * agent goes on to report its swtpm's exit) and committed if the migration
+   * completes, dropped if it is abandoned.
    */
   private async onStateChange(host: string, change: StateChange): Promise<void> {
     const record = await this.store.getVtpm(change.vm);
     if (record?.status === 'migrating' && record.migratingTo === host) {
-      const outcome = await (this.migrations.get(change.vm)?.outcome ?? Promise.resolve<MigrationOutcome>('abandoned'));
-      if (outcome !== 'completed') return;
-    } else if (record && record.host !== host) {
+      const migration = this.migrations.get(change.vm);
+      if (migration) migration.held.set(change.kind, change);
+      else this.logger.warn({ vm: change.vm, host }, 'a migration destination reported state with no migration under way; not taken');
+      return;
+    }
+    if (record && record.host !== host) {
       throw new StateConflictError(`vTPM ${change.vm} runs on ${record.host}, not on ${host}: ${host}'s report of its state is not taken`, { vm: change.vm, host });
     }
+    await this.commitChange(change);
+  }
+
+  private async commitChange(change: StateChange): Promise<void> {
     const vaultKey = this.runningVaultKeys.get(change.vm);
     if (!vaultKey) {
       this.logger.error({ vm: change.vm }, 'a state change arrived for a vTPM with no vault key in memory; it is not committed');
@@ -350,12 +359,9 @@ export class VtpmService {
     await this.store.updateVtpm(exit.vm, { status: 'stopped', socket: null }, ['running', 'stopping']);
   }
 
-  /** The destination's reports wait on this until the migration is settled; returns how to settle it. */
-  private awaitMigration(vm: string): (outcome: MigrationOutcome) => void {
-    let settle: (outcome: MigrationOutcome) => void = () => undefined;
-    const outcome = new Promise<MigrationOutcome>((resolve) => (settle = resolve));
-    this.migrations.set(vm, { outcome, settle });
-    return settle;
+  /** From now on the destination's reports are held until the migration is settled. */
+  private awaitMigration(vm: string): void {
+    this.migrations.set(vm, { held: new Map() });
   }
 
   private async settleMigration(record: VtpmRecord, destination: string, outcome: MigrationOutcome): Promise<void> {
@@ -363,8 +369,9 @@ export class VtpmService {
       ? { status: 'running' as const, host: destination, migratingTo: null, socket: this.agentFor(destination).devicePaths(record.vm).socket }
       : { status: 'running' as const, migratingTo: null };
     await this.store.updateVtpm(record.vm, patch, ['migrating']);
-    this.migrations.get(record.vm)?.settle(outcome);
+    const held = this.migrations.get(record.vm)?.held ?? new Map<StateKind, StateChange>();
     this.migrations.delete(record.vm);
+    if (outcome === 'completed') for (const change of held.values()) await this.commitChange(change);
     this.logger.info({ vm: record.vm, from: record.host, to: destination, outcome }, outcome === 'completed' ? 'live migration completed' : 'live migration abandoned');
     if (outcome === 'abandoned') {
       // The destination's copy is not the vTPM's: it goes, and the source runs on.
@@ -726,15 +733,17 @@ export class VtpmService {
         if (!newest) throw new StateConflictError(`vTPM ${current.vm} has no state in the vault`, { vm: current.vm });
         const firmware = firmwareOf(current);
         const nvram = firmware.type === 'uefi' ? await this.vault.newest(current.vm, 'nvram', vaultKey) : undefined;
-        const settle = this.awaitMigration(current.vm);
+        this.awaitMigration(current.vm);
         const migrating = await this.store.updateVtpm(current.vm, { status: 'migrating', migratingTo: to }, ['running']);
-        if (!migrating) throw new StateConflictError(`vTPM ${current.vm} changed while its migration was prepared`, { vm: current.vm });
+        if (!migrating) {
+          this.migrations.delete(current.vm);
+          throw new StateConflictError(`vTPM ${current.vm} changed while its migration was prepared`, { vm: current.vm });
+        }
         try {
           await this.agentFor(to).start({ vm: current.vm, spec: specOf(current), firmware, stateKey: secret, state: newest.data, nvram: nvram?.data });
         } catch (error) {
           await this.store.updateVtpm(current.vm, { status: 'running', migratingTo: null }, ['migrating']);
           this.migrations.delete(current.vm);
-          settle('abandoned');
           throw error;
         }
         this.logger.info({ vm: current.vm, from: current.host, to }, 'live migration prepared');

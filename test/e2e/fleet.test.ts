@@ -56,6 +56,14 @@ describe('a second host with its own agent', () => {
     const history = await context.service.json<Array<{ kind: string; reason: string }>>('history', vm);
     assert.ok(history.some((g) => g.kind === 'tpm' && g.reason !== 'create'), `host-b's state is in the vault: ${JSON.stringify(history)}`);
 
+    const badHost = await context.service.cli('start', vm, '--host', 'no such/host');
+    assert.equal(badHost.code, 2, badHost.stderr);
+    assert.match(badHost.stderr, /host: expected a host name/);
+    const unknownHost = await context.service.cli('start', vm, '--host', 'host-z');
+    assert.equal(unknownHost.code, 4, unknownHost.stderr);
+    assert.match(unknownHost.stderr, /host host-z has no agent connected/);
+    assert.equal((await context.service.json<VtpmJson>('show', vm)).status, 'stopped', 'a refused start changes nothing');
+
     const onLocal = await bootOn(vm, localHost);
     assert.ok(onLocal.responses['1-data']!.includes(GUEST_NV_DATA), 'back on the first host, the guest reads what it wrote on host-b');
     assert.deepEqual(onLocal.responses['7-ekpublic'], onRemote.responses['7-ekpublic'], 'the same EK');
