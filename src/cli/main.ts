@@ -278,7 +278,7 @@ withClientOptions(program.command('hosts'))
   .description('hosts, their traits and how many vTPMs they hold')
   .action(async (_options: unknown, command: Command) => {
     const { hosts } = await (await client(command)).request<{ hosts: HostView[] }>('GET', '/v1/hosts');
-    emit(command, hosts, () => table(hosts.map((h) => ({ name: h.name, vtpms: h.vtpms, running: h.running, traits: h.traits.join(',') })), ['name', 'vtpms', 'running', 'traits']));
+    emit(command, hosts, () => table(hosts.map((h) => ({ name: h.name, vtpms: h.vtpms, running: h.running, traits: h.traits.join(','), agent: h.agent_url ?? '(in vtpm serve)' })), ['name', 'vtpms', 'running', 'traits', 'agent']));
   });
 
 function sealingTpm(seal: boolean, hostTpm: string | undefined): string | undefined {

@@ -95,6 +95,7 @@ const Host = Type.Object({
   running: Type.Integer(),
   capabilities: Type.Unknown(),
   last_seen: Type.String(),
+  agent_url: Type.Union([Type.String(), Type.Null()], { description: "a remote agent's API; null for the control plane's own host" }),
 });
 
 const EkCertificates = Type.Object({

@@ -107,6 +107,8 @@ export interface HostView {
   running: number;
   capabilities: unknown;
   last_seen: string;
+  /** A remote agent's API; null for the control plane's own host. */
+  agent_url: string | null;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -870,6 +872,7 @@ export class VtpmService {
       running: counts.get(host.name)?.running ?? 0,
       capabilities: host.capabilities,
       last_seen: host.lastSeen,
+      agent_url: host.agentUrl,
     }));
   }
 }

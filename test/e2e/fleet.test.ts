@@ -8,15 +8,19 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { readFile, rm } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { AgentUnderTest } from './support/agent.js';
 import { buildInitramfs, findKernel, GUEST_NV_DATA, launchGuest, responseCode, type GuestReport } from './support/guest.js';
 import { freePort } from './support/net.js';
 import { Qmp } from './support/qmp.js';
-import { serviceForFile, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
+import { ServiceUnderTest, serviceForFile, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
+
+const exec = promisify(execFile);
 
 let kernel = '';
 let initramfs = '';
@@ -28,7 +32,7 @@ const REMOTE = 'host-b';
 const context = serviceForFile('vtpm-fleet', async ({ service, workDir }) => {
   kernel = await findKernel();
   initramfs = await buildInitramfs(workDir);
-  localHost = (await service.json<Array<{ name: string }>>('hosts'))[0]!.name;
+  localHost = (await service.json<Array<{ name: string; agent_url: string | null }>>('hosts')).find((h) => h.agent_url === null)!.name;
   agentDir = await temporaryDir('vtpm-host-b');
   agent = await AgentUnderTest.start(service, agentDir, REMOTE);
 });
@@ -53,6 +57,8 @@ describe('a second host with its own agent', () => {
     assert.equal(responseCode(onRemote.responses['3-write']!), 0, 'the guest on host-b wrote its NV index');
     const shown = await context.service.json<VtpmJson>('show', vm);
     assert.equal(shown.host, REMOTE);
+    const hosts = await context.service.json<Array<{ name: string; agent_url: string | null }>>('hosts');
+    assert.match(hosts.find((h) => h.name === REMOTE)?.agent_url ?? '', /^http:\/\/127\.0\.0\.1:\d+$/, 'host-b is listed with its agent');
     const history = await context.service.json<Array<{ kind: string; reason: string }>>('history', vm);
     assert.ok(history.some((g) => g.kind === 'tpm' && g.reason !== 'create'), `host-b's state is in the vault: ${JSON.stringify(history)}`);
 
@@ -122,5 +128,47 @@ describe('live migration', () => {
     await context.service.waitForStatus(vm, 'stopped');
     const again = await bootOn(vm, localHost);
     assert.ok(again.responses['1-data']!.includes(GUEST_NV_DATA), 'what the guest wrote after the migration is in the vault');
+  });
+});
+
+describe('TLS between the control plane and an agent', () => {
+  it("each side checks the other's certificate; an agent that does not trust the control plane's never reports in", async () => {
+    const dir = await temporaryDir('vtpm-fleet-tls');
+    const savedCa = process.env.VTPM_CA_FILE;
+    let service: ServiceUnderTest | undefined;
+    const agents: AgentUnderTest[] = [];
+    try {
+      const [key, cert, template] = ['key.pem', 'cert.pem', 'template'].map((f) => join(dir, f)) as [string, string, string];
+      await writeFile(template, 'cn = "vtpm-manager test"\nip_address = "127.0.0.1"\ntls_www_server\ntls_www_client\nsigning_key\nencryption_key\nca\ncert_signing_key\nexpiration_days = 2\n');
+      await exec('certtool', ['--generate-privkey', '--key-type', 'ecdsa', '--outfile', key]);
+      await exec('certtool', ['--generate-self-signed', '--load-privkey', key, '--template', template, '--outfile', cert]);
+      await chmod(key, 0o600);
+      service = await ServiceUnderTest.start(join(dir, 'data'), ['--pool-size', '0', '--tls-cert', cert, '--tls-key', key, '--agent-ca-file', cert]);
+      process.env.VTPM_CA_FILE = cert;
+      const tls = ['--tls-cert', cert, '--tls-key', key];
+
+      const { VTPM_CA_FILE: _trusted, ...untrusting } = process.env;
+      const distrustful = await AgentUnderTest.start(service, join(dir, 'host-c'), 'host-c', { https: true, extraArgs: tls, env: untrusting, untilReportedIn: false });
+      agents.push(distrustful);
+
+      const trusting = await AgentUnderTest.start(service, join(dir, 'host-d'), 'host-d', { https: true, extraArgs: tls });
+      agents.push(trusting);
+      const vm = randomUUID();
+      await service.json('create', '--vm', vm, '--version', '2.0');
+      const started = await service.json<StartedJson>('start', vm, '--host', 'host-d');
+      assert.match(started.socket, new RegExp(`^${trusting.runDir}/`), "the control plane reached host-d's agent over HTTPS");
+      await service.json('stop', vm);
+
+      assert.match(distrustful.log, /TLS certificate is not one this client trusts/, "host-c's agent refused the control plane's certificate");
+      const hostC = (await service.json<Array<{ name: string; traits: string[] }>>('hosts')).find((h) => h.name === 'host-c');
+      assert.deepEqual(hostC?.traits, [], 'and so never reported in');
+      await service.json('delete', vm);
+    } finally {
+      if (savedCa === undefined) delete process.env.VTPM_CA_FILE;
+      else process.env.VTPM_CA_FILE = savedCa;
+      for (const agent of agents) await agent.stop();
+      await service?.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -22,9 +22,12 @@ export class AgentUnderTest {
    * Registers host `name` with the control plane and starts its agent; resolves once the control
    * plane lists the host with its traits. `wrap` runs the agent inside another command (nsenter).
    */
-  static async start(service: ServiceUnderTest, dir: string, name: string, options: { runDir?: string; wrap?: string[]; extraArgs?: string[] } = {}): Promise<AgentUnderTest> {
+  static async start(
+    service: ServiceUnderTest, dir: string, name: string,
+    options: { runDir?: string; wrap?: string[]; extraArgs?: string[]; https?: boolean; env?: NodeJS.ProcessEnv; untilReportedIn?: boolean } = {},
+  ): Promise<AgentUnderTest> {
     const port = await freePort();
-    const { token } = await service.json<{ token: string }>('host', 'add', name, '--agent-url', `http://127.0.0.1:${port}`);
+    const { token } = await service.json<{ token: string }>('host', 'add', name, '--agent-url', `${options.https ? 'https' : 'http'}://127.0.0.1:${port}`);
     const dataDir = join(dir, 'data');
     await mkdir(dataDir, { recursive: true, mode: 0o711 });
     const tokenFile = join(dir, 'agent.token');
@@ -33,11 +36,12 @@ export class AgentUnderTest {
     const args = [CLI, 'agent', '--name', name, '--data-dir', dataDir, '--run-dir', runDir, '--listen', `127.0.0.1:${port}`,
       '--control-plane', service.url, '--token-file', tokenFile, '--log-level', 'warn', ...(options.extraArgs ?? [])];
     const [command, ...rest] = [...(options.wrap ?? []), process.execPath, ...args];
-    const child = spawn(command!, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command!, rest, { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
     const output = { text: '' };
     child.stdout!.on('data', (chunk: Buffer) => (output.text += chunk.toString()));
     child.stderr!.on('data', (chunk: Buffer) => (output.text += chunk.toString()));
     const agent = new AgentUnderTest(name, dataDir, runDir, child, output);
+    if (options.untilReportedIn === false) return agent;
     const deadline = Date.now() + 60_000;
     for (;;) {
       const hosts = await service.json<Array<{ name: string; traits: string[] }>>('hosts');
