@@ -8,19 +8,16 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { execFile } from 'node:child_process';
-import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import { AgentUnderTest } from './support/agent.js';
 import { buildInitramfs, findKernel, GUEST_NV_DATA, launchGuest, responseCode, type GuestReport } from './support/guest.js';
 import { freePort } from './support/net.js';
 import { Qmp } from './support/qmp.js';
 import { ServiceUnderTest, serviceForFile, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
-
-const exec = promisify(execFile);
+import { selfSignedCertificate } from './support/tls.js';
 
 let kernel = '';
 let initramfs = '';
@@ -138,11 +135,7 @@ describe('TLS between the control plane and an agent', () => {
     let service: ServiceUnderTest | undefined;
     const agents: AgentUnderTest[] = [];
     try {
-      const [key, cert, template] = ['key.pem', 'cert.pem', 'template'].map((f) => join(dir, f)) as [string, string, string];
-      await writeFile(template, 'cn = "vtpm-manager test"\nip_address = "127.0.0.1"\ntls_www_server\ntls_www_client\nsigning_key\nencryption_key\nca\ncert_signing_key\nexpiration_days = 2\n');
-      await exec('certtool', ['--generate-privkey', '--key-type', 'ecdsa', '--outfile', key]);
-      await exec('certtool', ['--generate-self-signed', '--load-privkey', key, '--template', template, '--outfile', cert]);
-      await chmod(key, 0o600);
+      const { cert, key } = await selfSignedCertificate(dir);
       service = await ServiceUnderTest.start(join(dir, 'data'), ['--pool-size', '0', '--tls-cert', cert, '--tls-key', key, '--agent-ca-file', cert]);
       process.env.VTPM_CA_FILE = cert;
       const tls = ['--tls-cert', cert, '--tls-key', key];

@@ -17,6 +17,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import Sqlite from 'better-sqlite3';
 import { CLI, serviceForFile, ServiceUnderTest, temporaryDir, type CliResult, type VtpmJson } from './support/service.js';
+import { selfSignedCertificate } from './support/tls.js';
 
 const exec = promisify(execFile);
 const EXIT = { notFound: 3, unauthenticated: 5, integrity: 6, forbidden: 8 };
@@ -213,10 +214,7 @@ describe('TLS', () => {
   it('serves the API over HTTPS; the CLI verifies the certificate; a key others can read is refused', async () => {
     const dir = await temporaryDir('vtpm-tls');
     try {
-      const [key, cert, template] = ['key.pem', 'cert.pem', 'template'].map((f) => join(dir, f)) as [string, string, string];
-      await writeFile(template, 'cn = "vtpm-manager test"\nip_address = "127.0.0.1"\ntls_www_server\nsigning_key\nencryption_key\nca\ncert_signing_key\nexpiration_days = 2\n');
-      await exec('certtool', ['--generate-privkey', '--key-type', 'ecdsa', '--outfile', key]);
-      await exec('certtool', ['--generate-self-signed', '--load-privkey', key, '--template', template, '--outfile', cert]);
+      const { cert, key } = await selfSignedCertificate(dir);
 
       await chmod(key, 0o644);
       const refused = await exec(process.execPath, [CLI, 'serve', '--data-dir', join(dir, 'refused'), '--listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key]).then(() => undefined, (error: { code: number; stderr: string }) => error);
