@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -49,8 +49,14 @@ const context = serviceForFile('vtpm-libvirt-mig', async ({ service, workDir }) 
   const runDir = join(service.dataDir, 'run');
   const runDirB = join(hostBDir, 'run');
   await mkdir(runDirB, { recursive: true });
+  // Host B's hook has a token file of its own, as on a machine without the control plane's data directory.
+  const hookToken = join(hostBDir, 'hook.token');
+  await writeFile(hookToken, await readFile(join(service.dataDir, 'admin.token')), { mode: 0o600 });
   hostB = await NamespacedLibvirtHost.start(join(hostBDir, 'libvirt'), REMOTE, { [runDir]: runDirB }, async () => {
-    await exec(process.execPath, [CLI, 'libvirt', 'install-hook', '--hooks-dir', join(hostBDir, 'libvirt', 'etc', 'hooks'), '--host', REMOTE, '--run-dir', runDir, '--url', service.url, '--data-dir', service.dataDir]);
+    await exec(process.execPath, [
+      CLI, 'libvirt', 'install-hook', '--hooks-dir', join(hostBDir, 'libvirt', 'etc', 'hooks'), '--host', REMOTE, '--run-dir', runDir, '--url', service.url,
+      '--data-dir', join(hostBDir, 'no-data-dir'), '--token-file', hookToken,
+    ]);
   });
   agentB = await AgentUnderTest.start(service, join(hostBDir, 'agent'), REMOTE, { runDir, wrap: hostB.enter, extraArgs: ['--qemu-group', QEMU_GROUP] });
 }, async () => {
