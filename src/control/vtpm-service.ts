@@ -279,9 +279,12 @@ export class VtpmService {
         await this.store.updateVtpm(record.vm, { status, socket: isRunning ? this.agentFor(record.host).devicePaths(record.vm).socket : null });
       }
       if (isRunning) {
-        // Changes made while the control plane was down are committed now.
+        // Changes made while the control plane was down are committed now. A remote agent reports them
+        // through the API, which listens only once this is done: its resync is not waited for.
         this.runningVaultKeys.set(record.vm, await this.vaultKeyOf(record));
-        await this.agentFor(record.host).resync(record.vm);
+        const resynced = this.agentFor(record.host).resync(record.vm);
+        if (record.host === this.manufacturer.hostName) await resynced;
+        else void resynced.catch((error: unknown) => this.logger.warn({ vm: record.vm, host: record.host, err: error }, 'a remote host could not report its state after the restart'));
       }
     }
   }

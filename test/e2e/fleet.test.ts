@@ -32,7 +32,8 @@ const context = serviceForFile('vtpm-fleet', async ({ service, workDir }) => {
   localHost = (await service.json<Array<{ name: string; agent_url: string | null }>>('hosts')).find((h) => h.agent_url === null)!.name;
   agentDir = await temporaryDir('vtpm-host-b');
   agent = await AgentUnderTest.start(service, agentDir, REMOTE);
-});
+// A fixed address, kept across a restart of the service: the agent reports to it.
+}, async () => ['--pool-size', '0', '--listen', `127.0.0.1:${await freePort()}`]);
 
 after(async () => {
   await agent?.stop();
@@ -84,24 +85,39 @@ describe('a second host with its own agent', () => {
 
 describe('live migration', () => {
   it('the vTPM follows its guest from one QEMU to another on host-b; the guest then writes there, and the write is in the vault', async () => {
-    const vm = randomUUID();
-    await context.service.json('create', '--vm', vm, '--version', '2.0');
-    const started = await context.service.json<StartedJson>('start', vm, '--host', localHost);
-    const qmpSocket = join(context.workDir, `${vm}.qmp`);
-    // The guest waits before its TPM commands: they run after the migration, on host-b.
-    const source = launchGuest({ kernel, initramfs, qemuArgs: started.qemu_args, commandSet: 'nv', delaySeconds: 20, extraArgs: ['-qmp', `unix:${qmpSocket},server=on,wait=off`] });
-    source.report.catch(() => undefined);
-    while (!source.waiting()) await delay(100);
+    await migrateAndCheck();
+  });
 
-    const prepared = await context.service.json<StartedJson & { from: string; to: string }>('migrate', vm, '--to', REMOTE);
-    assert.equal(prepared.status, 'migrating');
-    assert.equal(prepared.from, localHost);
-    assert.match(prepared.socket, new RegExp(`^${agent!.runDir}/`), "the destination's socket is host-b's");
-    const port = await freePort();
-    const destinationQmp = join(context.workDir, `${vm}.incoming.qmp`);
-    const destination = launchGuest({ kernel, initramfs, qemuArgs: prepared.qemu_args, commandSet: 'nv', extraArgs: ['-incoming', `tcp:127.0.0.1:${port}`, '-qmp', `unix:${destinationQmp},server=on,wait=off`] });
-    // Its monitor answering means the destination QEMU is up and listening for the migration.
-    (await Qmp.connect(destinationQmp)).close();
+  it('a migration that completes while the control plane is down is found completed when it starts again', async () => {
+    await migrateAndCheck((move) => context.restart(move));
+  });
+});
+
+/**
+ * Starts a guest on the first host whose TPM commands wait 20 s, prepares the vTPM's migration to
+ * host-b, migrates the guest there over QMP (through `around`, e.g. with the control plane down),
+ * and checks the vTPM now runs on host-b and what the guest writes there reaches the vault.
+ */
+async function migrateAndCheck(around: (move: () => Promise<void>) => Promise<void> = (move) => move()): Promise<void> {
+  const vm = randomUUID();
+  await context.service.json('create', '--vm', vm, '--version', '2.0');
+  const started = await context.service.json<StartedJson>('start', vm, '--host', localHost);
+  const qmpSocket = join(context.workDir, `${vm}.qmp`);
+  // The guest waits before its TPM commands: they run after the migration, on host-b.
+  const source = launchGuest({ kernel, initramfs, qemuArgs: started.qemu_args, commandSet: 'nv', delaySeconds: 20, extraArgs: ['-qmp', `unix:${qmpSocket},server=on,wait=off`] });
+  source.report.catch(() => undefined);
+  while (!source.waiting()) await delay(100);
+
+  const prepared = await context.service.json<StartedJson & { from: string; to: string }>('migrate', vm, '--to', REMOTE);
+  assert.equal(prepared.status, 'migrating');
+  assert.equal(prepared.from, localHost);
+  assert.match(prepared.socket, new RegExp(`^${agent!.runDir}/`), "the destination's socket is host-b's");
+  const port = await freePort();
+  const destinationQmp = join(context.workDir, `${vm}.incoming.qmp`);
+  const destination = launchGuest({ kernel, initramfs, qemuArgs: prepared.qemu_args, commandSet: 'nv', extraArgs: ['-incoming', `tcp:127.0.0.1:${port}`, '-qmp', `unix:${destinationQmp},server=on,wait=off`] });
+  // Its monitor answering means the destination QEMU is up and listening for the migration.
+  (await Qmp.connect(destinationQmp)).close();
+  await around(async () => {
     const qmp = await Qmp.connect(qmpSocket);
     try {
       await qmp.migrate(`tcp:127.0.0.1:${port}`);
@@ -109,24 +125,26 @@ describe('live migration', () => {
     } finally {
       qmp.close();
     }
-    // The source's swtpm leaves with its QEMU: that completes the migration.
-    const deadline = Date.now() + 30_000;
-    let shown = await context.service.json<VtpmJson>('show', vm);
-    while (shown.host !== REMOTE && Date.now() < deadline) {
-      await delay(100);
-      shown = await context.service.json<VtpmJson>('show', vm);
-    }
-    assert.deepEqual([shown.host, shown.status], [REMOTE, 'running']);
-    // A stop from the host the guest left (what its libvirt hook sends) leaves the vTPM alone.
-    assert.equal((await context.service.json<VtpmJson>('stop', vm, '--host', localHost)).status, 'running');
-
-    const report = await destination.report;
-    assert.equal(responseCode(report.responses['3-write']!), 0, 'the migrated guest wrote its NV index on host-b');
-    await context.service.waitForStatus(vm, 'stopped');
-    const again = await bootOn(vm, localHost);
-    assert.ok(again.responses['1-data']!.includes(GUEST_NV_DATA), 'what the guest wrote after the migration is in the vault');
   });
-});
+  // The source's swtpm leaves with its QEMU: that completes the migration.
+  const deadline = Date.now() + 30_000;
+  let shown = await context.service.json<VtpmJson>('show', vm);
+  while (shown.host !== REMOTE && Date.now() < deadline) {
+    await delay(100);
+    shown = await context.service.json<VtpmJson>('show', vm);
+  }
+  assert.deepEqual([shown.host, shown.status], [REMOTE, 'running']);
+  // A stop from the host the guest left (what its libvirt hook sends) leaves the vTPM alone.
+  assert.equal((await context.service.json<VtpmJson>('stop', vm, '--host', localHost)).status, 'running');
+
+  const report = await destination.report;
+  assert.equal(responseCode(report.responses['3-write']!), 0, 'the migrated guest wrote its NV index on host-b');
+  await context.service.waitForStatus(vm, 'stopped').catch((error: Error) => {
+    throw new Error(`${error.message}\nhost-b's agent:\n${agent?.log}\ncontrol plane:\n${context.service.log}`);
+  });
+  const again = await bootOn(vm, localHost);
+  assert.ok(again.responses['1-data']!.includes(GUEST_NV_DATA), 'what the guest wrote after the migration is in the vault');
+}
 
 describe('TLS between the control plane and an agent', () => {
   it("each side checks the other's certificate; an agent that does not trust the control plane's never reports in", async () => {
