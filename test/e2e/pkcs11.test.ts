@@ -12,8 +12,8 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { bootGuest, buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, type GuestReport } from './support/guest.js';
-import { CLI, ServiceUnderTest, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
+import { buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, type GuestReport } from './support/guest.js';
+import { bootNvGuest, serveRefusal, ServiceUnderTest, temporaryDir, type VtpmJson } from './support/service.js';
 import { softHsm, type SoftHsm } from './support/softhsm.js';
 
 const exec = promisify(execFile);
@@ -36,18 +36,7 @@ before(async () => {
 
 after(() => rm(workDir, { recursive: true, force: true }));
 
-async function boot(service: ServiceUnderTest, vm: string): Promise<GuestReport> {
-  const report = await bootGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args, commandSet: 'nv' });
-  await service.waitForStatus(vm, 'stopped');
-  return report;
-}
 
-async function serveFails(dataDir: string, args: string[]): Promise<string> {
-  const failed = await exec(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...args], { timeout: 120_000 })
-    .then(() => undefined, (error: { stderr: string; killed: boolean }) => error);
-  assert.ok(failed && !failed.killed, 'vtpm serve refused to start');
-  return failed.stderr;
-}
 
 describe('the PKCS#11 key manager (SoftHSM2)', () => {
   it('create, boot, rotate, restart, boot again with the same state; a copied data directory opens nothing with another token', async () => {
@@ -57,7 +46,7 @@ describe('the PKCS#11 key manager (SoftHSM2)', () => {
     let first: GuestReport;
     try {
       await service.json('create', '--vm', vm, '--version', '2.0');
-      first = await boot(service, vm);
+      first = await bootNvGuest(service, vm, { kernel, initramfs });
       assert.equal(responseCode(first.responses['3-write']!), 0, 'the guest wrote its NV index');
       const rotated = await service.json<{ kind: string; rewrapped: number }>('keys', 'rotate');
       assert.equal(rotated.kind, 'pkcs11');
@@ -69,7 +58,7 @@ describe('the PKCS#11 key manager (SoftHSM2)', () => {
 
     service = await ServiceUnderTest.start(dataDir, serveArgs);
     try {
-      const second = await boot(service, vm);
+      const second = await bootNvGuest(service, vm, { kernel, initramfs });
       assert.equal(responseCode(second.responses['1-data']!), 0);
       assert.ok(second.responses['1-data']!.includes(GUEST_NV_DATA), 'after rotation and restart the guest reads what it wrote');
       assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
@@ -80,8 +69,8 @@ describe('the PKCS#11 key manager (SoftHSM2)', () => {
     const copy = join(workDir, 'copied-data');
     await exec('cp', ['-a', dataDir, copy]);
     await hsm.addToken('elsewhere');
-    assert.match(await serveFails(copy, pkcs11Args('elsewhere')), /current key-encryption key .* is not in the token/);
-    assert.match(await serveFails(copy, ['--key-manager', 'pkcs11', '--pkcs11-module', hsm.module, '--pkcs11-token', 'vtpm-e2e']), /--pkcs11-pin-file: expected the token's user PIN in a file \(or in VTPM_PKCS11_PIN\)/);
+    assert.match(await serveRefusal(copy, pkcs11Args('elsewhere')), /current key-encryption key .* is not in the token/);
+    assert.match(await serveRefusal(copy, ['--key-manager', 'pkcs11', '--pkcs11-module', hsm.module, '--pkcs11-token', 'vtpm-e2e']), /--pkcs11-pin-file: expected the token's user PIN in a file \(or in VTPM_PKCS11_PIN\)/);
 
     service = await ServiceUnderTest.start(dataDir, serveArgs);
     try {

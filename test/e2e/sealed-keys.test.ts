@@ -15,8 +15,8 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { socketAccepts } from '../../src/swtpm/tpm-socket.js';
-import { bootGuest, buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, type GuestReport } from './support/guest.js';
-import { CLI, ServiceUnderTest, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
+import { buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, type GuestReport } from './support/guest.js';
+import { bootNvGuest, serveRefusal, ServiceUnderTest, temporaryDir, type VtpmJson } from './support/service.js';
 
 const exec = promisify(execFile);
 let workDir = '';
@@ -34,12 +34,6 @@ async function hostTpm(name: string): Promise<string> {
   return tcti;
 }
 
-async function serveFails(dataDir: string, args: string[]): Promise<string> {
-  const failed = await exec(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--pool-size', '0', ...args], { timeout: 120_000 })
-    .then(() => undefined, (error: { stderr: string; killed: boolean }) => error);
-  assert.ok(failed && !failed.killed, 'vtpm serve refused to start');
-  return failed.stderr;
-}
 
 let kernel = '';
 let initramfs = '';
@@ -50,11 +44,6 @@ before(async () => {
   initramfs = await buildInitramfs(workDir);
 });
 
-async function boot(service: ServiceUnderTest, vm: string): Promise<GuestReport> {
-  const report = await bootGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args, commandSet: 'nv' });
-  await service.waitForStatus(vm, 'stopped');
-  return report;
-}
 
 after(async () => {
   for (const tpm of hostTpms) tpm.kill();
@@ -72,7 +61,7 @@ describe('the local key manager sealed to the host TPM', () => {
     let first: GuestReport;
     try {
       await service.json('create', '--vm', vm, '--version', '2.0');
-      first = await boot(service, vm);
+      first = await bootNvGuest(service, vm, { kernel, initramfs });
       assert.equal(responseCode(first.responses['3-write']!), 0, 'the guest wrote its NV index');
     } finally {
       await service.stop();
@@ -95,7 +84,7 @@ describe('the local key manager sealed to the host TPM', () => {
     service = await ServiceUnderTest.start(dataDir, sealed);
     try {
       assert.deepEqual(await service.json('ek', vm), certificate);
-      const second = await boot(service, vm);
+      const second = await bootNvGuest(service, vm, { kernel, initramfs });
       assert.ok(second.responses['1-data']!.includes(GUEST_NV_DATA), 'after rotation and restart the guest reads what it wrote');
       assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
     } finally {
@@ -105,8 +94,8 @@ describe('the local key manager sealed to the host TPM', () => {
     const copy = join(workDir, 'copied-data');
     await exec('cp', ['-a', dataDir, copy]);
     const tpmB = await hostTpm('host-b');
-    assert.match(await serveFails(copy, ['--seal-to-tpm', '--host-tpm', tpmB]), /master key is sealed to another TPM than swtpm:path=.*host-b/);
-    assert.match(await serveFails(copy, []), /sealed to a TPM: start with --seal-to-tpm/);
+    assert.match(await serveRefusal(copy, ['--seal-to-tpm', '--host-tpm', tpmB]), /master key is sealed to another TPM than swtpm:path=.*host-b/);
+    assert.match(await serveRefusal(copy, []), /sealed to a TPM: start with --seal-to-tpm/);
 
     // The same copy with the TPM it was sealed to opens: the TPM is what decides.
     const original = await ServiceUnderTest.start(copy, sealed);

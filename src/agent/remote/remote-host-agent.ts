@@ -49,16 +49,16 @@ export class RemoteHostAgent implements HostAgent {
     throw new HostSetupError(`host ${this.hostName} runs vTPMs but does not manufacture or adopt them: the control plane's host does`);
   }
 
-  manufacture(): Promise<ManufacturedVtpm> {
-    return Promise.resolve().then(() => this.runsOnly());
+  async manufacture(): Promise<ManufacturedVtpm> {
+    this.runsOnly();
   }
 
-  adopt(): Promise<ManufacturedVtpm> {
-    return Promise.resolve().then(() => this.runsOnly());
+  async adopt(): Promise<ManufacturedVtpm> {
+    this.runsOnly();
   }
 
-  defaultVariableStore(): Promise<Buffer> {
-    return Promise.resolve().then(() => this.runsOnly());
+  async defaultVariableStore(): Promise<Buffer> {
+    this.runsOnly();
   }
 
   start(request: StartRequest): Promise<RunningVtpm> {

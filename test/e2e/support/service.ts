@@ -9,6 +9,7 @@ import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { bootGuest, type GuestReport } from './guest.js';
 
 export const CLI = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
 
@@ -165,4 +166,22 @@ export function serviceForFile(prefix: string, setup?: (context: FileService) =>
     },
   };
   return context;
+}
+
+/** Runs `vtpm serve` expecting it to refuse to start (no pool: nothing is manufactured first); returns what it said. */
+export async function serveRefusal(dataDir: string, args: string[]): Promise<string> {
+  const failed = await new Promise<{ stderr: string; killed: boolean } | undefined>((resolve) => {
+    execFile(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--pool-size', '0', ...args], { timeout: 120_000 }, (error, _stdout, stderr) => {
+      resolve(error ? { stderr, killed: error.killed === true } : undefined);
+    });
+  });
+  assert.ok(failed && !failed.killed, 'vtpm serve refused to start');
+  return failed.stderr;
+}
+
+/** Starts the vTPM, boots a guest on it with the `nv` command set, and waits for the vTPM to stop with the guest. */
+export async function bootNvGuest(service: ServiceUnderTest, vm: string, guest: { kernel: string; initramfs: string }): Promise<GuestReport> {
+  const report = await bootGuest({ ...guest, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args, commandSet: 'nv' });
+  await service.waitForStatus(vm, 'stopped');
+  return report;
 }
