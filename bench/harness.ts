@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import pino from 'pino';
-import { startServer, type RunningServer } from '../src/control/server.js';
+import { startServer, type RunningServer } from '../src/serve/start-server.js';
 import { handOver, KEY_FD } from '../src/swtpm/run-program.js';
 import { SWTPM_KEY_OPTION } from '../src/swtpm/state-key.js';
 import { socketAccepts } from '../src/swtpm/tpm-socket.js';

@@ -9,8 +9,8 @@
  */
 import type { HostCapabilities } from '../swtpm/capabilities.js';
 import type { EkCertificate } from '../swtpm/manufacture.js';
-import type { Firmware } from '../spec/firmware.js';
-import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { Firmware } from '../tpm-spec/firmware.js';
+import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { StateKind } from '../store/index.js';
 
 export interface HostDescription {

@@ -13,7 +13,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { EmulatorError, HostSetupError, StateConflictError } from '../errors.js';
 import { ovmfVarsTemplate } from '../hypervisor/ovmf.js';
-import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { StateKind } from '../store/index.js';
 import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';

@@ -1,6 +1,6 @@
 /** What every client command shares: the global options, the API client, output. */
 import type { Command } from 'commander';
-import { ApiClient } from '../api-client.js';
+import { ApiClient } from '../api/client.js';
 import { defaultDataDir, defaultUrl } from './defaults.js';
 
 export interface GlobalOptions {

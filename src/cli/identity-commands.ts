@@ -1,7 +1,7 @@
 /** `vtpm user ...`, `vtpm token ...`, `vtpm keys rotate`, `vtpm events`, `vtpm audit verify`. */
 import { InvalidArgumentError as CommanderArgumentError, Option, type Command } from 'commander';
 import { IntegrityError } from '../errors.js';
-import { ROLES } from '../control/policy.js';
+import { ROLES } from '../auth/policy.js';
 import { client, emit, withClientOptions } from './context.js';
 import { table } from './output.js';
 

@@ -13,9 +13,9 @@ import { HostSetupError, NotFoundError, StateConflictError } from '../errors.js'
 import { parseDomain, withTpmElement, type Domain } from '../hypervisor/libvirt-domain.js';
 import { HOOK_MARKER, HOOK_TIMEOUT_MS, hookScript } from '../hypervisor/libvirt-hook.js';
 import { DEFAULT_LIBVIRT_URI, Virsh } from '../hypervisor/virsh.js';
-import { TPM_MODELS, TPM_VERSIONS } from '../spec/tpm-spec.js';
+import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
 import { stateFileName } from '../swtpm/state-file.js';
-import { RemoteError, type ApiClient } from '../api-client.js';
+import { RemoteError, type ApiClient } from '../api/client.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir } from './defaults.js';
 

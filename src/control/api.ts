@@ -9,11 +9,12 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import type { Logger } from 'pino';
 import { InternalError, InvalidArgumentError, NotFoundError, UnauthenticatedError, VtpmError } from '../errors.js';
 import type { Store } from '../store/index.js';
-import { requestContext, type AuditedKeyManager, type AuditLog } from './audit.js';
+import { requestContext, type AuditLog } from '../audit/audit-log.js';
+import type { AuditedKeyManager } from '../audit/audited-key-manager.js';
 import { registerAgentRoutes } from './agent-routes.js';
 import { registerIdentityRoutes } from './identity-routes.js';
-import { enforceOnDeployment, type Principal } from './policy.js';
-import { authenticate } from './tokens.js';
+import { enforceOnDeployment, type Principal } from '../auth/policy.js';
+import { authenticate } from '../auth/tokens.js';
 import type { HostScope, VtpmService } from './vtpm-service.js';
 
 declare module 'fastify' {

@@ -8,9 +8,10 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { InvalidArgumentError, NotFoundError } from '../errors.js';
 import type { Store, TokenRecord, UserRecord } from '../store/index.js';
-import type { AuditedKeyManager, AuditLog } from './audit.js';
-import { enforceOnDeployment, ROLES, seesAllProjects, type Principal } from './policy.js';
-import { issueToken } from './tokens.js';
+import type { AuditLog } from '../audit/audit-log.js';
+import type { AuditedKeyManager } from '../audit/audited-key-manager.js';
+import { enforceOnDeployment, ROLES, seesAllProjects, type Principal } from '../auth/policy.js';
+import { issueToken } from '../auth/tokens.js';
 
 const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$';
 const MAX_TOKEN_DAYS = 3650;

@@ -6,7 +6,7 @@
  */
 import { escapeOptionValue } from './qemu.js';
 import { escapeXmlAttribute } from './libvirt.js';
-import type { Firmware } from '../spec/firmware.js';
+import type { Firmware } from '../tpm-spec/firmware.js';
 
 const OVMF_DIR = '/usr/share/OVMF';
 

@@ -1,5 +1,5 @@
 /** The QEMU arguments that attach a guest to a vTPM's socket. */
-import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 
 /** QEMU's option syntax uses ',' as separator; a literal comma in a value is written twice. */
 export const escapeOptionValue = (value: string): string => value.replaceAll(',', ',,');

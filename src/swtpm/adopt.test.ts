@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { IntegrityError } from '../errors.js';
-import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import { adoptState } from './adopt.js';
 import { handOver, KEY_FD, runProgram } from './run-program.js';
 import { EK_CERTIFICATE_INDICES, readNvIndex, responseCode, tpm2 } from './tpm2-commands.js';

@@ -16,7 +16,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError, HostSetupError, IntegrityError } from '../errors.js';
-import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { EkCertificate } from './manufacture.js';
 import { handOver, runProgram } from './run-program.js';
 import { STATE_CIPHER, stateKeyMaterial } from './state-key.js';

@@ -4,7 +4,7 @@
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { TRAITS, type TpmModel, type TpmVersion } from '../spec/tpm-spec.js';
+import { TRAITS, type TpmModel, type TpmVersion } from '../tpm-spec/tpm-spec.js';
 
 const exec = promisify(execFile);
 

@@ -10,7 +10,7 @@ import { closeSync, openSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError, HostSetupError } from '../errors.js';
-import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import { handOver, KEY_FD } from './run-program.js';
 import { SWTPM_KEY_OPTION, stateKeyMaterial } from './state-key.js';
 import { socketAccepts } from './tpm-socket.js';

@@ -6,7 +6,7 @@
  */
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { TpmSpec } from '../spec/tpm-spec.js';
+import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { CertificateAuthority } from './certificate-authority.js';
 import { KEY_FD, runProgram } from './run-program.js';
 import { STATE_CIPHER, stateKeyMaterial } from './state-key.js';

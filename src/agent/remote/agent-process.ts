@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { ApiClient } from '../../api-client.js';
+import { ApiClient } from '../../api/client.js';
 import { InvalidArgumentError } from '../../errors.js';
 import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../host-setup.js';
 import { LocalHostAgent } from '../local-host-agent.js';

@@ -10,7 +10,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Static } from '@sinclair/typebox';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { RemoteError, type ApiClient } from '../../api-client.js';
+import { RemoteError, type ApiClient } from '../../api/client.js';
 import { InternalError, InvalidArgumentError, UnauthenticatedError, VtpmError } from '../../errors.js';
 import type { LocalHostAgent } from '../local-host-agent.js';
 import { AGENT_API, reportPath, StartBody, toWire, WorkingStateBody } from './wire.js';

@@ -9,9 +9,9 @@
  * plane's own host, where the deployment's EK CA is.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { ApiClient } from '../../api-client.js';
+import type { ApiClient } from '../../api/client.js';
 import { HostSetupError, UnreachableError } from '../../errors.js';
-import type { TpmSpec } from '../../spec/tpm-spec.js';
+import type { TpmSpec } from '../../tpm-spec/tpm-spec.js';
 import type { StateKind } from '../../store/index.js';
 import {
   devicePathsIn, type DevicePaths, type HostAgent, type HostDescription, type HostLayout, type ManufacturedVtpm, type RunningVtpm, type StartRequest, type StateChange, type VtpmExit,

@@ -8,9 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, beforeEach, describe, it } from 'node:test';
 import { KeyManagerError } from '../errors.js';
-import { LocalKeyManager } from '../keys/local/local-key-manager.js';
+import { LocalKeyManager } from './local/local-key-manager.js';
 import { openEmbeddedStore, SECRET_SETTINGS, type Store } from '../store/index.js';
-import { finishSecretReplacements, rotateByReplacement } from './secret-rotation.js';
+import { finishSecretReplacements, rotateByReplacement } from './rotation-by-replacement.js';
 
 const roots: string[] = [];
 after(() => Promise.all(roots.map((root) => rm(root, { recursive: true, force: true }))));

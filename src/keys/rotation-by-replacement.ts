@@ -9,7 +9,7 @@
  * new secret and deleting the old one; a rotation interrupted there is
  * finished when the service starts again, or by the next rotation.
  */
-import type { KeyManager, RotationReport } from '../keys/index.js';
+import type { KeyManager, RotationReport } from './index.js';
 import type { SecretUse, Store } from '../store/index.js';
 
 export async function rotateByReplacement(store: Store, keys: KeyManager): Promise<RotationReport> {

@@ -14,12 +14,13 @@ import { openKeyManager, type KeyManager, type Pkcs11Settings } from '../keys/in
 import { DEPLOYMENT_PROJECT, openEmbeddedStore, SECRET_SETTINGS, type Store } from '../store/index.js';
 import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
 import { StateVault } from '../vault/state-vault.js';
-import { buildApi } from './api.js';
-import { AuditedKeyManager, AuditLog } from './audit.js';
-import { ProvisioningPool } from './provisioning-pool.js';
-import { finishSecretReplacements, rotateByReplacement } from './secret-rotation.js';
-import { ensureAdminToken } from './tokens.js';
-import { VtpmService } from './vtpm-service.js';
+import { buildApi } from '../control/api.js';
+import { AuditLog } from '../audit/audit-log.js';
+import { AuditedKeyManager } from '../audit/audited-key-manager.js';
+import { ProvisioningPool } from '../pool/provisioning-pool.js';
+import { finishSecretReplacements, rotateByReplacement } from '../keys/rotation-by-replacement.js';
+import { ensureAdminToken } from '../auth/tokens.js';
+import { VtpmService } from '../control/vtpm-service.js';
 
 export interface ServeOptions {
   dataDir: string;

@@ -4,7 +4,7 @@
  * weighers), then the name for a stable choice.
  */
 import { NoValidHostError } from '../errors.js';
-import { requiredTraits, type TpmSpec } from '../spec/tpm-spec.js';
+import { requiredTraits, type TpmSpec } from '../tpm-spec/tpm-spec.js';
 
 export interface Candidate {
   name: string;

@@ -13,7 +13,7 @@
  *   its own project only, whoever asks; nobody but its project can export it.
  */
 import { ForbiddenError, NotFoundError } from '../errors.js';
-import type { SecretSecurity } from '../spec/secret-security.js';
+import type { SecretSecurity } from '../tpm-spec/secret-security.js';
 
 export const ROLES = ['member', 'admin', 'vtpm-operator'] as const;
 export type Role = (typeof ROLES)[number];

@@ -20,10 +20,10 @@ import type { Logger } from 'pino';
 import type { HostAgent } from '../agent/host-agent.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
 import type { KeyManager } from '../keys/key-manager.js';
-import type { TpmVersion } from '../spec/tpm-spec.js';
+import type { TpmVersion } from '../tpm-spec/tpm-spec.js';
 import { DEPLOYMENT_PROJECT, type PoolEntry, type Store } from '../store/index.js';
 import type { EkCertificate } from '../swtpm/manufacture.js';
-import { openEkCertificates, sealEkCertificates } from './ek-certificates.js';
+import { openEkCertificates, sealEkCertificates } from '../vault/ek-certificates.js';
 
 const RETRY_AFTER_FAILURE_MS = 10_000;
 
