@@ -66,7 +66,7 @@ export class AuditLog {
   constructor(private readonly store: Store) {}
 
   async record(entry: AuditEntry, actor: Pick<Principal, 'name' | 'project'> = requestContext.getStore()?.principal ?? SYSTEM): Promise<void> {
-    await this.store.appendAuditEvent((previousHash) => {
+    await this.store.audit.append((previousHash) => {
       const row = {
         at: new Date().toISOString(), actor: actor.name, actor_project: actor.project, operation: entry.operation,
         vm: entry.vm ?? null, project: entry.project ?? null, result: entry.result, detail: JSON.stringify(entry.detail ?? {}), previous_hash: previousHash,
@@ -76,7 +76,7 @@ export class AuditLog {
   }
 
   async list(filter: { vm?: string | undefined; project?: string | undefined; limit: number }): Promise<AuditView[]> {
-    return (await this.store.listAuditEvents({ ...filter, newestFirst: true })).map(toView);
+    return (await this.store.audit.list({ ...filter, newestFirst: true })).map(toView);
   }
 
   /** Walks the whole chain from the first entry. */
@@ -85,7 +85,7 @@ export class AuditLog {
     let afterSeq = 0;
     let events = 0;
     for (;;) {
-      const page = await this.store.listAuditEvents({ afterSeq, limit: PAGE });
+      const page = await this.store.audit.list({ afterSeq, limit: PAGE });
       for (const event of page) {
         const { seq, hash, ...content } = event;
         if (content.previous_hash !== previous) return { ok: false, events, broken_at: seq, reason: 'it does not follow the entry before it (an entry was removed or inserted)' };

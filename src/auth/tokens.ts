@@ -22,17 +22,22 @@ function newToken(): string {
 /** Issues a token for the user; only its hash is kept. */
 export async function issueToken(store: Store, user: string, expiresAt: string | null): Promise<{ token: string; record: TokenRecord }> {
   const token = newToken();
-  return { token, record: await store.insertToken({ user, tokenHash: hashToken(token), expiresAt }) };
+  const row = { user_name: user, token_hash: hashToken(token), expires_at: expiresAt };
+  const record = await store.identity.insertToken(row);
+  return { token, record };
 }
 
 /** Returns the admin token file's path, and whether it was created now. */
 export async function ensureAdminToken(store: Store, dataDir: string): Promise<{ path: string; created: boolean }> {
   const path = adminTokenPath(dataDir);
   const existing = await readFile(path, 'utf8').then((t) => t.trim(), () => undefined);
-  if (existing && (await store.findUserByTokenHash(hashToken(existing), new Date().toISOString()))?.name === ADMIN_USER) return { path, created: false };
+  const holder = existing ? await store.identity.findUserByTokenHash(hashToken(existing), new Date().toISOString()) : undefined;
+  if (holder?.name === ADMIN_USER) return { path, created: false };
   // The file is missing or does not match: issue a fresh admin token and retire the old ones.
-  if (!(await store.getUser(ADMIN_USER))) await store.insertUser({ name: ADMIN_USER, project: DEPLOYMENT_PROJECT, roles: ['admin'] });
-  await store.revokeTokensOf(ADMIN_USER);
+  if (!(await store.identity.getUser(ADMIN_USER))) {
+    await store.identity.insertUser({ name: ADMIN_USER, project: DEPLOYMENT_PROJECT, roles: ['admin'] });
+  }
+  await store.identity.revokeTokensOf(ADMIN_USER);
   const { token } = await issueToken(store, ADMIN_USER, null);
   const temporary = `${path}.tmp-${process.pid}`;
   await writeFile(temporary, token + '\n', { mode: 0o600 });
@@ -41,6 +46,6 @@ export async function ensureAdminToken(store: Store, dataDir: string): Promise<{
 }
 
 export async function authenticate(store: Store, token: string): Promise<Principal | undefined> {
-  const user = await store.findUserByTokenHash(hashToken(token), new Date().toISOString());
+  const user = await store.identity.findUserByTokenHash(hashToken(token), new Date().toISOString());
   return user && { name: user.name, project: user.project, roles: user.roles as Role[] };
 }

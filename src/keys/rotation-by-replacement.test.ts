@@ -27,10 +27,10 @@ beforeEach(async () => {
   keys = await LocalKeyManager.open(dataDir);
   ref = await keys.createSecret();
   value = await keys.readSecret(ref);
-  await store.setSettingOnce(SECRET_SETTINGS.caRootKeyPassword, ref);
+  await store.settings.setOnce(SECRET_SETTINGS.caRootKeyPassword, ref);
 });
 
-const current = async () => (await store.getSetting(SECRET_SETTINGS.caRootKeyPassword))!;
+const current = async () => (await store.settings.get(SECRET_SETTINGS.caRootKeyPassword))!;
 const gone = (secret: string) => assert.rejects(keys.readSecret(secret), KeyManagerError, `${secret} is deleted`);
 
 describe('rotation by replacement', () => {
@@ -39,22 +39,22 @@ describe('rotation by replacement', () => {
     assert.notEqual(await current(), ref);
     assert.deepEqual(await keys.readSecret(await current()), value);
     await gone(ref);
-    assert.deepEqual(await store.listSecretReplacements(), []);
+    assert.deepEqual(await store.secrets.listReplacements(), []);
   });
 
   it('finishes a replacement a crash left before the use moved', async () => {
     const newRef = await keys.storeSecret('x', { project: 'admin' }, value);
-    await store.recordSecretReplacement(ref, newRef);
+    await store.secrets.recordReplacement(ref, newRef);
     assert.equal(await finishSecretReplacements(store, keys), 1);
     assert.equal(await current(), newRef);
     await gone(ref);
-    assert.deepEqual(await store.listSecretReplacements(), []);
+    assert.deepEqual(await store.secrets.listReplacements(), []);
   });
 
   it('finishes a replacement a crash left after the use moved, keeping the new secret', async () => {
     const newRef = await keys.storeSecret('x', { project: 'admin' }, value);
-    await store.recordSecretReplacement(ref, newRef);
-    assert.equal(await store.replaceSecretRef(ref, newRef), 1);
+    await store.secrets.recordReplacement(ref, newRef);
+    assert.equal(await store.secrets.replaceRef(ref, newRef), 1);
     await finishSecretReplacements(store, keys);
     assert.equal(await current(), newRef);
     assert.deepEqual(await keys.readSecret(newRef), value);
@@ -64,7 +64,7 @@ describe('rotation by replacement', () => {
   it('deletes both copies when what used the secret was deleted meanwhile', async () => {
     const orphan = await keys.createSecret();
     const newRef = await keys.storeSecret('x', { project: 'admin' }, await keys.readSecret(orphan));
-    await store.recordSecretReplacement(orphan, newRef);
+    await store.secrets.recordReplacement(orphan, newRef);
     await finishSecretReplacements(store, keys);
     await gone(orphan);
     await gone(newRef);

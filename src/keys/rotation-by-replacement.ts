@@ -15,7 +15,7 @@ import type { SecretUse, Store } from '../store/index.js';
 export async function rotateByReplacement(store: Store, keys: KeyManager): Promise<RotationReport> {
   const finished = await finishSecretReplacements(store, keys);
   let replaced = 0;
-  for (const use of await store.listSecretUses()) {
+  for (const use of await store.secrets.listUses()) {
     const secret = await keys.readSecret(use.ref);
     try {
       await storeAnew(store, keys, use, secret);
@@ -30,22 +30,22 @@ export async function rotateByReplacement(store: Store, keys: KeyManager): Promi
 /** Stores `secret` (the value behind `use.ref`) as a new secret with the use's label and project, and retires the old one; returns the new reference. */
 export async function storeAnew(store: Store, keys: KeyManager, use: SecretUse, secret: Buffer): Promise<string> {
   const newRef = await keys.storeSecret(use.label, { project: use.project }, secret);
-  await store.recordSecretReplacement(use.ref, newRef);
+  await store.secrets.recordReplacement(use.ref, newRef);
   await complete(store, keys, use.ref, newRef);
   return newRef;
 }
 
 /** Completes journalled replacements; returns how many there were. */
 export async function finishSecretReplacements(store: Store, keys: KeyManager): Promise<number> {
-  const pending = await store.listSecretReplacements();
-  for (const { oldRef, newRef } of pending) await complete(store, keys, oldRef, newRef);
+  const pending = await store.secrets.listReplacements();
+  for (const { old_ref, new_ref } of pending) await complete(store, keys, old_ref, new_ref);
   return pending.length;
 }
 
 async function complete(store: Store, keys: KeyManager, oldRef: string, newRef: string): Promise<void> {
-  const moved = await store.replaceSecretRef(oldRef, newRef);
+  const moved = await store.secrets.replaceRef(oldRef, newRef);
   // Nothing moved and nothing names the new secret: its vTPM was deleted meanwhile, and the new copy goes too.
-  if (moved === 0 && !(await store.isSecretRefInUse(newRef))) await keys.deleteSecret(newRef);
+  if (moved === 0 && !(await store.secrets.isInUse(newRef))) await keys.deleteSecret(newRef);
   await keys.deleteSecret(oldRef);
-  await store.forgetSecretReplacement(oldRef);
+  await store.secrets.forgetReplacement(oldRef);
 }

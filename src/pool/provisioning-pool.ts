@@ -38,7 +38,7 @@ export interface PooledTpm {
 export function openPoolEntry(entry: PoolEntry, secret: Buffer): PooledTpm {
   return {
     state: open(stateKey(secret), entry.state, stateAad(entry.id), `pool entry ${entry.id}`),
-    ekCertificates: openEkCertificates(secret, entry.id, entry.ekCertificates),
+    ekCertificates: openEkCertificates(secret, entry.id, entry.ek_certificates),
   };
 }
 
@@ -85,7 +85,7 @@ export class ProvisioningPool {
 
   private async fill(): Promise<void> {
     for (const version of this.versions) {
-      while (!this.closed && (await this.store.countPoolEntries(version)) < this.size) {
+      while (!this.closed && (await this.store.pool.count(version)) < this.size) {
         await this.manufactureOne(version);
         if (this.refillPauseMs > 0) await delay(this.refillPauseMs, undefined, { signal: this.closing.signal }).catch(() => undefined);
       }
@@ -98,12 +98,12 @@ export class ProvisioningPool {
     try {
       const secret = await this.keys.readSecret(secretRef);
       const manufactured = await this.agent.manufacture({ vm: id, spec: { version, model: 'tpm-tis' }, stateKey: secret, background: true });
-      await this.store.addPoolEntry({
+      await this.store.pool.add({
         id,
         version,
-        secretRef,
+        secret_ref: secretRef,
         state: seal(stateKey(secret), manufactured.state, stateAad(id)),
-        ekCertificates: sealEkCertificates(secret, id, manufactured.ekCertificates),
+        ek_certificates: sealEkCertificates(secret, id, manufactured.ekCertificates),
       });
       secret.fill(0);
     } catch (error) {

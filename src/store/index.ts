@@ -11,6 +11,25 @@ export async function openEmbeddedStore(dataDir: string): Promise<Store> {
   return store;
 }
 
-export { DEPLOYMENT_PROJECT, SECRET_SETTINGS, Store } from './store.js';
-export type { AuditEvent, AuditRow, GenerationRecord, GenerationSummary, HostRecord, PoolEntry, SecretUse, StateHead, TokenRecord, UserRecord, VtpmRecord } from './store.js';
-export type { GenerationReason, StateKind, VtpmStatus } from './schema.js';
+export { Store } from './store.js';
+export type { StoreDialect } from './dialect.js';
+export { DEPLOYMENT_PROJECT, SECRET_SETTINGS, type SecretUse } from './repositories/secrets.js';
+export type { AuditFilter } from './repositories/audit.js';
+export type {
+  AuditEvent,
+  AuditRow,
+  GenerationReason,
+  GenerationRecord,
+  GenerationSummary,
+  HostRecord,
+  NewGeneration,
+  NewVtpm,
+  PoolEntry,
+  StateHead,
+  StateKind,
+  TokenRecord,
+  UserRecord,
+  VtpmPatch,
+  VtpmRecord,
+  VtpmStatus,
+} from './schema.js';

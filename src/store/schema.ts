@@ -1,7 +1,12 @@
-/** Table shapes as the SQL builder sees them. Timestamps are ISO-8601 strings in UTC. */
-import type { Generated } from 'kysely';
+/**
+ * Table shapes as the SQL builder sees them, and the records the repositories
+ * hand out: the same columns, under the same names, with only what SQL cannot
+ * hold portably (booleans, JSON, lists) decoded. Timestamps are ISO-8601
+ * strings in UTC.
+ */
+import type { Generated, Selectable } from 'kysely';
 
-export type VtpmStatus = 'creating' | 'stopped' | 'starting' | 'running' | 'migrating' | 'stopping' | 'deleting' | 'error';
+export type VtpmStatus = 'creating' | 'stopped' | 'starting' | 'running' | 'migrating' | 'stopping' | 'deleting';
 
 export interface VtpmTable {
   vm: string;
@@ -121,7 +126,10 @@ export interface PoolEntryTable {
   created_at: string;
 }
 
-/** A secret stored anew in the key manager while its uses still name the old one: a rotation by replacement under way. */
+/**
+ * A secret stored anew in the key manager while its uses still name the old
+ * one: a rotation by replacement under way.
+ */
 export interface SecretReplacementTable {
   old_ref: string;
   new_ref: string;
@@ -140,3 +148,31 @@ export interface Database {
   pool_entries: PoolEntryTable;
   secret_replacements: SecretReplacementTable;
 }
+
+export type VtpmRecord = Omit<Selectable<VtpmTable>, 'secure_boot' | 'spec_claims'> & {
+  secure_boot: boolean;
+  spec_claims: unknown;
+};
+export type NewVtpm = Omit<VtpmRecord, 'created_at' | 'updated_at'>;
+export type VtpmPatch = Partial<
+  Pick<VtpmRecord, 'status' | 'ek_certificates' | 'socket' | 'secure_boot' | 'host' | 'migrating_to'>
+>;
+
+export type HostRecord = Omit<Selectable<HostTable>, 'traits' | 'capabilities'> & {
+  traits: string[];
+  capabilities: unknown;
+};
+
+export type UserRecord = Omit<Selectable<UserTable>, 'roles'> & { roles: string[] };
+/** The hash stays in the database: nothing outside the store needs it once the token is issued. */
+export type TokenRecord = Omit<Selectable<ApiTokenTable>, 'token_hash'>;
+
+export type GenerationRecord = Selectable<StateGenerationTable>;
+export type GenerationSummary = Omit<GenerationRecord, 'wrapped_key' | 'ciphertext'>;
+export type NewGeneration = Omit<GenerationRecord, 'created_at'>;
+export type StateHead = Pick<Selectable<StateHeadTable>, 'generation' | 'digest'>;
+
+export type AuditEvent = Selectable<AuditEventTable>;
+export type AuditRow = Omit<AuditEvent, 'seq'>;
+
+export type PoolEntry = Omit<Selectable<PoolEntryTable>, 'created_at'>;

@@ -43,7 +43,7 @@ export class StateVault {
    * serialise commits per VM; a lost race is reported, not retried blindly.
    */
   async commit(vm: string, kind: StateKind, vaultKey: Buffer, data: Buffer, reason: GenerationReason): Promise<number | undefined> {
-    const head = await this.store.getHead(vm, kind);
+    const head = await this.store.generations.head(vm, kind);
     const digest = digestOf(data);
     if (head?.digest === digest && (reason === 'sync' || reason === 'stop')) return undefined;
     const generation = (head?.generation ?? 0) + 1;
@@ -52,20 +52,35 @@ export class StateVault {
     const ciphertext = seal(dataKey, data, dataAad(vm, kind, generation, previousDigest));
     const wrappedKey = seal(vaultKey, dataKey, keyAad(vm, kind, generation));
     dataKey.fill(0);
-    const appended = await this.store.appendGeneration({ vm, kind, generation, previousDigest, digest, size: data.length, reason, wrappedKey, ciphertext });
-    if (!appended) throw new RollbackError(`generation ${generation} of VM ${vm} (${kind}) lost a race with another writer; the vault head moved`, { vm, kind, generation });
+    const appended = await this.store.generations.append({
+      vm,
+      kind,
+      generation,
+      previous_digest: previousDigest,
+      digest,
+      size: data.length,
+      reason,
+      wrapped_key: wrappedKey,
+      ciphertext,
+    });
+    if (!appended) {
+      throw new RollbackError(
+        `generation ${generation} of VM ${vm} (${kind}) lost a race with another writer; the vault head moved`,
+        { vm, kind, generation },
+      );
+    }
     // Retention: the newest `retention` generations stay.
-    if (generation > this.retention) await this.store.pruneGenerations(vm, kind, generation - this.retention);
+    if (generation > this.retention) await this.store.generations.prune(vm, kind, generation - this.retention);
     return generation;
   }
 
   /** Opens one generation, checking everything that binds it. */
   async read(vm: string, kind: StateKind, generation: number, vaultKey: Buffer): Promise<StateGeneration> {
-    const record = await this.store.getGeneration(vm, kind, generation);
+    const record = await this.store.generations.get(vm, kind, generation);
     if (!record) throw new NotFoundError(`generation ${generation} (${kind}) of VM`, vm);
     const what = `generation ${generation} (${kind}) of VM ${vm}`;
-    const dataKey = open(vaultKey, record.wrappedKey, keyAad(vm, kind, generation), what);
-    const data = open(dataKey, record.ciphertext, dataAad(vm, kind, generation, record.previousDigest), what);
+    const dataKey = open(vaultKey, record.wrapped_key, keyAad(vm, kind, generation), what);
+    const data = open(dataKey, record.ciphertext, dataAad(vm, kind, generation, record.previous_digest), what);
     dataKey.fill(0);
     if (digestOf(data) !== record.digest) throw new IntegrityError(`${what} does not match its recorded digest`, { vm, kind, generation });
     // The predecessor's digest is authenticated as part of this generation's associated data; the
@@ -75,9 +90,9 @@ export class StateVault {
 
   /** The head generation, refusing a vault whose newest row is not the acknowledged head. */
   async newest(vm: string, kind: StateKind, vaultKey: Buffer): Promise<StateGeneration | undefined> {
-    const head = await this.store.getHead(vm, kind);
+    const head = await this.store.generations.head(vm, kind);
     if (!head) return undefined;
-    const stored = (await this.store.listGenerations(vm)).find((g) => g.kind === kind);
+    const stored = (await this.store.generations.list(vm)).find((g) => g.kind === kind);
     if (!stored || stored.generation !== head.generation) {
       throw new RollbackError(
         `the vault holds generation ${stored?.generation ?? 'none'} (${kind}) of VM ${vm} but generation ${head.generation} was acknowledged: its state was rolled back or deleted`,
@@ -92,10 +107,10 @@ export class StateVault {
   }
 
   history(vm: string): Promise<GenerationSummary[]> {
-    return this.store.listGenerations(vm);
+    return this.store.generations.list(vm);
   }
 
   async forget(vm: string, kind?: StateKind): Promise<void> {
-    await this.store.deleteState(vm, kind);
+    await this.store.generations.forget(vm, kind);
   }
 }

@@ -1,0 +1,59 @@
+/** The hosts vTPMs run on: the control plane's own, and remote agents (`vtpm agent`). */
+import type { Kysely, Selectable } from 'kysely';
+import { now } from '../clock.js';
+import type { Database, HostRecord, HostTable } from '../schema.js';
+
+const decodeHost = (row: Selectable<HostTable>): HostRecord => ({
+  ...row,
+  traits: JSON.parse(row.traits),
+  capabilities: JSON.parse(row.capabilities),
+});
+
+export class HostRepository {
+  constructor(private readonly db: Kysely<Database>) {}
+
+  /**
+   * A host whose agent runs remotely; its traits come when the agent first
+   * reports in. Returns the previous credential's reference, if any.
+   */
+  async registerRemote(name: string, agentUrl: string, agentSecretRef: string): Promise<string | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      const previous = await trx
+        .selectFrom('hosts')
+        .select('agent_secret_ref')
+        .where('name', '=', name)
+        .executeTakeFirst();
+      await trx
+        .insertInto('hosts')
+        .values({
+          name,
+          traits: '[]',
+          capabilities: '{}',
+          last_seen: now(),
+          agent_url: agentUrl,
+          agent_secret_ref: agentSecretRef,
+        })
+        .onConflict((c) => c.column('name').doUpdateSet({ agent_url: agentUrl, agent_secret_ref: agentSecretRef }))
+        .execute();
+      return previous?.agent_secret_ref ?? undefined;
+    });
+  }
+
+  /** Records what a host's agent reported; a remote host's agent URL and credential stay as registered. */
+  async upsert(host: Pick<HostRecord, 'name' | 'traits' | 'capabilities'>): Promise<void> {
+    const reported = {
+      traits: JSON.stringify(host.traits),
+      capabilities: JSON.stringify(host.capabilities),
+      last_seen: now(),
+    };
+    await this.db
+      .insertInto('hosts')
+      .values({ name: host.name, ...reported })
+      .onConflict((c) => c.column('name').doUpdateSet(reported))
+      .execute();
+  }
+
+  async list(): Promise<HostRecord[]> {
+    return (await this.db.selectFrom('hosts').selectAll().orderBy('name').execute()).map(decodeHost);
+  }
+}
