@@ -3,6 +3,8 @@
  * talks to it only through this interface: in process on a single machine
  * (LocalHostAgent), and over authenticated HTTP for remote hosts, with the
  * same methods, so that nothing in the control plane knows which it has.
+ * What a host reports (state changes, exits) goes the other way, to the
+ * control plane's state ingest (src/orchestration/state-ingest.ts).
  *
  * State keys cross this interface because swtpm needs them; an agent keeps
  * them in memory only, for as long as the call (or the swtpm process) needs.
@@ -108,12 +110,6 @@ export interface HostAgent {
   destroy(vm: string): Promise<void>;
   running(): Promise<RunningVtpm[]>;
   devicePaths(vm: string): DevicePaths;
-  /**
-   * Called for every change of a running vTPM's state, in order per VM; the
-   * agent waits for the returned promise before reporting the next change,
-   * and reports the final state before the exit.
-   */
-  onStateChange(listener: (change: StateChange) => Promise<void>): void;
   /** Reports a running vTPM's current state as a change (after a restart of the control plane). */
   resync(vm: string): Promise<void>;
   /**
@@ -122,8 +118,6 @@ export interface HostAgent {
    * was down as the guest exited.
    */
   workingState(vm: string, spec: TpmSpec): Promise<Partial<Record<StateKind, Buffer>>>;
-  /** Called once for every swtpm that exits, for whatever reason, after its final state was reported. */
-  onExit(listener: (exit: VtpmExit) => void): void;
   /** Lets go of the host; running swtpm processes keep running. */
   close(): Promise<void>;
 }

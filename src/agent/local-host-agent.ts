@@ -304,10 +304,16 @@ export class LocalHostAgent implements HostAgent {
     return [...this.instances].map(([vm, { instance }]) => ({ vm, pid: instance.pid, socket: this.devicePaths(vm).socket }));
   }
 
+  /**
+   * Called for every change of a running vTPM's state, in order per VM; the
+   * agent waits for the returned promise before reporting the next change,
+   * and reports the final state before the exit.
+   */
   onStateChange(listener: (change: StateChange) => Promise<void>): void {
     this.changeListeners.push(listener);
   }
 
+  /** Called once for every swtpm that exits, for whatever reason, after its final state was reported. */
   onExit(listener: (exit: VtpmExit) => void): void {
     this.exitListeners.push(listener);
   }

@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { InvalidArgumentError, UnauthenticatedError, UnreachableError, VtpmError, type ErrorDetails } from '../errors.js';
-import { adminTokenPath } from '../auth/tokens.js';
+import { adminTokenPath } from '../auth/admin-token-path.js';
 
 /** An error the server reported, carrying the server's own code and status. */
 export class RemoteError extends VtpmError {

@@ -5,7 +5,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, rename, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { adminTokenPath } from './admin-token-path.js';
 import { DEPLOYMENT_PROJECT, type Store, type TokenRecord } from '../store/index.js';
 import type { Principal, Role } from './policy.js';
 
@@ -13,7 +13,6 @@ const TOKEN_PREFIX = 'vtpm_';
 const ADMIN_USER = 'bootstrap-admin';
 
 const hashToken = (token: string): string => createHash('sha256').update(token).digest('hex');
-export const adminTokenPath = (dataDir: string): string => join(dataDir, 'admin.token');
 
 function newToken(): string {
   return TOKEN_PREFIX + randomBytes(32).toString('base64url');

@@ -7,7 +7,8 @@ import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import pino from 'pino';
 import { startAgent } from '../agent/remote/agent-process.js';
-import type { MigrationView } from '../control/vtpm-service.js';
+import type { RegisteredHost } from '../api/hosts.js';
+import type { Migration } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir, defaultScratchDir } from './defaults.js';
@@ -23,7 +24,7 @@ export function registerHostCommands(program: Command): void {
     .argument('<name>', 'the host name its agent reports (vtpm agent --name; default its hostname)')
     .requiredOption('--agent-url <url>', "the agent's API, https://HOST:7391 (http only on loopback)")
     .action(async (name: string, options: { agentUrl: string }, command: Command) => {
-      const added = await (await client(command)).request<{ name: string; url: string; token: string }>('POST', '/v1/hosts', { name, url: options.agentUrl });
+      const added = await (await client(command)).request<RegisteredHost>('POST', '/v1/hosts', { name, url: options.agentUrl });
       emit(command, added, () => [
         `host ${added.name}: agent at ${added.url}`,
         `agent token (shown once; put it in a file only root can read on ${added.name}):`,
@@ -66,7 +67,7 @@ export function registerHostCommands(program: Command): void {
     .argument('<vm>', 'VM UUID')
     .requiredOption('--to <host>', 'the destination host')
     .action(async (vm: string, options: { to: string }, command: Command) => {
-      const prepared = await (await client(command)).request<MigrationView>('POST', `${vmPath(vm)}/migrate`, { to: options.to });
+      const prepared = await (await client(command)).request<Migration>('POST', `${vmPath(vm)}/migrate`, { to: options.to });
       emit(command, prepared, () => `${fields(prepared as unknown as Record<string, unknown>, ['vm', 'status', 'from', 'to', 'socket'])}\nmigrate the VM now; the vTPM follows once QEMU leaves ${prepared.from}`);
     });
 }

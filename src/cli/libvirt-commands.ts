@@ -8,7 +8,7 @@ import { hostname } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
-import type { Attachment, VtpmView } from '../control/vtpm-service.js';
+import type { Attachment, VtpmView } from '../api/vtpms.js';
 import { HostSetupError, NotFoundError, StateConflictError } from '../errors.js';
 import { parseDomain, withTpmElement, type Domain } from '../hypervisor/libvirt-domain.js';
 import { HOOK_MARKER, HOOK_TIMEOUT_MS, hookScript } from '../hypervisor/libvirt-hook.js';

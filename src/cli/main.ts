@@ -10,7 +10,8 @@ import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 
 import pino from 'pino';
 import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
 import { startServer } from '../serve/start-server.js';
-import type { Attachment, GenerationView, HostView, VtpmView } from '../control/vtpm-service.js';
+import type { HostList, PoolStatus } from '../api/hosts.js';
+import type { Attachment, EkCertificate, GenerationView, Restored, Started, VtpmList, VtpmView } from '../api/vtpms.js';
 import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS, PIN_ENVIRONMENT, PKCS11_DEFAULTS } from '../keys/index.js';
 import { SECRET_SECURITY_MODES } from '../tpm-spec/secret-security.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
@@ -133,7 +134,7 @@ withClientOptions(program.command('create'))
 withClientOptions(program.command('list'))
   .description('list vTPMs')
   .action(async (_options: unknown, command: Command) => {
-    const { vtpms } = await (await client(command)).request<{ vtpms: VtpmView[] }>('GET', '/v1/vtpms');
+    const { vtpms } = await (await client(command)).request<VtpmList>('GET', '/v1/vtpms');
     emit(command, vtpms, () => table(vtpms.map(({ vm, version, model, status, host }) => ({ vm, version, model, status, host })), ['vm', 'version', 'model', 'status', 'host']));
   });
 
@@ -150,7 +151,7 @@ withClientOptions(program.command('start'))
   .argument('<vm>', 'VM UUID')
   .option('--host <name>', 'start it on this host (a stopped vTPM may change hosts: its state is in the vault)')
   .action(async (vm: string, options: { host?: string }, command: Command) => {
-    const started = await (await client(command)).request<VtpmView & Attachment>('POST', `${vmPath(vm)}/start`, options.host === undefined ? undefined : { host: options.host });
+    const started = await (await client(command)).request<Started>('POST', `${vmPath(vm)}/start`, options.host === undefined ? undefined : { host: options.host });
     emit(command, started, () => `${showVtpm(started)}\n${showAttachment(started)}`);
   });
 
@@ -203,7 +204,7 @@ withClientOptions(program.command('ek'))
   .argument('<vm>', 'VM UUID')
   .option('--key-type <type>', 'only this key type, e.g. rsa2048 or secp384r1')
   .action(async (vm: string, options: { keyType?: string }, command: Command) => {
-    const { certificates } = await (await client(command)).request<{ certificates: Array<{ key_type: string; pem: string }> }>('GET', `${vmPath(vm)}/ek`);
+    const { certificates } = await (await client(command)).request<{ certificates: EkCertificate[] }>('GET', `${vmPath(vm)}/ek`);
     const chosen = options.keyType === undefined ? certificates : certificates.filter((c) => c.key_type === options.keyType);
     if (chosen.length === 0) {
       throw new InvalidArgumentError('--key-type', `one of ${certificates.map((c) => c.key_type).join(', ')}`, options.keyType);
@@ -225,7 +226,7 @@ withClientOptions(program.command('restore'))
   .argument('<vm>', 'VM UUID')
   .requiredOption('--generation <n>', 'generation to restore', positiveInteger('--generation'))
   .action(async (vm: string, options: { generation: number }, command: Command) => {
-    const restored = await (await client(command)).request<VtpmView & { generation: number }>('POST', `${vmPath(vm)}/restore`, { generation: options.generation });
+    const restored = await (await client(command)).request<Restored>('POST', `${vmPath(vm)}/restore`, { generation: options.generation });
     emit(command, restored, () => `restored generation ${options.generation} of ${vm} as generation ${restored.generation}`);
   });
 
@@ -270,14 +271,14 @@ withClientOptions(program.command('import'))
 withClientOptions(program.command('pool'))
   .description('TPMs manufactured ahead of demand, per version')
   .action(async (_options: unknown, command: Command) => {
-    const pool = await (await client(command)).request<{ size: number; ready: Record<string, number> }>('GET', '/v1/pool');
+    const pool = await (await client(command)).request<PoolStatus>('GET', '/v1/pool');
     emit(command, pool, () => table(Object.entries(pool.ready).map(([version, ready]) => ({ version, ready, target: pool.size })), ['version', 'ready', 'target']));
   });
 
 withClientOptions(program.command('hosts'))
   .description('hosts, their traits and how many vTPMs they hold')
   .action(async (_options: unknown, command: Command) => {
-    const { hosts } = await (await client(command)).request<{ hosts: HostView[] }>('GET', '/v1/hosts');
+    const { hosts } = await (await client(command)).request<HostList>('GET', '/v1/hosts');
     emit(command, hosts, () => table(hosts.map((h) => ({ name: h.name, vtpms: h.vtpms, running: h.running, traits: h.traits.join(','), agent: h.agent_url ?? '(in vtpm serve)' })), ['name', 'vtpms', 'running', 'traits', 'agent']));
   });
 

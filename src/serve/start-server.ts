@@ -10,17 +10,21 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../agent/host-setup.js';
 import { LocalHostAgent } from '../agent/local-host-agent.js';
-import { openKeyManager, type KeyManager, type Pkcs11Settings } from '../keys/index.js';
-import { DEPLOYMENT_PROJECT, openEmbeddedStore, SECRET_SETTINGS, type Store } from '../store/index.js';
-import { CertificateAuthority, type CaPasswords } from '../swtpm/certificate-authority.js';
-import { StateVault } from '../vault/state-vault.js';
-import { buildApi } from '../control/api.js';
 import { AuditLog } from '../audit/audit-log.js';
 import { AuditedKeyManager } from '../audit/audited-key-manager.js';
-import { ProvisioningPool } from '../pool/provisioning-pool.js';
-import { finishSecretReplacements, rotateByReplacement } from '../keys/rotation-by-replacement.js';
 import { ensureAdminToken } from '../auth/tokens.js';
-import { VtpmService } from '../control/vtpm-service.js';
+import { Fleet } from '../fleet/fleet.js';
+import { buildHttpApi } from '../http/app.js';
+import { openKeyManager, type Pkcs11Settings } from '../keys/index.js';
+import { finishSecretReplacements, rotateByReplacement } from '../keys/rotation-by-replacement.js';
+import { controlPlane } from '../orchestration/control-plane.js';
+import { reconcile } from '../orchestration/reconcile.js';
+import { ingestExit, ingestStateChange } from '../orchestration/state-ingest.js';
+import { ProvisioningPool } from '../pool/provisioning-pool.js';
+import { openEmbeddedStore } from '../store/index.js';
+import { CertificateAuthority } from '../swtpm/certificate-authority.js';
+import { StateVault } from '../vault/state-vault.js';
+import { caPasswords } from './ca-passwords.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -59,23 +63,6 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-/**
- * The CA's key passwords are key-manager secrets whose references are kept in
- * the store; the first start creates them.
- */
-async function caPasswords(store: Store, keys: KeyManager): Promise<CaPasswords> {
-  const password = async (setting: string): Promise<string> => {
-    let ref = await store.getSetting(setting);
-    if (ref === undefined) {
-      const created = await keys.createSecret(setting, { project: DEPLOYMENT_PROJECT });
-      ref = await store.setSettingOnce(setting, created);
-      if (ref !== created) await keys.deleteSecret(created);
-    }
-    return (await keys.readSecret(ref)).toString('hex');
-  };
-  return { signing: await password(SECRET_SETTINGS.caSigningKeyPassword), root: await password(SECRET_SETTINGS.caRootKeyPassword) };
-}
-
 const TMPFS_MAGIC = 0x01021994;
 
 async function checkScratchDir(path: string, logger: Logger): Promise<void> {
@@ -96,29 +83,48 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   await checkScratchDir(scratchDir, logger);
   const audit = new AuditLog(store);
   const hostTpm = options.sealToTpm === undefined ? undefined : { tcti: options.sealToTpm, scratchDir };
-  const keys = new AuditedKeyManager(await openKeyManager({ kind: options.keyManager, dataDir: options.dataDir, hostTpm, barbicanUrl: options.barbicanUrl, pkcs11: options.pkcs11 }).catch(async (error: unknown) => {
+  const keyManager = { kind: options.keyManager, dataDir: options.dataDir, hostTpm, barbicanUrl: options.barbicanUrl, pkcs11: options.pkcs11 };
+  const opened = await openKeyManager(keyManager).catch(async (error: unknown) => {
     await store.close();
     await rm(scratchDir, { recursive: true, force: true });
     throw error;
-  }), audit, (audited) => rotateByReplacement(store, audited));
+  });
+  const keys = new AuditedKeyManager(opened, audit, (audited) => rotateByReplacement(store, audited));
   await finishSecretReplacements(store, keys);
   const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
   const agent = await LocalHostAgent.open({
-    dataDir: options.dataDir, runDir: options.runDir, scratchDir, authority, logger: logger.child({ component: 'agent' }), swtpmUser: await swtpmUserFor(options.swtpmUser), qemuGroup: await qemuGroupFor(options.qemuGroup),
+    dataDir: options.dataDir,
+    runDir: options.runDir,
+    scratchDir,
+    authority,
+    logger: logger.child({ component: 'agent' }),
+    swtpmUser: await swtpmUserFor(options.swtpmUser),
+    qemuGroup: await qemuGroupFor(options.qemuGroup),
   });
   const vault = new StateVault(store, options.retention);
-  // 2.0 first: it is what Windows 11 and most new guests ask for.
-  const pool = options.poolSize > 0 ? new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, ['2.0', '1.2'], options.poolRefillPauseMs ?? 0) : undefined;
-  const service = new VtpmService(store, keys, vault, agent, logger.child({ component: 'control' }), pool, options.agentCaFile);
-  await service.connectRemoteHosts();
-  await service.registerHosts();
-  await service.reconcile();
+  const pool =
+    options.poolSize > 0
+      ? // 2.0 first: it is what Windows 11 and most new guests ask for.
+        new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, ['2.0', '1.2'], options.poolRefillPauseMs ?? 0)
+      : undefined;
+  const controlLogger = logger.child({ component: 'control' });
+  const fleet = new Fleet({ store, keys, logger: controlLogger, manufacturer: agent, agentCaFile: options.agentCaFile });
+  const cp = controlPlane({ store, keys, vault, fleet, audit, pool, logger: controlLogger });
+  agent.onStateChange((change) => ingestStateChange(cp, agent.hostName, change));
+  agent.onExit((exit) => {
+    ingestExit(cp, agent.hostName, exit).catch((error: unknown) =>
+      controlLogger.error({ vm: exit.vm, host: agent.hostName, err: error }, 'an exit could not be recorded'),
+    );
+  });
+  await fleet.connectRegistered();
+  await fleet.describeAll();
+  await reconcile(cp);
   const admin = await ensureAdminToken(store, options.dataDir);
   pool?.refill();
 
   let app: FastifyInstance;
   try {
-    app = await buildApi({ service, store, keys, audit, logger, version: options.version, https });
+    app = await buildHttpApi({ cp, logger, version: options.version, https });
     await app.listen({ host, port });
   } catch (error) {
     await pool?.close();

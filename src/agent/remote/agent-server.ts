@@ -8,10 +8,13 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Static } from '@sinclair/typebox';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { RemoteError, type ApiClient } from '../../api/client.js';
-import { InternalError, InvalidArgumentError, UnauthenticatedError, VtpmError } from '../../errors.js';
+import { bearerToken } from '../../api/patterns.js';
+import { UnauthenticatedError } from '../../errors.js';
+import { useProductErrors } from '../../http/error-handler.js';
+import { withWiped } from '../../keys/wiped.js';
 import type { LocalHostAgent } from '../local-host-agent.js';
 import { AGENT_API, reportPath, StartBody, toWire, WorkingStateBody } from './wire.js';
 
@@ -50,31 +53,24 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
   const app = Fastify({ loggerInstance: logger as FastifyBaseLogger, bodyLimit: 16 * 1024 * 1024, ...(options.https && { https: options.https }) }) as unknown as FastifyInstance;
 
   app.addHook('onRequest', async (request) => {
-    const token = /^Bearer\s+(\S+)$/i.exec(request.headers.authorization ?? '')?.[1];
-    if (!token || !timingSafeEqual(digest(token), expected)) throw new UnauthenticatedError("missing or wrong agent token: the control plane presents the token `vtpm host add` issued for this host");
-  });
-  app.setErrorHandler((error: FastifyError, request, reply) => {
-    let failure: VtpmError;
-    if (error instanceof VtpmError) failure = error;
-    else if (error.validation) failure = new InvalidArgumentError('request', 'a body as the agent API describes it', error.message);
-    else {
-      request.log.error({ err: error }, 'unexpected error');
-      failure = new InternalError();
+    const token = bearerToken(request.headers.authorization);
+    if (!token || !timingSafeEqual(digest(token), expected)) {
+      throw new UnauthenticatedError(
+        'missing or wrong agent token: the control plane presents the token `vtpm host add` issued for this host',
+      );
     }
-    void reply.status(failure.status).send({ error: failure.toJSON() });
   });
+  useProductErrors(app);
 
   const vmParams = { type: 'object', properties: { vm: { type: 'string', format: 'uuid' } }, required: ['vm'] } as const;
   app.get(`${AGENT_API}/describe`, async () => agent.describe());
   app.get(`${AGENT_API}/running`, async () => ({ running: await agent.running() }));
   app.post<{ Params: { vm: string }; Body: Static<typeof StartBody> }>(`${AGENT_API}/vtpms/:vm/start`, { schema: { params: vmParams, body: StartBody } }, async (request) => {
     const { spec, firmware, state_key: stateKey, state, nvram } = request.body;
-    const key = Buffer.from(stateKey, 'base64');
-    try {
-      return await agent.start({ vm: request.params.vm, spec, firmware, stateKey: key, state: Buffer.from(state, 'base64'), nvram: nvram === undefined ? undefined : Buffer.from(nvram, 'base64') });
-    } finally {
-      key.fill(0);
-    }
+    const nvramState = nvram === undefined ? undefined : Buffer.from(nvram, 'base64');
+    return withWiped(Buffer.from(stateKey, 'base64'), (key) =>
+      agent.start({ vm: request.params.vm, spec, firmware, stateKey: key, state: Buffer.from(state, 'base64'), nvram: nvramState }),
+    );
   });
   app.post<{ Params: { vm: string } }>(`${AGENT_API}/vtpms/:vm/stop`, { schema: { params: vmParams } }, async (request, reply) => {
     await agent.stop(request.params.vm);

@@ -3,36 +3,34 @@
  * agent`), behind the same HostAgent interface as the in-process one. Calls
  * go to the agent's API with the host's agent token (over HTTPS off
  * loopback: state keys travel in them); the agent's reports come back through
- * the control plane's agent routes, which hand them to `report*` here.
+ * the control plane's agent routes, straight to the state ingest.
  *
  * Remote hosts run vTPMs; manufacturing and adoption happen on the control
  * plane's own host, where the deployment's EK CA is.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
 import type { ApiClient } from '../../api/client.js';
 import { HostSetupError, UnreachableError } from '../../errors.js';
 import type { TpmSpec } from '../../tpm-spec/tpm-spec.js';
 import type { StateKind } from '../../store/index.js';
 import {
-  devicePathsIn, type DevicePaths, type HostAgent, type HostDescription, type HostLayout, type ManufacturedVtpm, type RunningVtpm, type StartRequest, type StateChange, type VtpmExit,
+  devicePathsIn,
+  type DevicePaths,
+  type HostAgent,
+  type HostDescription,
+  type HostLayout,
+  type ManufacturedVtpm,
+  type RunningVtpm,
+  type StartRequest,
 } from '../host-agent.js';
 import { AGENT_API, type StartBody } from './wire.js';
 
-const digest = (token: string) => createHash('sha256').update(token).digest();
-
 export class RemoteHostAgent implements HostAgent {
-  private readonly changeListeners: Array<(change: StateChange) => Promise<void>> = [];
-  private readonly exitListeners: Array<(exit: VtpmExit) => void> = [];
-  private readonly tokenDigest: Buffer;
+  private layout: HostLayout | undefined;
 
-  constructor(readonly hostName: string, private readonly client: ApiClient, token: string, private layout: HostLayout | undefined) {
-    this.tokenDigest = digest(token);
-  }
-
-  /** Whether a report carries this host's agent token (compared in constant time). */
-  accepts(token: string): boolean {
-    return timingSafeEqual(digest(token), this.tokenDigest);
-  }
+  constructor(
+    readonly hostName: string,
+    private readonly client: ApiClient,
+  ) {}
 
   /** What the agent said of itself when it reported in. */
   learn(description: HostDescription): void {
@@ -96,23 +94,6 @@ export class RemoteHostAgent implements HostAgent {
   async workingState(vm: string, spec: TpmSpec): Promise<Partial<Record<StateKind, Buffer>>> {
     const state = await this.client.request<Partial<Record<StateKind, string>>>('POST', `${AGENT_API}/vtpms/${vm}/working-state`, { spec });
     return Object.fromEntries(Object.entries(state).map(([kind, data]) => [kind, Buffer.from(data, 'base64')]));
-  }
-
-  onStateChange(listener: (change: StateChange) => Promise<void>): void {
-    this.changeListeners.push(listener);
-  }
-
-  onExit(listener: (exit: VtpmExit) => void): void {
-    this.exitListeners.push(listener);
-  }
-
-  /** A state change the agent reported: answered once the control plane has taken it. */
-  async reportStateChange(change: StateChange): Promise<void> {
-    await Promise.all(this.changeListeners.map((listener) => listener(change)));
-  }
-
-  reportExit(exit: VtpmExit): void {
-    for (const listener of this.exitListeners) listener(exit);
   }
 
   async close(): Promise<void> {}

@@ -1,0 +1,32 @@
+/** The wire shapes of hosts and the provisioning pool, under /v1. */
+import { type Static, Type } from '@sinclair/typebox';
+import { HostName } from './vtpms.js';
+
+export const Host = Type.Object({
+  name: Type.String(),
+  traits: Type.Array(Type.String()),
+  vtpms: Type.Integer(),
+  running: Type.Integer(),
+  capabilities: Type.Unknown(),
+  last_seen: Type.String(),
+  agent_url: Type.Union([Type.String(), Type.Null()], {
+    description: "a remote agent's API; null for the control plane's own host",
+  }),
+});
+export type HostView = Static<typeof Host>;
+export const HostList = Type.Object({ hosts: Type.Array(Host) });
+export type HostList = Static<typeof HostList>;
+
+export const RegisterHostBody = Type.Object({
+  name: HostName,
+  url: Type.String({ description: "the host agent's API, https://HOST:PORT (http only on loopback)" }),
+});
+export const RegisteredHost = Type.Object({ name: Type.String(), url: Type.String(), token: Type.String() });
+export type RegisteredHost = Static<typeof RegisteredHost>;
+
+export const PoolStatus = Type.Object({
+  size: Type.Integer(),
+  refill_pause_ms: Type.Integer(),
+  ready: Type.Record(Type.String(), Type.Integer()),
+});
+export type PoolStatus = Static<typeof PoolStatus>;

@@ -1,0 +1,169 @@
+/**
+ * The fleet: the hosts that run vTPMs and the agent of each, in process (the
+ * control plane's own host, which also manufactures and adopts, since the
+ * deployment's EK CA is there) or remote (`vtpm agent`). Nothing else
+ * constructs an agent or knows which kind a host has.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { HostAgent, HostDescription } from '../agent/host-agent.js';
+import { RemoteHostAgent } from '../agent/remote/remote-host-agent.js';
+import { ApiClient } from '../api/client.js';
+import type { HostView, RegisteredHost } from '../api/hosts.js';
+import { StateConflictError, UnauthenticatedError } from '../errors.js';
+import type { KeyManager } from '../keys/key-manager.js';
+import { withSecret, withWiped } from '../keys/wiped.js';
+import { DEPLOYMENT_PROJECT, type Store } from '../store/index.js';
+import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
+import { checkAgentUrl } from './agent-url.js';
+import { chooseHost } from './scheduler.js';
+
+const agentToken = (secret: Buffer) => secret.toString('base64url');
+const digest = (token: string) => createHash('sha256').update(token).digest();
+
+interface RemoteHost {
+  agent: RemoteHostAgent;
+  tokenDigest: Buffer;
+}
+
+export interface FleetOptions {
+  store: Store;
+  keys: KeyManager;
+  logger: Logger;
+  /** The control plane's own host: it runs vTPMs and manufactures and adopts every one. */
+  manufacturer: HostAgent;
+  /** The CA that issued remote agents' TLS certificates, when the system's CAs did not. */
+  agentCaFile?: string | undefined;
+}
+
+export class Fleet {
+  readonly manufacturer: HostAgent;
+  private readonly remotes = new Map<string, RemoteHost>();
+
+  constructor(private readonly options: FleetOptions) {
+    this.manufacturer = options.manufacturer;
+  }
+
+  isConnected(host: string): boolean {
+    return host === this.manufacturer.hostName || this.remotes.has(host);
+  }
+
+  agentFor(host: string): HostAgent {
+    if (host === this.manufacturer.hostName) return this.manufacturer;
+    const remote = this.remotes.get(host);
+    if (!remote) throw new StateConflictError(`host ${host} has no agent connected to this control plane`, { host });
+    return remote.agent;
+  }
+
+  connected(): HostAgent[] {
+    return [this.manufacturer, ...[...this.remotes.values()].map((remote) => remote.agent)];
+  }
+
+  /** Connects to every registered remote host's agent (at start-up); one that does not answer is used once it reports in. */
+  async connectRegistered(): Promise<void> {
+    for (const host of await this.options.store.hosts.list()) {
+      if (!host.agent_url || !host.agent_secret_ref) continue;
+      const token = await withSecret(this.options.keys, host.agent_secret_ref, agentToken);
+      await this.connect(host.name, host.agent_url, token);
+    }
+  }
+
+  /** Records every connected host's traits and capabilities, as its agent describes them. */
+  async describeAll(): Promise<void> {
+    for (const agent of this.connected()) {
+      try {
+        const { name, traits, capabilities } = await agent.describe();
+        await this.options.store.hosts.upsert({ name, traits, capabilities });
+      } catch (error) {
+        if (agent === this.manufacturer) throw error;
+        this.options.logger.warn({ host: agent.hostName, err: error }, 'a remote agent did not answer; it is used again once it reports in');
+      }
+    }
+  }
+
+  /**
+   * Registers a host whose agent runs remotely and issues its agent token:
+   * kept in the key manager (the control plane presents it to the agent, the
+   * agent reports with it), shown once. Registering again issues a new
+   * token; the old one stops working.
+   */
+  async register(name: string, url: string): Promise<RegisteredHost> {
+    if (name === this.manufacturer.hostName) {
+      throw new StateConflictError(`${name} is the control plane's own host; its agent runs in \`vtpm serve\``, { host: name });
+    }
+    const agentUrl = checkAgentUrl(url);
+    return withWiped(randomBytes(32), async (secret) => {
+      const { store, keys } = this.options;
+      const ref = await keys.storeSecret(`vtpm-host-agent-${name}`, { project: DEPLOYMENT_PROJECT }, secret);
+      const previous = await store.hosts.registerRemote(name, agentUrl, ref);
+      if (previous) await keys.deleteSecret(previous);
+      const token = agentToken(secret);
+      await this.connect(name, agentUrl, token);
+      this.options.logger.info({ host: name, url: agentUrl }, 'remote host registered');
+      return { name, url: agentUrl, token };
+    });
+  }
+
+  private async connect(name: string, url: string, token: string): Promise<void> {
+    const client = await ApiClient.withToken({ url, token, caFile: this.options.agentCaFile });
+    this.remotes.set(name, { agent: new RemoteHostAgent(name, client), tokenDigest: digest(token) });
+  }
+
+  /** Refuses a report that does not carry `host`'s agent token (compared in constant time). */
+  authenticateAgent(host: string, token: string | undefined): void {
+    const remote = this.remotes.get(host);
+    if (token === undefined || !remote || !timingSafeEqual(digest(token), remote.tokenDigest)) {
+      throw new UnauthenticatedError(
+        `not host ${host}'s agent token: an agent reports with the token \`vtpm host add\` issued for its host`,
+      );
+    }
+  }
+
+  /** A remote agent is up: its traits and capabilities are recorded, and it learns where its sockets are. */
+  async reportedIn(host: string, description: HostDescription): Promise<void> {
+    this.remotes.get(host)?.agent.learn(description);
+    await this.options.store.hosts.upsert({ name: host, traits: description.traits, capabilities: description.capabilities });
+    this.options.logger.info({ host, traits: description.traits }, 'remote agent reported in');
+  }
+
+  /**
+   * After a restart, a running vTPM's host reports its current state. A
+   * remote agent reports through the API, which listens only once start-up
+   * is done, so its report is not waited for.
+   */
+  async resyncAfterRestart(host: string, vm: string): Promise<void> {
+    const resynced = this.agentFor(host).resync(vm);
+    if (host === this.manufacturer.hostName) return resynced;
+    void resynced.catch((error: unknown) =>
+      this.options.logger.warn({ vm, host, err: error }, 'a remote host could not report its state after the restart'),
+    );
+  }
+
+  /** The connected host that fits the spec best (see scheduler.ts). */
+  async place(spec: TpmSpec): Promise<string> {
+    const counts = await this.options.store.vtpms.countByHost();
+    const hosts = (await this.options.store.hosts.list()).filter((host) => this.isConnected(host.name));
+    const candidates = hosts.map((h) => ({ name: h.name, traits: h.traits, vtpms: counts.get(h.name)?.total ?? 0 }));
+    return chooseHost(spec, candidates).name;
+  }
+
+  /** The host is connected and offers what the spec needs. */
+  async requireHostFor(spec: TpmSpec, host: string): Promise<void> {
+    this.agentFor(host);
+    const known = (await this.options.store.hosts.list()).find((h) => h.name === host);
+    chooseHost(spec, known ? [{ name: known.name, traits: known.traits, vtpms: 0 }] : []);
+  }
+
+  async list(): Promise<HostView[]> {
+    const counts = await this.options.store.vtpms.countByHost();
+    return (await this.options.store.hosts.list()).map((host) => ({
+      name: host.name,
+      traits: host.traits,
+      vtpms: counts.get(host.name)?.total ?? 0,
+      running: counts.get(host.name)?.running ?? 0,
+      capabilities: host.capabilities,
+      last_seen: host.last_seen,
+      agent_url: host.agent_url,
+    }));
+  }
+}

@@ -1,0 +1,51 @@
+/**
+ * The control plane's HTTP server: the users' API under /v1 and the agents'
+ * under /agent/v1, each a plugin with its own authentication, sharing one
+ * error handler; the OpenAPI document at /openapi.json is generated from the
+ * schemas that validate requests (src/api).
+ */
+import swagger from '@fastify/swagger';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { AGENT_API } from '../agent/remote/wire.js';
+import { ErrorBody } from '../api/errors.js';
+import { Vtpm } from '../api/vtpms.js';
+import type { ControlPlane } from '../orchestration/control-plane.js';
+import { agentApi } from './agent-api/plugin.js';
+import { useProductErrors } from './error-handler.js';
+import { userApi } from './user-api/plugin.js';
+
+export interface HttpOptions {
+  cp: ControlPlane;
+  logger: Logger;
+  version: string;
+  https?: { cert: Buffer; key: Buffer } | undefined;
+}
+
+const BODY_LIMIT = 1024 * 1024;
+
+export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: options.logger as FastifyBaseLogger,
+    bodyLimit: BODY_LIMIT,
+    ...(options.https && { https: options.https }),
+  }) as unknown as FastifyInstance;
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'vtpm-manager', version: options.version, description: 'Virtual TPMs for virtual machine fleets' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  app.addSchema(ErrorBody);
+  app.addSchema(Vtpm);
+  useProductErrors(app);
+
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }));
+  await app.register(userApi, { prefix: '/v1', cp: options.cp });
+  await app.register(agentApi, { prefix: AGENT_API, cp: options.cp });
+  return app;
+}

@@ -1,0 +1,103 @@
+/**
+ * The users' API under /v1, as one encapsulated plugin: bearer tokens of
+ * users (auth/tokens.ts), the audit of every state-changing request, and the
+ * routes, which call the operations only. Authorisation is the operations'
+ * (through auth/policy.ts), never the routes'.
+ */
+import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { isUuid, bearerToken } from '../../api/patterns.js';
+import { requestContext } from '../../audit/audit-log.js';
+import { RequestAudit } from '../../audit/request-audit.js';
+import type { Principal } from '../../auth/policy.js';
+import { authenticate } from '../../auth/tokens.js';
+import { UnauthenticatedError } from '../../errors.js';
+import type { ControlPlane } from '../../orchestration/control-plane.js';
+import { handleNotFound } from '../error-handler.js';
+import { registerHostRoutes } from './host-routes.js';
+import { registerIdentityRoutes } from './identity-routes.js';
+import { registerVaultRoutes } from './vault-routes.js';
+import { registerVtpmRoutes } from './vtpm-routes.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    actor: Principal | null;
+    /** The project of the vTPM the request is about, as it was before the request. */
+    vtpmProject: string | null;
+  }
+}
+
+/** Routes whose vTPM does not exist yet: it is being created, in the caller's project. */
+const CREATING_ROUTES = new Set(['/v1/vtpms', '/v1/vtpms/import', '/v1/vtpms/adopt']);
+
+/** The VM a request is about: its path's, or a create's body's; only a well-formed UUID, never arbitrary input. */
+function vmOf(request: FastifyRequest): string | undefined {
+  const params = request.params as { vm?: unknown } | undefined;
+  const body = request.body as { vm?: unknown } | undefined;
+  const candidate = params?.vm ?? body?.vm;
+  return typeof candidate === 'string' && isUuid(candidate) ? candidate.toLowerCase() : undefined;
+}
+
+export function actorOf(request: FastifyRequest): Principal {
+  if (!request.actor) throw new UnauthenticatedError();
+  return request.actor;
+}
+
+export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: FastifyInstance, { cp }) => {
+  const requestAudit = new RequestAudit(cp.store, cp.audit);
+  app.decorateRequest('actor', null);
+  app.decorateRequest('vtpmProject', null);
+  app.setNotFoundHandler(handleNotFound);
+
+  app.addHook('onRequest', async (request) => {
+    const token = bearerToken(request.headers.authorization);
+    const actor = token ? await authenticate(cp.store, token) : undefined;
+    if (!actor) {
+      throw new UnauthenticatedError(
+        'missing, unknown, expired or revoked API token: ' +
+          "pass --token, set VTPM_TOKEN, or point --data-dir at the server's data directory",
+      );
+    }
+    request.actor = actor;
+  });
+
+  // Code below the API (the audited key manager) learns whom it works for, and on which vTPM.
+  app.addHook('preHandler', (request, _reply, done) => {
+    const principal = request.actor;
+    if (!principal) return done();
+    const vm = vmOf(request);
+    const creating = CREATING_ROUTES.has(request.routeOptions.url ?? '') ? principal : undefined;
+    void requestAudit.projectOf(vm, creating).then((project) => {
+      request.vtpmProject = project ?? null;
+      requestContext.run({ principal, vm, project }, done);
+    });
+  });
+
+  // Recorded before the answer leaves: nothing acknowledged goes unrecorded.
+  app.addHook('onSend', async (request, reply, payload) => {
+    if (request.method === 'GET') return payload;
+    const params = (request.params ?? {}) as Record<string, string | undefined>;
+    const vm = vmOf(request);
+    // A create's vTPM exists only afterwards.
+    const project = request.vtpmProject ?? (await requestAudit.projectOf(vm, undefined));
+    await requestAudit.record(
+      {
+        operation: `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`,
+        vm,
+        project,
+        result: request.failureCode ?? (reply.statusCode < 400 ? 'ok' : `http_${reply.statusCode}`),
+        detail: {
+          status: reply.statusCode,
+          ...(params.name !== undefined && { user: params.name }),
+          ...(params.id !== undefined && { token: params.id }),
+        },
+      },
+      request.actor,
+    );
+    return payload;
+  });
+
+  registerVtpmRoutes(app, cp);
+  registerVaultRoutes(app, cp);
+  registerHostRoutes(app, cp);
+  registerIdentityRoutes(app, cp);
+};

@@ -1,0 +1,35 @@
+/**
+ * What every operation works with: the store, the key manager, the vault,
+ * the fleet of hosts, and the few things held in memory between operations.
+ * An operation is a module of its own (create.ts, start.ts, ...) taking this.
+ */
+import type { Logger } from 'pino';
+import type { AuditLog } from '../audit/audit-log.js';
+import type { Fleet } from '../fleet/fleet.js';
+import type { KeyManager } from '../keys/key-manager.js';
+import type { ProvisioningPool } from '../pool/provisioning-pool.js';
+import type { Store } from '../store/index.js';
+import type { StateVault } from '../vault/state-vault.js';
+import { KeyedLock } from './keyed-lock.js';
+import { MigrationsUnderWay } from './migrations-under-way.js';
+import { VaultKeyRing } from './vault-key-ring.js';
+
+export interface ControlPlane {
+  readonly store: Store;
+  readonly keys: KeyManager;
+  readonly vault: StateVault;
+  readonly fleet: Fleet;
+  readonly audit: AuditLog;
+  readonly pool: ProvisioningPool | undefined;
+  readonly logger: Logger;
+  /** One VM's operations run one at a time. */
+  readonly locks: KeyedLock;
+  readonly vaultKeys: VaultKeyRing;
+  readonly migrations: MigrationsUnderWay;
+}
+
+export type ControlPlaneParts = Omit<ControlPlane, 'locks' | 'vaultKeys' | 'migrations'>;
+
+export function controlPlane(parts: ControlPlaneParts): ControlPlane {
+  return { ...parts, locks: new KeyedLock(), vaultKeys: new VaultKeyRing(), migrations: new MigrationsUnderWay() };
+}

@@ -1,0 +1,87 @@
+/**
+ * Reconcile, at start-up: the store is brought in line with what the hosts
+ * run. Operations a crash interrupted are finished or rolled back, a live
+ * migration the control plane was down for is settled by which swtpms still
+ * run, and every vTPM is marked running or stopped as it is.
+ */
+import type { StateKind, VtpmRecord } from '../store/index.js';
+import { withSecret } from '../keys/wiped.js';
+import { vaultKeyFrom } from '../vault/state-vault.js';
+import { withVaultKey } from '../vault/vault-key.js';
+import type { ControlPlane } from './control-plane.js';
+import { erase, leaveDeleting } from './delete.js';
+import { settleMigration } from './migrate.js';
+import { specOf } from './vtpm-records.js';
+
+type RunningOn = Map<string, Set<string>>;
+
+export async function reconcile(cp: ControlPlane): Promise<void> {
+  for (const record of await cp.store.vtpms.list({ statuses: ['creating', 'deleting'] })) {
+    cp.logger.warn({ vm: record.vm, status: record.status }, 'finishing an operation interrupted by a restart');
+    await erase(cp, record).catch((error: unknown) => leaveDeleting(cp, record.vm, error));
+  }
+  const runningOn = await whatHostsRun(cp);
+  const runs = (host: string, vm: string) => runningOn.get(host)?.has(vm) ?? false;
+  for (const record of await cp.store.vtpms.list({ statuses: ['migrating'] })) {
+    await holdVaultKey(cp, record);
+    const to = record.migrating_to;
+    const unknown = to === null || !runningOn.has(record.host) || !runningOn.has(to);
+    if (unknown || (runs(record.host, record.vm) && runs(to, record.vm))) {
+      cp.migrations.begin(record.vm);
+      continue;
+    }
+    await settleMigration(cp, record, to, runs(to, record.vm) ? 'completed' : 'abandoned');
+  }
+  for (const record of await cp.store.vtpms.list({ statuses: ['starting', 'running', 'stopping', 'stopped'] })) {
+    if (runningOn.has(record.host)) await reconcileOne(cp, record, runs(record.host, record.vm));
+  }
+}
+
+/** What a host that does not answer runs is unknown: its vTPMs keep the status they have. */
+async function whatHostsRun(cp: ControlPlane): Promise<RunningOn> {
+  const runningOn: RunningOn = new Map();
+  for (const agent of cp.fleet.connected()) {
+    try {
+      runningOn.set(agent.hostName, new Set((await agent.running()).map((instance) => instance.vm)));
+    } catch (error) {
+      cp.logger.warn({ host: agent.hostName, err: error }, 'a host did not say what it runs; its vTPMs are left as they are');
+    }
+  }
+  return runningOn;
+}
+
+async function reconcileOne(cp: ControlPlane, record: VtpmRecord, isRunning: boolean): Promise<void> {
+  // Only a vTPM that was running can have state the vault has not seen; a `starting` one may
+  // still hold an older working copy (from before a restore, say), which must not come back.
+  if (!isRunning && (record.status === 'running' || record.status === 'stopping')) await recoverWorkingState(cp, record);
+  const status = isRunning ? 'running' : 'stopped';
+  if (record.status !== status) {
+    const socket = isRunning ? cp.fleet.agentFor(record.host).devicePaths(record.vm).socket : null;
+    await cp.store.vtpms.update(record.vm, { status, socket });
+  }
+  if (!isRunning) return;
+  // Changes made while the control plane was down are committed now.
+  await holdVaultKey(cp, record);
+  await cp.fleet.resyncAfterRestart(record.host, record.vm);
+}
+
+async function holdVaultKey(cp: ControlPlane, record: VtpmRecord): Promise<void> {
+  cp.vaultKeys.hold(record.vm, await withSecret(cp.keys, record.secret_ref, vaultKeyFrom));
+}
+
+/**
+ * A vTPM whose guest exited while the control plane was down: its last
+ * state is only in the host's working copy. It was started from the vault's
+ * head and only moves forward, so a copy that differs from the head is newer.
+ */
+async function recoverWorkingState(cp: ControlPlane, record: VtpmRecord): Promise<void> {
+  const working = await cp.fleet.agentFor(record.host).workingState(record.vm, specOf(record));
+  await withVaultKey(cp.keys, record.secret_ref, async (vaultKey) => {
+    for (const [kind, data] of Object.entries(working) as Array<[StateKind, Buffer]>) {
+      const generation = await cp.vault.commit(record.vm, kind, vaultKey, data, 'stop');
+      if (generation !== undefined) {
+        cp.logger.warn({ vm: record.vm, kind, generation }, 'committed the state a guest left while the control plane was down');
+      }
+    }
+  });
+}

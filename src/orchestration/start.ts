@@ -1,0 +1,122 @@
+/**
+ * Start: the vTPM runs from the vault's newest generation, verified, never
+ * from whatever a host's disk holds; on its host or on `scope.host`. A
+ * stopped vTPM's state is in the vault, not on a host, so it may start on
+ * any host that offers what it needs (a cold migration is just that). The
+ * destination of a live migration under way answers with its socket: its
+ * QEMU is the one being prepared.
+ */
+import type { Started } from '../api/vtpms.js';
+import type { Principal } from '../auth/policy.js';
+import { StateConflictError } from '../errors.js';
+import { withKeptSecrets } from '../keys/wiped.js';
+import type { VtpmRecord } from '../store/index.js';
+import type { StateGeneration } from '../vault/state-vault.js';
+import { vaultKeyFrom } from '../vault/state-vault.js';
+import type { ControlPlane } from './control-plane.js';
+import { runSteps, type Step } from './steps.js';
+import { attachmentOf, conflict, firmwareOf, specOf, toVtpmView, withVtpm } from './vtpm-records.js';
+
+/** Which host the caller acts from (the libvirt hook on a host says so): start there, stop only there. */
+export interface HostScope {
+  host?: string | undefined;
+}
+
+interface Starting {
+  record: VtpmRecord;
+  origin: string;
+  keep: (secret: Buffer) => Buffer;
+  secret?: Buffer;
+  tpm?: StateGeneration;
+  nvram?: StateGeneration | undefined;
+  socket?: string;
+  running?: VtpmRecord | undefined;
+}
+
+export async function startVtpm(cp: ControlPlane, vm: string, actor: Principal, scope: HostScope = {}): Promise<Started> {
+  return withVtpm(cp, vm, actor, 'operate', async (current) => {
+    if (current.status === 'migrating' && scope.host !== undefined && scope.host === current.migrating_to) {
+      return { ...toVtpmView(current), ...attachmentOf(cp, current, scope.host) };
+    }
+    if (current.status === 'running') throw conflict(current, `vTPM ${current.vm} is already running on ${current.host}`);
+    const starting = await withKeptSecrets(async (keep) => {
+      const state: Starting = { record: current, origin: current.host, keep };
+      await runSteps({ operation: 'start', steps: startSteps(cp, scope), logger: cp.logger }, state);
+      return state;
+    });
+    const started = starting.running ?? starting.record;
+    cp.logger.info({ vm: started.vm, host: started.host }, 'vTPM started');
+    return { ...toVtpmView(started), ...attachmentOf(cp, started) };
+  });
+}
+
+function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
+  return [
+    {
+      name: 'claim',
+      async run(s) {
+        const claimed = await cp.store.vtpms.update(s.record.vm, { status: 'starting' }, ['stopped']);
+        if (!claimed) throw conflict(s.record, `vTPM ${s.record.vm} is ${s.record.status}; only a stopped vTPM can be started`);
+        s.record = claimed;
+      },
+      undo: async (s) => {
+        await cp.store.vtpms.update(s.record.vm, { status: 'stopped', socket: null }, ['starting']);
+      },
+    },
+    {
+      name: 'choose-host',
+      async run(s) {
+        if (scope.host === undefined || scope.host === s.record.host) return;
+        await cp.fleet.requireHostFor(specOf(s.record), scope.host);
+        s.record = (await cp.store.vtpms.update(s.record.vm, { host: scope.host }, ['starting'])) ?? s.record;
+        cp.logger.info({ vm: s.record.vm, host: scope.host }, 'vTPM moves to another host while stopped');
+      },
+      undo: async (s) => {
+        if (s.record.host !== s.origin) await cp.store.vtpms.update(s.record.vm, { host: s.origin }, ['starting']);
+      },
+    },
+    {
+      name: 'read-state',
+      async run(s) {
+        s.secret = s.keep(await cp.keys.readSecret(s.record.secret_ref));
+        const vaultKey = s.keep(vaultKeyFrom(s.secret));
+        s.tpm = await cp.vault.newest(s.record.vm, 'tpm', vaultKey);
+        if (!s.tpm) throw new StateConflictError(`vTPM ${s.record.vm} has no state in the vault`, { vm: s.record.vm });
+        if (firmwareOf(s.record).type !== 'uefi') return;
+        s.nvram = await cp.vault.newest(s.record.vm, 'nvram', vaultKey);
+        if (!s.nvram) {
+          throw new StateConflictError(`UEFI guest ${s.record.vm} has no variable store in the vault`, { vm: s.record.vm });
+        }
+      },
+    },
+    {
+      // Before swtpm runs: its first report may come at once.
+      name: 'hold-vault-key',
+      async run(s) {
+        cp.vaultKeys.hold(s.record.vm, vaultKeyFrom(s.secret!));
+      },
+      undo: async (s) => cp.vaultKeys.drop(s.record.vm),
+    },
+    {
+      name: 'run-swtpm',
+      async run(s) {
+        const request = {
+          vm: s.record.vm,
+          spec: specOf(s.record),
+          firmware: firmwareOf(s.record),
+          stateKey: s.secret!,
+          state: s.tpm!.data,
+          nvram: s.nvram?.data,
+        };
+        s.socket = (await cp.fleet.agentFor(s.record.host).start(request)).socket;
+      },
+      undo: (s) => cp.fleet.agentFor(s.record.host).stop(s.record.vm),
+    },
+    {
+      name: 'mark-running',
+      async run(s) {
+        s.running = await cp.store.vtpms.update(s.record.vm, { status: 'running', socket: s.socket! }, ['starting']);
+      },
+    },
+  ];
+}
