@@ -1,0 +1,37 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import { createVtpm } from './create.js';
+import { alice, openTestControlPlane, type TestControlPlane } from './testing/control-plane-harness.js';
+
+let t: TestControlPlane;
+beforeEach(async () => {
+  t = await openTestControlPlane();
+});
+afterEach(() => t.close());
+
+describe('create', () => {
+  it('leaves a stopped vTPM whose first generation is the manufactured state', async () => {
+    const vm = randomUUID();
+    const created = await createVtpm(t.cp, { vm, version: '2.0' }, alice);
+    assert.equal(created.status, 'stopped');
+    const history = await t.cp.vault.history(vm);
+    assert.deepEqual(history.map((g) => [g.kind, g.generation, g.reason]), [['tpm', 1, 'create']]);
+  });
+
+  it('when manufacturing fails: the secret is erased and no row is left', async () => {
+    const vm = randomUUID();
+    t.local.failNext('manufacture');
+    await assert.rejects(createVtpm(t.cp, { vm, version: '2.0' }, alice), /manufacture failed/);
+    assert.equal(await t.cp.store.vtpms.get(vm), undefined);
+    assert.deepEqual(await t.cp.store.secrets.listUses(), []);
+  });
+
+  it('when the undo cannot reach the key manager: the vTPM is left deleting, and the first failure is the one reported', async () => {
+    const vm = randomUUID();
+    t.local.failNext('manufacture');
+    t.keys.failNext('deleteSecret');
+    await assert.rejects(createVtpm(t.cp, { vm, version: '2.0' }, alice), /manufacture failed/);
+    assert.equal((await t.cp.store.vtpms.get(vm))?.status, 'deleting');
+  });
+});
