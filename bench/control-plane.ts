@@ -29,21 +29,26 @@ async function drive(url: string, headers: Record<string, string>): Promise<Wind
   const agent = new Agent({ keepAlive: true, maxSockets: IN_FLIGHT });
   const latencies: number[] = [];
   const until = performance.now() + WINDOW_MS;
-  const once = () => new Promise<void>((resolve, reject) => {
-    const started = performance.now();
-    request(url, { agent, headers }, (response) => {
-      response.resume();
-      response.once('end', () => {
-        if (response.statusCode !== 200) reject(new Error(`${url}: HTTP ${response.statusCode}`));
-        latencies.push(performance.now() - started);
-        resolve();
-      });
-    }).once('error', reject).end();
-  });
+  const once = () =>
+    new Promise<void>((resolve, reject) => {
+      const started = performance.now();
+      request(url, { agent, headers }, (response) => {
+        response.resume();
+        response.once('end', () => {
+          if (response.statusCode !== 200) reject(new Error(`${url}: HTTP ${response.statusCode}`));
+          latencies.push(performance.now() - started);
+          resolve();
+        });
+      })
+        .once('error', reject)
+        .end();
+    });
   const began = performance.now();
-  await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
-    while (performance.now() < until) await once();
-  }));
+  await Promise.all(
+    Array.from({ length: IN_FLIGHT }, async () => {
+      while (performance.now() < until) await once();
+    }),
+  );
   const elapsed = performance.now() - began;
   agent.destroy();
   return { requestsPerSecond: latencies.length / (elapsed / 1000), latencies };
@@ -57,7 +62,10 @@ async function bareServer(body: string): Promise<{ child: ChildProcess; url: str
       res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': body.length });
       res.end(body);
     }).listen(0, '127.0.0.1', function () { process.stdout.write('port ' + this.address().port + '\\n'); });`;
-  const child = spawn(process.execPath, ['-e', program], { env: { ...process.env, BODY: body }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['-e', program], {
+    env: { ...process.env, BODY: body },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const port = await new Promise<string>((resolve, reject) => {
     child.stdout!.once('data', (chunk: Buffer) => resolve(/port (\d+)/.exec(chunk.toString())?.[1] ?? ''));
     child.once('exit', (code) => reject(new Error(`bare HTTP server exited ${code}`)));
@@ -103,13 +111,20 @@ export async function runControlPlaneBenchmark(): Promise<{ table: string; resul
         ratio: (rate(product) / rate(bare)).toFixed(2),
       });
       results[endpoint.name] = {
-        requests_per_s: product.map((w) => w.requestsPerSecond), latency_ms: p,
-        anchor_requests_per_s: bare.map((w) => w.requestsPerSecond), anchor_latency_ms: a,
+        requests_per_s: product.map((w) => w.requestsPerSecond),
+        latency_ms: p,
+        anchor_requests_per_s: bare.map((w) => w.requestsPerSecond),
+        anchor_latency_ms: a,
       };
       anchor.child.kill();
     }
     await inBatches(vms, 8, async (vm) => void (await api('DELETE', `/v1/vtpms/${vm}`)));
-    return { table: table(rows) + `\n(${IN_FLIGHT} requests in flight, ${ROUNDS} alternating windows of ${WINDOW_MS / 1000} s each)`, results: { in_flight: IN_FLIGHT, ...results } };
+    return {
+      table:
+        table(rows) +
+        `\n(${IN_FLIGHT} requests in flight, ${ROUNDS} alternating windows of ${WINDOW_MS / 1000} s each)`,
+      results: { in_flight: IN_FLIGHT, ...results },
+    };
   } finally {
     for (const child of anchors) child.kill();
     service.child.kill('SIGTERM');

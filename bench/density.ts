@@ -39,7 +39,10 @@ async function cpuTicks(pid: number): Promise<number> {
 function commitTimes(dataDir: string, since: string): Map<string, number[]> {
   const database = new Sqlite(join(dataDir, 'vtpm.sqlite'), { readonly: true });
   try {
-    const rows = database.prepare("SELECT vm, created_at FROM state_generations WHERE kind = 'tpm' AND reason = 'sync' AND created_at >= ? ORDER BY created_at")
+    const rows = database
+      .prepare(
+        "SELECT vm, created_at FROM state_generations WHERE kind = 'tpm' AND reason = 'sync' AND created_at >= ? ORDER BY created_at",
+      )
       .all(since) as Array<{ vm: string; created_at: string }>;
     const times = new Map<string, number[]>();
     for (const row of rows) times.set(row.vm, [...(times.get(row.vm) ?? []), Date.parse(row.created_at)]);
@@ -73,14 +76,16 @@ async function cpuOver(pid: number, windowMs: number, during: (until: number) =>
 
 /** Calls `work` once a second per item, staggered over the first second, until `until`. */
 async function everySecond<T>(items: T[], until: number, work: (item: T) => Promise<void>): Promise<void> {
-  await Promise.all(items.map(async (item) => {
-    await delay(Math.random() * 1000);
-    while (Date.now() < until) {
-      const next = Date.now() + 1000;
-      await work(item);
-      await delay(Math.max(0, next - Date.now()));
-    }
-  }));
+  await Promise.all(
+    items.map(async (item) => {
+      await delay(Math.random() * 1000);
+      while (Date.now() < until) {
+        const next = Date.now() + 1000;
+        await work(item);
+        await delay(Math.max(0, next - Date.now()));
+      }
+    }),
+  );
 }
 
 export async function runDensityBenchmark(args: string[]): Promise<{ table: string; results: unknown }> {
@@ -93,12 +98,19 @@ export async function runDensityBenchmark(args: string[]): Promise<{ table: stri
   const channels = new Map<string, TpmChannel>();
   try {
     await inBatches(vms, 2, async (vm) => void (await api('POST', '/v1/vtpms', { vm, version: '2.0' })), 'created');
-    await inBatches(vms, 8, async (vm) => {
-      const { socket } = (await api('POST', `/v1/vtpms/${vm}/start`)) as { socket: string };
-      channels.set(vm, await TpmChannel.open(socket));
-    }, 'started and connected');
+    await inBatches(
+      vms,
+      8,
+      async (vm) => {
+        const { socket } = (await api('POST', `/v1/vtpms/${vm}/start`)) as { socket: string };
+        channels.set(vm, await TpmChannel.open(socket));
+      },
+      'started and connected',
+    );
     const changing = vms.slice(0, Math.max(1, Math.floor(count / 10)));
-    await inBatches(changing, 8, async (vm) => expectSuccess(await channels.get(vm)!.send(tpm2.nvDefineSpace(NV_INDEX, 8)), 'TPM2_NV_DefineSpace'));
+    await inBatches(changing, 8, async (vm) =>
+      expectSuccess(await channels.get(vm)!.send(tpm2.nvDefineSpace(NV_INDEX, 8)), 'TPM2_NV_DefineSpace'),
+    );
     await delay(5_000);
 
     const swtpmPids = (await readdir(join(dataDir, 'run'))).filter((f) => f.endsWith('.pid'));
@@ -107,18 +119,22 @@ export async function runDensityBenchmark(args: string[]): Promise<{ table: stri
     const serviceRss = await rssKib(child.pid!);
     const idleCpu = await cpuOver(child.pid!, WINDOW_MS, (until) => delay(until - Date.now()));
     let answered = 0;
-    const readingCpu = await cpuOver(child.pid!, WINDOW_MS, (until) => everySecond(vms, until, async (vm) => {
-      expectSuccess(await channels.get(vm)!.send(tpm2.getRandom16), 'TPM2_GetRandom');
-      answered += 1;
-    }));
+    const readingCpu = await cpuOver(child.pid!, WINDOW_MS, (until) =>
+      everySecond(vms, until, async (vm) => {
+        expectSuccess(await channels.get(vm)!.send(tpm2.getRandom16), 'TPM2_GetRandom');
+        answered += 1;
+      }),
+    );
 
     const since = new Date().toISOString();
     const changes = new Map<string, number[]>(changing.map((vm) => [vm, []]));
-    const changingCpu = await cpuOver(child.pid!, WINDOW_MS, (until) => everySecond(changing, until, async (vm) => {
-      const at = Date.now();
-      expectSuccess(await channels.get(vm)!.send(tpm2.nvWrite(NV_INDEX, randomBytes(8))), 'TPM2_NV_Write');
-      changes.get(vm)!.push(at);
-    }));
+    const changingCpu = await cpuOver(child.pid!, WINDOW_MS, (until) =>
+      everySecond(changing, until, async (vm) => {
+        const at = Date.now();
+        expectSuccess(await channels.get(vm)!.send(tpm2.nvWrite(NV_INDEX, randomBytes(8))), 'TPM2_NV_Write');
+        changes.get(vm)!.push(at);
+      }),
+    );
     await delay(2_000);
     const changeCount = [...changes.values()].reduce((n, sent) => n + sent.length, 0);
     const lag = summarize(lagsOf(changes, commitTimes(dataDir, since)));
@@ -138,19 +154,40 @@ export async function runDensityBenchmark(args: string[]): Promise<{ table: stri
     const percent = (fraction: number) => `${(fraction * 100).toFixed(2)} % of one core`;
     return {
       table: table([
-        { measure: 'vTPMs running (swtpm processes)', value: `${swtpmPids.length}, ${channels.size} with a load client connected`, anchor: '' },
+        {
+          measure: 'vTPMs running (swtpm processes)',
+          value: `${swtpmPids.length}, ${channels.size} with a load client connected`,
+          anchor: '',
+        },
         { measure: 'service resident memory', value: `${(serviceRss / 1024).toFixed(0)} MiB`, anchor: '' },
-        { measure: 'service memory per vTPM', value: `${(serviceRss / swtpmPids.length).toFixed(0)} KiB`, anchor: `swtpm itself: ${(swtpmRss / swtpmPids.length).toFixed(0)} KiB per process` },
+        {
+          measure: 'service memory per vTPM',
+          value: `${(serviceRss / swtpmPids.length).toFixed(0)} KiB`,
+          anchor: `swtpm itself: ${(swtpmRss / swtpmPids.length).toFixed(0)} KiB per process`,
+        },
         { measure: 'service CPU, idle', value: percent(idleCpu), anchor: '' },
-        { measure: 'service CPU, every vTPM answering 1 command/s', value: `${percent(readingCpu)} (${answered} answered)`, anchor: '' },
+        {
+          measure: 'service CPU, every vTPM answering 1 command/s',
+          value: `${percent(readingCpu)} (${answered} answered)`,
+          anchor: '',
+        },
         { measure: 'service CPU, a tenth writing NV 1/s', value: percent(changingCpu), anchor: '' },
-        { measure: 'sync lag p50 / p99 / max', value: `${lag.p50} / ${lag.p99} / ${lag.max} ms (${lag.count}/${changeCount} committed)`, anchor: '' },
+        {
+          measure: 'sync lag p50 / p99 / max',
+          value: `${lag.p50} / ${lag.p99} / ${lag.max} ms (${lag.count}/${changeCount} committed)`,
+          anchor: '',
+        },
       ]),
       results,
     };
   } finally {
     for (const channel of channels.values()) channel.close();
-    await inBatches(vms, 16, async (vm) => void (await api('DELETE', `/v1/vtpms/${vm}?force=true`).catch(() => undefined)), 'deleted');
+    await inBatches(
+      vms,
+      16,
+      async (vm) => void (await api('DELETE', `/v1/vtpms/${vm}?force=true`).catch(() => undefined)),
+      'deleted',
+    );
     child.kill('SIGTERM');
     await new Promise((resolve) => child.once('exit', resolve));
     await rm(root, { recursive: true, force: true });

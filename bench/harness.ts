@@ -30,7 +30,10 @@ export function apiClient(url: string, token: string): Api {
   return async (method, path, body) => {
     const response = await fetch(`${url}${path}`, {
       method,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     });
     if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
@@ -40,9 +43,13 @@ export function apiClient(url: string, token: string): Api {
 
 /** `vtpm serve` as its own process (pool off), so that /proc figures are the service's alone. */
 export async function serveAsProcess(dataDir: string): Promise<{ child: ChildProcess; url: string; token: string }> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn', '--pool-size', '0'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const child = spawn(
+    process.execPath,
+    [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn', '--pool-size', '0'],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -58,17 +65,29 @@ export async function serveAsProcess(dataDir: string): Promise<{ child: ChildPro
 /** `vtpm serve` in this process, on `dataDir`, logging warnings only. */
 export async function serveInProcess(dataDir: string, poolSize: number): Promise<{ server: RunningServer; api: Api }> {
   const server = await startServer({
-    dataDir, listen: '127.0.0.1:0', runDir: join(dataDir, 'run'), scratchDir: '/dev/shm', keyManager: 'local', retention: 20, poolSize,
-    logger: pino({ level: 'warn' }, pino.destination(2)), version: 'bench',
+    dataDir,
+    listen: '127.0.0.1:0',
+    runDir: join(dataDir, 'run'),
+    scratchDir: '/dev/shm',
+    keyManager: 'local',
+    retention: 20,
+    poolSize,
+    logger: pino({ level: 'warn' }, pino.destination(2)),
+    version: 'bench',
   });
   return { server, api: apiClient(server.url, (await readFile(server.adminTokenPath, 'utf8')).trim()) };
 }
 
-
-export async function inBatches<T>(items: T[], width: number, work: (item: T) => Promise<void>, label?: string): Promise<void> {
+export async function inBatches<T>(
+  items: T[],
+  width: number,
+  work: (item: T) => Promise<void>,
+  label?: string,
+): Promise<void> {
   for (let i = 0; i < items.length; i += width) {
     await Promise.all(items.slice(i, i + width).map(work));
-    if (label && (i / width) % 50 === 0) process.stderr.write(`${label}: ${Math.min(i + width, items.length)}/${items.length}\n`);
+    if (label && (i / width) % 50 === 0)
+      process.stderr.write(`${label}: ${Math.min(i + width, items.length)}/${items.length}\n`);
   }
 }
 
@@ -89,10 +108,21 @@ export async function startSwtpmDirectly(dir: string): Promise<DirectSwtpm> {
   const socket = join(dir, 'ctrl.sock');
   await rm(socket, { force: true });
   const started = performance.now();
-  const child = spawn('swtpm', [
-    'socket', '--tpm2', '--tpmstate', `dir=${dir},mode=0600`, '--ctrl', `type=unixio,path=${socket},mode=0600`,
-    '--key', SWTPM_KEY_OPTION, '--terminate',
-  ], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
+  const child = spawn(
+    'swtpm',
+    [
+      'socket',
+      '--tpm2',
+      '--tpmstate',
+      `dir=${dir},mode=0600`,
+      '--ctrl',
+      `type=unixio,path=${socket},mode=0600`,
+      '--key',
+      SWTPM_KEY_OPTION,
+      '--terminate',
+    ],
+    { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] },
+  );
   handOver(child, KEY_FD, randomBytes(32).toString('hex'));
   while (!(await socketAccepts(socket))) {
     if (child.exitCode !== null) throw new Error(`swtpm exited with status ${child.exitCode}`);

@@ -27,10 +27,17 @@ if (!scenario) {
   process.stderr.write(`unknown benchmark "${name}"; scenarios: ${Object.keys(scenarios).join(', ')}\n`);
   process.exit(2);
 }
-const machine = { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', memory_gib: Math.round(totalmem() / 2 ** 30), node: process.version };
+const machine = {
+  cpus: cpus().length,
+  cpu: cpus()[0]?.model ?? 'unknown',
+  memory_gib: Math.round(totalmem() / 2 ** 30),
+  node: process.version,
+};
 const started = new Date();
 const { table, results } = await scenario(args);
-process.stdout.write(`\n${name} (${machine.cpus} x ${machine.cpu}, ${machine.memory_gib} GiB, Node ${machine.node})\n${table}\n`);
+process.stdout.write(
+  `\n${name} (${machine.cpus} x ${machine.cpu}, ${machine.memory_gib} GiB, Node ${machine.node})\n${table}\n`,
+);
 const dir = join(process.cwd(), 'bench', 'results');
 await mkdir(dir, { recursive: true });
 const file = join(dir, `${name}-${started.toISOString().replaceAll(':', '-')}.json`);

@@ -42,18 +42,44 @@ function run(program: string, args: string[], keyHex: string): Promise<void> {
 async function bareSwtpmSetup(root: string): Promise<number[]> {
   const dir = join(root, 'anchor');
   await mkdir(join(dir, 'ca'), { recursive: true });
-  await writeFile(join(dir, 'localca.conf'), `statedir = ${dir}/ca\nsigningkey = ${dir}/ca/signkey.pem\nissuercert = ${dir}/ca/issuercert.pem\ncertserial = ${dir}/ca/certserial\n`);
-  await writeFile(join(dir, 'localca.options'), '--platform-manufacturer bench\n--platform-version 1.0\n--platform-model QEMU\n');
-  await writeFile(join(dir, 'setup.conf'), `create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = ${dir}/localca.conf\ncreate_certs_tool_options = ${dir}/localca.options\nactive_pcr_banks = sha256\n`);
+  await writeFile(
+    join(dir, 'localca.conf'),
+    `statedir = ${dir}/ca\nsigningkey = ${dir}/ca/signkey.pem\nissuercert = ${dir}/ca/issuercert.pem\ncertserial = ${dir}/ca/certserial\n`,
+  );
+  await writeFile(
+    join(dir, 'localca.options'),
+    '--platform-manufacturer bench\n--platform-version 1.0\n--platform-model QEMU\n',
+  );
+  await writeFile(
+    join(dir, 'setup.conf'),
+    `create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = ${dir}/localca.conf\ncreate_certs_tool_options = ${dir}/localca.options\nactive_pcr_banks = sha256\n`,
+  );
   const samples: number[] = [];
   for (let i = 0; i <= ANCHOR_RUNS; i += 1) {
     const state = join(dir, `state-${i}`);
     await mkdir(state);
     const started = performance.now();
-    await run('swtpm_setup', [
-      '--tpm2', '--create-platform-cert', '--tpm-state', state, '--config', join(dir, 'setup.conf'), '--createek', '--create-ek-cert',
-      '--keyfile-fd', '3', '--cipher', 'aes-256-cbc', '--vmid', randomUUID(), '--overwrite',
-    ], randomBytes(32).toString('hex'));
+    await run(
+      'swtpm_setup',
+      [
+        '--tpm2',
+        '--create-platform-cert',
+        '--tpm-state',
+        state,
+        '--config',
+        join(dir, 'setup.conf'),
+        '--createek',
+        '--create-ek-cert',
+        '--keyfile-fd',
+        '3',
+        '--cipher',
+        'aes-256-cbc',
+        '--vmid',
+        randomUUID(),
+        '--overwrite',
+      ],
+      randomBytes(32).toString('hex'),
+    );
     // The first run also creates the CA: leave it out, as the product's first manufacture is left out.
     if (i > 0) samples.push(performance.now() - started);
   }
@@ -85,11 +111,19 @@ export async function runProvisionBenchmark(): Promise<{ table: string; results:
     await pooled.server.close();
 
     const row = (what: string, s: Summary) => ({
-      what, runs: s.count, 'p50 ms': s.p50.toFixed(1), 'p99 ms': s.p99.toFixed(1), 'max ms': s.max.toFixed(1),
+      what,
+      runs: s.count,
+      'p50 ms': s.p50.toFixed(1),
+      'p99 ms': s.p99.toFixed(1),
+      'max ms': s.max.toFixed(1),
       'p50 speed-up vs anchor': (anchor.p50 / s.p50).toFixed(1),
     });
     return {
-      table: table([row('vtpm create, pool not empty', pooledLatency), row('vtpm create, pool off (inline)', inlineLatency), row('anchor: bare swtpm_setup', anchor)]),
+      table: table([
+        row('vtpm create, pool not empty', pooledLatency),
+        row('vtpm create, pool off (inline)', inlineLatency),
+        row('anchor: bare swtpm_setup', anchor),
+      ]),
       results: { pooled_ms: pooledLatency, inline_ms: inlineLatency, anchor_swtpm_setup_ms: anchor },
     };
   } finally {

@@ -19,7 +19,14 @@ import { summarize, table } from './stats.js';
 
 const START_SAMPLES = 50;
 const GUEST_ROUNDS = 7;
-const ANCHOR_QEMU_ARGS = (socket: string) => ['-chardev', `socket,id=chrtpm,path=${socket}`, '-tpmdev', 'emulator,id=tpm0,chardev=chrtpm', '-device', 'tpm-tis,tpmdev=tpm0'];
+const ANCHOR_QEMU_ARGS = (socket: string) => [
+  '-chardev',
+  `socket,id=chrtpm,path=${socket}`,
+  '-tpmdev',
+  'emulator,id=tpm0,chardev=chrtpm',
+  '-device',
+  'tpm-tis,tpmdev=tpm0',
+];
 
 async function guestReadiness(kernel: string, initramfs: string, begin: number, qemuArgs: string[]): Promise<number> {
   const guest = launchGuest({ kernel, initramfs, qemuArgs });
@@ -76,10 +83,31 @@ export async function runStartBenchmark(): Promise<{ table: string; results: unk
     const ms = (v: number) => `${v.toFixed(1)} ms`;
     return {
       table: table([
-        { measure: '`vtpm start` to socket accepting', runs: ps.count, p50: ms(ps.p50), p99: ms(ps.p99), 'anchor p50': ms(as.p50), 'anchor p99': ms(as.p99), 'p50 ratio': (ps.p50 / as.p50).toFixed(2) },
-        { measure: 'start to first TPM response in the guest', runs: pr.count, p50: ms(pr.p50), p99: ms(pr.p99), 'anchor p50': ms(ar.p50), 'anchor p99': ms(ar.p99), 'p50 ratio': (pr.p50 / ar.p50).toFixed(2) },
+        {
+          measure: '`vtpm start` to socket accepting',
+          runs: ps.count,
+          p50: ms(ps.p50),
+          p99: ms(ps.p99),
+          'anchor p50': ms(as.p50),
+          'anchor p99': ms(as.p99),
+          'p50 ratio': (ps.p50 / as.p50).toFixed(2),
+        },
+        {
+          measure: 'start to first TPM response in the guest',
+          runs: pr.count,
+          p50: ms(pr.p50),
+          p99: ms(pr.p99),
+          'anchor p50': ms(ar.p50),
+          'anchor p99': ms(ar.p99),
+          'p50 ratio': (pr.p50 / ar.p50).toFixed(2),
+        },
       ]),
-      results: { start_ms: productStart, anchor_start_ms: anchorStart, guest_ready_ms: productReady, anchor_guest_ready_ms: anchorReady },
+      results: {
+        start_ms: productStart,
+        anchor_start_ms: anchorStart,
+        guest_ready_ms: productReady,
+        anchor_guest_ready_ms: anchorReady,
+      },
     };
   } finally {
     await server.close();

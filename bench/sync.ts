@@ -41,32 +41,38 @@ interface Rename {
 async function writeContinuously(dirs: string[], file: string): Promise<Rename[]> {
   const renames: Rename[] = [];
   const until = Date.now() + DURATION_MS;
-  await Promise.all(dirs.map(async (dir) => {
-    await delay(Math.random() * PERIOD_MS);
-    while (Date.now() < until) {
-      const data = randomBytes(STATE_BYTES);
-      const temporary = join(dir, `TMP-${file}`);
-      await writeFile(temporary, data);
-      const at = Date.now();
-      await rename(temporary, join(dir, file));
-      renames.push({ dir, digest: digest(data), at });
-      await delay(PERIOD_MS);
-    }
-  }));
+  await Promise.all(
+    dirs.map(async (dir) => {
+      await delay(Math.random() * PERIOD_MS);
+      while (Date.now() < until) {
+        const data = randomBytes(STATE_BYTES);
+        const temporary = join(dir, `TMP-${file}`);
+        await writeFile(temporary, data);
+        const at = Date.now();
+        await rename(temporary, join(dir, file));
+        renames.push({ dir, digest: digest(data), at });
+        await delay(PERIOD_MS);
+      }
+    }),
+  );
   return renames;
 }
 
 /** The anchor: how long the kernel and Node take to tell a watcher about the same renames. */
 async function notificationAnchor(root: string, count: number): Promise<Summary> {
-  const dirs = await Promise.all(Array.from({ length: count }, async (_, i) => {
-    const dir = join(root, `watch-${count}-${i}`);
-    await mkdir(dir, { recursive: true });
-    return dir;
-  }));
+  const dirs = await Promise.all(
+    Array.from({ length: count }, async (_, i) => {
+      const dir = join(root, `watch-${count}-${i}`);
+      await mkdir(dir, { recursive: true });
+      return dir;
+    }),
+  );
   const notified = new Map<string, number[]>(dirs.map((dir) => [dir, []]));
-  const watchers: FSWatcher[] = dirs.map((dir) => watch(dir, (_event, name) => {
-    if (name === 'state.permall') notified.get(dir)!.push(Date.now());
-  }));
+  const watchers: FSWatcher[] = dirs.map((dir) =>
+    watch(dir, (_event, name) => {
+      if (name === 'state.permall') notified.get(dir)!.push(Date.now());
+    }),
+  );
   const renames = await writeContinuously(dirs, 'state.permall');
   await delay(500);
   for (const watcher of watchers) watcher.close();
@@ -117,7 +123,10 @@ export async function runSyncBenchmark(): Promise<{ table: string; results: unkn
       running = scale;
       process.stderr.write(`${scale} running: writing for ${DURATION_MS / 1000} s...\n`);
       const since = new Date().toISOString();
-      const renamed = await writeContinuously(vms.slice(0, scale).map((vm) => join(dataDir, 'tpm', vm)), 'tpm2-00.permall');
+      const renamed = await writeContinuously(
+        vms.slice(0, scale).map((vm) => join(dataDir, 'tpm', vm)),
+        'tpm2-00.permall',
+      );
       await delay(1500);
       const committed = database
         .prepare("SELECT digest, created_at FROM state_generations WHERE reason = 'sync' AND created_at >= ?")
@@ -126,17 +135,29 @@ export async function runSyncBenchmark(): Promise<{ table: string; results: unkn
       const lags = renamed.flatMap(({ digest: d, at }) => (commitTimes.has(d) ? [commitTimes.get(d)! - at] : []));
       const sync = summarize(lags);
       const anchor = await notificationAnchor(root, scale);
-      results[`running_${scale}`] = { changes: renamed.length, committed: lags.length, sync_lag_ms: sync, notification_anchor_ms: anchor };
+      results[`running_${scale}`] = {
+        changes: renamed.length,
+        committed: lags.length,
+        sync_lag_ms: sync,
+        notification_anchor_ms: anchor,
+      };
       rows.push({
-        running: scale, changes: renamed.length, committed: lags.length,
-        'lag p50 ms': sync.p50, 'lag p99 ms': sync.p99, 'lag max ms': sync.max,
-        'anchor p50': anchor.p50, 'anchor p99': anchor.p99, 'p99 / anchor': (sync.p99 / Math.max(1, anchor.p99)).toFixed(1),
+        running: scale,
+        changes: renamed.length,
+        committed: lags.length,
+        'lag p50 ms': sync.p50,
+        'lag p99 ms': sync.p99,
+        'lag max ms': sync.max,
+        'anchor p50': anchor.p50,
+        'anchor p99': anchor.p99,
+        'p99 / anchor': (sync.p99 / Math.max(1, anchor.p99)).toFixed(1),
       });
     }
     const throughput = await commitThroughput(root);
     results.commit_throughput_per_s = throughput;
     return {
-      table: `${table(rows)}\n\nvault commits/s (6 KB, envelope-encrypted, durable): ${throughput.vault.toFixed(0)}; ` +
+      table:
+        `${table(rows)}\n\nvault commits/s (6 KB, envelope-encrypted, durable): ${throughput.vault.toFixed(0)}; ` +
         `anchor, plain SQLite inserts of the same bytes: ${throughput.anchor.toFixed(0)} (ratio ${(throughput.vault / throughput.anchor).toFixed(2)})`,
       results,
     };

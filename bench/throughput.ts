@@ -25,7 +25,8 @@ async function blockRate(channel: TpmChannel): Promise<number> {
   const started = performance.now();
   for (let i = 0; i < BLOCK; i += 1) {
     const response = await channel.send(tpm2.getRandom16);
-    if (responseCode(response) !== 0) throw new Error(`TPM2_GetRandom answered 0x${responseCode(response).toString(16)}`);
+    if (responseCode(response) !== 0)
+      throw new Error(`TPM2_GetRandom answered 0x${responseCode(response).toString(16)}`);
   }
   return BLOCK / ((performance.now() - started) / 1000);
 }
@@ -44,7 +45,8 @@ export async function runThroughputBenchmark(): Promise<{ table: string; results
       const direct = await startSwtpmDirectly(join(root, `direct-${round}`));
       const channels = { product: await TpmChannel.open(started.socket), anchor: await TpmChannel.open(direct.socket) };
       try {
-        for (let i = 0; i < WARM_UP; i += 1) await Promise.all([channels.product.send(tpm2.getRandom16), channels.anchor.send(tpm2.getRandom16)]);
+        for (let i = 0; i < WARM_UP; i += 1)
+          await Promise.all([channels.product.send(tpm2.getRandom16), channels.anchor.send(tpm2.getRandom16)]);
         // Blocks alternate between the two paths, so that drift in the machine's load hits both alike.
         for (let block = 0; block < BLOCKS_PER_ROUND; block += 1) {
           product.push(await blockRate(channels.product));
@@ -61,11 +63,29 @@ export async function runThroughputBenchmark(): Promise<{ table: string; results
     const p = summarize(product);
     const a = summarize(anchor);
     return {
-      table: table([
-        { path: "vtpm-manager's socket", blocks: p.count, 'commands/s (median)': p.p50.toFixed(0), min: Math.min(...product).toFixed(0), max: p.max.toFixed(0) },
-        { path: 'anchor: swtpm started directly', blocks: a.count, 'commands/s (median)': a.p50.toFixed(0), min: Math.min(...anchor).toFixed(0), max: a.max.toFixed(0) },
-      ]) + `\nratio (median): ${(p.p50 / a.p50).toFixed(3)}`,
-      results: { commands_per_block: BLOCK, product_commands_per_s: product, anchor_commands_per_s: anchor, ratio: p.p50 / a.p50 },
+      table:
+        table([
+          {
+            path: "vtpm-manager's socket",
+            blocks: p.count,
+            'commands/s (median)': p.p50.toFixed(0),
+            min: Math.min(...product).toFixed(0),
+            max: p.max.toFixed(0),
+          },
+          {
+            path: 'anchor: swtpm started directly',
+            blocks: a.count,
+            'commands/s (median)': a.p50.toFixed(0),
+            min: Math.min(...anchor).toFixed(0),
+            max: a.max.toFixed(0),
+          },
+        ]) + `\nratio (median): ${(p.p50 / a.p50).toFixed(3)}`,
+      results: {
+        commands_per_block: BLOCK,
+        product_commands_per_s: product,
+        anchor_commands_per_s: anchor,
+        ratio: p.p50 / a.p50,
+      },
     };
   } finally {
     await server.close();

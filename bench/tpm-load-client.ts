@@ -64,7 +64,8 @@ export class TpmChannel {
     const handle = new Pipe(constants.IPC);
     await new Promise<void>((resolve, reject) => {
       const request = new PipeConnectWrap();
-      request.oncomplete = (status) => (status < 0 ? reject(new Error(`connect ${controlSocket}: libuv error ${status}`)) : resolve());
+      request.oncomplete = (status) =>
+        status < 0 ? reject(new Error(`connect ${controlSocket}: libuv error ${status}`)) : resolve();
       const status = handle.connect(request, controlSocket);
       if (status < 0) reject(new Error(`connect ${controlSocket}: libuv error ${status}`));
     });
@@ -81,8 +82,13 @@ export class TpmChannel {
     await new Promise<void>((resolve, reject) => {
       const request = new WriteWrap();
       request.handle = handle;
-      request.oncomplete = (status) => (status < 0 ? reject(new Error(`CMD_SET_DATAFD: libuv error ${status}`)) : resolve());
-      const status = handle.writeLatin1String(request, command.toString('latin1'), (theirs as unknown as { _handle: unknown })._handle);
+      request.oncomplete = (status) =>
+        status < 0 ? reject(new Error(`CMD_SET_DATAFD: libuv error ${status}`)) : resolve();
+      const status = handle.writeLatin1String(
+        request,
+        command.toString('latin1'),
+        (theirs as unknown as { _handle: unknown })._handle,
+      );
       if (status < 0) reject(new Error(`CMD_SET_DATAFD: libuv error ${status}`));
       else if (!request.async) resolve();
     });

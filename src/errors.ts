@@ -31,7 +31,11 @@ export class InvalidArgumentError extends VtpmError {
   readonly status = 400;
   constructor(field: string, expected: string, received?: unknown) {
     const shown = received === undefined ? '' : ` (got ${JSON.stringify(received)})`;
-    super(`${field}: expected ${expected}${shown}`, { field, expected, ...(received === undefined ? {} : { received }) });
+    super(`${field}: expected ${expected}${shown}`, {
+      field,
+      expected,
+      ...(received === undefined ? {} : { received }),
+    });
   }
 }
 
@@ -47,7 +51,9 @@ export class SpecConflictError extends VtpmError {
 export class UnauthenticatedError extends VtpmError {
   readonly code = 'unauthenticated';
   readonly status = 401;
-  constructor(message = 'missing or invalid API token: pass --token, set VTPM_TOKEN, or point --data-dir at the server\'s data directory') {
+  constructor(
+    message = "missing or invalid API token: pass --token, set VTPM_TOKEN, or point --data-dir at the server's data directory",
+  ) {
     super(message);
   }
 }
@@ -84,10 +90,14 @@ export class NoValidHostError extends VtpmError {
   readonly code = 'no_valid_host';
   readonly status = 409;
   constructor(requiredTraits: string[], hosts: Array<{ name: string; missing: string[] }>) {
-    const why = hosts.length === 0
-      ? 'no host is registered'
-      : hosts.map((h) => `${h.name} lacks ${h.missing.join(', ')}`).join('; ');
-    super(`no host can run this vTPM (needs ${requiredTraits.join(', ')}): ${why}`, { required_traits: requiredTraits, hosts });
+    const why =
+      hosts.length === 0
+        ? 'no host is registered'
+        : hosts.map((h) => `${h.name} lacks ${h.missing.join(', ')}`).join('; ');
+    super(`no host can run this vTPM (needs ${requiredTraits.join(', ')}): ${why}`, {
+      required_traits: requiredTraits,
+      hosts,
+    });
   }
 }
 

@@ -17,11 +17,30 @@ import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { StateKind } from '../store/index.js';
 import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';
-import { adoptSwtpm, launchSwtpm, terminateSwtpm, type Confinement, type InstancePaths, type SwtpmInstance } from '../swtpm/instance.js';
+import {
+  adoptSwtpm,
+  launchSwtpm,
+  terminateSwtpm,
+  type Confinement,
+  type InstancePaths,
+  type SwtpmInstance,
+} from '../swtpm/instance.js';
 import { adoptState } from '../swtpm/adopt.js';
 import { manufactureTpm } from '../swtpm/manufacture.js';
 import { stateFileName } from '../swtpm/state-file.js';
-import { devicePathsIn, type AdoptRequest, type DevicePaths, type HostAgent, type HostDescription, type ManufactureRequest, type ManufacturedVtpm, type RunningVtpm, type StartRequest, type StateChange, type VtpmExit } from './host-agent.js';
+import {
+  devicePathsIn,
+  type AdoptRequest,
+  type DevicePaths,
+  type HostAgent,
+  type HostDescription,
+  type ManufactureRequest,
+  type ManufacturedVtpm,
+  type RunningVtpm,
+  type StartRequest,
+  type StateChange,
+  type VtpmExit,
+} from './host-agent.js';
 import { StateWatcher, type WatchedFile } from './state-watcher.js';
 
 export interface LocalHostAgentOptions {
@@ -55,12 +74,18 @@ export interface SystemGroup {
 }
 
 /** Fails, naming the directory, if `who` (a user, or any member of a group) could not pass through `dir` and every directory above it. */
-async function requireTraversable(dir: string, who: { uid?: number; gid: number; description: string; remedy: string }): Promise<void> {
+async function requireTraversable(
+  dir: string,
+  who: { uid?: number; gid: number; description: string; remedy: string },
+): Promise<void> {
   for (let current = resolve(dir); ; current = dirname(current)) {
     const { mode, uid, gid } = await stat(current);
     const may = uid === who.uid ? mode & 0o100 : gid === who.gid ? mode & 0o010 : mode & 0o001;
     if (!may) {
-      throw new HostSetupError(`${who.description} cannot pass through ${current} (mode ${(mode & 0o777).toString(8)}): let it (chmod o+x ${current}), choose other directories, or ${who.remedy}`, { directory: current });
+      throw new HostSetupError(
+        `${who.description} cannot pass through ${current} (mode ${(mode & 0o777).toString(8)}): let it (chmod o+x ${current}), choose other directories, or ${who.remedy}`,
+        { directory: current },
+      );
     }
     if (current === dirname(current)) return;
   }
@@ -95,9 +120,13 @@ export class LocalHostAgent implements HostAgent {
   static async open(options: LocalHostAgentOptions): Promise<LocalHostAgent> {
     const socketLength = join(options.runDir, `${'0'.repeat(UUID_LENGTH)}.sock`).length;
     if (socketLength > MAX_SOCKET_PATH) {
-      throw new EmulatorError(`run directory ${options.runDir} is too long for unix socket paths (${socketLength} > ${MAX_SOCKET_PATH} bytes): pass a shorter --run-dir`);
+      throw new EmulatorError(
+        `run directory ${options.runDir} is too long for unix socket paths (${socketLength} > ${MAX_SOCKET_PATH} bytes): pass a shorter --run-dir`,
+      );
     }
-    for (const dir of ['tpm', 'nvram', 'log'].map((d) => join(options.dataDir, d)).concat(options.runDir, options.scratchDir)) {
+    for (const dir of ['tpm', 'nvram', 'log']
+      .map((d) => join(options.dataDir, d))
+      .concat(options.runDir, options.scratchDir)) {
       await mkdir(dir, { recursive: true, mode: 0o700 });
     }
     const user = options.swtpmUser;
@@ -117,15 +146,26 @@ export class LocalHostAgent implements HostAgent {
         await chmod(dir, 0o710);
       }
       await chmod(options.dataDir, 0o711);
-      const qemu = { gid: group.gid, description: `QEMU, in group ${group.name},`, remedy: 'leave out --qemu-group and run QEMU as root' };
+      const qemu = {
+        gid: group.gid,
+        description: `QEMU, in group ${group.name},`,
+        remedy: 'leave out --qemu-group and run QEMU as root',
+      };
       for (const dir of [options.runDir, nvramDir]) await requireTraversable(dirname(dir), qemu);
     }
     const capabilities = await probeCapabilities();
     const seccomp = capabilities.swtpm.features.includes('cmdarg-seccomp');
     if (!seccomp) options.logger.warn('this swtpm has no seccomp support: vTPMs run without a syscall filter');
-    const agent = new LocalHostAgent(options, { runAs: user?.name, seccomp }, {
-      name: options.hostName ?? hostname(), traits: traitsOf(capabilities), capabilities, layout: { runDir: resolve(options.runDir), nvramDir: resolve(options.dataDir, 'nvram') },
-    });
+    const agent = new LocalHostAgent(
+      options,
+      { runAs: user?.name, seccomp },
+      {
+        name: options.hostName ?? hostname(),
+        traits: traitsOf(capabilities),
+        capabilities,
+        layout: { runDir: resolve(options.runDir), nvramDir: resolve(options.dataDir, 'nvram') },
+      },
+    );
     await agent.adoptSurvivors();
     return agent;
   }
@@ -167,17 +207,46 @@ export class LocalHostAgent implements HostAgent {
     return new StateWatcher(target, (data, final) => this.reportChange({ vm, kind, data, final }), initial);
   }
 
-  private track(vm: string, instance: SwtpmInstance, stateFile: string, withNvram: boolean, initial: { tpm?: Buffer; nvram?: Buffer } = {}): void {
+  private track(
+    vm: string,
+    instance: SwtpmInstance,
+    stateFile: string,
+    withNvram: boolean,
+    initial: { tpm?: Buffer; nvram?: Buffer } = {},
+  ): void {
     const nvram = this.devicePaths(vm).nvram;
     const watchers = [
-      this.watcher(vm, 'tpm', { dir: this.paths(vm).stateDir, file: stateFile, matches: (name) => name.toLowerCase().endsWith('.permall'), debounceMs: 5 }, initial.tpm),
+      this.watcher(
+        vm,
+        'tpm',
+        {
+          dir: this.paths(vm).stateDir,
+          file: stateFile,
+          matches: (name) => name.toLowerCase().endsWith('.permall'),
+          debounceMs: 5,
+        },
+        initial.tpm,
+      ),
       // QEMU writes the variable store in place, a few blocks at a time: a longer pause folds one update.
-      ...(withNvram ? [this.watcher(vm, 'nvram', { dir: join(nvram, '..'), file: `${vm}.fd`, matches: (name) => name === `${vm}.fd`, debounceMs: 50 }, initial.nvram)] : []),
+      ...(withNvram
+        ? [
+            this.watcher(
+              vm,
+              'nvram',
+              { dir: join(nvram, '..'), file: `${vm}.fd`, matches: (name) => name === `${vm}.fd`, debounceMs: 50 },
+              initial.nvram,
+            ),
+          ]
+        : []),
     ];
     const exitReported = instance.exited.then(async ({ code, signal }) => {
       if (this.instances.get(vm) !== tracked) return;
       for (const watcher of watchers) {
-        await watcher.close().catch((error: unknown) => this.options.logger.error({ vm, err: error }, 'the final state could not be reported'));
+        await watcher
+          .close()
+          .catch((error: unknown) =>
+            this.options.logger.error({ vm, err: error }, 'the final state could not be reported'),
+          );
       }
       this.instances.delete(vm);
       await this.removeRuntimeFiles(vm);
@@ -201,10 +270,16 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async manufacture(request: ManufactureRequest): Promise<ManufacturedVtpm> {
-    if (this.instances.has(request.vm)) throw new StateConflictError(`vTPM ${request.vm} is running on ${this.hostName}; it cannot be manufactured again`);
+    if (this.instances.has(request.vm))
+      throw new StateConflictError(
+        `vTPM ${request.vm} is running on ${this.hostName}; it cannot be manufactured again`,
+      );
     const { stateDir } = this.paths(request.vm);
     const authority = this.options.authority;
-    if (!authority) throw new HostSetupError(`host ${this.hostName} runs vTPMs but does not manufacture them: the control plane's host does`);
+    if (!authority)
+      throw new HostSetupError(
+        `host ${this.hostName} runs vTPMs but does not manufacture them: the control plane's host does`,
+      );
     await rm(stateDir, { recursive: true, force: true });
     try {
       const ekCertificates = await manufactureTpm({
@@ -227,12 +302,16 @@ export class LocalHostAgent implements HostAgent {
     try {
       return await readFile(template);
     } catch {
-      throw new HostSetupError(`the UEFI variable store template ${template} is missing on ${this.hostName}; install the Debian package ovmf`, { template });
+      throw new HostSetupError(
+        `the UEFI variable store template ${template} is missing on ${this.hostName}; install the Debian package ovmf`,
+        { template },
+      );
     }
   }
 
   async start(request: StartRequest): Promise<RunningVtpm> {
-    if (this.instances.has(request.vm)) throw new StateConflictError(`vTPM ${request.vm} is already running on ${this.hostName}`, { vm: request.vm });
+    if (this.instances.has(request.vm))
+      throw new StateConflictError(`vTPM ${request.vm} is already running on ${this.hostName}`, { vm: request.vm });
     const paths = this.paths(request.vm);
     const nvramPath = this.devicePaths(request.vm).nvram;
     const stateFile = stateFileName(request.spec);
@@ -240,7 +319,8 @@ export class LocalHostAgent implements HostAgent {
     await mkdir(paths.stateDir, { mode: 0o700 });
     await writeFile(join(paths.stateDir, stateFile), request.state, { mode: 0o600 });
     const user = this.options.swtpmUser;
-    if (user) for (const path of [paths.stateDir, join(paths.stateDir, stateFile)]) await chown(path, user.uid, user.gid);
+    if (user)
+      for (const path of [paths.stateDir, join(paths.stateDir, stateFile)]) await chown(path, user.uid, user.gid);
     await rm(nvramPath, { force: true });
     if (request.nvram) {
       await writeFile(nvramPath, request.nvram, { mode: 0o600 });
@@ -254,7 +334,10 @@ export class LocalHostAgent implements HostAgent {
       process.kill(instance.pid, 'SIGTERM');
       throw error;
     }
-    this.track(request.vm, instance, stateFile, request.nvram !== undefined, { tpm: request.state, ...(request.nvram && { nvram: request.nvram }) });
+    this.track(request.vm, instance, stateFile, request.nvram !== undefined, {
+      tpm: request.state,
+      ...(request.nvram && { nvram: request.nvram }),
+    });
     return { vm: request.vm, pid: instance.pid, socket: paths.socket };
   }
 
@@ -266,8 +349,17 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async adopt(request: AdoptRequest): Promise<ManufacturedVtpm> {
-    if (this.instances.has(request.vm)) throw new StateConflictError(`vTPM ${request.vm} is running on ${this.hostName}; it cannot be adopted again`, { vm: request.vm });
-    return adoptState({ spec: request.spec, state: request.state, sourcePassphrase: request.sourcePassphrase, stateKey: request.stateKey, scratchRoot: this.options.scratchDir });
+    if (this.instances.has(request.vm))
+      throw new StateConflictError(`vTPM ${request.vm} is running on ${this.hostName}; it cannot be adopted again`, {
+        vm: request.vm,
+      });
+    return adoptState({
+      spec: request.spec,
+      state: request.state,
+      sourcePassphrase: request.sourcePassphrase,
+      stateKey: request.stateKey,
+      scratchRoot: this.options.scratchDir,
+    });
   }
 
   async resync(vm: string): Promise<void> {
@@ -277,7 +369,10 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async workingState(vm: string, spec: TpmSpec): Promise<Partial<Record<StateKind, Buffer>>> {
-    if (this.instances.has(vm)) throw new StateConflictError(`vTPM ${vm} is running on ${this.hostName}; its state is reported as it changes`, { vm });
+    if (this.instances.has(vm))
+      throw new StateConflictError(`vTPM ${vm} is running on ${this.hostName}; its state is reported as it changes`, {
+        vm,
+      });
     const read = (path: string) => readFile(path).catch(() => undefined);
     const tpm = await read(join(this.paths(vm).stateDir, stateFileName(spec)));
     const nvram = await read(this.devicePaths(vm).nvram);
@@ -292,7 +387,10 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async destroy(vm: string): Promise<void> {
-    if (this.instances.has(vm)) throw new StateConflictError(`vTPM ${vm} is running on ${this.hostName}; stop it before destroying its state`, { vm });
+    if (this.instances.has(vm))
+      throw new StateConflictError(`vTPM ${vm} is running on ${this.hostName}; stop it before destroying its state`, {
+        vm,
+      });
     const { stateDir, logFile } = this.paths(vm);
     await rm(stateDir, { recursive: true, force: true });
     await rm(this.devicePaths(vm).nvram, { force: true });
@@ -301,7 +399,11 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async running(): Promise<RunningVtpm[]> {
-    return [...this.instances].map(([vm, { instance }]) => ({ vm, pid: instance.pid, socket: this.devicePaths(vm).socket }));
+    return [...this.instances].map(([vm, { instance }]) => ({
+      vm,
+      pid: instance.pid,
+      socket: this.devicePaths(vm).socket,
+    }));
   }
 
   /**

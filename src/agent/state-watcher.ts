@@ -45,19 +45,21 @@ export class StateWatcher {
   /** Reads the file now and reports it if it changed; resolves once reported. */
   check(final = false): Promise<void> {
     // A failed report is the reporter's to log; the next change still gets reported.
-    this.reporting = this.reporting.catch(() => undefined).then(async () => {
-      let data: Buffer;
-      try {
-        data = await readFile(join(this.target.dir, this.target.file));
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-        throw error;
-      }
-      const digest = digestOf(data);
-      if (digest === this.lastDigest) return;
-      await this.report(data, final);
-      this.lastDigest = digest;
-    });
+    this.reporting = this.reporting
+      .catch(() => undefined)
+      .then(async () => {
+        let data: Buffer;
+        try {
+          data = await readFile(join(this.target.dir, this.target.file));
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+          throw error;
+        }
+        const digest = digestOf(data);
+        if (digest === this.lastDigest) return;
+        await this.report(data, final);
+        this.lastDigest = digest;
+      });
     return this.reporting;
   }
 

@@ -2,12 +2,23 @@
 import { readFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { InvalidArgumentError, UnauthenticatedError, UnreachableError, VtpmError, type ErrorDetails } from '../errors.js';
+import {
+  InvalidArgumentError,
+  UnauthenticatedError,
+  UnreachableError,
+  VtpmError,
+  type ErrorDetails,
+} from '../errors.js';
 import { adminTokenPath } from '../auth/admin-token-path.js';
 
 /** An error the server reported, carrying the server's own code and status. */
 export class RemoteError extends VtpmError {
-  constructor(readonly code: string, readonly status: number, message: string, details: ErrorDetails) {
+  constructor(
+    readonly code: string,
+    readonly status: number,
+    message: string,
+    details: ErrorDetails,
+  ) {
     super(message, details);
   }
 }
@@ -34,16 +45,21 @@ interface Outgoing {
 function send(url: string, outgoing: Outgoing): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     const target = new URL(url);
-    const options = { method: outgoing.method, headers: outgoing.headers, signal: AbortSignal.timeout(outgoing.timeoutMs) };
+    const options = {
+      method: outgoing.method,
+      headers: outgoing.headers,
+      signal: AbortSignal.timeout(outgoing.timeoutMs),
+    };
     const onResponse = (response: IncomingMessage) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
       response.on('end', () => resolve({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString() }));
       response.on('error', reject);
     };
-    const request = target.protocol === 'https:'
-      ? httpsRequest(target, { ...options, ...(outgoing.ca && { ca: outgoing.ca }) }, onResponse)
-      : httpRequest(target, options, onResponse);
+    const request =
+      target.protocol === 'https:'
+        ? httpsRequest(target, { ...options, ...(outgoing.ca && { ca: outgoing.ca }) }, onResponse)
+        : httpRequest(target, options, onResponse);
     request.on('error', reject);
     request.end(outgoing.body);
   });
@@ -61,15 +77,34 @@ export class ApiClient {
 
   /** The token comes from --token, VTPM_TOKEN, or the server's data directory, in that order. */
   static async connect(options: ClientOptions): Promise<ApiClient> {
-    const token = options.token || process.env.VTPM_TOKEN || (await readFile(adminTokenPath(options.dataDir), 'utf8').then((t) => t.trim(), () => undefined));
+    const token =
+      options.token ||
+      process.env.VTPM_TOKEN ||
+      (await readFile(adminTokenPath(options.dataDir), 'utf8').then(
+        (t) => t.trim(),
+        () => undefined,
+      ));
     const caFile = options.caFile ?? process.env.VTPM_CA_FILE;
-    const ca = caFile ? await readFile(caFile).catch(() => { throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', caFile); }) : undefined;
+    const ca = caFile
+      ? await readFile(caFile).catch(() => {
+          throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', caFile);
+        })
+      : undefined;
     return new ApiClient(options.url.replace(/\/+$/, ''), token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca);
   }
 
   /** A client with a credential of its own (a host agent's), never the environment's or a data directory's. */
-  static async withToken(options: { url: string; token: string; caFile?: string | undefined; timeoutMs?: number | undefined }): Promise<ApiClient> {
-    const ca = options.caFile ? await readFile(options.caFile).catch(() => { throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', options.caFile); }) : undefined;
+  static async withToken(options: {
+    url: string;
+    token: string;
+    caFile?: string | undefined;
+    timeoutMs?: number | undefined;
+  }): Promise<ApiClient> {
+    const ca = options.caFile
+      ? await readFile(options.caFile).catch(() => {
+          throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', options.caFile);
+        })
+      : undefined;
     return new ApiClient(options.url.replace(/\/+$/, ''), options.token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca);
   }
 
@@ -79,18 +114,23 @@ export class ApiClient {
     try {
       response = await send(`${this.url}${path}`, {
         method,
-        headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        headers: {
+          authorization: `Bearer ${this.token}`,
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        },
         body: body === undefined ? undefined : JSON.stringify(body),
         ca: this.ca,
         timeoutMs: this.timeoutMs,
       });
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
-      const timedOut = (error as Error).name === 'TimeoutError' || (error as { cause?: Error }).cause?.name === 'TimeoutError';
-      const cause = timedOut ? `no answer within ${this.timeoutMs / 1000} s` : code ?? (error as Error).message;
-      const hint = code !== undefined && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS/.test(code)
-        ? "its TLS certificate is not one this client trusts: pass --ca-file or set VTPM_CA_FILE to the CA that issued it"
-        : 'is `vtpm serve` running? Set --url or VTPM_URL';
+      const timedOut =
+        (error as Error).name === 'TimeoutError' || (error as { cause?: Error }).cause?.name === 'TimeoutError';
+      const cause = timedOut ? `no answer within ${this.timeoutMs / 1000} s` : (code ?? (error as Error).message);
+      const hint =
+        code !== undefined && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS/.test(code)
+          ? 'its TLS certificate is not one this client trusts: pass --ca-file or set VTPM_CA_FILE to the CA that issued it'
+          : 'is `vtpm serve` running? Set --url or VTPM_URL';
       throw new UnreachableError(`cannot reach vtpm-manager at ${this.url} (${cause}): ${hint}`, { url: this.url });
     }
     const text = response.text;
@@ -99,11 +139,19 @@ export class ApiClient {
     try {
       parsed = JSON.parse(text);
     } catch {
-      throw new UnreachableError(`${this.url} answered ${response.status} with something that is not the vtpm-manager API`, { url: this.url });
+      throw new UnreachableError(
+        `${this.url} answered ${response.status} with something that is not the vtpm-manager API`,
+        { url: this.url },
+      );
     }
     if (response.status >= 400) {
       const error = (parsed as { error?: { code?: string; message?: string; details?: ErrorDetails } }).error;
-      throw new RemoteError(error?.code ?? 'internal', response.status, error?.message ?? `HTTP ${response.status}`, error?.details ?? {});
+      throw new RemoteError(
+        error?.code ?? 'internal',
+        response.status,
+        error?.message ?? `HTTP ${response.status}`,
+        error?.details ?? {},
+      );
     }
     return parsed as T;
   }

@@ -2,7 +2,13 @@
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
 
 export const ErrorBody = Type.Object(
-  { error: Type.Object({ code: Type.String(), message: Type.String(), details: Type.Record(Type.String(), Type.Unknown()) }) },
+  {
+    error: Type.Object({
+      code: Type.String(),
+      message: Type.String(),
+      details: Type.Record(Type.String(), Type.Unknown()),
+    }),
+  },
   { $id: 'Error' },
 );
 export type ErrorBody = Static<typeof ErrorBody>;

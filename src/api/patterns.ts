@@ -10,4 +10,5 @@ const HOST_NAME = new RegExp(HOST_NAME_PATTERN);
 export const isHostName = (value: string): boolean => HOST_NAME.test(value);
 
 /** The token of an `Authorization: Bearer TOKEN` header, if that is what the header holds. */
-export const bearerToken = (header: string | undefined): string | undefined => /^Bearer\s+(\S+)$/i.exec(header ?? '')?.[1];
+export const bearerToken = (header: string | undefined): string | undefined =>
+  /^Bearer\s+(\S+)$/i.exec(header ?? '')?.[1];

@@ -53,23 +53,50 @@ export interface RequestContext {
 export const requestContext = new AsyncLocalStorage<RequestContext>();
 
 function hashOf(row: Omit<AuditRow, 'hash'>): string {
-  const content = [row.previous_hash, row.at, row.actor, row.actor_project, row.operation, row.vm ?? '', row.project ?? '', row.result, row.detail];
+  const content = [
+    row.previous_hash,
+    row.at,
+    row.actor,
+    row.actor_project,
+    row.operation,
+    row.vm ?? '',
+    row.project ?? '',
+    row.result,
+    row.detail,
+  ];
   return createHash('sha256').update(JSON.stringify(content)).digest('hex');
 }
 
 const toView = (event: AuditEvent): AuditView => ({
-  seq: event.seq, at: event.at, actor: event.actor, actor_project: event.actor_project, operation: event.operation,
-  vm: event.vm, project: event.project, result: event.result, detail: JSON.parse(event.detail) as Record<string, unknown>,
+  seq: event.seq,
+  at: event.at,
+  actor: event.actor,
+  actor_project: event.actor_project,
+  operation: event.operation,
+  vm: event.vm,
+  project: event.project,
+  result: event.result,
+  detail: JSON.parse(event.detail) as Record<string, unknown>,
 });
 
 export class AuditLog {
   constructor(private readonly store: Store) {}
 
-  async record(entry: AuditEntry, actor: Pick<Principal, 'name' | 'project'> = requestContext.getStore()?.principal ?? SYSTEM): Promise<void> {
+  async record(
+    entry: AuditEntry,
+    actor: Pick<Principal, 'name' | 'project'> = requestContext.getStore()?.principal ?? SYSTEM,
+  ): Promise<void> {
     await this.store.audit.append((previousHash) => {
       const row = {
-        at: new Date().toISOString(), actor: actor.name, actor_project: actor.project, operation: entry.operation,
-        vm: entry.vm ?? null, project: entry.project ?? null, result: entry.result, detail: JSON.stringify(entry.detail ?? {}), previous_hash: previousHash,
+        at: new Date().toISOString(),
+        actor: actor.name,
+        actor_project: actor.project,
+        operation: entry.operation,
+        vm: entry.vm ?? null,
+        project: entry.project ?? null,
+        result: entry.result,
+        detail: JSON.stringify(entry.detail ?? {}),
+        previous_hash: previousHash,
       };
       return { ...row, hash: hashOf(row) };
     });
@@ -88,8 +115,15 @@ export class AuditLog {
       const page = await this.store.audit.list({ afterSeq, limit: PAGE });
       for (const event of page) {
         const { seq, hash, ...content } = event;
-        if (content.previous_hash !== previous) return { ok: false, events, broken_at: seq, reason: 'it does not follow the entry before it (an entry was removed or inserted)' };
-        if (hashOf(content) !== hash) return { ok: false, events, broken_at: seq, reason: 'its content does not match its hash (it was changed)' };
+        if (content.previous_hash !== previous)
+          return {
+            ok: false,
+            events,
+            broken_at: seq,
+            reason: 'it does not follow the entry before it (an entry was removed or inserted)',
+          };
+        if (hashOf(content) !== hash)
+          return { ok: false, events, broken_at: seq, reason: 'its content does not match its hash (it was changed)' };
         previous = hash;
         afterSeq = seq;
         events += 1;

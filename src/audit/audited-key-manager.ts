@@ -8,7 +8,11 @@ import { requestContext, type AuditLog } from './audit-log.js';
 /** A key manager that records every read of a secret in the audit log, as the request's principal. */
 export class AuditedKeyManager implements KeyManager {
   /** `replaceAll` rotates for key managers that cannot re-wrap in place (src/control/secret-rotation.ts). */
-  constructor(private readonly keys: KeyManager, private readonly audit: AuditLog, private readonly replaceAll: (keys: KeyManager) => Promise<RotationReport>) {}
+  constructor(
+    private readonly keys: KeyManager,
+    private readonly audit: AuditLog,
+    private readonly replaceAll: (keys: KeyManager) => Promise<RotationReport>,
+  ) {}
 
   get kind(): string {
     return this.keys.kind;
@@ -44,14 +48,24 @@ export class AuditedKeyManager implements KeyManager {
 
   private recordSecret(operation: string, ref: string, result: string): Promise<void> {
     const context = requestContext.getStore();
-    return this.audit.record({ operation, vm: context?.vm, project: context?.project, result, detail: { secret: ref } });
+    return this.audit.record({
+      operation,
+      vm: context?.vm,
+      project: context?.project,
+      result,
+      detail: { secret: ref },
+    });
   }
 
   /** Every rotation, whichever way the key manager rotates, is one audited operation. */
   async rotate(): Promise<RotationReport> {
     try {
       const report = this.keys.rotate ? await this.keys.rotate() : await this.replaceAll(this);
-      await this.audit.record({ operation: 'keys.rotate', result: 'ok', detail: { rewrapped: report.rewrapped, already_rewrapped: report.already_rewrapped } });
+      await this.audit.record({
+        operation: 'keys.rotate',
+        result: 'ok',
+        detail: { rewrapped: report.rewrapped, already_rewrapped: report.already_rewrapped },
+      });
       return report;
     } catch (error) {
       await this.audit.record({ operation: 'keys.rotate', result: (error as { code?: string }).code ?? 'failed' });

@@ -1,7 +1,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ForbiddenError, NotFoundError } from '../errors.js';
-import { decideOnDeployment, decideOnVtpm, DEPLOYMENT_OPERATIONS, enforceOnVtpm, VTPM_OPERATIONS, type Decision, type Principal, type VtpmTarget } from './policy.js';
+import {
+  decideOnDeployment,
+  decideOnVtpm,
+  DEPLOYMENT_OPERATIONS,
+  enforceOnVtpm,
+  VTPM_OPERATIONS,
+  type Decision,
+  type Principal,
+  type VtpmTarget,
+} from './policy.js';
 
 const principals: Record<string, Principal> = {
   member: { name: 'alice', project: 'p1', roles: ['member'] },
@@ -18,7 +27,9 @@ const targets = (own: string): Record<string, VtpmTarget> => ({
 });
 
 // Written out by hand, row by row: the test must not derive its expectations from the code under test.
-const A = 'allow', F = 'forbid', H = 'hide';
+const A = 'allow',
+  F = 'forbid',
+  H = 'hide';
 const vtpmTable: Record<string, Record<string, Record<string, Decision>>> = {
   member: {
     own: { read: A, operate: A, export: A, delete: A },
@@ -43,10 +54,50 @@ const vtpmTable: Record<string, Record<string, Record<string, Decision>>> = {
 };
 
 const deploymentTable: Record<string, Record<string, Decision>> = {
-  member: { create: A, list: A, hosts: F, 'hosts-register': F, pool: F, users: F, keys: F, 'audit-read': A, 'audit-verify': F },
-  admin: { create: A, list: A, hosts: A, 'hosts-register': A, pool: A, users: A, keys: A, 'audit-read': A, 'audit-verify': A },
-  operator: { create: A, list: A, hosts: A, 'hosts-register': F, pool: A, users: F, keys: F, 'audit-read': A, 'audit-verify': F },
-  'admin+operator': { create: A, list: A, hosts: A, 'hosts-register': A, pool: A, users: A, keys: A, 'audit-read': A, 'audit-verify': A },
+  member: {
+    create: A,
+    list: A,
+    hosts: F,
+    'hosts-register': F,
+    pool: F,
+    users: F,
+    keys: F,
+    'audit-read': A,
+    'audit-verify': F,
+  },
+  admin: {
+    create: A,
+    list: A,
+    hosts: A,
+    'hosts-register': A,
+    pool: A,
+    users: A,
+    keys: A,
+    'audit-read': A,
+    'audit-verify': A,
+  },
+  operator: {
+    create: A,
+    list: A,
+    hosts: A,
+    'hosts-register': F,
+    pool: A,
+    users: F,
+    keys: F,
+    'audit-read': A,
+    'audit-verify': F,
+  },
+  'admin+operator': {
+    create: A,
+    list: A,
+    hosts: A,
+    'hosts-register': A,
+    pool: A,
+    users: A,
+    keys: A,
+    'audit-read': A,
+    'audit-verify': A,
+  },
 };
 
 describe('policy: every role x operation on a vTPM', () => {
@@ -54,7 +105,8 @@ describe('policy: every role x operation on a vTPM', () => {
     for (const [where, target] of Object.entries(targets(principal.project))) {
       for (const operation of VTPM_OPERATIONS) {
         const expected = vtpmTable[role]![where]![operation]!;
-        it(`${role} / ${where} / ${operation}: ${expected}`, () => assert.equal(decideOnVtpm(principal, operation, target), expected));
+        it(`${role} / ${where} / ${operation}: ${expected}`, () =>
+          assert.equal(decideOnVtpm(principal, operation, target), expected));
       }
     }
   }
@@ -70,11 +122,17 @@ describe('policy: every role x deployment operation', () => {
 });
 
 describe('policy: enforcement', () => {
-  it('hides another project\'s vTPM as not found, naming only the VM asked for', () => {
-    assert.throws(() => enforceOnVtpm(principals.member!, 'read', targets('p1')['other, user mode']!), (error: unknown) => error instanceof NotFoundError && /vm-u/.test(error.message) && !/p2/.test(error.message));
+  it("hides another project's vTPM as not found, naming only the VM asked for", () => {
+    assert.throws(
+      () => enforceOnVtpm(principals.member!, 'read', targets('p1')['other, user mode']!),
+      (error: unknown) => error instanceof NotFoundError && /vm-u/.test(error.message) && !/p2/.test(error.message),
+    );
   });
 
   it('says why a visible vTPM is forbidden', () => {
-    assert.throws(() => enforceOnVtpm(principals.admin!, 'operate', targets('ops')['other, user mode']!), (error: unknown) => error instanceof ForbiddenError && /secret is bound to project p2/.test(error.message));
+    assert.throws(
+      () => enforceOnVtpm(principals.admin!, 'operate', targets('ops')['other, user mode']!),
+      (error: unknown) => error instanceof ForbiddenError && /secret is bound to project p2/.test(error.message),
+    );
   });
 });

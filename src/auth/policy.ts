@@ -23,7 +23,17 @@ export const VTPM_OPERATIONS = ['read', 'operate', 'export', 'delete'] as const;
 export type VtpmOperation = (typeof VTPM_OPERATIONS)[number];
 
 /** Operations on the deployment, or in the caller's own project. */
-export const DEPLOYMENT_OPERATIONS = ['create', 'list', 'hosts', 'hosts-register', 'pool', 'users', 'keys', 'audit-read', 'audit-verify'] as const;
+export const DEPLOYMENT_OPERATIONS = [
+  'create',
+  'list',
+  'hosts',
+  'hosts-register',
+  'pool',
+  'users',
+  'keys',
+  'audit-read',
+  'audit-verify',
+] as const;
 export type DeploymentOperation = (typeof DEPLOYMENT_OPERATIONS)[number];
 
 export interface Principal {
@@ -85,15 +95,24 @@ export function enforceOnVtpm(principal: Principal, operation: VtpmOperation, ta
   const decision = decideOnVtpm(principal, operation, target);
   if (decision === 'hide') throw new NotFoundError('vTPM for VM', target.vm);
   if (decision === 'forbid') {
-    const why = target.secretSecurity === 'user'
-      ? `its secret is bound to project ${target.project} (secret security "user")`
-      : operation === 'operate' ? 'this needs the vtpm-operator role' : `only project ${target.project} may ${operation} it`;
-    throw new ForbiddenError(`${principal.name} may not ${operation} the vTPM of VM ${target.vm}: ${why}`, { vm: target.vm, operation });
+    const why =
+      target.secretSecurity === 'user'
+        ? `its secret is bound to project ${target.project} (secret security "user")`
+        : operation === 'operate'
+          ? 'this needs the vtpm-operator role'
+          : `only project ${target.project} may ${operation} it`;
+    throw new ForbiddenError(`${principal.name} may not ${operation} the vTPM of VM ${target.vm}: ${why}`, {
+      vm: target.vm,
+      operation,
+    });
   }
 }
 
 export function enforceOnDeployment(principal: Principal, operation: DeploymentOperation): void {
   if (decideOnDeployment(principal, operation) === 'forbid') {
-    throw new ForbiddenError(`${principal.name} may not ${operation === 'users' ? 'manage users' : operation === 'keys' ? 'rotate keys' : operation === 'hosts-register' ? 'register hosts' : operation.replace('-', ' ')}: this needs the ${operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin'} role`, { operation });
+    throw new ForbiddenError(
+      `${principal.name} may not ${operation === 'users' ? 'manage users' : operation === 'keys' ? 'rotate keys' : operation === 'hosts-register' ? 'register hosts' : operation.replace('-', ' ')}: this needs the ${operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin'} role`,
+      { operation },
+    );
   }
 }

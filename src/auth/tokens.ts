@@ -19,7 +19,11 @@ function newToken(): string {
 }
 
 /** Issues a token for the user; only its hash is kept. */
-export async function issueToken(store: Store, user: string, expiresAt: string | null): Promise<{ token: string; record: TokenRecord }> {
+export async function issueToken(
+  store: Store,
+  user: string,
+  expiresAt: string | null,
+): Promise<{ token: string; record: TokenRecord }> {
   const token = newToken();
   const row = { user_name: user, token_hash: hashToken(token), expires_at: expiresAt };
   const record = await store.identity.insertToken(row);
@@ -29,8 +33,13 @@ export async function issueToken(store: Store, user: string, expiresAt: string |
 /** Returns the admin token file's path, and whether it was created now. */
 export async function ensureAdminToken(store: Store, dataDir: string): Promise<{ path: string; created: boolean }> {
   const path = adminTokenPath(dataDir);
-  const existing = await readFile(path, 'utf8').then((t) => t.trim(), () => undefined);
-  const holder = existing ? await store.identity.findUserByTokenHash(hashToken(existing), new Date().toISOString()) : undefined;
+  const existing = await readFile(path, 'utf8').then(
+    (t) => t.trim(),
+    () => undefined,
+  );
+  const holder = existing
+    ? await store.identity.findUserByTokenHash(hashToken(existing), new Date().toISOString())
+    : undefined;
   if (holder?.name === ADMIN_USER) return { path, created: false };
   // The file is missing or does not match: issue a fresh admin token and retire the old ones.
   if (!(await store.identity.getUser(ADMIN_USER))) {

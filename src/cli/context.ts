@@ -25,7 +25,10 @@ export function withClientOptions(command: Command): Command {
     .option('--url <url>', 'control plane URL (env VTPM_URL; default http://127.0.0.1:7390)')
     .option('--token <token>', 'API token (env VTPM_TOKEN; default: <data-dir>/admin.token)')
     .option('--data-dir <dir>', 'data directory (env VTPM_DATA_DIR)')
-    .option('--ca-file <pem>', "CA certificate the control plane's TLS certificate is checked against (env VTPM_CA_FILE; default: the system's)")
+    .option(
+      '--ca-file <pem>',
+      "CA certificate the control plane's TLS certificate is checked against (env VTPM_CA_FILE; default: the system's)",
+    )
     .option('--json', 'print one JSON document on stdout');
 }
 
@@ -42,12 +45,16 @@ export function globals(command: Command): GlobalOptions {
 
 export async function client(command: Command): Promise<ApiClient> {
   const options = globals(command);
-  return ApiClient.connect({ url: options.url, token: options.token, dataDir: options.dataDir, caFile: options.caFile });
+  return ApiClient.connect({
+    url: options.url,
+    token: options.token,
+    dataDir: options.dataDir,
+    caFile: options.caFile,
+  });
 }
 
 export function emit(command: Command, json: unknown, human: () => string): void {
   process.stdout.write((globals(command).json ? JSON.stringify(json, null, 2) : human()) + '\n');
 }
-
 
 export const vmPath = (vm: string) => `/v1/vtpms/${encodeURIComponent(vm)}`;

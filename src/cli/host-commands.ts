@@ -24,13 +24,18 @@ export function registerHostCommands(program: Command): void {
     .argument('<name>', 'the host name its agent reports (vtpm agent --name; default its hostname)')
     .requiredOption('--agent-url <url>', "the agent's API, https://HOST:7391 (http only on loopback)")
     .action(async (name: string, options: { agentUrl: string }, command: Command) => {
-      const added = await (await client(command)).request<RegisteredHost>('POST', '/v1/hosts', { name, url: options.agentUrl });
-      emit(command, added, () => [
-        `host ${added.name}: agent at ${added.url}`,
-        `agent token (shown once; put it in a file only root can read on ${added.name}):`,
-        added.token,
-        `then run there: vtpm agent --name ${added.name} --control-plane URL --token-file FILE`,
-      ].join('\n'));
+      const added = await (await client(command)).request<RegisteredHost>('POST', '/v1/hosts', {
+        name,
+        url: options.agentUrl,
+      });
+      emit(command, added, () =>
+        [
+          `host ${added.name}: agent at ${added.url}`,
+          `agent token (shown once; put it in a file only root can read on ${added.name}):`,
+          added.token,
+          `then run there: vtpm agent --name ${added.name} --control-plane URL --token-file FILE`,
+        ].join('\n'),
+      );
     });
 
   withClientOptions(program.command('agent'))
@@ -39,35 +44,81 @@ export function registerHostCommands(program: Command): void {
     .requiredOption('--token-file <path>', 'file (owner-only) with the agent token `vtpm host add` printed')
     .option('--name <name>', 'the host name registered with vtpm host add', hostname())
     .option('--listen <host:port>', 'address the agent API listens on', DEFAULT_AGENT_LISTEN)
-    .option('--run-dir <dir>', 'where swtpm sockets and pid files go: the same path on every host, as libvirt domains name it (default <data-dir>/run)')
+    .option(
+      '--run-dir <dir>',
+      'where swtpm sockets and pid files go: the same path on every host, as libvirt domains name it (default <data-dir>/run)',
+    )
     .option('--scratch-dir <dir>', 'memory file system for short-lived secret configuration', defaultScratchDir())
     .option('--tls-cert <pem>', 'serve the agent API over HTTPS with this certificate (chain)')
     .option('--tls-key <pem>', 'the private key of --tls-cert (must be readable by its owner only)')
-    .option('--swtpm-user <user>', 'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)')
+    .option(
+      '--swtpm-user <user>',
+      'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)',
+    )
     .option('--qemu-group <group>', "the group QEMU runs in when not root (libvirt's: libvirt-qemu)")
     .option('--log-level <level>', 'log level', 'info')
-    .action(async (options: { controlPlane: string; tokenFile: string; name: string; listen: string; runDir?: string; scratchDir: string; tlsCert?: string; tlsKey?: string; swtpmUser?: string; qemuGroup?: string; logLevel: string }, command: Command) => {
-      const { dataDir, caFile } = globals(command);
-      if ((options.tlsCert === undefined) !== (options.tlsKey === undefined)) throw new InvalidArgumentError('--tls-cert', 'to come with --tls-key');
-      const logger = pino({ level: options.logLevel, base: { service: 'vtpm-agent', host: options.name } }, pino.destination(2));
-      const agent = await startAgent({
-        name: options.name, dataDir, runDir: options.runDir ?? defaultRunDir(dataDir), scratchDir: options.scratchDir, listen: options.listen,
-        controlPlane: options.controlPlane, tokenFile: options.tokenFile, caFile: caFile ?? process.env.VTPM_CA_FILE,
-        tls: options.tlsCert && options.tlsKey ? { certFile: options.tlsCert, keyFile: options.tlsKey } : undefined,
-        swtpmUser: options.swtpmUser, qemuGroup: options.qemuGroup, logger,
-      });
-      process.stdout.write(`vtpm agent: host ${options.name} listening on ${agent.url}, reporting to ${options.controlPlane}\n`);
-      const shutdown = () => void agent.close().then(() => process.exit(0));
-      process.once('SIGTERM', shutdown);
-      process.once('SIGINT', shutdown);
-    });
+    .action(
+      async (
+        options: {
+          controlPlane: string;
+          tokenFile: string;
+          name: string;
+          listen: string;
+          runDir?: string;
+          scratchDir: string;
+          tlsCert?: string;
+          tlsKey?: string;
+          swtpmUser?: string;
+          qemuGroup?: string;
+          logLevel: string;
+        },
+        command: Command,
+      ) => {
+        const { dataDir, caFile } = globals(command);
+        if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
+          throw new InvalidArgumentError('--tls-cert', 'to come with --tls-key');
+        const logger = pino(
+          { level: options.logLevel, base: { service: 'vtpm-agent', host: options.name } },
+          pino.destination(2),
+        );
+        const agent = await startAgent({
+          name: options.name,
+          dataDir,
+          runDir: options.runDir ?? defaultRunDir(dataDir),
+          scratchDir: options.scratchDir,
+          listen: options.listen,
+          controlPlane: options.controlPlane,
+          tokenFile: options.tokenFile,
+          caFile: caFile ?? process.env.VTPM_CA_FILE,
+          tls: options.tlsCert && options.tlsKey ? { certFile: options.tlsCert, keyFile: options.tlsKey } : undefined,
+          swtpmUser: options.swtpmUser,
+          qemuGroup: options.qemuGroup,
+          logger,
+        });
+        process.stdout.write(
+          `vtpm agent: host ${options.name} listening on ${agent.url}, reporting to ${options.controlPlane}\n`,
+        );
+        const shutdown = () => void agent.close().then(() => process.exit(0));
+        process.once('SIGTERM', shutdown);
+        process.once('SIGINT', shutdown);
+      },
+    );
 
   withClientOptions(program.command('migrate'))
-    .description("prepare the live migration of a running vTPM to another host, before its VM's (libvirt's hook does this by itself)")
+    .description(
+      "prepare the live migration of a running vTPM to another host, before its VM's (libvirt's hook does this by itself)",
+    )
     .argument('<vm>', 'VM UUID')
     .requiredOption('--to <host>', 'the destination host')
     .action(async (vm: string, options: { to: string }, command: Command) => {
-      const prepared = await (await client(command)).request<Migration>('POST', `${vmPath(vm)}/migrate`, { to: options.to });
-      emit(command, prepared, () => `${fields(prepared as unknown as Record<string, unknown>, ['vm', 'status', 'from', 'to', 'socket'])}\nmigrate the VM now; the vTPM follows once QEMU leaves ${prepared.from}`);
+      const prepared = await (await client(command)).request<Migration>('POST', `${vmPath(vm)}/migrate`, {
+        to: options.to,
+      });
+      emit(
+        command,
+        prepared,
+        () =>
+          `${fields(prepared as unknown as Record<string, unknown>, ['vm', 'status', 'from', 'to', 'socket'])}\nmigrate the VM now; the vTPM follows once QEMU leaves ${prepared.from}`,
+      );
     });
 }

@@ -24,10 +24,17 @@ async function main(): Promise<number> {
   try {
     domain = parseDomain(xml);
   } catch (error) {
-    process.stderr.write(`vtpm-manager: domain ${domainName} left alone, its XML could not be read: ${message(error)}\n`);
+    process.stderr.write(
+      `vtpm-manager: domain ${domainName} left alone, its XML could not be read: ${message(error)}\n`,
+    );
     return 0;
   }
-  const action = hookAction(operation, subOperation, domain, process.env.VTPM_HOOK_SOCKET_DIR ?? defaultRunDir(dataDir));
+  const action = hookAction(
+    operation,
+    subOperation,
+    domain,
+    process.env.VTPM_HOOK_SOCKET_DIR ?? defaultRunDir(dataDir),
+  );
   if (!action) return 0;
   const timeoutMs = Number(process.env.VTPM_HOOK_TIMEOUT_MS) || HOOK_TIMEOUT_MS;
   const tokenFile = process.env.VTPM_TOKEN_FILE;
@@ -38,13 +45,17 @@ async function main(): Promise<number> {
   const scope = process.env.VTPM_HOOK_HOST ? { host: process.env.VTPM_HOOK_HOST } : undefined;
   if (action.kind === 'prepare-migration') {
     if (!scope) {
-      process.stderr.write(`vtpm-manager: ${what} cannot follow a migration: this hook does not know its host (install it again with vtpm libvirt install-hook)\n`);
+      process.stderr.write(
+        `vtpm-manager: ${what} cannot follow a migration: this hook does not know its host (install it again with vtpm libvirt install-hook)\n`,
+      );
       return 1;
     }
     try {
       await api.request('POST', `${path}/migrate`, { to: scope.host });
     } catch (error) {
-      process.stderr.write(`vtpm-manager: cannot prepare the migration of ${what} to ${scope.host}: ${message(error)}\n`);
+      process.stderr.write(
+        `vtpm-manager: cannot prepare the migration of ${what} to ${scope.host}: ${message(error)}\n`,
+      );
       return 1;
     }
     return 0;
@@ -54,8 +65,13 @@ async function main(): Promise<number> {
       await api.request('POST', `${path}/start`, scope);
     } catch (error) {
       // libvirt may run prepare again for a vTPM this hook already started (a retried start): running is what it needs.
-      const alreadyRunning = error instanceof RemoteError && error.code === 'state_conflict'
-        && (await api.request<{ status: string; host: string }>('GET', path).then((v) => v.status === 'running' && (!scope || v.host === scope.host), () => false));
+      const alreadyRunning =
+        error instanceof RemoteError &&
+        error.code === 'state_conflict' &&
+        (await api.request<{ status: string; host: string }>('GET', path).then(
+          (v) => v.status === 'running' && (!scope || v.host === scope.host),
+          () => false,
+        ));
       if (!alreadyRunning) {
         process.stderr.write(`vtpm-manager: cannot start ${what}: ${message(error)}\n`);
         return 1;
@@ -73,10 +89,17 @@ async function main(): Promise<number> {
 }
 
 function message(error: unknown): string {
-  return error instanceof VtpmError ? `${error.message} [${error.code}]` : error instanceof Error ? error.message : String(error);
+  return error instanceof VtpmError
+    ? `${error.message} [${error.code}]`
+    : error instanceof Error
+      ? error.message
+      : String(error);
 }
 
-main().then((code) => process.exit(code), (error: unknown) => {
-  process.stderr.write(`vtpm-manager: libvirt hook failed: ${message(error)}\n`);
-  process.exit(1);
-});
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(`vtpm-manager: libvirt hook failed: ${message(error)}\n`);
+    process.exit(1);
+  },
+);

@@ -2,9 +2,18 @@
 
 export function table(rows: Array<Record<string, string | number>>, columns: string[]): string {
   if (rows.length === 0) return '(none)';
-  const widths = columns.map((column) => Math.max(column.length, ...rows.map((row) => String(row[column] ?? '').length)));
-  const line = (cells: string[]) => cells.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd();
-  return [line(columns.map((c) => c.toUpperCase())), ...rows.map((row) => line(columns.map((c) => String(row[c] ?? ''))))].join('\n');
+  const widths = columns.map((column) =>
+    Math.max(column.length, ...rows.map((row) => String(row[column] ?? '').length)),
+  );
+  const line = (cells: string[]) =>
+    cells
+      .map((cell, i) => cell.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
+  return [
+    line(columns.map((c) => c.toUpperCase())),
+    ...rows.map((row) => line(columns.map((c) => String(row[c] ?? '')))),
+  ].join('\n');
 }
 
 export function fields(record: Record<string, unknown>, keys: string[]): string {

@@ -12,7 +12,11 @@ export function checkAgentUrl(url: string): string {
   }
   const loopback = LOOPBACK.includes(parsed.hostname);
   if (parsed.protocol !== 'https:' && !(parsed.protocol === 'http:' && loopback)) {
-    throw new InvalidArgumentError('url', 'https://HOST:PORT: vTPM keys travel to the agent (http only on loopback)', url);
+    throw new InvalidArgumentError(
+      'url',
+      'https://HOST:PORT: vTPM keys travel to the agent (http only on loopback)',
+      url,
+    );
   }
   return parsed.origin;
 }

@@ -76,7 +76,10 @@ export class Fleet {
         await this.options.store.hosts.upsert({ name, traits, capabilities });
       } catch (error) {
         if (agent === this.manufacturer) throw error;
-        this.options.logger.warn({ host: agent.hostName, err: error }, 'a remote agent did not answer; it is used again once it reports in');
+        this.options.logger.warn(
+          { host: agent.hostName, err: error },
+          'a remote agent did not answer; it is used again once it reports in',
+        );
       }
     }
   }
@@ -89,7 +92,9 @@ export class Fleet {
    */
   async register(name: string, url: string): Promise<RegisteredHost> {
     if (name === this.manufacturer.hostName) {
-      throw new StateConflictError(`${name} is the control plane's own host; its agent runs in \`vtpm serve\``, { host: name });
+      throw new StateConflictError(`${name} is the control plane's own host; its agent runs in \`vtpm serve\``, {
+        host: name,
+      });
     }
     const agentUrl = checkAgentUrl(url);
     return withWiped(randomBytes(32), async (secret) => {
@@ -122,7 +127,11 @@ export class Fleet {
   /** A remote agent is up: its traits and capabilities are recorded, and it learns where its sockets are. */
   async reportedIn(host: string, description: HostDescription): Promise<void> {
     this.remotes.get(host)?.agent.learn(description);
-    await this.options.store.hosts.upsert({ name: host, traits: description.traits, capabilities: description.capabilities });
+    await this.options.store.hosts.upsert({
+      name: host,
+      traits: description.traits,
+      capabilities: description.capabilities,
+    });
     this.options.logger.info({ host, traits: description.traits }, 'remote agent reported in');
   }
 

@@ -3,7 +3,12 @@ import { describe, it } from 'node:test';
 import { NoValidHostError } from '../errors.js';
 import { chooseHost } from './scheduler.js';
 
-const full = ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS', 'COMPUTE_SECURITY_TPM_CRB'];
+const full = [
+  'COMPUTE_SECURITY_TPM_1_2',
+  'COMPUTE_SECURITY_TPM_2_0',
+  'COMPUTE_SECURITY_TPM_TIS',
+  'COMPUTE_SECURITY_TPM_CRB',
+];
 
 describe('chooseHost', () => {
   it('picks the least loaded host that has every required trait', () => {
@@ -15,12 +20,23 @@ describe('chooseHost', () => {
     assert.equal(chosen.name, 'c');
   });
   it('breaks ties by name', () => {
-    assert.equal(chooseHost({ version: '1.2', model: 'tpm-tis' }, [{ name: 'z', traits: full, vtpms: 1 }, { name: 'y', traits: full, vtpms: 1 }]).name, 'y');
+    assert.equal(
+      chooseHost({ version: '1.2', model: 'tpm-tis' }, [
+        { name: 'z', traits: full, vtpms: 1 },
+        { name: 'y', traits: full, vtpms: 1 },
+      ]).name,
+      'y',
+    );
   });
   it('names what each host lacks when none fits', () => {
     assert.throws(
-      () => chooseHost({ version: '2.0', model: 'tpm-crb' }, [{ name: 'old', traits: ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS'], vtpms: 0 }]),
-      (error: unknown) => error instanceof NoValidHostError && /old lacks COMPUTE_SECURITY_TPM_2_0, COMPUTE_SECURITY_TPM_CRB/.test(error.message),
+      () =>
+        chooseHost({ version: '2.0', model: 'tpm-crb' }, [
+          { name: 'old', traits: ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS'], vtpms: 0 },
+        ]),
+      (error: unknown) =>
+        error instanceof NoValidHostError &&
+        /old lacks COMPUTE_SECURITY_TPM_2_0, COMPUTE_SECURITY_TPM_CRB/.test(error.message),
     );
   });
   it('says so when there are no hosts at all', () => {

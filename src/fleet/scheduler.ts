@@ -19,7 +19,10 @@ export function chooseHost(spec: TpmSpec, candidates: Candidate[]): Candidate {
   if (!best) {
     throw new NoValidHostError(
       required,
-      candidates.map((host) => ({ name: host.name, missing: required.filter((trait) => !host.traits.includes(trait)) })),
+      candidates.map((host) => ({
+        name: host.name,
+        missing: required.filter((trait) => !host.traits.includes(trait)),
+      })),
     );
   }
   return best;

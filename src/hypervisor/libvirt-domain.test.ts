@@ -36,7 +36,13 @@ describe('libvirt domain XML', () => {
     assert.deepEqual(parseDomain(domain(EMULATOR_TPM)), {
       name: 'web-1',
       uuid: UUID,
-      tpm: { model: 'tpm-crb', backend: 'emulator', version: '2.0', encryptionSecret: '0b6c0e5e-9c1b-4f0e-8d36-1a2b3c4d5e6f', socket: undefined },
+      tpm: {
+        model: 'tpm-crb',
+        backend: 'emulator',
+        version: '2.0',
+        encryptionSecret: '0b6c0e5e-9c1b-4f0e-8d36-1a2b3c4d5e6f',
+        socket: undefined,
+      },
     });
   });
 
@@ -45,7 +51,10 @@ describe('libvirt domain XML', () => {
   });
 
   it('refuses what is not a domain definition, naming the field', () => {
-    assert.throws(() => parseDomain('<network><name>x</name></network>'), (error: unknown) => error instanceof InvalidArgumentError && /domain XML/.test(error.message));
+    assert.throws(
+      () => parseDomain('<network><name>x</name></network>'),
+      (error: unknown) => error instanceof InvalidArgumentError && /domain XML/.test(error.message),
+    );
     assert.throws(() => parseDomain('<domain><name>x</name>'), InvalidArgumentError);
   });
 

@@ -26,10 +26,21 @@ export interface Domain {
   tpm?: DomainTpm | undefined;
 }
 
-const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '', parseAttributeValue: false, parseTagValue: false, isArray: (name) => name === 'tpm' });
+const parser = new XMLParser({
+  ignoreAttributes: false,
+  attributeNamePrefix: '',
+  parseAttributeValue: false,
+  parseTagValue: false,
+  isArray: (name) => name === 'tpm',
+});
 
 type Node = Record<string, unknown>;
-const text = (value: unknown): string | undefined => (typeof value === 'string' ? value : typeof (value as Node | undefined)?.['#text'] === 'string' ? ((value as Node)['#text'] as string) : undefined);
+const text = (value: unknown): string | undefined =>
+  typeof value === 'string'
+    ? value
+    : typeof (value as Node | undefined)?.['#text'] === 'string'
+      ? ((value as Node)['#text'] as string)
+      : undefined;
 
 export function parseDomain(xml: string): Domain {
   let document: Node;
@@ -41,7 +52,8 @@ export function parseDomain(xml: string): Domain {
   const domain = document.domain as Node | undefined;
   const name = text(domain?.name);
   const uuid = text(domain?.uuid)?.trim().toLowerCase();
-  if (!domain || !name || !uuid) throw new InvalidArgumentError('domain XML', 'a libvirt domain definition with <name> and <uuid>');
+  if (!domain || !name || !uuid)
+    throw new InvalidArgumentError('domain XML', 'a libvirt domain definition with <name> and <uuid>');
   const tpms = ((domain.devices as Node | undefined)?.tpm as Node[] | undefined) ?? [];
   const tpm = tpms[0];
   if (!tpm) return { name, uuid };
@@ -72,9 +84,16 @@ const TPM_ELEMENT = /[ \t]*<tpm\b[^>]*?(?:\/>|>[\s\S]*?<\/tpm>)[ \t]*\n?/;
 /** The domain XML with its <tpm> element replaced by `tpmXml`, or `tpmXml` added as the last device. */
 export function withTpmElement(xml: string, tpmXml: string): string {
   const indent = /\n([ \t]*)<\/devices>/.exec(xml)?.[1] ?? '  ';
-  const element = tpmXml.split('\n').map((line) => `${indent}  ${line}`).join('\n') + '\n';
-  const updated = TPM_ELEMENT.test(xml) ? xml.replace(TPM_ELEMENT, element) : xml.replace(/([ \t]*)<\/devices>/, `${element}$1</devices>`);
+  const element =
+    tpmXml
+      .split('\n')
+      .map((line) => `${indent}  ${line}`)
+      .join('\n') + '\n';
+  const updated = TPM_ELEMENT.test(xml)
+    ? xml.replace(TPM_ELEMENT, element)
+    : xml.replace(/([ \t]*)<\/devices>/, `${element}$1</devices>`);
   // The regular expression works on libvirt's own formatting; check the result the strict way.
-  if (parseDomain(updated).tpm?.backend === undefined) throw new InvalidArgumentError('domain XML', 'a <devices> element to add the TPM to');
+  if (parseDomain(updated).tpm?.backend === undefined)
+    throw new InvalidArgumentError('domain XML', 'a <devices> element to add the TPM to');
   return updated;
 }

@@ -40,7 +40,17 @@ export const HOOK_MARKER = '# vtpm-manager libvirt hook';
 export const HOOK_TIMEOUT_MS = 10_000;
 
 /** The hook script: a shell line that runs the hook entry point under this very Node, with the service's coordinates. */
-export function hookScript(options: { node: string; entry: string; url: string; dataDir: string; socketDir: string; host: string; timeoutMs: number; caFile?: string | undefined; tokenFile?: string | undefined }): string {
+export function hookScript(options: {
+  node: string;
+  entry: string;
+  url: string;
+  dataDir: string;
+  socketDir: string;
+  host: string;
+  timeoutMs: number;
+  caFile?: string | undefined;
+  tokenFile?: string | undefined;
+}): string {
   const quote = (value: string) => `'${value.replaceAll("'", "'\\''")}'`;
   return [
     '#!/bin/sh',

@@ -5,7 +5,12 @@
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 
 export const escapeXmlAttribute = (value: string): string =>
-  value.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll("'", '&apos;').replaceAll('"', '&quot;');
+  value
+    .replaceAll('&', '&amp;')
+    .replaceAll('<', '&lt;')
+    .replaceAll('>', '&gt;')
+    .replaceAll("'", '&apos;')
+    .replaceAll('"', '&quot;');
 
 export function libvirtTpmXml(spec: TpmSpec, socketPath: string): string {
   return [

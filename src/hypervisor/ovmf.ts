@@ -22,8 +22,10 @@ export function qemuFirmwareArgs(firmware: Firmware, nvramPath: string): string[
   if (firmware.type !== 'uefi') return [];
   return [
     ...(firmware.secureBoot ? ['-machine', 'smm=on', '-global', 'driver=cfi.pflash01,property=secure,value=on'] : []),
-    '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${escapeOptionValue(ovmfCode(firmware.secureBoot))}`,
-    '-drive', `if=pflash,format=raw,unit=1,file=${escapeOptionValue(nvramPath)}`,
+    '-drive',
+    `if=pflash,format=raw,unit=0,readonly=on,file=${escapeOptionValue(ovmfCode(firmware.secureBoot))}`,
+    '-drive',
+    `if=pflash,format=raw,unit=1,file=${escapeOptionValue(nvramPath)}`,
   ];
 }
 

@@ -6,8 +6,11 @@ export const escapeOptionValue = (value: string): string => value.replaceAll(','
 
 export function qemuTpmArgs(spec: TpmSpec, socketPath: string): string[] {
   return [
-    '-chardev', `socket,id=chrtpm,path=${escapeOptionValue(socketPath)}`,
-    '-tpmdev', 'emulator,id=tpm0,chardev=chrtpm',
-    '-device', `${spec.model},tpmdev=tpm0`,
+    '-chardev',
+    `socket,id=chrtpm,path=${escapeOptionValue(socketPath)}`,
+    '-tpmdev',
+    'emulator,id=tpm0,chardev=chrtpm',
+    '-device',
+    `${spec.model},tpmdev=tpm0`,
   ];
 }

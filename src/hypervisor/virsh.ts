@@ -19,14 +19,26 @@ export class Virsh {
 
   private run(args: string[]): Promise<string> {
     return new Promise((resolve, reject) => {
-      execFile('virsh', ['-c', this.uri, ...args], { timeout: VIRSH_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
-        if (!error) return resolve(stdout);
-        if ((error as NodeJS.ErrnoException).code === 'ENOENT') return reject(new HostSetupError('virsh is not installed on this host (Debian package libvirt-clients)'));
-        const message = (stderr || error.message).trim().replace(/^error:\s*/gm, '').split('\n').join('; ');
-        if (/failed to get domain|Domain not found/i.test(message)) return reject(new NotFoundError('libvirt domain', args.at(-1) ?? ''));
-        if (/failed to connect|Failed to connect socket/i.test(message)) return reject(new UnreachableError(`cannot reach libvirt at ${this.uri}: ${message}`, { uri: this.uri }));
-        reject(new HostSetupError(`virsh ${args[0]} failed: ${message}`, { uri: this.uri }));
-      });
+      execFile(
+        'virsh',
+        ['-c', this.uri, ...args],
+        { timeout: VIRSH_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 },
+        (error, stdout, stderr) => {
+          if (!error) return resolve(stdout);
+          if ((error as NodeJS.ErrnoException).code === 'ENOENT')
+            return reject(new HostSetupError('virsh is not installed on this host (Debian package libvirt-clients)'));
+          const message = (stderr || error.message)
+            .trim()
+            .replace(/^error:\s*/gm, '')
+            .split('\n')
+            .join('; ');
+          if (/failed to get domain|Domain not found/i.test(message))
+            return reject(new NotFoundError('libvirt domain', args.at(-1) ?? ''));
+          if (/failed to connect|Failed to connect socket/i.test(message))
+            return reject(new UnreachableError(`cannot reach libvirt at ${this.uri}: ${message}`, { uri: this.uri }));
+          reject(new HostSetupError(`virsh ${args[0]} failed: ${message}`, { uri: this.uri }));
+        },
+      );
     });
   }
 
@@ -60,7 +72,11 @@ export class Virsh {
     } catch (error) {
       if (!(error instanceof HostSetupError && /private/i.test(error.message))) throw error;
       const stored = await readFile(join(LIBVIRT_SECRETS_DIR, `${uuid}.base64`), 'utf8').catch(() => undefined);
-      if (stored === undefined) throw new HostSetupError(`libvirt secret ${uuid} is private and ${LIBVIRT_SECRETS_DIR} is not readable here: run this on the libvirt host, as root`, { secret: uuid });
+      if (stored === undefined)
+        throw new HostSetupError(
+          `libvirt secret ${uuid} is private and ${LIBVIRT_SECRETS_DIR} is not readable here: run this on the libvirt host, as root`,
+          { secret: uuid },
+        );
       return Buffer.from(stored.trim(), 'base64');
     }
   }

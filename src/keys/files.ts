@@ -14,7 +14,11 @@ export async function writeFileAtomically(path: string, content: Buffer): Promis
   await rename(temporary, path);
 }
 
-export const fileExists = (path: string) => access(path).then(() => true, () => false);
+export const fileExists = (path: string) =>
+  access(path).then(
+    () => true,
+    () => false,
+  );
 
 /** A temporary file left by an interrupted writeFileAtomically. */
 export const isTemporary = (name: string) => name.includes('.tmp-');

@@ -37,12 +37,25 @@ export async function openKeyManager(options: KeyManagerOptions): Promise<KeyMan
     case 'local':
       return LocalKeyManager.open(options.dataDir, options.hostTpm);
     case 'barbican':
-      if (!options.barbicanUrl) throw new InvalidArgumentError('--barbican-url', "Barbican's endpoint (e.g. http://barbican:9311) with --key-manager barbican");
+      if (!options.barbicanUrl)
+        throw new InvalidArgumentError(
+          '--barbican-url',
+          "Barbican's endpoint (e.g. http://barbican:9311) with --key-manager barbican",
+        );
       return new BarbicanKeyManager(options.barbicanUrl.replace(/\/+$/, ''));
     case 'pkcs11': {
       const settings: Pkcs11Settings = options.pkcs11 ?? PKCS11_DEFAULTS;
-      if (!settings.module) throw new InvalidArgumentError('--pkcs11-module', "the HSM's PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so) with --key-manager pkcs11");
-      return Pkcs11KeyManager.open(options.dataDir, { module: settings.module, tokenLabel: settings.token, pin: await readPin(settings.pinFile), keyLabel: settings.keyLabel });
+      if (!settings.module)
+        throw new InvalidArgumentError(
+          '--pkcs11-module',
+          "the HSM's PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so) with --key-manager pkcs11",
+        );
+      return Pkcs11KeyManager.open(options.dataDir, {
+        module: settings.module,
+        tokenLabel: settings.token,
+        pin: await readPin(settings.pinFile),
+        keyLabel: settings.keyLabel,
+      });
     }
     default:
       throw new InvalidArgumentError('key-manager', `one of ${KEY_MANAGER_KINDS.join(', ')}`, options.kind);

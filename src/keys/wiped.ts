@@ -37,6 +37,10 @@ export async function withKeptSecrets<T>(use: (keep: (secret: Buffer) => Buffer)
 }
 
 /** Reads a secret from the key manager for the duration of `use`. */
-export async function withSecret<T>(keys: KeyManager, ref: string, use: (secret: Buffer) => Promise<T> | T): Promise<T> {
+export async function withSecret<T>(
+  keys: KeyManager,
+  ref: string,
+  use: (secret: Buffer) => Promise<T> | T,
+): Promise<T> {
   return withWiped(await keys.readSecret(ref), use);
 }

@@ -72,7 +72,10 @@ export async function adoptVtpm(cp: ControlPlane, request: AdoptRequest, actor: 
       ];
       await runSteps({ operation: 'adopt', steps, logger: cp.logger, undoFailed: undoFailed(cp) }, adoption);
       const certificates = adoption.tpm!.ekCertificates.length;
-      cp.logger.info({ vm, host, version: spec.version, from: request.source, ek_certificates: certificates }, 'vTPM adopted');
+      cp.logger.info(
+        { vm, host, version: spec.version, from: request.source, ek_certificates: certificates },
+        'vTPM adopted',
+      );
       return toVtpmView(adoption.created!);
     }),
   );

@@ -16,7 +16,10 @@ describe('create', () => {
     const created = await createVtpm(t.cp, { vm, version: '2.0' }, alice);
     assert.equal(created.status, 'stopped');
     const history = await t.cp.vault.history(vm);
-    assert.deepEqual(history.map((g) => [g.kind, g.generation, g.reason]), [['tpm', 1, 'create']]);
+    assert.deepEqual(
+      history.map((g) => [g.kind, g.generation, g.reason]),
+      [['tpm', 1, 'create']],
+    );
   });
 
   it('when manufacturing fails: the secret is erased and no row is left', async () => {

@@ -8,7 +8,12 @@ import type { VtpmRecord } from '../store/index.js';
 import type { ControlPlane } from './control-plane.js';
 import { conflict, withVtpm } from './vtpm-records.js';
 
-export async function deleteVtpm(cp: ControlPlane, vm: string, options: { force: boolean }, actor: Principal): Promise<void> {
+export async function deleteVtpm(
+  cp: ControlPlane,
+  vm: string,
+  options: { force: boolean },
+  actor: Principal,
+): Promise<void> {
   await withVtpm(cp, vm, actor, 'delete', async (current) => {
     if (current.status !== 'stopped' && current.status !== 'deleting' && !options.force) {
       throw conflict(current, `vTPM ${current.vm} is ${current.status}; stop it first or delete with --force`);
@@ -30,6 +35,9 @@ export async function erase(cp: ControlPlane, record: Pick<VtpmRecord, 'vm' | 'h
 
 /** What cannot be erased now (the key manager is unreachable, say) stays `deleting` for `vtpm delete` or the next start. */
 export async function leaveDeleting(cp: ControlPlane, vm: string, error: unknown): Promise<void> {
-  cp.logger.error({ vm, err: error }, 'rollback incomplete: the vTPM stays deleting until `vtpm delete` or the next start finishes it');
+  cp.logger.error(
+    { vm, err: error },
+    'rollback incomplete: the vTPM stays deleting until `vtpm delete` or the next start finishes it',
+  );
   await cp.store.vtpms.update(vm, { status: 'deleting' });
 }

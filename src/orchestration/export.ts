@@ -17,16 +17,34 @@ export interface ExportRequest {
   generations: number | 'all';
 }
 
-export async function exportVtpm(cp: ControlPlane, vm: string, request: ExportRequest, actor: Principal): Promise<Buffer> {
+export async function exportVtpm(
+  cp: ControlPlane,
+  vm: string,
+  request: ExportRequest,
+  actor: Principal,
+): Promise<Buffer> {
   const record = await loadVtpm(cp, vm, actor, 'export');
-  if (record.status === 'creating' || record.status === 'deleting') throw conflict(record, `vTPM ${record.vm} is ${record.status}`);
+  if (record.status === 'creating' || record.status === 'deleting')
+    throw conflict(record, `vTPM ${record.vm} is ${record.status}`);
   return withSecret(cp.keys, record.secret_ref, async (secret) => {
-    const generations = await withWiped(vaultKeyFrom(secret), (vaultKey) => chosenGenerations(cp, record, request, vaultKey));
+    const generations = await withWiped(vaultKeyFrom(secret), (vaultKey) =>
+      chosenGenerations(cp, record, request, vaultKey),
+    );
     const ekCertificates = record.ek_certificates ? openEkCertificates(secret, record.vm, record.ek_certificates) : [];
     cp.logger.info({ vm: record.vm, generations: generations.length }, 'vTPM exported');
     const { vm: id, project, version, model, firmware, secure_boot } = record;
     const certificates = ekCertificates.map((c) => ({ key_type: c.keyType, der: c.der }));
-    const payload = { vm: id, project, version, model, firmware, secure_boot, secret, ek_certificates: certificates, generations };
+    const payload = {
+      vm: id,
+      project,
+      version,
+      model,
+      firmware,
+      secure_boot,
+      secret,
+      ek_certificates: certificates,
+      generations,
+    };
     return writeBundle(payload, request.passphrase);
   });
 }

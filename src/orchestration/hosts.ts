@@ -9,7 +9,12 @@ export async function listHosts(cp: ControlPlane, actor: Principal): Promise<Hos
   return cp.fleet.list();
 }
 
-export async function registerHost(cp: ControlPlane, name: string, url: string, actor: Principal): Promise<RegisteredHost> {
+export async function registerHost(
+  cp: ControlPlane,
+  name: string,
+  url: string,
+  actor: Principal,
+): Promise<RegisteredHost> {
   enforceOnDeployment(actor, 'hosts-register');
   return cp.fleet.register(name, url);
 }

@@ -31,7 +31,8 @@ export async function migrateVtpm(cp: ControlPlane, vm: string, to: string, acto
           '(a stopped one starts on any host: vtpm start --host)',
       );
     }
-    if (to === current.host) throw new StateConflictError(`vTPM ${current.vm} already runs on ${to}`, { vm: current.vm, host: to });
+    if (to === current.host)
+      throw new StateConflictError(`vTPM ${current.vm} already runs on ${to}`, { vm: current.vm, host: to });
     await cp.fleet.requireHostFor(specOf(current), to);
     const migrating = await withSecret(cp.keys, current.secret_ref, (secret) => prepare(cp, current, to, secret));
     cp.logger.info({ vm: current.vm, from: current.host, to }, 'live migration prepared');
@@ -57,8 +58,13 @@ async function prepare(cp: ControlPlane, current: VtpmRecord, to: string, secret
     {
       name: 'mark-migrating',
       async run() {
-        const migrating = await cp.store.vtpms.update(current.vm, { status: 'migrating', migrating_to: to }, ['running']);
-        if (!migrating) throw new StateConflictError(`vTPM ${current.vm} changed while its migration was prepared`, { vm: current.vm });
+        const migrating = await cp.store.vtpms.update(current.vm, { status: 'migrating', migrating_to: to }, [
+          'running',
+        ]);
+        if (!migrating)
+          throw new StateConflictError(`vTPM ${current.vm} changed while its migration was prepared`, {
+            vm: current.vm,
+          });
         state.migrating = migrating;
       },
       undo: async () => {
@@ -68,7 +74,14 @@ async function prepare(cp: ControlPlane, current: VtpmRecord, to: string, secret
     {
       name: 'run-destination-swtpm',
       async run() {
-        const request = { vm: current.vm, spec: specOf(current), firmware, stateKey: secret, state: tpm.data, nvram: nvram?.data };
+        const request = {
+          vm: current.vm,
+          spec: specOf(current),
+          firmware,
+          stateKey: secret,
+          state: tpm.data,
+          nvram: nvram?.data,
+        };
         await cp.fleet.agentFor(to).start(request);
       },
     },
@@ -78,10 +91,20 @@ async function prepare(cp: ControlPlane, current: VtpmRecord, to: string, secret
 }
 
 /** Ends a migration: the vTPM runs on the destination with what it reported meanwhile, or stays on the source. */
-export async function settleMigration(cp: ControlPlane, record: VtpmRecord, destination: string, outcome: MigrationOutcome) {
+export async function settleMigration(
+  cp: ControlPlane,
+  record: VtpmRecord,
+  destination: string,
+  outcome: MigrationOutcome,
+) {
   const patch =
     outcome === 'completed'
-      ? { status: 'running' as const, host: destination, migrating_to: null, socket: cp.fleet.agentFor(destination).devicePaths(record.vm).socket }
+      ? {
+          status: 'running' as const,
+          host: destination,
+          migrating_to: null,
+          socket: cp.fleet.agentFor(destination).devicePaths(record.vm).socket,
+        }
       : { status: 'running' as const, migrating_to: null };
   await cp.store.vtpms.update(record.vm, patch, ['migrating']);
   const held = cp.migrations.end(record.vm);
@@ -94,7 +117,10 @@ export async function settleMigration(cp: ControlPlane, record: VtpmRecord, dest
       .agentFor(destination)
       .destroy(record.vm)
       .catch((error: unknown) =>
-        cp.logger.warn({ vm: record.vm, host: destination, err: error }, "the abandoned destination's copy could not be removed"),
+        cp.logger.warn(
+          { vm: record.vm, host: destination, err: error },
+          "the abandoned destination's copy could not be removed",
+        ),
       );
   }
 }

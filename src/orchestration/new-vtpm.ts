@@ -66,7 +66,9 @@ export function reserveStep<S extends NewVtpmState>(cp: ControlPlane, secret?: (
     async run(s) {
       const owner = { project: s.row.project };
       const label = `vtpm-${s.row.vm}`;
-      const ref = secret ? await cp.keys.storeSecret(label, owner, secret(s)) : await cp.keys.createSecret(label, owner);
+      const ref = secret
+        ? await cp.keys.storeSecret(label, owner, secret(s))
+        : await cp.keys.createSecret(label, owner);
       s.row = { ...s.row, secret_ref: ref };
       try {
         await cp.store.vtpms.insert(s.row);
@@ -118,7 +120,9 @@ export function finishStep<S extends NewVtpmState>(cp: ControlPlane, certificate
     name: 'finish',
     async run(s) {
       const ekCertificates = sealEkCertificates(s.secret!, s.row.vm, certificates(s));
-      const ready = await cp.store.vtpms.update(s.row.vm, { status: 'stopped', ek_certificates: ekCertificates }, ['creating']);
+      const ready = await cp.store.vtpms.update(s.row.vm, { status: 'stopped', ek_certificates: ekCertificates }, [
+        'creating',
+      ]);
       if (!ready) throw new StateConflictError(`vTPM ${s.row.vm} changed while it was being created`, { vm: s.row.vm });
       s.created = ready;
     },

@@ -44,7 +44,10 @@ async function whatHostsRun(cp: ControlPlane): Promise<RunningOn> {
     try {
       runningOn.set(agent.hostName, new Set((await agent.running()).map((instance) => instance.vm)));
     } catch (error) {
-      cp.logger.warn({ host: agent.hostName, err: error }, 'a host did not say what it runs; its vTPMs are left as they are');
+      cp.logger.warn(
+        { host: agent.hostName, err: error },
+        'a host did not say what it runs; its vTPMs are left as they are',
+      );
     }
   }
   return runningOn;
@@ -53,7 +56,8 @@ async function whatHostsRun(cp: ControlPlane): Promise<RunningOn> {
 async function reconcileOne(cp: ControlPlane, record: VtpmRecord, isRunning: boolean): Promise<void> {
   // Only a vTPM that was running can have state the vault has not seen; a `starting` one may
   // still hold an older working copy (from before a restore, say), which must not come back.
-  if (!isRunning && (record.status === 'running' || record.status === 'stopping')) await recoverWorkingState(cp, record);
+  if (!isRunning && (record.status === 'running' || record.status === 'stopping'))
+    await recoverWorkingState(cp, record);
   const status = isRunning ? 'running' : 'stopped';
   if (record.status !== status) {
     const socket = isRunning ? cp.fleet.agentFor(record.host).devicePaths(record.vm).socket : null;
@@ -80,7 +84,10 @@ async function recoverWorkingState(cp: ControlPlane, record: VtpmRecord): Promis
     for (const [kind, data] of Object.entries(working) as Array<[StateKind, Buffer]>) {
       const generation = await cp.vault.commit(record.vm, kind, vaultKey, data, 'stop');
       if (generation !== undefined) {
-        cp.logger.warn({ vm: record.vm, kind, generation }, 'committed the state a guest left while the control plane was down');
+        cp.logger.warn(
+          { vm: record.vm, kind, generation },
+          'committed the state a guest left while the control plane was down',
+        );
       }
     }
   });

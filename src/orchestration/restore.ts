@@ -5,7 +5,12 @@ import { withVaultKey } from '../vault/vault-key.js';
 import type { ControlPlane } from './control-plane.js';
 import { conflict, toVtpmView, withVtpm } from './vtpm-records.js';
 
-export async function restoreGeneration(cp: ControlPlane, vm: string, generation: number, actor: Principal): Promise<Restored> {
+export async function restoreGeneration(
+  cp: ControlPlane,
+  vm: string,
+  generation: number,
+  actor: Principal,
+): Promise<Restored> {
   return withVtpm(cp, vm, actor, 'operate', async (current) => {
     if (current.status !== 'stopped') {
       throw conflict(current, `vTPM ${current.vm} is ${current.status}; only a stopped vTPM can be restored`);

@@ -9,10 +9,18 @@ import { withVaultKey } from '../vault/vault-key.js';
 import type { ControlPlane } from './control-plane.js';
 import { conflict, toVtpmView, withVtpm } from './vtpm-records.js';
 
-export async function setSecureBoot(cp: ControlPlane, vm: string, secureBoot: boolean, actor: Principal): Promise<VtpmView> {
+export async function setSecureBoot(
+  cp: ControlPlane,
+  vm: string,
+  secureBoot: boolean,
+  actor: Principal,
+): Promise<VtpmView> {
   return withVtpm(cp, vm, actor, 'operate', async (current) => {
     if (current.firmware !== 'uefi') {
-      throw conflict(current, `VM ${current.vm} uses BIOS firmware; secure boot needs UEFI (create it with --firmware uefi)`);
+      throw conflict(
+        current,
+        `VM ${current.vm} uses BIOS firmware; secure boot needs UEFI (create it with --firmware uefi)`,
+      );
     }
     if (current.status !== 'stopped') {
       throw conflict(current, `vTPM ${current.vm} is ${current.status}; change secure boot while it is stopped`);

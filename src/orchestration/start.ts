@@ -33,12 +33,18 @@ interface Starting {
   running?: VtpmRecord | undefined;
 }
 
-export async function startVtpm(cp: ControlPlane, vm: string, actor: Principal, scope: HostScope = {}): Promise<Started> {
+export async function startVtpm(
+  cp: ControlPlane,
+  vm: string,
+  actor: Principal,
+  scope: HostScope = {},
+): Promise<Started> {
   return withVtpm(cp, vm, actor, 'operate', async (current) => {
     if (current.status === 'migrating' && scope.host !== undefined && scope.host === current.migrating_to) {
       return { ...toVtpmView(current), ...attachmentOf(cp, current, scope.host) };
     }
-    if (current.status === 'running') throw conflict(current, `vTPM ${current.vm} is already running on ${current.host}`);
+    if (current.status === 'running')
+      throw conflict(current, `vTPM ${current.vm} is already running on ${current.host}`);
     const starting = await withKeptSecrets(async (keep) => {
       const state: Starting = { record: current, origin: current.host, keep };
       await runSteps({ operation: 'start', steps: startSteps(cp, scope), logger: cp.logger }, state);
@@ -56,7 +62,8 @@ function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
       name: 'claim',
       async run(s) {
         const claimed = await cp.store.vtpms.update(s.record.vm, { status: 'starting' }, ['stopped']);
-        if (!claimed) throw conflict(s.record, `vTPM ${s.record.vm} is ${s.record.status}; only a stopped vTPM can be started`);
+        if (!claimed)
+          throw conflict(s.record, `vTPM ${s.record.vm} is ${s.record.status}; only a stopped vTPM can be started`);
         s.record = claimed;
       },
       undo: async (s) => {
@@ -85,7 +92,9 @@ function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
         if (firmwareOf(s.record).type !== 'uefi') return;
         s.nvram = await cp.vault.newest(s.record.vm, 'nvram', vaultKey);
         if (!s.nvram) {
-          throw new StateConflictError(`UEFI guest ${s.record.vm} has no variable store in the vault`, { vm: s.record.vm });
+          throw new StateConflictError(`UEFI guest ${s.record.vm} has no variable store in the vault`, {
+            vm: s.record.vm,
+          });
         }
       },
     },

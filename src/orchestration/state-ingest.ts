@@ -14,7 +14,10 @@ export async function ingestStateChange(cp: ControlPlane, host: string, change: 
   const record = await cp.store.vtpms.get(change.vm);
   if (record?.status === 'migrating' && record.migrating_to === host) {
     if (!cp.migrations.hold(change)) {
-      cp.logger.warn({ vm: change.vm, host }, 'a migration destination reported state with no migration under way; not taken');
+      cp.logger.warn(
+        { vm: change.vm, host },
+        'a migration destination reported state with no migration under way; not taken',
+      );
     }
     return;
   }
@@ -30,17 +33,26 @@ export async function ingestStateChange(cp: ControlPlane, host: string, change: 
 export async function commitChange(cp: ControlPlane, change: StateChange): Promise<void> {
   const vaultKey = cp.vaultKeys.get(change.vm);
   if (!vaultKey) {
-    cp.logger.error({ vm: change.vm }, 'a state change arrived for a vTPM with no vault key in memory; it is not committed');
+    cp.logger.error(
+      { vm: change.vm },
+      'a state change arrived for a vTPM with no vault key in memory; it is not committed',
+    );
     return;
   }
   try {
     const reason = change.final ? 'stop' : 'sync';
     const generation = await cp.vault.commit(change.vm, change.kind, vaultKey, change.data, reason);
     if (generation !== undefined) {
-      cp.logger.debug({ vm: change.vm, kind: change.kind, generation, final: change.final }, 'state generation committed');
+      cp.logger.debug(
+        { vm: change.vm, kind: change.kind, generation, final: change.final },
+        'state generation committed',
+      );
     }
   } catch (error) {
-    cp.logger.error({ vm: change.vm, err: error }, 'a state change could not be committed to the vault; the host keeps its copy');
+    cp.logger.error(
+      { vm: change.vm, err: error },
+      'a state change could not be committed to the vault; the host keeps its copy',
+    );
     throw error;
   }
 }

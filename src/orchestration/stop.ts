@@ -12,7 +12,12 @@ import type { HostScope } from './start.js';
 import { runSteps } from './steps.js';
 import { conflict, toVtpmView, withVtpm } from './vtpm-records.js';
 
-export async function stopVtpm(cp: ControlPlane, vm: string, actor: Principal, scope: HostScope = {}): Promise<VtpmView> {
+export async function stopVtpm(
+  cp: ControlPlane,
+  vm: string,
+  actor: Principal,
+  scope: HostScope = {},
+): Promise<VtpmView> {
   return withVtpm(cp, vm, actor, 'operate', async (current) => {
     if (current.status === 'migrating') {
       // The swtpm exits settle a migration: the destination's QEMU leaving abandons it, the source's completes it.
@@ -45,7 +50,10 @@ export async function stopVtpm(cp: ControlPlane, vm: string, actor: Principal, s
       {
         name: 'mark-stopped',
         async run() {
-          const stopped = await cp.store.vtpms.update(current.vm, { status: 'stopped', socket: null }, ['stopping', 'stopped']);
+          const stopped = await cp.store.vtpms.update(current.vm, { status: 'stopped', socket: null }, [
+            'stopping',
+            'stopped',
+          ]);
           state.stopped = stopped ?? current;
         },
       },

@@ -27,7 +27,8 @@ import { openEkCertificates, sealEkCertificates } from '../vault/ek-certificates
 
 const RETRY_AFTER_FAILURE_MS = 10_000;
 
-const stateKey = (secret: Buffer) => Buffer.from(hkdfSync('sha256', secret, Buffer.alloc(0), 'vtpm-manager pool state v1', KEY_BYTES));
+const stateKey = (secret: Buffer) =>
+  Buffer.from(hkdfSync('sha256', secret, Buffer.alloc(0), 'vtpm-manager pool state v1', KEY_BYTES));
 const stateAad = (id: string) => `vtpm-manager/pool/${id}/state`;
 
 export interface PooledTpm {
@@ -70,7 +71,10 @@ export class ProvisioningPool {
     }
     this.running = this.fill()
       .catch((error: unknown) => {
-        this.logger.warn({ err: error }, `refilling the provisioning pool failed; retrying in ${RETRY_AFTER_FAILURE_MS / 1000} s`);
+        this.logger.warn(
+          { err: error },
+          `refilling the provisioning pool failed; retrying in ${RETRY_AFTER_FAILURE_MS / 1000} s`,
+        );
         this.retryTimer = setTimeout(() => this.refill(), RETRY_AFTER_FAILURE_MS);
         this.retryTimer.unref();
       })
@@ -87,7 +91,8 @@ export class ProvisioningPool {
     for (const version of this.versions) {
       while (!this.closed && (await this.store.pool.count(version)) < this.size) {
         await this.manufactureOne(version);
-        if (this.refillPauseMs > 0) await delay(this.refillPauseMs, undefined, { signal: this.closing.signal }).catch(() => undefined);
+        if (this.refillPauseMs > 0)
+          await delay(this.refillPauseMs, undefined, { signal: this.closing.signal }).catch(() => undefined);
       }
     }
   }
@@ -97,7 +102,12 @@ export class ProvisioningPool {
     const secretRef = await this.keys.createSecret(`vtpm-pool-${id}`, { project: DEPLOYMENT_PROJECT });
     try {
       const secret = await this.keys.readSecret(secretRef);
-      const manufactured = await this.agent.manufacture({ vm: id, spec: { version, model: 'tpm-tis' }, stateKey: secret, background: true });
+      const manufactured = await this.agent.manufacture({
+        vm: id,
+        spec: { version, model: 'tpm-tis' },
+        stateKey: secret,
+        background: true,
+      });
       await this.store.pool.add({
         id,
         version,

@@ -22,4 +22,3 @@ export async function caPasswords(store: Store, keys: KeyManager): Promise<CaPas
     root: await password(SECRET_SETTINGS.caRootKeyPassword),
   };
 }
-

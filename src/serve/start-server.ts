@@ -68,7 +68,10 @@ const TMPFS_MAGIC = 0x01021994;
 async function checkScratchDir(path: string, logger: Logger): Promise<void> {
   await mkdir(path, { recursive: true, mode: 0o700 });
   if ((await statfs(path)).type !== TMPFS_MAGIC) {
-    logger.warn({ scratchDir: path }, 'the scratch directory is not on tmpfs: CA key passwords will briefly touch a disk; pass --scratch-dir on a memory file system');
+    logger.warn(
+      { scratchDir: path },
+      'the scratch directory is not on tmpfs: CA key passwords will briefly touch a disk; pass --scratch-dir on a memory file system',
+    );
   }
 }
 
@@ -83,7 +86,13 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   await checkScratchDir(scratchDir, logger);
   const audit = new AuditLog(store);
   const hostTpm = options.sealToTpm === undefined ? undefined : { tcti: options.sealToTpm, scratchDir };
-  const keyManager = { kind: options.keyManager, dataDir: options.dataDir, hostTpm, barbicanUrl: options.barbicanUrl, pkcs11: options.pkcs11 };
+  const keyManager = {
+    kind: options.keyManager,
+    dataDir: options.dataDir,
+    hostTpm,
+    barbicanUrl: options.barbicanUrl,
+    pkcs11: options.pkcs11,
+  };
   const opened = await openKeyManager(keyManager).catch(async (error: unknown) => {
     await store.close();
     await rm(scratchDir, { recursive: true, force: true });
@@ -105,10 +114,24 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const pool =
     options.poolSize > 0
       ? // 2.0 first: it is what Windows 11 and most new guests ask for.
-        new ProvisioningPool(store, keys, agent, logger.child({ component: 'pool' }), options.poolSize, ['2.0', '1.2'], options.poolRefillPauseMs ?? 0)
+        new ProvisioningPool(
+          store,
+          keys,
+          agent,
+          logger.child({ component: 'pool' }),
+          options.poolSize,
+          ['2.0', '1.2'],
+          options.poolRefillPauseMs ?? 0,
+        )
       : undefined;
   const controlLogger = logger.child({ component: 'control' });
-  const fleet = new Fleet({ store, keys, logger: controlLogger, manufacturer: agent, agentCaFile: options.agentCaFile });
+  const fleet = new Fleet({
+    store,
+    keys,
+    logger: controlLogger,
+    manufacturer: agent,
+    agentCaFile: options.agentCaFile,
+  });
   const cp = controlPlane({ store, keys, vault, fleet, audit, pool, logger: controlLogger });
   agent.onStateChange((change) => ingestStateChange(cp, agent.hostName, change));
   agent.onExit((exit) => {

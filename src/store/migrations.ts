@@ -74,8 +74,14 @@ const migrations: Record<string, Migration> = {
   },
   '0003_firmware': {
     async up(db: Kysely<unknown>) {
-      await db.schema.alterTable('vtpms').addColumn('firmware', 'varchar(8)', (c) => c.notNull().defaultTo('bios')).execute();
-      await db.schema.alterTable('vtpms').addColumn('secure_boot', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema
+        .alterTable('vtpms')
+        .addColumn('firmware', 'varchar(8)', (c) => c.notNull().defaultTo('bios'))
+        .execute();
+      await db.schema
+        .alterTable('vtpms')
+        .addColumn('secure_boot', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
     },
   },
   '0004_provisioning_pool': {
@@ -89,7 +95,11 @@ const migrations: Record<string, Migration> = {
         .addColumn('ek_certificates', 'blob', (c) => c.notNull())
         .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
         .execute();
-      await db.schema.createIndex('pool_entries_version').on('pool_entries').columns(['version', 'created_at']).execute();
+      await db.schema
+        .createIndex('pool_entries_version')
+        .on('pool_entries')
+        .columns(['version', 'created_at'])
+        .execute();
     },
   },
   '0005_identities_and_audit': {
@@ -102,13 +112,19 @@ const migrations: Record<string, Migration> = {
         .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
         .execute();
       // Tokens issued before users existed name their user, project and role themselves.
-      await sql`INSERT INTO users (name, project, roles, created_at) SELECT name, MIN(project), MIN(role), MIN(created_at) FROM api_tokens GROUP BY name`.execute(db);
+      await sql`INSERT INTO users (name, project, roles, created_at) SELECT name, MIN(project), MIN(role), MIN(created_at) FROM api_tokens GROUP BY name`.execute(
+        db,
+      );
       await db.schema.alterTable('api_tokens').addColumn('user_name', 'varchar(255)').execute();
       await sql`UPDATE api_tokens SET user_name = name`.execute(db);
-      for (const column of ['name', 'project', 'role']) await db.schema.alterTable('api_tokens').dropColumn(column).execute();
+      for (const column of ['name', 'project', 'role'])
+        await db.schema.alterTable('api_tokens').dropColumn(column).execute();
       await db.schema.alterTable('api_tokens').addColumn('expires_at', 'varchar(32)').execute();
       await db.schema.alterTable('api_tokens').addColumn('revoked_at', 'varchar(32)').execute();
-      await db.schema.alterTable('vtpms').addColumn('secret_security', 'varchar(16)', (c) => c.notNull().defaultTo('user')).execute();
+      await db.schema
+        .alterTable('vtpms')
+        .addColumn('secret_security', 'varchar(16)', (c) => c.notNull().defaultTo('user'))
+        .execute();
       await db.schema
         .createTable('audit_events')
         .addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement())
@@ -126,7 +142,11 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('audit_events_vm').on('audit_events').columns(['vm', 'seq']).execute();
       // Append-only in the database itself (SQLite trigger syntax; each dialect brings its own).
       for (const statement of ['UPDATE', 'DELETE']) {
-        await sql.raw(`CREATE TRIGGER audit_events_no_${statement.toLowerCase()} BEFORE ${statement} ON audit_events BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END`).execute(db);
+        await sql
+          .raw(
+            `CREATE TRIGGER audit_events_no_${statement.toLowerCase()} BEFORE ${statement} ON audit_events BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END`,
+          )
+          .execute(db);
       }
     },
   },

@@ -10,7 +10,12 @@ import { join } from 'node:path';
 import { after, afterEach, beforeEach, describe, it } from 'node:test';
 import { AlreadyExistsError } from '../errors.js';
 import {
-  DEPLOYMENT_PROJECT, SECRET_SETTINGS, Store, type NewGeneration, type NewVtpm, type PoolEntry,
+  DEPLOYMENT_PROJECT,
+  SECRET_SETTINGS,
+  Store,
+  type NewGeneration,
+  type NewVtpm,
+  type PoolEntry,
 } from './index.js';
 import { sqliteDialect } from './sqlite/sqlite-dialect.js';
 
@@ -74,7 +79,8 @@ const poolEntry = (id: string, overrides: Partial<PoolEntry> = {}): PoolEntry =>
   ...overrides,
 });
 
-const sealAs = (operation: string, vm: string | null, project: string | null, actorProject = 'p1') =>
+const sealAs =
+  (operation: string, vm: string | null, project: string | null, actorProject = 'p1') =>
   (previousHash: string) => ({
     at: new Date().toISOString(),
     actor: 'alice',
@@ -130,8 +136,10 @@ for (const dialect of DIALECTS) {
 
       it('refuses a second vTPM for the same VM with AlreadyExistsError', async () => {
         await store.vtpms.insert(vtpm('vm-1'));
-        await assert.rejects(store.vtpms.insert(vtpm('vm-1', { project: 'p2' })), (error: unknown) =>
-          error instanceof AlreadyExistsError && error.message.includes('vm-1'));
+        await assert.rejects(
+          store.vtpms.insert(vtpm('vm-1', { project: 'p2' })),
+          (error: unknown) => error instanceof AlreadyExistsError && error.message.includes('vm-1'),
+        );
         assert.equal((await store.vtpms.get('vm-1'))?.project, 'p1');
       });
 
@@ -207,11 +215,27 @@ for (const dialect of DIALECTS) {
         for (const n of [1, 2]) await store.generations.append(generation('vm-1', n, { kind: 'nvram' }));
         await store.generations.append(generation('vm-2', 1));
         const listed = await store.generations.list('vm-1');
-        assert.deepEqual(listed.map((g) => [g.kind, g.generation]),
-          [['nvram', 2], ['nvram', 1], ['tpm', 3], ['tpm', 2], ['tpm', 1]]);
+        assert.deepEqual(
+          listed.map((g) => [g.kind, g.generation]),
+          [
+            ['nvram', 2],
+            ['nvram', 1],
+            ['tpm', 3],
+            ['tpm', 2],
+            ['tpm', 1],
+          ],
+        );
         assert.ok(listed.every((g) => !('ciphertext' in g) && !('wrapped_key' in g)));
-        assert.deepEqual(Object.keys(listed[0]!).sort(),
-          ['created_at', 'digest', 'generation', 'kind', 'previous_digest', 'reason', 'size', 'vm']);
+        assert.deepEqual(Object.keys(listed[0]!).sort(), [
+          'created_at',
+          'digest',
+          'generation',
+          'kind',
+          'previous_digest',
+          'reason',
+          'size',
+          'vm',
+        ]);
       });
 
       it('prunes the generations up to a number, of one kind only', async () => {
@@ -219,7 +243,11 @@ for (const dialect of DIALECTS) {
         await store.generations.append(generation('vm-1', 1, { kind: 'nvram' }));
         await store.generations.prune('vm-1', 'tpm', 2);
         const kept = (await store.generations.list('vm-1')).map((g) => [g.kind, g.generation]);
-        assert.deepEqual(kept, [['nvram', 1], ['tpm', 4], ['tpm', 3]]);
+        assert.deepEqual(kept, [
+          ['nvram', 1],
+          ['tpm', 4],
+          ['tpm', 3],
+        ]);
         assert.deepEqual(await store.generations.head('vm-1', 'tpm'), { generation: 4, digest: 'd4' });
       });
 
@@ -229,7 +257,10 @@ for (const dialect of DIALECTS) {
         await store.generations.append(generation('vm-2', 1));
         await store.generations.forget('vm-1', 'nvram');
         assert.equal(await store.generations.head('vm-1', 'nvram'), undefined);
-        assert.deepEqual((await store.generations.list('vm-1')).map((g) => g.kind), ['tpm']);
+        assert.deepEqual(
+          (await store.generations.list('vm-1')).map((g) => g.kind),
+          ['tpm'],
+        );
         // A forgotten kind starts again at 1.
         assert.equal(await store.generations.append(generation('vm-1', 1, { kind: 'nvram' })), true);
         await store.generations.forget('vm-1');
@@ -249,17 +280,23 @@ for (const dialect of DIALECTS) {
         assert.deepEqual(host?.traits, []);
       });
 
-      it('upserts what an agent reports, keeping a remote host\'s agent URL and credential', async () => {
+      it("upserts what an agent reports, keeping a remote host's agent URL and credential", async () => {
         await store.hosts.registerRemote('h1', 'https://h1:1', 'ref-1');
         await store.hosts.upsert({ name: 'h1', traits: ['sev'], capabilities: { swtpm: '0.9' } });
         await store.hosts.upsert({ name: 'h0', traits: [], capabilities: {} });
         await store.hosts.upsert({ name: 'h0', traits: ['a', 'b'], capabilities: { qemu: '9' } });
         const hosts = await store.hosts.list();
-        assert.deepEqual(hosts.map((h) => h.name), ['h0', 'h1']);
-        assert.deepEqual(hosts.map((h) => [h.traits, h.capabilities, h.agent_url, h.agent_secret_ref]), [
-          [['a', 'b'], { qemu: '9' }, null, null],
-          [['sev'], { swtpm: '0.9' }, 'https://h1:1', 'ref-1'],
-        ]);
+        assert.deepEqual(
+          hosts.map((h) => h.name),
+          ['h0', 'h1'],
+        );
+        assert.deepEqual(
+          hosts.map((h) => [h.traits, h.capabilities, h.agent_url, h.agent_secret_ref]),
+          [
+            [['a', 'b'], { qemu: '9' }, null, null],
+            [['sev'], { swtpm: '0.9' }, 'https://h1:1', 'ref-1'],
+          ],
+        );
       });
     });
 
@@ -274,7 +311,10 @@ for (const dialect of DIALECTS) {
         assert.ok(!('token_hash' in token));
         const user = await store.identity.findUserByTokenHash('h-1', '2029-12-31T23:59:59.000Z');
         assert.deepEqual(user, {
-          name: 'alice', project: 'p1', roles: ['member', 'vtpm-operator'], created_at: user?.created_at,
+          name: 'alice',
+          project: 'p1',
+          roles: ['member', 'vtpm-operator'],
+          created_at: user?.created_at,
         });
         assert.equal(await store.identity.findUserByTokenHash('h-1', at), undefined, 'expired');
         assert.equal(await store.identity.findUserByTokenHash('h-unknown', '2000-01-01T00:00:00.000Z'), undefined);
@@ -297,10 +337,13 @@ for (const dialect of DIALECTS) {
         await store.identity.insertUser({ name: 'alice', project: 'p1', roles: ['member'] });
         const again = store.identity.insertUser({ name: 'alice', project: 'p2', roles: ['admin'] });
         await assert.rejects(again, AlreadyExistsError);
-        assert.deepEqual((await store.identity.listUsers()).map((u) => [u.name, u.project]), [['alice', 'p1']]);
+        assert.deepEqual(
+          (await store.identity.listUsers()).map((u) => [u.name, u.project]),
+          [['alice', 'p1']],
+        );
       });
 
-      it('deletes a user and revokes its tokens, leaving other users\' tokens', async () => {
+      it("deletes a user and revokes its tokens, leaving other users' tokens", async () => {
         await store.identity.insertUser({ name: 'alice', project: 'p1', roles: ['member'] });
         await store.identity.insertUser({ name: 'bob', project: 'p2', roles: ['admin'] });
         await store.identity.insertToken({ user_name: 'alice', token_hash: 'a-1', expires_at: null });
@@ -312,8 +355,14 @@ for (const dialect of DIALECTS) {
         const tokens = await store.identity.listTokens('alice');
         assert.equal(tokens.length, 2);
         assert.ok(tokens.every((t) => t.revoked_at !== null));
-        assert.deepEqual((await store.identity.listTokens()).map((t) => [t.user_name, t.revoked_at === null]),
-          [['alice', false], ['alice', false], ['bob', true]]);
+        assert.deepEqual(
+          (await store.identity.listTokens()).map((t) => [t.user_name, t.revoked_at === null]),
+          [
+            ['alice', false],
+            ['alice', false],
+            ['bob', true],
+          ],
+        );
         assert.equal((await store.identity.findUserByTokenHash('b-1', at))?.name, 'bob');
       });
 
@@ -364,7 +413,8 @@ for (const dialect of DIALECTS) {
         await store.pool.add(poolEntry('e-2'));
         assert.equal(await store.pool.count('2.0'), 2);
         const claimed = await store.pool.claim('2.0', (entry) =>
-          vtpm('vm-1', { secret_ref: entry.secret_ref, status: 'creating' }));
+          vtpm('vm-1', { secret_ref: entry.secret_ref, status: 'creating' }),
+        );
         assert.deepEqual(claimed, poolEntry('e-1'));
         assert.ok(Buffer.isBuffer(claimed?.state) && Buffer.isBuffer(claimed.ek_certificates));
         assert.equal(await store.pool.count('2.0'), 1);
@@ -422,7 +472,10 @@ for (const dialect of DIALECTS) {
       it('replaces a reference in every place at once', async () => {
         await useEverywhere(() => 'shared');
         assert.equal(await store.secrets.replaceRef('shared', 'renewed'), 4);
-        assert.deepEqual((await store.secrets.listUses()).map((use) => use.ref), Array(4).fill('renewed'));
+        assert.deepEqual(
+          (await store.secrets.listUses()).map((use) => use.ref),
+          Array(4).fill('renewed'),
+        );
         assert.equal(await store.secrets.isInUse('shared'), false);
         assert.equal(await store.secrets.isInUse('renewed'), true);
         assert.equal(await store.settings.get('not.a.secret'), 'shared', 'a setting that names no secret is left');

@@ -27,7 +27,10 @@ export class Store {
   readonly secrets: SecretRepository;
   readonly settings: SettingRepository;
 
-  private constructor(private readonly db: Kysely<Database>, dialect: StoreDialect) {
+  private constructor(
+    private readonly db: Kysely<Database>,
+    dialect: StoreDialect,
+  ) {
     this.vtpms = new VtpmRepository(db, dialect);
     this.generations = new GenerationRepository(db);
     this.hosts = new HostRepository(db);

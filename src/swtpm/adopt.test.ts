@@ -18,10 +18,28 @@ const NV_INDEX = 0x0150_0042;
 const WRITTEN = Buffer.from('adopted!');
 
 /** Runs swtpm on `stateDir` with a data socket, hands `work` a command sender, then shuts it down. */
-async function withTpm<T>(stateDir: string, key: string[], keyMaterial: string | Buffer, work: (send: (c: Buffer) => Promise<Buffer>) => Promise<T>): Promise<T> {
+async function withTpm<T>(
+  stateDir: string,
+  key: string[],
+  keyMaterial: string | Buffer,
+  work: (send: (c: Buffer) => Promise<Buffer>) => Promise<T>,
+): Promise<T> {
   const data = join(stateDir, '..', `data-${randomBytes(4).toString('hex')}`);
-  const child = spawn('swtpm', ['socket', '--tpm2', '--tpmstate', `dir=${stateDir}`, '--server', `type=unixio,path=${data}`, '--flags', 'not-need-init,startup-clear', ...key],
-    { stdio: ['ignore', 'ignore', 'inherit', 'pipe'] });
+  const child = spawn(
+    'swtpm',
+    [
+      'socket',
+      '--tpm2',
+      '--tpmstate',
+      `dir=${stateDir}`,
+      '--server',
+      `type=unixio,path=${data}`,
+      '--flags',
+      'not-need-init,startup-clear',
+      ...key,
+    ],
+    { stdio: ['ignore', 'ignore', 'inherit', 'pipe'] },
+  );
   handOver(child, KEY_FD, keyMaterial);
   while (!(await socketAccepts(data))) await delay(5);
   const tpm = await connectTpm(data);
@@ -34,7 +52,7 @@ async function withTpm<T>(stateDir: string, key: string[], keyMaterial: string |
   }
 }
 
-describe('adopting a TPM state written by libvirt\'s swtpm', () => {
+describe("adopting a TPM state written by libvirt's swtpm", () => {
   let root: string;
   let sourceDir: string;
   const passphrase = Buffer.from('libvirt-secret-value');
@@ -50,11 +68,40 @@ describe('adopting a TPM state written by libvirt\'s swtpm', () => {
     // The CA is the test's own: the host's (/var/lib/swtpm-localca) belongs to the tss user libvirt runs swtpm_setup as.
     const caDir = join(root, 'localca');
     await mkdir(caDir);
-    await writeFile(join(root, 'swtpm-localca.conf'), ['statedir', 'signingkey signkey.pem', 'issuercert issuercert.pem', 'certserial certserial']
-      .map((entry) => { const [key, file] = entry.split(' '); return `${key} = ${file ? join(caDir, file) : caDir}`; }).join('\n') + '\n');
-    await writeFile(join(root, 'swtpm_setup.conf'), `create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = ${join(root, 'swtpm-localca.conf')}\ncreate_certs_tool_options = /etc/swtpm-localca.options\n`);
-    await runProgram('swtpm_setup', ['--tpm2', '--tpmstate', sourceDir, '--config', join(root, 'swtpm_setup.conf'), '--create-ek-cert', '--create-platform-cert', '--lock-nvram',
-      '--pwdfile', passFile, '--cipher', 'aes-256-cbc', '--vmid', 'adopt-test', '--overwrite'], { timeoutMs: 120_000 });
+    await writeFile(
+      join(root, 'swtpm-localca.conf'),
+      ['statedir', 'signingkey signkey.pem', 'issuercert issuercert.pem', 'certserial certserial']
+        .map((entry) => {
+          const [key, file] = entry.split(' ');
+          return `${key} = ${file ? join(caDir, file) : caDir}`;
+        })
+        .join('\n') + '\n',
+    );
+    await writeFile(
+      join(root, 'swtpm_setup.conf'),
+      `create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = ${join(root, 'swtpm-localca.conf')}\ncreate_certs_tool_options = /etc/swtpm-localca.options\n`,
+    );
+    await runProgram(
+      'swtpm_setup',
+      [
+        '--tpm2',
+        '--tpmstate',
+        sourceDir,
+        '--config',
+        join(root, 'swtpm_setup.conf'),
+        '--create-ek-cert',
+        '--create-platform-cert',
+        '--lock-nvram',
+        '--pwdfile',
+        passFile,
+        '--cipher',
+        'aes-256-cbc',
+        '--vmid',
+        'adopt-test',
+        '--overwrite',
+      ],
+      { timeoutMs: 120_000 },
+    );
     await withTpm(sourceDir, ['--key', 'pwdfd=3,mode=aes-256-cbc'], passphrase, async (send) => {
       assert.equal(responseCode(await send(tpm2.nvDefineSpace(NV_INDEX, WRITTEN.length))), 0);
       assert.equal(responseCode(await send(tpm2.nvWrite(NV_INDEX, WRITTEN))), 0);
@@ -67,11 +114,20 @@ describe('adopting a TPM state written by libvirt\'s swtpm', () => {
 
   it('re-encrypts the state under the new key, keeping the EK certificate and NV contents', async () => {
     const stateKey = randomBytes(32);
-    const adopted = await adoptState({ spec: SPEC, state: await readFile(join(sourceDir, 'tpm2-00.permall')), sourcePassphrase: passphrase, stateKey, scratchRoot: root });
+    const adopted = await adoptState({
+      spec: SPEC,
+      state: await readFile(join(sourceDir, 'tpm2-00.permall')),
+      sourcePassphrase: passphrase,
+      stateKey,
+      scratchRoot: root,
+    });
 
     const rsa = adopted.ekCertificates.find((c) => c.keyType === 'rsa2048');
     assert.deepEqual(rsa?.der, ekBefore);
-    assert.ok(adopted.ekCertificates.some((c) => c.keyType.startsWith('secp')), 'the ECC EK certificate is found too');
+    assert.ok(
+      adopted.ekCertificates.some((c) => c.keyType.startsWith('secp')),
+      'the ECC EK certificate is found too',
+    );
     assert.equal(adopted.state.includes(ekBefore!.subarray(0, 64)), false, 'the adopted state is encrypted');
 
     const adoptedDir = join(root, 'adopted');
@@ -86,13 +142,20 @@ describe('adopting a TPM state written by libvirt\'s swtpm', () => {
   it('adopts a state libvirt left unencrypted (no secret)', async () => {
     const plainDir = join(root, 'plain');
     await mkdir(plainDir);
-    await runProgram('swtpm_setup', ['--tpm2', '--tpmstate', plainDir, '--createek', '--overwrite'], { timeoutMs: 120_000 });
+    await runProgram('swtpm_setup', ['--tpm2', '--tpmstate', plainDir, '--createek', '--overwrite'], {
+      timeoutMs: 120_000,
+    });
     await withTpm(plainDir, [], '', async (send) => {
       assert.equal(responseCode(await send(tpm2.nvDefineSpace(NV_INDEX, WRITTEN.length))), 0);
       assert.equal(responseCode(await send(tpm2.nvWrite(NV_INDEX, WRITTEN))), 0);
     });
     const stateKey = randomBytes(32);
-    const adopted = await adoptState({ spec: SPEC, state: await readFile(join(plainDir, 'tpm2-00.permall')), stateKey, scratchRoot: root });
+    const adopted = await adoptState({
+      spec: SPEC,
+      state: await readFile(join(plainDir, 'tpm2-00.permall')),
+      stateKey,
+      scratchRoot: root,
+    });
     assert.deepEqual(adopted.ekCertificates, [], 'no certificates were made, none are invented');
     const adoptedDir = join(root, 'adopted-plain');
     await mkdir(adoptedDir);
@@ -104,14 +167,25 @@ describe('adopting a TPM state written by libvirt\'s swtpm', () => {
 
   it('refuses a wrong secret without producing anything', async () => {
     await assert.rejects(
-      adoptState({ spec: SPEC, state: await readFile(join(sourceDir, 'tpm2-00.permall')), sourcePassphrase: Buffer.from('wrong'), stateKey: randomBytes(32), scratchRoot: root }),
+      adoptState({
+        spec: SPEC,
+        state: await readFile(join(sourceDir, 'tpm2-00.permall')),
+        sourcePassphrase: Buffer.from('wrong'),
+        stateKey: randomBytes(32),
+        scratchRoot: root,
+      }),
       (error: unknown) => error instanceof IntegrityError && /given secret/.test(error.message),
     );
   });
 
   it('refuses an encrypted state when no secret is given', async () => {
     await assert.rejects(
-      adoptState({ spec: SPEC, state: await readFile(join(sourceDir, 'tpm2-00.permall')), stateKey: randomBytes(32), scratchRoot: root }),
+      adoptState({
+        spec: SPEC,
+        state: await readFile(join(sourceDir, 'tpm2-00.permall')),
+        stateKey: randomBytes(32),
+        scratchRoot: root,
+      }),
       (error: unknown) => error instanceof IntegrityError && /secret is needed/.test(error.message),
     );
   });

@@ -54,22 +54,48 @@ interface Swtpm {
 }
 
 /** swtpm on `dir`, with key material handed over on pipes (fd number to content). */
-async function startSwtpm(spec: TpmSpec, dir: string, name: string, options: string[], pipes: Record<number, string | Buffer>): Promise<Swtpm> {
+async function startSwtpm(
+  spec: TpmSpec,
+  dir: string,
+  name: string,
+  options: string[],
+  pipes: Record<number, string | Buffer>,
+): Promise<Swtpm> {
   const control = join(dir, `${name}.ctrl`);
   const logFd = openSync(join(dir, `${name}.log`), 'a', 0o600);
   const highestFd = Math.max(2, ...Object.keys(pipes).map(Number));
-  const stdio = Array.from({ length: highestFd + 1 }, (_, fd) => (fd === 0 ? 'ignore' : fd <= 2 ? logFd : fd in pipes ? 'pipe' : 'ignore')) as Array<'ignore' | 'pipe' | number>;
+  const stdio = Array.from({ length: highestFd + 1 }, (_, fd) =>
+    fd === 0 ? 'ignore' : fd <= 2 ? logFd : fd in pipes ? 'pipe' : 'ignore',
+  ) as Array<'ignore' | 'pipe' | number>;
   const child = (() => {
     try {
-      return spawn('swtpm', ['socket', ...(spec.version === '2.0' ? ['--tpm2'] : []), '--ctrl', `type=unixio,path=${control},mode=0600`, ...options], { stdio });
+      return spawn(
+        'swtpm',
+        [
+          'socket',
+          ...(spec.version === '2.0' ? ['--tpm2'] : []),
+          '--ctrl',
+          `type=unixio,path=${control},mode=0600`,
+          ...options,
+        ],
+        { stdio },
+      );
     } finally {
       closeSync(logFd);
     }
   })();
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const failed = new Promise<never>((_, reject) => child.once('error', (error: NodeJS.ErrnoException) => reject(error.code === 'ENOENT'
-    ? new HostSetupError('swtpm is not installed on this host; run the README\'s setup command (Debian package swtpm)')
-    : new EmulatorError(`swtpm could not be started: ${error.message}`))));
+  const failed = new Promise<never>((_, reject) =>
+    child.once('error', (error: NodeJS.ErrnoException) =>
+      reject(
+        error.code === 'ENOENT'
+          ? new HostSetupError(
+              "swtpm is not installed on this host; run the README's setup command (Debian package swtpm)",
+            )
+          : new EmulatorError(`swtpm could not be started: ${error.message}`),
+      ),
+    ),
+  );
   failed.catch(() => undefined);
   for (const [fd, content] of Object.entries(pipes)) handOver(child, Number(fd), content);
   const deadline = Date.now() + READY_TIMEOUT_MS;
@@ -77,7 +103,9 @@ async function startSwtpm(spec: TpmSpec, dir: string, name: string, options: str
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill('SIGKILL');
       const log = await readFile(join(dir, `${name}.log`), 'utf8').catch(() => '');
-      throw new EmulatorError(`swtpm (${name}) did not start: ${log.trim().split('\n').slice(-5).join(' ') || 'no output'}`);
+      throw new EmulatorError(
+        `swtpm (${name}) did not start: ${log.trim().split('\n').slice(-5).join(' ') || 'no output'}`,
+      );
     }
     await Promise.race([delay(2), failed]);
   }
@@ -104,25 +132,47 @@ export async function adoptState(options: AdoptOptions): Promise<AdoptedTpm> {
     const migrationKey = randomBytes(32).toString('hex');
     const migration = ['--migration-key', `fd=${MIGRATION_KEY_FD},mode=${STATE_CIPHER},format=hex`];
 
-    const source = await startSwtpm(options.spec, scratch, 'source', [
-      '--tpmstate', `dir=${sourceDir},mode=0600`, ...migration,
-      ...(options.sourcePassphrase ? ['--key', `pwdfd=${SOURCE_KEY_FD},mode=${STATE_CIPHER}`] : []),
-    ], options.sourcePassphrase
-      ? { [MIGRATION_KEY_FD]: migrationKey, [SOURCE_KEY_FD]: options.sourcePassphrase }
-      : { [MIGRATION_KEY_FD]: migrationKey });
+    const source = await startSwtpm(
+      options.spec,
+      scratch,
+      'source',
+      [
+        '--tpmstate',
+        `dir=${sourceDir},mode=0600`,
+        ...migration,
+        ...(options.sourcePassphrase ? ['--key', `pwdfd=${SOURCE_KEY_FD},mode=${STATE_CIPHER}`] : []),
+      ],
+      options.sourcePassphrase
+        ? { [MIGRATION_KEY_FD]: migrationKey, [SOURCE_KEY_FD]: options.sourcePassphrase }
+        : { [MIGRATION_KEY_FD]: migrationKey },
+    );
     running.push(source);
     // swtpm hands out its permanent state only from an initialised TPM; initialising does not start it (no TPM2_Startup).
     await ioctl(source, '-i').catch((error: unknown) => {
-      throw new IntegrityError(options.sourcePassphrase
-        ? 'the TPM state cannot be opened with the given secret (wrong secret, or not a swtpm state of this TPM version)'
-        : 'the TPM state cannot be opened (encrypted, so its secret is needed, or not a swtpm state of this TPM version)', { cause: String(error) });
+      throw new IntegrityError(
+        options.sourcePassphrase
+          ? 'the TPM state cannot be opened with the given secret (wrong secret, or not a swtpm state of this TPM version)'
+          : 'the TPM state cannot be opened (encrypted, so its secret is needed, or not a swtpm state of this TPM version)',
+        { cause: String(error) },
+      );
     });
     const blob = join(scratch, 'permanent.blob');
     await ioctl(source, '--save', 'permanent', blob);
     await shutDown(source);
 
-    const target = await startSwtpm(options.spec, scratch, 'target', ['--tpmstate', `dir=${targetDir},mode=0600`, ...migration, '--key', `fd=${TARGET_KEY_FD},mode=${STATE_CIPHER},format=hex`],
-      { [MIGRATION_KEY_FD]: migrationKey, [TARGET_KEY_FD]: stateKeyMaterial(options.stateKey) });
+    const target = await startSwtpm(
+      options.spec,
+      scratch,
+      'target',
+      [
+        '--tpmstate',
+        `dir=${targetDir},mode=0600`,
+        ...migration,
+        '--key',
+        `fd=${TARGET_KEY_FD},mode=${STATE_CIPHER},format=hex`,
+      ],
+      { [MIGRATION_KEY_FD]: migrationKey, [TARGET_KEY_FD]: stateKeyMaterial(options.stateKey) },
+    );
     running.push(target);
     await ioctl(target, '--load', 'permanent', blob);
     // Initialising makes swtpm write the loaded state, now under the vTPM's key.
@@ -130,7 +180,10 @@ export async function adoptState(options: AdoptOptions): Promise<AdoptedTpm> {
     await shutDown(target);
     const state = await readFile(join(targetDir, stateFileName(options.spec)));
 
-    const ekCertificates = options.spec.version === '2.0' ? await readEkCertificates(options.spec, scratch, targetDir, options.stateKey, running) : [];
+    const ekCertificates =
+      options.spec.version === '2.0'
+        ? await readEkCertificates(options.spec, scratch, targetDir, options.stateKey, running)
+        : [];
     return { state, ekCertificates };
   } finally {
     for (const swtpm of running) if (swtpm.child.exitCode === null) swtpm.child.kill('SIGKILL');
@@ -139,17 +192,36 @@ export async function adoptState(options: AdoptOptions): Promise<AdoptedTpm> {
 }
 
 /** Boots a throwaway copy of the adopted TPM and reads the EK certificates from their TCG-defined NV indices. */
-async function readEkCertificates(spec: TpmSpec, scratch: string, stateDir: string, stateKey: Buffer, running: Swtpm[]): Promise<EkCertificate[]> {
+async function readEkCertificates(
+  spec: TpmSpec,
+  scratch: string,
+  stateDir: string,
+  stateKey: Buffer,
+  running: Swtpm[],
+): Promise<EkCertificate[]> {
   const data = join(scratch, 'reader.data');
-  const reader = await startSwtpm(spec, scratch, 'reader', [
-    '--tpmstate', `dir=${stateDir},mode=0600`, '--server', `type=unixio,path=${data},mode=0600`,
-    '--key', `fd=${TARGET_KEY_FD},mode=${STATE_CIPHER},format=hex`, '--flags', 'not-need-init,startup-clear',
-  ], { [TARGET_KEY_FD]: stateKeyMaterial(stateKey) });
+  const reader = await startSwtpm(
+    spec,
+    scratch,
+    'reader',
+    [
+      '--tpmstate',
+      `dir=${stateDir},mode=0600`,
+      '--server',
+      `type=unixio,path=${data},mode=0600`,
+      '--key',
+      `fd=${TARGET_KEY_FD},mode=${STATE_CIPHER},format=hex`,
+      '--flags',
+      'not-need-init,startup-clear',
+    ],
+    { [TARGET_KEY_FD]: stateKeyMaterial(stateKey) },
+  );
   running.push(reader);
   const tpm = await connectTpm(data);
   try {
     const random = await tpm.send(tpm2.getRandom16);
-    if (responseCode(random) !== 0) throw new EmulatorError(`the adopted TPM does not answer (0x${responseCode(random).toString(16)})`);
+    if (responseCode(random) !== 0)
+      throw new EmulatorError(`the adopted TPM does not answer (0x${responseCode(random).toString(16)})`);
     const certificates: EkCertificate[] = [];
     for (const [keyType, index] of Object.entries(EK_CERTIFICATE_INDICES)) {
       const der = await readNvIndex(tpm.send, index);

@@ -41,7 +41,9 @@ export async function probeCapabilities(qemuBinary = 'qemu-system-x86_64'): Prom
     output(qemuBinary, ['--version']),
     output(qemuBinary, ['-device', 'help']),
   ]);
-  const tpmModels = (['tpm-tis', 'tpm-crb'] as const).filter((model) => qemuDevices !== null && new RegExp(`name "${model}"`).test(qemuDevices));
+  const tpmModels = (['tpm-tis', 'tpm-crb'] as const).filter(
+    (model) => qemuDevices !== null && new RegExp(`name "${model}"`).test(qemuDevices),
+  );
   return {
     swtpm: { version: swtpmVersion?.match(/version ([\d.]+)/)?.[1] ?? null, features: features(swtpmCaps) },
     swtpmSetup: { features: features(setupCaps) },
@@ -54,7 +56,8 @@ export function traitsOf(capabilities: HostCapabilities): string[] {
   const traits: string[] = [];
   for (const version of ['1.2', '2.0'] as TpmVersion[]) {
     const feature = `tpm-${version}`;
-    if (capabilities.swtpm.features.includes(feature) && capabilities.swtpmSetup.features.includes(feature)) traits.push(TRAITS.version[version]);
+    if (capabilities.swtpm.features.includes(feature) && capabilities.swtpmSetup.features.includes(feature))
+      traits.push(TRAITS.version[version]);
   }
   for (const model of capabilities.qemu.tpmModels) traits.push(TRAITS.model[model]);
   return traits;

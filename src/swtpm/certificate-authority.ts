@@ -26,7 +26,10 @@ export interface PreparedAuthority {
 const PLATFORM_OPTIONS = ['--platform-manufacturer vtpm-manager', '--platform-version 1.0', '--platform-model QEMU'];
 
 export class CertificateAuthority {
-  constructor(readonly dir: string, private readonly passwords: () => Promise<CaPasswords>) {}
+  constructor(
+    readonly dir: string,
+    private readonly passwords: () => Promise<CaPasswords>,
+  ) {}
 
   /** Writes the configuration files swtpm_setup needs into `scratchDir`, which the caller removes. */
   async prepare(scratchDir: string): Promise<PreparedAuthority> {

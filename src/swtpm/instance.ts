@@ -40,7 +40,6 @@ const READY_FAST_WINDOW_MS = 100;
 const READY_POLL_MS = 5;
 const ADOPTED_POLL_MS = 200;
 
-
 async function logTail(logFile: string): Promise<string> {
   try {
     return (await readFile(logFile, 'utf8')).trim().split('\n').slice(-10).join('\n');
@@ -56,7 +55,12 @@ export interface Confinement {
   seccomp: boolean;
 }
 
-export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey: Buffer, confinement: Confinement): Promise<SwtpmInstance> {
+export async function launchSwtpm(
+  spec: TpmSpec,
+  paths: InstancePaths,
+  stateKey: Buffer,
+  confinement: Confinement,
+): Promise<SwtpmInstance> {
   await rm(paths.socket, { force: true });
   const logFd = openSync(paths.logFile, 'a', 0o600);
   const child = (() => {
@@ -66,10 +70,14 @@ export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey:
         [
           'socket',
           ...(spec.version === '2.0' ? ['--tpm2'] : []),
-          '--tpmstate', `dir=${paths.stateDir},mode=0600`,
-          '--ctrl', `type=unixio,path=${paths.socket},mode=0600`,
-          '--key', SWTPM_KEY_OPTION,
-          '--pid', `file=${paths.pidFile}`,
+          '--tpmstate',
+          `dir=${paths.stateDir},mode=0600`,
+          '--ctrl',
+          `type=unixio,path=${paths.socket},mode=0600`,
+          '--key',
+          SWTPM_KEY_OPTION,
+          '--pid',
+          `file=${paths.pidFile}`,
           '--terminate',
           ...(confinement.runAs ? ['--runas', confinement.runAs] : []),
           ...(confinement.seccomp ? ['--seccomp', 'action=kill'] : []),
@@ -83,9 +91,14 @@ export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey:
   const exited = new Promise<ExitInfo>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   const spawnFailure = new Promise<never>((_, reject) =>
     child.once('error', (error: NodeJS.ErrnoException) =>
-      reject(error.code === 'ENOENT'
-        ? new HostSetupError('swtpm is not installed on this host; run the README\'s setup command (Debian package swtpm)')
-        : new EmulatorError(`swtpm could not be started: ${error.message}`))),
+      reject(
+        error.code === 'ENOENT'
+          ? new HostSetupError(
+              "swtpm is not installed on this host; run the README's setup command (Debian package swtpm)",
+            )
+          : new EmulatorError(`swtpm could not be started: ${error.message}`),
+      ),
+    ),
   );
   spawnFailure.catch(() => undefined);
   handOver(child, KEY_FD, stateKeyMaterial(stateKey));
@@ -97,13 +110,22 @@ export async function launchSwtpm(spec: TpmSpec, paths: InstancePaths, stateKey:
   void exited.then((info) => (gone = info));
   while (Date.now() < deadline) {
     if (gone) {
-      throw new EmulatorError(`swtpm exited during start (${gone.signal ?? `status ${gone.code}`}): ${await logTail(paths.logFile) || 'no output'}`, { log: paths.logFile });
+      throw new EmulatorError(
+        `swtpm exited during start (${gone.signal ?? `status ${gone.code}`}): ${(await logTail(paths.logFile)) || 'no output'}`,
+        { log: paths.logFile },
+      );
     }
     if (await socketAccepts(paths.socket)) return { pid: child.pid!, exited };
-    await Promise.race([delay(Date.now() - launched < READY_FAST_WINDOW_MS ? READY_FAST_POLL_MS : READY_POLL_MS), spawnFailure]);
+    await Promise.race([
+      delay(Date.now() - launched < READY_FAST_WINDOW_MS ? READY_FAST_POLL_MS : READY_POLL_MS),
+      spawnFailure,
+    ]);
   }
   child.kill('SIGKILL');
-  throw new EmulatorError(`swtpm did not open its socket ${paths.socket} within ${READY_TIMEOUT_MS / 1000} s: ${await logTail(paths.logFile)}`, { log: paths.logFile });
+  throw new EmulatorError(
+    `swtpm did not open its socket ${paths.socket} within ${READY_TIMEOUT_MS / 1000} s: ${await logTail(paths.logFile)}`,
+    { log: paths.logFile },
+  );
 }
 
 function isAlive(pid: number): boolean {

@@ -41,7 +41,12 @@ export function runProgram(program: string, args: string[], options: RunOptions 
     const [command, commandArgs] = options.lowPriority ? ['nice', ['-n', '19', program, ...args]] : [program, args];
     const child = spawn(command, commandArgs, {
       env: { ...process.env, ...options.env },
-      stdio: [options.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe', options.keyMaterial === undefined ? 'ignore' : 'pipe'],
+      stdio: [
+        options.stdin === undefined ? 'ignore' : 'pipe',
+        'pipe',
+        'pipe',
+        options.keyMaterial === undefined ? 'ignore' : 'pipe',
+      ],
     });
     let stdout = '';
     let stderr = '';
@@ -50,16 +55,27 @@ export function runProgram(program: string, args: string[], options: RunOptions 
     const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000);
     child.on('error', (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      reject(error.code === 'ENOENT'
-        ? new HostSetupError(`${program} is not installed on this host; run the README's setup command (Debian packages swtpm and swtpm-tools)`, { program })
-        : new EmulatorError(`${program} could not be started: ${error.message}`, { program }));
+      reject(
+        error.code === 'ENOENT'
+          ? new HostSetupError(
+              `${program} is not installed on this host; run the README's setup command (Debian packages swtpm and swtpm-tools)`,
+              { program },
+            )
+          : new EmulatorError(`${program} could not be started: ${error.message}`, { program }),
+      );
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       if (code === 0) resolve({ stdout, stderr });
       else {
         const how = signal ? `was killed by ${signal}` : `exited with status ${code}`;
-        reject(new EmulatorError(`${program} ${how}: ${tail(stderr + stdout) || 'no output'}`, { program, status: code, signal }));
+        reject(
+          new EmulatorError(`${program} ${how}: ${tail(stderr + stdout) || 'no output'}`, {
+            program,
+            status: code,
+            signal,
+          }),
+        );
       }
     });
     if (options.stdin !== undefined) handOver(child, 0, options.stdin);

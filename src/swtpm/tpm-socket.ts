@@ -36,10 +36,11 @@ export function commandSender(socket: Socket): SendCommand {
   });
   socket.on('error', (error) => failAll(new EmulatorError(`TPM connection failed: ${error.message}`)));
   socket.on('close', () => failAll(new EmulatorError('the TPM closed its connection')));
-  return (command) => new Promise((resolve, reject) => {
-    waiting.push({ resolve, reject });
-    socket.write(command);
-  });
+  return (command) =>
+    new Promise((resolve, reject) => {
+      waiting.push({ resolve, reject });
+      socket.write(command);
+    });
 }
 
 /** Connects to a swtpm data socket (`--server type=unixio`). */

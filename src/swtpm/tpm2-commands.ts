@@ -47,14 +47,16 @@ export const tpm2 = {
   getRandom16: command(TPM_ST_NO_SESSIONS, 0x17b, u16(16)),
   nvReadPublic: (index: number) => command(TPM_ST_NO_SESSIONS, 0x169, u32(index)),
   /** TPM2_NV_Read authorised by the owner with the empty password (EK certificates allow OWNERREAD). */
-  nvRead: (index: number, size: number, offset: number) => authorised(0x14e, [TPM_RH_OWNER, index], Buffer.concat([u16(size), u16(offset)])),
+  nvRead: (index: number, size: number, offset: number) =>
+    authorised(0x14e, [TPM_RH_OWNER, index], Buffer.concat([u16(size), u16(offset)])),
   /** TPM2_NV_DefineSpace of an ordinary index of `size` bytes, owner-authorised, readable and writable by owner and index auth. */
   nvDefineSpace(index: number, size: number): Buffer {
     const publicArea = Buffer.concat([u32(index), u16(0x000b), u32(0x0006_0006), u16(0), u16(size)]);
     return authorised(0x12a, [TPM_RH_OWNER], Buffer.concat([u16(0), u16(publicArea.length), publicArea]));
   },
   /** TPM2_NV_Write of `data` at offset 0: changes the TPM's persistent state. */
-  nvWrite: (index: number, data: Buffer) => authorised(0x137, [TPM_RH_OWNER, index], Buffer.concat([u16(data.length), data, u16(0)])),
+  nvWrite: (index: number, data: Buffer) =>
+    authorised(0x137, [TPM_RH_OWNER, index], Buffer.concat([u16(data.length), data, u16(0)])),
 };
 
 export function responseCode(response: Buffer): number {
@@ -83,7 +85,10 @@ export async function readNvIndex(send: SendCommand, index: number): Promise<Buf
   const chunks: Buffer[] = [];
   for (let offset = 0; offset < size; offset += NV_READ_CHUNK) {
     const response = await send(tpm2.nvRead(index, Math.min(NV_READ_CHUNK, size - offset), offset));
-    if (responseCode(response) !== 0) throw new EmulatorError(`TPM2_NV_Read of 0x${index.toString(16)} answered 0x${responseCode(response).toString(16)}`);
+    if (responseCode(response) !== 0)
+      throw new EmulatorError(
+        `TPM2_NV_Read of 0x${index.toString(16)} answered 0x${responseCode(response).toString(16)}`,
+      );
     chunks.push(nvReadData(response));
   }
   return Buffer.concat(chunks);

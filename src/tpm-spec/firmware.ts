@@ -25,7 +25,8 @@ const SECURE_BOOT_VALUES = ['required', 'disabled', 'optional'];
 
 function secureBootClaim(source: 'flavor' | 'image', key: string, value: string | undefined): boolean | undefined {
   if (value === undefined) return undefined;
-  if (!SECURE_BOOT_VALUES.includes(value)) throw new InvalidArgumentError(`${source}.${key}`, `one of ${SECURE_BOOT_VALUES.join(', ')}`, value);
+  if (!SECURE_BOOT_VALUES.includes(value))
+    throw new InvalidArgumentError(`${source}.${key}`, `one of ${SECURE_BOOT_VALUES.join(', ')}`, value);
   return value === 'required';
 }
 
@@ -38,23 +39,45 @@ export function resolveFirmware(request: FirmwareRequest): Firmware {
     throw new InvalidArgumentError('firmware', `one of ${FIRMWARE_TYPES.join(', ')}`, request.firmware);
   }
   if (request.firmware !== undefined && fromImage !== undefined && request.firmware !== fromImage) {
-    throw new SpecConflictError(`conflicting firmware: --firmware ${request.firmware} vs image hw_firmware_type=${fromImage}`, [
-      { source: 'request', key: 'firmware', value: request.firmware },
-      { source: 'image', key: 'hw_firmware_type', value: fromImage },
-    ]);
+    throw new SpecConflictError(
+      `conflicting firmware: --firmware ${request.firmware} vs image hw_firmware_type=${fromImage}`,
+      [
+        { source: 'request', key: 'firmware', value: request.firmware },
+        { source: 'image', key: 'hw_firmware_type', value: fromImage },
+      ],
+    );
   }
   const claims = [
     { source: 'request', key: 'secure-boot', on: request.secureBoot, value: String(request.secureBoot) },
-    { source: 'flavor', key: 'os:secure_boot', on: secureBootClaim('flavor', 'os:secure_boot', request.flavor?.['os:secure_boot']), value: request.flavor?.['os:secure_boot'] ?? '' },
-    { source: 'image', key: 'os_secure_boot', on: secureBootClaim('image', 'os_secure_boot', request.image?.os_secure_boot), value: request.image?.os_secure_boot ?? '' },
+    {
+      source: 'flavor',
+      key: 'os:secure_boot',
+      on: secureBootClaim('flavor', 'os:secure_boot', request.flavor?.['os:secure_boot']),
+      value: request.flavor?.['os:secure_boot'] ?? '',
+    },
+    {
+      source: 'image',
+      key: 'os_secure_boot',
+      on: secureBootClaim('image', 'os_secure_boot', request.image?.os_secure_boot),
+      value: request.image?.os_secure_boot ?? '',
+    },
   ].filter((c) => c.on !== undefined);
   if (claims.some((c) => c.on !== claims[0]!.on)) {
-    throw new SpecConflictError(`conflicting secure boot: ${claims.map((c) => `${c.source} ${c.key}=${c.value}`).join(' vs ')}`, claims.map(({ source, key, value }) => ({ source, key, value })));
+    throw new SpecConflictError(
+      `conflicting secure boot: ${claims.map((c) => `${c.source} ${c.key}=${c.value}`).join(' vs ')}`,
+      claims.map(({ source, key, value }) => ({ source, key, value })),
+    );
   }
   const secureBoot = claims[0]?.on ?? false;
   const type = (request.firmware ?? fromImage ?? (secureBoot ? 'uefi' : 'bios')) as FirmwareType;
   if (secureBoot && type !== 'uefi') {
-    throw new SpecConflictError('secure boot needs UEFI firmware, but BIOS was requested', [{ source: request.firmware ? 'request' : 'image', key: request.firmware ? 'firmware' : 'hw_firmware_type', value: type }]);
+    throw new SpecConflictError('secure boot needs UEFI firmware, but BIOS was requested', [
+      {
+        source: request.firmware ? 'request' : 'image',
+        key: request.firmware ? 'firmware' : 'hw_firmware_type',
+        value: type,
+      },
+    ]);
   }
   return { type, secureBoot };
 }

@@ -5,7 +5,11 @@ import { resolveTpmSpec, type SpecRequest } from './resolve.js';
 
 const ok = (request: SpecRequest) => resolveTpmSpec(request).spec;
 
-function fails(request: SpecRequest, kind: typeof InvalidArgumentError | typeof SpecConflictError, ...mentions: string[]): VtpmError {
+function fails(
+  request: SpecRequest,
+  kind: typeof InvalidArgumentError | typeof SpecConflictError,
+  ...mentions: string[]
+): VtpmError {
   let caught: unknown;
   try {
     resolveTpmSpec(request);
@@ -13,7 +17,8 @@ function fails(request: SpecRequest, kind: typeof InvalidArgumentError | typeof 
     caught = error;
   }
   assert.ok(caught instanceof kind, `expected ${kind.name}, got ${String(caught)}`);
-  for (const text of mentions) assert.ok(caught.message.includes(text), `message "${caught.message}" should mention "${text}"`);
+  for (const text of mentions)
+    assert.ok(caught.message.includes(text), `message "${caught.message}" should mention "${text}"`);
   return caught;
 }
 
@@ -23,11 +28,20 @@ describe('resolveTpmSpec: Nova table, flavor only', () => {
     assert.deepEqual(ok({ flavor: { 'hw:tpm_version': '1.2' } }), { version: '1.2', model: 'tpm-tis' });
   });
   it('version and model', () => {
-    assert.deepEqual(ok({ flavor: { 'hw:tpm_version': '2.0', 'hw:tpm_model': 'tpm-crb' } }), { version: '2.0', model: 'tpm-crb' });
-    assert.deepEqual(ok({ flavor: { 'hw:tpm_version': '1.2', 'hw:tpm_model': 'tpm-tis' } }), { version: '1.2', model: 'tpm-tis' });
+    assert.deepEqual(ok({ flavor: { 'hw:tpm_version': '2.0', 'hw:tpm_model': 'tpm-crb' } }), {
+      version: '2.0',
+      model: 'tpm-crb',
+    });
+    assert.deepEqual(ok({ flavor: { 'hw:tpm_version': '1.2', 'hw:tpm_model': 'tpm-tis' } }), {
+      version: '1.2',
+      model: 'tpm-tis',
+    });
   });
   it('ignores extra specs that are not about the TPM', () => {
-    assert.deepEqual(ok({ flavor: { 'hw:tpm_version': '2.0', 'hw:cpu_policy': 'dedicated' } }), { version: '2.0', model: 'tpm-tis' });
+    assert.deepEqual(ok({ flavor: { 'hw:tpm_version': '2.0', 'hw:cpu_policy': 'dedicated' } }), {
+      version: '2.0',
+      model: 'tpm-tis',
+    });
   });
 });
 
@@ -36,19 +50,28 @@ describe('resolveTpmSpec: Nova table, image only', () => {
     assert.deepEqual(ok({ image: { hw_tpm_version: '2.0' } }), { version: '2.0', model: 'tpm-tis' });
   });
   it('version and model', () => {
-    assert.deepEqual(ok({ image: { hw_tpm_version: '2.0', hw_tpm_model: 'tpm-crb' } }), { version: '2.0', model: 'tpm-crb' });
+    assert.deepEqual(ok({ image: { hw_tpm_version: '2.0', hw_tpm_model: 'tpm-crb' } }), {
+      version: '2.0',
+      model: 'tpm-crb',
+    });
   });
 });
 
 describe('resolveTpmSpec: flavor and image', () => {
   it('agreeing values resolve', () => {
     assert.deepEqual(
-      ok({ flavor: { 'hw:tpm_version': '2.0', 'hw:tpm_model': 'tpm-crb' }, image: { hw_tpm_version: '2.0', hw_tpm_model: 'tpm-crb' } }),
+      ok({
+        flavor: { 'hw:tpm_version': '2.0', 'hw:tpm_model': 'tpm-crb' },
+        image: { hw_tpm_version: '2.0', hw_tpm_model: 'tpm-crb' },
+      }),
       { version: '2.0', model: 'tpm-crb' },
     );
   });
   it('version from the flavor, model from the image', () => {
-    assert.deepEqual(ok({ flavor: { 'hw:tpm_version': '2.0' }, image: { hw_tpm_model: 'tpm-crb' } }), { version: '2.0', model: 'tpm-crb' });
+    assert.deepEqual(ok({ flavor: { 'hw:tpm_version': '2.0' }, image: { hw_tpm_model: 'tpm-crb' } }), {
+      version: '2.0',
+      model: 'tpm-crb',
+    });
   });
   it('conflicting versions name both sources', () => {
     const error = fails(
@@ -68,16 +91,31 @@ describe('resolveTpmSpec: flavor and image', () => {
     );
   });
   it('explicit options conflicting with the flavor are named too', () => {
-    fails({ version: '1.2', flavor: { 'hw:tpm_version': '2.0' } }, SpecConflictError, '--version 1.2', 'flavor hw:tpm_version=2.0');
+    fails(
+      { version: '1.2', flavor: { 'hw:tpm_version': '2.0' } },
+      SpecConflictError,
+      '--version 1.2',
+      'flavor hw:tpm_version=2.0',
+    );
   });
 });
 
 describe('resolveTpmSpec: tpm-crb with 1.2', () => {
   it('is refused naming the model and the version source', () => {
-    fails({ flavor: { 'hw:tpm_version': '1.2', 'hw:tpm_model': 'tpm-crb' } }, SpecConflictError, 'tpm-crb', 'hw:tpm_version=1.2');
+    fails(
+      { flavor: { 'hw:tpm_version': '1.2', 'hw:tpm_model': 'tpm-crb' } },
+      SpecConflictError,
+      'tpm-crb',
+      'hw:tpm_version=1.2',
+    );
   });
   it('across sources', () => {
-    fails({ flavor: { 'hw:tpm_model': 'tpm-crb' }, image: { hw_tpm_version: '1.2' } }, SpecConflictError, 'flavor hw:tpm_model=tpm-crb', 'image hw_tpm_version=1.2');
+    fails(
+      { flavor: { 'hw:tpm_model': 'tpm-crb' }, image: { hw_tpm_version: '1.2' } },
+      SpecConflictError,
+      'flavor hw:tpm_model=tpm-crb',
+      'image hw_tpm_version=1.2',
+    );
   });
   it('with explicit options', () => {
     fails({ version: '1.2', model: 'tpm-crb' }, SpecConflictError, '--model tpm-crb', '--version 1.2');
@@ -86,11 +124,22 @@ describe('resolveTpmSpec: tpm-crb with 1.2', () => {
 
 describe('resolveTpmSpec: bad values', () => {
   it('an unknown version names the field and the accepted values', () => {
-    const error = fails({ flavor: { 'hw:tpm_version': '3.0' } }, InvalidArgumentError, 'flavor.hw:tpm_version', '1.2, 2.0', '"3.0"');
+    const error = fails(
+      { flavor: { 'hw:tpm_version': '3.0' } },
+      InvalidArgumentError,
+      'flavor.hw:tpm_version',
+      '1.2, 2.0',
+      '"3.0"',
+    );
     assert.deepEqual(error.details.field, 'flavor.hw:tpm_version');
   });
   it('an unknown model names the field and the accepted values', () => {
-    fails({ version: '2.0', image: { hw_tpm_model: 'tpm-spapr' } }, InvalidArgumentError, 'image.hw_tpm_model', 'tpm-tis, tpm-crb');
+    fails(
+      { version: '2.0', image: { hw_tpm_model: 'tpm-spapr' } },
+      InvalidArgumentError,
+      'image.hw_tpm_model',
+      'tpm-tis, tpm-crb',
+    );
   });
   it('"2" is not "2.0"', () => {
     fails({ version: '2' }, InvalidArgumentError, 'version');
@@ -114,7 +163,10 @@ describe('resolveTpmSpec: explicit options', () => {
   });
   it('keep the claims for the record', () => {
     const { claims } = resolveTpmSpec({ version: '2.0', image: { hw_tpm_version: '2.0' } });
-    assert.deepEqual(claims.version.map((c) => c.source), ['request', 'image']);
+    assert.deepEqual(
+      claims.version.map((c) => c.source),
+      ['request', 'image'],
+    );
     assert.deepEqual(claims.model, []);
   });
 });

@@ -87,16 +87,19 @@ export function resolveTpmSpec(request: SpecRequest): ResolvedSpec {
   const versionClaims = collect(request, 'version');
   const modelClaims = collect(request, 'model');
   for (const claim of versionClaims) {
-    if (!isTpmVersion(claim.value)) throw new InvalidArgumentError(fieldOf(claim), `a TPM version, one of ${TPM_VERSIONS.join(', ')}`, claim.value);
+    if (!isTpmVersion(claim.value))
+      throw new InvalidArgumentError(fieldOf(claim), `a TPM version, one of ${TPM_VERSIONS.join(', ')}`, claim.value);
   }
   for (const claim of modelClaims) {
-    if (!isTpmModel(claim.value)) throw new InvalidArgumentError(fieldOf(claim), `a TPM model, one of ${TPM_MODELS.join(', ')}`, claim.value);
+    if (!isTpmModel(claim.value))
+      throw new InvalidArgumentError(fieldOf(claim), `a TPM model, one of ${TPM_MODELS.join(', ')}`, claim.value);
   }
 
   const version = agree('version', versionClaims);
   const model = agree('model', modelClaims) ?? DEFAULT_TPM_MODEL;
   if (version === undefined) {
-    const hint = modelClaims.length > 0 ? ` (${modelClaims.map(describe).join(', ')} names a model but no version)` : '';
+    const hint =
+      modelClaims.length > 0 ? ` (${modelClaims.map(describe).join(', ')} names a model but no version)` : '';
     throw new InvalidArgumentError(
       'version',
       `a TPM version from --version, flavor ${FLAVOR_KEYS.version} or image ${IMAGE_KEYS.version}, one of ${TPM_VERSIONS.join(', ')}${hint}`,

@@ -19,8 +19,14 @@ export interface SecretSecurityRequest {
 }
 
 function valid(field: string, value: string): SecretSecurity {
-  if (value === 'host') throw new InvalidArgumentError(field, `one of ${SECRET_SECURITY_MODES.join(', ')} (vtpm-manager keeps every secret in its key manager, never on a host)`, value);
-  if (!(SECRET_SECURITY_MODES as readonly string[]).includes(value)) throw new InvalidArgumentError(field, `one of ${SECRET_SECURITY_MODES.join(', ')}`, value);
+  if (value === 'host')
+    throw new InvalidArgumentError(
+      field,
+      `one of ${SECRET_SECURITY_MODES.join(', ')} (vtpm-manager keeps every secret in its key manager, never on a host)`,
+      value,
+    );
+  if (!(SECRET_SECURITY_MODES as readonly string[]).includes(value))
+    throw new InvalidArgumentError(field, `one of ${SECRET_SECURITY_MODES.join(', ')}`, value);
   return value as SecretSecurity;
 }
 
@@ -29,10 +35,13 @@ export function resolveSecretSecurity(request: SecretSecurityRequest): SecretSec
   const fromFlavor = request.flavor?.[SECRET_SECURITY_FLAVOR_KEY];
   const flavor = fromFlavor === undefined ? undefined : valid(`flavor.${SECRET_SECURITY_FLAVOR_KEY}`, fromFlavor);
   if (explicit !== undefined && flavor !== undefined && explicit !== flavor) {
-    throw new SpecConflictError(`conflicting secret security: --secret-security ${explicit} vs flavor ${SECRET_SECURITY_FLAVOR_KEY}=${flavor}`, [
-      { source: 'request', key: 'secret_security', value: explicit },
-      { source: 'flavor', key: SECRET_SECURITY_FLAVOR_KEY, value: flavor },
-    ]);
+    throw new SpecConflictError(
+      `conflicting secret security: --secret-security ${explicit} vs flavor ${SECRET_SECURITY_FLAVOR_KEY}=${flavor}`,
+      [
+        { source: 'request', key: 'secret_security', value: explicit },
+        { source: 'flavor', key: SECRET_SECURITY_FLAVOR_KEY, value: flavor },
+      ],
+    );
   }
   return explicit ?? flavor ?? 'user';
 }

@@ -25,13 +25,20 @@ describe('export bundles', () => {
 
   it('round-trip with the passphrase and hide their content', () => {
     assert.deepEqual(readBundle(bundle, passphrase), payload);
-    for (const secret of [payload.secret, payload.generations[0]!.data.subarray(0, 32), payload.ek_certificates[0]!.der.subarray(0, 32)]) {
+    for (const secret of [
+      payload.secret,
+      payload.generations[0]!.data.subarray(0, 32),
+      payload.ek_certificates[0]!.der.subarray(0, 32),
+    ]) {
       assert.ok(!bundle.includes(secret));
       assert.ok(!bundle.includes(Buffer.from(secret.toString('base64').slice(0, 24))));
     }
   });
   it('refuse a wrong passphrase', () => {
-    assert.throws(() => readBundle(bundle, 'not the passphrase!'), (e: unknown) => e instanceof IntegrityError && /passphrase is wrong/.test(e.message));
+    assert.throws(
+      () => readBundle(bundle, 'not the passphrase!'),
+      (e: unknown) => e instanceof IntegrityError && /passphrase is wrong/.test(e.message),
+    );
   });
   it('refuse a truncated file', () => {
     for (const length of [3, 20, bundle.length - 1, bundle.length - 100]) {
@@ -46,6 +53,9 @@ describe('export bundles', () => {
     }
   });
   it('refuse a short passphrase when writing', () => {
-    assert.throws(() => writeBundle(payload, 'short'), (e: unknown) => e instanceof InvalidArgumentError && /passphrase: expected at least 12/.test(e.message));
+    assert.throws(
+      () => writeBundle(payload, 'short'),
+      (e: unknown) => e instanceof InvalidArgumentError && /passphrase: expected at least 12/.test(e.message),
+    );
   });
 });

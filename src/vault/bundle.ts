@@ -53,25 +53,42 @@ interface Header {
 }
 
 function checkPassphrase(passphrase: string): void {
-  if (passphrase.length < MIN_PASSPHRASE) throw new InvalidArgumentError('passphrase', `at least ${MIN_PASSPHRASE} characters`);
+  if (passphrase.length < MIN_PASSPHRASE)
+    throw new InvalidArgumentError('passphrase', `at least ${MIN_PASSPHRASE} characters`);
 }
 
 function deriveKey(passphrase: string, header: Header): Buffer {
-  return scryptSync(passphrase, Buffer.from(header.salt, 'base64'), KEY_BYTES, { N: header.n, r: header.r, p: header.p, maxmem: 256 * header.n * header.r });
+  return scryptSync(passphrase, Buffer.from(header.salt, 'base64'), KEY_BYTES, {
+    N: header.n,
+    r: header.r,
+    p: header.p,
+    maxmem: 256 * header.n * header.r,
+  });
 }
 
 const b64 = (b: Buffer) => b.toString('base64');
 
 export function writeBundle(payload: BundlePayload, passphrase: string): Buffer {
   checkPassphrase(passphrase);
-  const header: Header = { format: FORMAT, kdf: 'scrypt', n: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p, salt: b64(randomBytes(16)), vm: payload.vm, created_at: new Date().toISOString() };
+  const header: Header = {
+    format: FORMAT,
+    kdf: 'scrypt',
+    n: SCRYPT.N,
+    r: SCRYPT.r,
+    p: SCRYPT.p,
+    salt: b64(randomBytes(16)),
+    vm: payload.vm,
+    created_at: new Date().toISOString(),
+  };
   const headerText = JSON.stringify(header);
-  const plaintext = Buffer.from(JSON.stringify({
-    ...payload,
-    secret: b64(payload.secret),
-    ek_certificates: payload.ek_certificates.map((c) => ({ key_type: c.key_type, der: b64(c.der) })),
-    generations: payload.generations.map((g) => ({ ...g, data: b64(g.data) })),
-  }));
+  const plaintext = Buffer.from(
+    JSON.stringify({
+      ...payload,
+      secret: b64(payload.secret),
+      ek_certificates: payload.ek_certificates.map((c) => ({ key_type: c.key_type, der: b64(c.der) })),
+      generations: payload.generations.map((g) => ({ ...g, data: b64(g.data) })),
+    }),
+  );
   const key = deriveKey(passphrase, header);
   const sealed = seal(key, plaintext, headerText);
   key.fill(0);
@@ -85,7 +102,8 @@ function damaged(reason: string): IntegrityError {
 }
 
 export function readBundle(bundle: Buffer, passphrase: string): BundlePayload {
-  if (bundle.length < MAGIC.length + 4 || !bundle.subarray(0, MAGIC.length).equals(MAGIC)) throw damaged('it does not start with the bundle signature');
+  if (bundle.length < MAGIC.length + 4 || !bundle.subarray(0, MAGIC.length).equals(MAGIC))
+    throw damaged('it does not start with the bundle signature');
   const headerLength = bundle.readUInt32BE(MAGIC.length);
   const headerEnd = MAGIC.length + 4 + headerLength;
   if (headerLength > 4096 || headerEnd > bundle.length) throw damaged('it is truncated');
@@ -96,7 +114,12 @@ export function readBundle(bundle: Buffer, passphrase: string): BundlePayload {
   } catch {
     throw damaged('its header is damaged');
   }
-  if (header.format !== FORMAT || header.kdf !== 'scrypt' || ![header.n, header.r, header.p].every(Number.isInteger) || header.n > 2 ** 20) {
+  if (
+    header.format !== FORMAT ||
+    header.kdf !== 'scrypt' ||
+    ![header.n, header.r, header.p].every(Number.isInteger) ||
+    header.n > 2 ** 20
+  ) {
     throw damaged(`format ${String(header.format)} with KDF ${String(header.kdf)} is not supported`);
   }
   const key = deriveKey(passphrase, header);
@@ -104,11 +127,16 @@ export function readBundle(bundle: Buffer, passphrase: string): BundlePayload {
   try {
     plaintext = open(key, bundle.subarray(headerEnd), headerText, 'the bundle');
   } catch {
-    throw new IntegrityError('the bundle failed authentication: the passphrase is wrong, or the file was truncated or altered');
+    throw new IntegrityError(
+      'the bundle failed authentication: the passphrase is wrong, or the file was truncated or altered',
+    );
   } finally {
     key.fill(0);
   }
-  const parsed = JSON.parse(plaintext.toString()) as Omit<BundlePayload, 'secret' | 'ek_certificates' | 'generations'> & {
+  const parsed = JSON.parse(plaintext.toString()) as Omit<
+    BundlePayload,
+    'secret' | 'ek_certificates' | 'generations'
+  > & {
     secret: string;
     ek_certificates: Array<{ key_type: string; der: string }>;
     generations: Array<Omit<BundleGeneration, 'data'> & { data: string }>;

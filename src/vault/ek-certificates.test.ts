@@ -5,7 +5,10 @@ import { IntegrityError } from '../errors.js';
 import { openEkCertificates, sealEkCertificates, toPem } from './ek-certificates.js';
 
 const vm = '6f1c2a0e-1111-4222-8333-444455556666';
-const certificates = [{ keyType: 'rsa2048', der: randomBytes(900) }, { keyType: 'secp384r1', der: randomBytes(700) }];
+const certificates = [
+  { keyType: 'rsa2048', der: randomBytes(900) },
+  { keyType: 'secp384r1', der: randomBytes(700) },
+];
 
 describe('EK certificate sealing', () => {
   it('round-trips and hides the content', () => {

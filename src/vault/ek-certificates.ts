@@ -14,13 +14,18 @@ function derivedKey(secret: Buffer): Buffer {
 }
 
 export function sealEkCertificates(secret: Buffer, vm: string, certificates: EkCertificate[]): Buffer {
-  const plaintext = Buffer.from(JSON.stringify(certificates.map((c) => ({ key_type: c.keyType, der: c.der.toString('base64') }))));
+  const plaintext = Buffer.from(
+    JSON.stringify(certificates.map((c) => ({ key_type: c.keyType, der: c.der.toString('base64') }))),
+  );
   return seal(derivedKey(secret), plaintext, associatedData(vm));
 }
 
 export function openEkCertificates(secret: Buffer, vm: string, sealed: Buffer): EkCertificate[] {
   const plaintext = open(derivedKey(secret), sealed, associatedData(vm), `EK certificates of vTPM ${vm}`);
-  return (JSON.parse(plaintext.toString()) as Array<{ key_type: string; der: string }>).map((c) => ({ keyType: c.key_type, der: Buffer.from(c.der, 'base64') }));
+  return (JSON.parse(plaintext.toString()) as Array<{ key_type: string; der: string }>).map((c) => ({
+    keyType: c.key_type,
+    der: Buffer.from(c.der, 'base64'),
+  }));
 }
 
 export function toPem(der: Buffer): string {

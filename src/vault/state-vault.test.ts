@@ -42,11 +42,17 @@ async function vmWith(generations: number): Promise<{ vm: string; key: Buffer; s
 }
 
 function rowColumn(vm: string, generation: number, column: 'ciphertext' | 'wrapped_key'): Buffer {
-  return (raw.prepare(`SELECT ${column} AS value FROM state_generations WHERE vm = ? AND kind = 'tpm' AND generation = ?`).get(vm, generation) as { value: Buffer }).value;
+  return (
+    raw
+      .prepare(`SELECT ${column} AS value FROM state_generations WHERE vm = ? AND kind = 'tpm' AND generation = ?`)
+      .get(vm, generation) as { value: Buffer }
+  ).value;
 }
 
 function setRowColumn(vm: string, generation: number, column: string, value: Buffer | string): void {
-  raw.prepare(`UPDATE state_generations SET ${column} = ? WHERE vm = ? AND kind = 'tpm' AND generation = ?`).run(value, vm, generation);
+  raw
+    .prepare(`UPDATE state_generations SET ${column} = ? WHERE vm = ? AND kind = 'tpm' AND generation = ?`)
+    .run(value, vm, generation);
 }
 
 describe('StateVault', () => {
@@ -56,7 +62,14 @@ describe('StateVault', () => {
     assert.equal(newest?.generation, 3);
     assert.ok(newest?.data.equals(states[2]!));
     assert.ok(!rowColumn(vm, 3, 'ciphertext').includes(states[2]!.subarray(0, 40)));
-    assert.deepEqual((await vault.history(vm)).map((g) => [g.generation, g.reason]), [[3, 'sync'], [2, 'sync'], [1, 'create']]);
+    assert.deepEqual(
+      (await vault.history(vm)).map((g) => [g.generation, g.reason]),
+      [
+        [3, 'sync'],
+        [2, 'sync'],
+        [1, 'create'],
+      ],
+    );
   });
 
   it('does not commit a sync that changes nothing', async () => {
@@ -68,7 +81,10 @@ describe('StateVault', () => {
 
   it('keeps only the newest generations of the retention', async () => {
     const { vm } = await vmWith(8);
-    assert.deepEqual((await vault.history(vm)).map((g) => g.generation), [8, 7, 6, 5, 4]);
+    assert.deepEqual(
+      (await vault.history(vm)).map((g) => g.generation),
+      [8, 7, 6, 5, 4],
+    );
   });
 
   it('refuses a flipped byte, naming the VM and the generation', async () => {
@@ -76,8 +92,11 @@ describe('StateVault', () => {
     const tampered = Buffer.from(rowColumn(vm, 3, 'ciphertext'));
     tampered[tampered.length - 5]! ^= 0x01;
     setRowColumn(vm, 3, 'ciphertext', tampered);
-    await assert.rejects(vault.newest(vm, 'tpm', key), (error: unknown) =>
-      error instanceof IntegrityError && error.message.includes(vm) && error.message.includes('generation 3'));
+    await assert.rejects(
+      vault.newest(vm, 'tpm', key),
+      (error: unknown) =>
+        error instanceof IntegrityError && error.message.includes(vm) && error.message.includes('generation 3'),
+    );
     // The generation before it is intact and can be restored as the newest.
     const good = await vault.read(vm, 'tpm', 2, key);
     assert.equal(await vault.commit(vm, 'tpm', key, good.data, 'restore'), 4);
@@ -102,16 +121,21 @@ describe('StateVault', () => {
 
   it('detects a rollback: the newest acknowledged generation is gone', async () => {
     const { vm, key } = await vmWith(4);
-    raw.prepare("DELETE FROM state_generations WHERE vm = ? AND generation >= 3").run(vm);
-    await assert.rejects(vault.newest(vm, 'tpm', key), (error: unknown) =>
-      error instanceof RollbackError && /generation 4 was acknowledged/.test(error.message));
+    raw.prepare('DELETE FROM state_generations WHERE vm = ? AND generation >= 3').run(vm);
+    await assert.rejects(
+      vault.newest(vm, 'tpm', key),
+      (error: unknown) => error instanceof RollbackError && /generation 4 was acknowledged/.test(error.message),
+    );
   });
 
   it('refuses a wrong key, and a generation whose recorded predecessor was changed', async () => {
     const { vm, key } = await vmWith(3);
     await assert.rejects(vault.read(vm, 'tpm', 2, vaultKeyFrom(randomBytes(32))), IntegrityError);
     setRowColumn(vm, 3, 'previous_digest', '0'.repeat(64));
-    await assert.rejects(vault.read(vm, 'tpm', 3, key), (error: unknown) => error instanceof IntegrityError && /generation 3/.test(error.message));
+    await assert.rejects(
+      vault.read(vm, 'tpm', 3, key),
+      (error: unknown) => error instanceof IntegrityError && /generation 3/.test(error.message),
+    );
   });
 
   it('a damaged old generation does not block the generations after it', async () => {

@@ -21,12 +21,15 @@ const GENESIS = '0'.repeat(64);
 export const digestOf = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 
 export function vaultKeyFrom(secret: Buffer): Buffer {
-  return Buffer.from(hkdfSync('sha256', secret, Buffer.alloc(0), 'vtpm-manager vault key-encryption key v1', KEY_BYTES));
+  return Buffer.from(
+    hkdfSync('sha256', secret, Buffer.alloc(0), 'vtpm-manager vault key-encryption key v1', KEY_BYTES),
+  );
 }
 
 const dataAad = (vm: string, kind: StateKind, generation: number, previousDigest: string) =>
   `vtpm-manager/vault/v1/data/${vm}/${kind}/${generation}/${previousDigest}`;
-const keyAad = (vm: string, kind: StateKind, generation: number) => `vtpm-manager/vault/v1/data-key/${vm}/${kind}/${generation}`;
+const keyAad = (vm: string, kind: StateKind, generation: number) =>
+  `vtpm-manager/vault/v1/data-key/${vm}/${kind}/${generation}`;
 
 export interface StateGeneration {
   generation: number;
@@ -35,14 +38,23 @@ export interface StateGeneration {
 }
 
 export class StateVault {
-  constructor(private readonly store: Store, private readonly retention: number) {}
+  constructor(
+    private readonly store: Store,
+    private readonly retention: number,
+  ) {}
 
   /**
    * Commits `data` as the next generation unless it equals the head. Returns
    * the new generation number, or undefined when nothing changed. Callers
    * serialise commits per VM; a lost race is reported, not retried blindly.
    */
-  async commit(vm: string, kind: StateKind, vaultKey: Buffer, data: Buffer, reason: GenerationReason): Promise<number | undefined> {
+  async commit(
+    vm: string,
+    kind: StateKind,
+    vaultKey: Buffer,
+    data: Buffer,
+    reason: GenerationReason,
+  ): Promise<number | undefined> {
     const head = await this.store.generations.head(vm, kind);
     const digest = digestOf(data);
     if (head?.digest === digest && (reason === 'sync' || reason === 'stop')) return undefined;
@@ -82,7 +94,8 @@ export class StateVault {
     const dataKey = open(vaultKey, record.wrapped_key, keyAad(vm, kind, generation), what);
     const data = open(dataKey, record.ciphertext, dataAad(vm, kind, generation, record.previous_digest), what);
     dataKey.fill(0);
-    if (digestOf(data) !== record.digest) throw new IntegrityError(`${what} does not match its recorded digest`, { vm, kind, generation });
+    if (digestOf(data) !== record.digest)
+      throw new IntegrityError(`${what} does not match its recorded digest`, { vm, kind, generation });
     // The predecessor's digest is authenticated as part of this generation's associated data; the
     // predecessor row itself is not consulted, so a damaged old generation never blocks a newer one.
     return { generation, digest: record.digest, data };
@@ -101,7 +114,10 @@ export class StateVault {
     }
     const newest = await this.read(vm, kind, head.generation, vaultKey);
     if (newest.digest !== head.digest) {
-      throw new RollbackError(`generation ${head.generation} (${kind}) of VM ${vm} is not the one that was acknowledged`, { vm, kind, generation: head.generation });
+      throw new RollbackError(
+        `generation ${head.generation} (${kind}) of VM ${vm} is not the one that was acknowledged`,
+        { vm, kind, generation: head.generation },
+      );
     }
     return newest;
   }

@@ -3,6 +3,10 @@ import type { KeyManager } from '../keys/key-manager.js';
 import { withSecret, withWiped } from '../keys/wiped.js';
 import { vaultKeyFrom } from './state-vault.js';
 
-export function withVaultKey<T>(keys: KeyManager, secretRef: string, use: (vaultKey: Buffer) => Promise<T>): Promise<T> {
+export function withVaultKey<T>(
+  keys: KeyManager,
+  secretRef: string,
+  use: (vaultKey: Buffer) => Promise<T>,
+): Promise<T> {
   return withSecret(keys, secretRef, (secret) => withWiped(vaultKeyFrom(secret), use));
 }

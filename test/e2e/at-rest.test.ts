@@ -39,13 +39,33 @@ function needlesOf(pem: string): Buffer[] {
   const certificate = new X509Certificate(pem);
   const modulus = Buffer.from(certificate.publicKey.export({ format: 'jwk' }).n!, 'base64url');
   const base64Lines = pem.split('\n').filter((line) => /^[A-Za-z0-9+/]{64}$/.test(line));
-  return [modulus.subarray(0, 32), modulus.subarray(-32), certificate.raw.subarray(0, 64), ...base64Lines.slice(2, 4).map((l) => Buffer.from(l))];
+  return [
+    modulus.subarray(0, 32),
+    modulus.subarray(-32),
+    certificate.raw.subarray(0, 64),
+    ...base64Lines.slice(2, 4).map((l) => Buffer.from(l)),
+  ];
 }
 
 /** The RSA EK modulus as a plain swtpm (no encryption) reports it over its TCP data channel. */
 async function plaintextEkModulus(stateDir: string): Promise<Buffer> {
   const port = 20000 + Math.floor(Math.random() * 20000);
-  const swtpm = spawn('swtpm', ['socket', '--tpm2', '--tpmstate', `dir=${stateDir}`, '--server', `type=tcp,port=${port}`, '--ctrl', `type=tcp,port=${port + 1}`, '--flags', 'not-need-init,startup-clear'], { stdio: 'ignore' });
+  const swtpm = spawn(
+    'swtpm',
+    [
+      'socket',
+      '--tpm2',
+      '--tpmstate',
+      `dir=${stateDir}`,
+      '--server',
+      `type=tcp,port=${port}`,
+      '--ctrl',
+      `type=tcp,port=${port + 1}`,
+      '--flags',
+      'not-need-init,startup-clear',
+    ],
+    { stdio: 'ignore' },
+  );
   try {
     for (let attempt = 0; ; attempt += 1) {
       try {
@@ -59,7 +79,8 @@ async function plaintextEkModulus(stateDir: string): Promise<Buffer> {
               socket.end();
               // Header (10), TPM2B size (2), type, nameAlg, attributes (8), 32-byte policy (34),
               // RSA parameters (14): the unique field's size sits at 68 and the modulus follows.
-              if (response.readUInt32BE(6) !== 0 || response.readUInt16BE(68) !== 256) reject(new Error(`unexpected ReadPublic response ${response.toString('hex')}`));
+              if (response.readUInt32BE(6) !== 0 || response.readUInt16BE(68) !== 256)
+                reject(new Error(`unexpected ReadPublic response ${response.toString('hex')}`));
               resolve(response.subarray(70, 70 + 256));
             }
           });
@@ -80,7 +101,9 @@ describe('encryption at rest', () => {
     const stateDir = join(context.workDir, 'plaintext-state');
     await mkdir(stateDir);
     await new Promise<void>((resolve, reject) => {
-      const setup = spawn('swtpm_setup', ['--tpm2', '--tpm-state', stateDir, '--createek', '--overwrite'], { stdio: 'ignore' });
+      const setup = spawn('swtpm_setup', ['--tpm2', '--tpm-state', stateDir, '--createek', '--overwrite'], {
+        stdio: 'ignore',
+      });
       setup.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`swtpm_setup exited ${code}`))));
     });
     const modulus = await plaintextEkModulus(stateDir);
@@ -95,10 +118,19 @@ describe('encryption at rest', () => {
     for (const version of ['2.0', '1.2']) {
       const vm = randomUUID();
       await context.service.json('create', '--vm', vm, '--version', version);
-      const { certificates } = await context.service.json<{ certificates: Array<{ pem: string }> }>('ek', vm, '--key-type', 'rsa2048');
+      const { certificates } = await context.service.json<{ certificates: Array<{ pem: string }> }>(
+        'ek',
+        vm,
+        '--key-type',
+        'rsa2048',
+      );
       needles.push(...needlesOf(certificates[0]!.pem));
       // Let swtpm write the state while a guest runs, not only swtpm_setup.
-      await bootGuest({ kernel, initramfs, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
+      await bootGuest({
+        kernel,
+        initramfs,
+        qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args,
+      });
       await context.service.waitForStatus(vm, 'stopped');
     }
     assert.deepEqual(await filesContaining(context.service.dataDir, needles), []);
@@ -112,7 +144,8 @@ describe('encryption at rest', () => {
     const mode = async (path: string) => (await lstat(path)).mode & 0o777;
     // Others may pass through (swtpm runs as tss and reaches its own directories), never list or read.
     assert.equal(await mode(context.service.dataDir), 0o711);
-    for (const dir of ['keys', 'ca', 'log', 'nvram']) assert.equal(await mode(join(context.service.dataDir, dir)), 0o700, dir);
+    for (const dir of ['keys', 'ca', 'log', 'nvram'])
+      assert.equal(await mode(join(context.service.dataDir, dir)), 0o700, dir);
     assert.equal(await mode(join(context.service.dataDir, 'admin.token')), 0o600);
     assert.equal(await mode(join(context.service.dataDir, 'keys', 'master.key')), 0o600);
     assert.equal(await mode(join(context.service.dataDir, 'tpm', vm)), 0o700);

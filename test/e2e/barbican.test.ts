@@ -13,7 +13,14 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Barbican } from './support/barbican.js';
-import { bootGuest, buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, type GuestReport } from './support/guest.js';
+import {
+  bootGuest,
+  buildInitramfs,
+  findKernel,
+  GUEST_NV_DATA,
+  responseCode,
+  type GuestReport,
+} from './support/guest.js';
 import { ServiceUnderTest, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
 
 let workDir = '';
@@ -30,14 +37,17 @@ before(async () => {
   serveArgs = ['--pool-size', '1', '--key-manager', 'barbican', '--barbican-url', barbican.url];
   service = await ServiceUnderTest.start(join(workDir, 'data'), serveArgs);
   for (const [name, project] of [['alice', 'p1']] as const) {
-    tokens[name] = (await service.json<{ token: string }>('user', 'create', name, '--project', project, '--role', 'member')).token;
+    tokens[name] = (
+      await service.json<{ token: string }>('user', 'create', name, '--project', project, '--role', 'member')
+    ).token;
   }
   kernel = await findKernel();
   initramfs = await buildInitramfs(workDir);
 });
 
 after(async () => {
-  for (const vtpm of await service.json<VtpmJson[]>('list').catch(() => [])) await service.cli('delete', '--force', vtpm.vm);
+  for (const vtpm of await service.json<VtpmJson[]>('list').catch(() => []))
+    await service.cli('delete', '--force', vtpm.vm);
   await service.stop();
   await barbican.stop();
   await rm(workDir, { recursive: true, force: true });
@@ -74,7 +84,11 @@ describe('the Barbican key manager', () => {
 
     await service.stop();
     service = await ServiceUnderTest.start(join(workDir, 'data'), serveArgs);
-    assert.equal((await as('alice', 'start', vm)).status, 'running', 'the secret is fetched from Barbican again after a restart');
+    assert.equal(
+      (await as('alice', 'start', vm)).status,
+      'running',
+      'the secret is fetched from Barbican again after a restart',
+    );
     await as('alice', 'stop', vm);
 
     await service.json('delete', vm);
@@ -96,8 +110,13 @@ describe('the Barbican key manager', () => {
       await writeFile(join(stateDir, 'TMP2-00.permall'), randomBytes(6172));
       await rename(join(stateDir, 'TMP2-00.permall'), join(stateDir, 'tpm2-00.permall'));
       const deadline = Date.now() + 15_000;
-      while ((await service.json<unknown[]>('history', vm)).length === before && Date.now() < deadline) await delay(100);
-      assert.equal((await service.json<unknown[]>('history', vm)).length, before + 1, 'the change was committed while Barbican was down');
+      while ((await service.json<unknown[]>('history', vm)).length === before && Date.now() < deadline)
+        await delay(100);
+      assert.equal(
+        (await service.json<unknown[]>('history', vm)).length,
+        before + 1,
+        'the change was committed while Barbican was down',
+      );
       assert.equal((await service.json<VtpmJson>('show', vm)).status, 'running');
 
       const refused = await service.cli('--token', tokens.alice!, 'create', '--vm', refusedVm, '--version', '2.0');
@@ -107,7 +126,11 @@ describe('the Barbican key manager', () => {
       await barbican.start();
     }
     const again = randomUUID();
-    assert.equal((await as('alice', 'create', '--vm', again, '--version', '2.0')).vm, again, 'no restart needed once Barbican is back');
+    assert.equal(
+      (await as('alice', 'create', '--vm', again, '--version', '2.0')).vm,
+      again,
+      'no restart needed once Barbican is back',
+    );
     // The refused create could not delete its secret while Barbican was down: it waits as `deleting`, and deleting it now finishes.
     assert.equal((await as('alice', 'show', refusedVm)).status, 'deleting');
     await as('alice', 'delete', refusedVm);
@@ -126,21 +149,33 @@ describe('the Barbican key manager', () => {
     const rotated = await service.json<{ kind: string; rewrapped: number }>('keys', 'rotate');
     assert.equal(rotated.kind, 'barbican');
     const vtpms = (await service.json<VtpmJson[]>('list')).length;
-    assert.ok(rotated.rewrapped >= vtpms + 2, `every vTPM's secret and the CA's two passwords are stored anew (${rotated.rewrapped})`);
+    assert.ok(
+      rotated.rewrapped >= vtpms + 2,
+      `every vTPM's secret and the CA's two passwords are stored anew (${rotated.rewrapped})`,
+    );
     const after = await barbican.secrets('p1');
-    const aliceVtpms = (await service.json<VtpmJson[]>('--token', tokens.alice!, 'list')).map((vtpm) => `vtpm-${vtpm.vm}`);
-    assert.deepEqual(after.map((secret) => secret.name).sort(), aliceVtpms.sort(), "one secret per vTPM of p1, in p1");
+    const aliceVtpms = (await service.json<VtpmJson[]>('--token', tokens.alice!, 'list')).map(
+      (vtpm) => `vtpm-${vtpm.vm}`,
+    );
+    assert.deepEqual(after.map((secret) => secret.name).sort(), aliceVtpms.sort(), 'one secret per vTPM of p1, in p1');
     const newRef = after.find((secret) => secret.name === `vtpm-${vm}`)!.secret_ref;
     assert.notEqual(newRef, oldRef);
     // Barbican's references carry its configured host_href, not the address it was reached at.
     const oldSecret = `${barbican.url}/v1/secrets/${oldRef.split('/').pop()}`;
-    assert.equal((await fetch(oldSecret, { headers: { 'x-project-id': 'p1' } })).status, 404, 'the old secret is deleted');
+    assert.equal(
+      (await fetch(oldSecret, { headers: { 'x-project-id': 'p1' } })).status,
+      404,
+      'the old secret is deleted',
+    );
 
     await service.stop();
     service = await ServiceUnderTest.start(join(workDir, 'data'), serveArgs);
     const second = await boot(vm);
     assert.equal(responseCode(second.responses['1-data']!), 0);
-    assert.ok(second.responses['1-data']!.includes(GUEST_NV_DATA), 'after rotation and a restart the guest reads what it wrote');
+    assert.ok(
+      second.responses['1-data']!.includes(GUEST_NV_DATA),
+      'after rotation and a restart the guest reads what it wrote',
+    );
     assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
   });
 });

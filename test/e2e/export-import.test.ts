@@ -10,7 +10,14 @@ import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { bootGuest, buildInitramfs, findKernel, resetCountOf, type GuestReport } from './support/guest.js';
-import { ServiceUnderTest, ekModulus, serviceForFile, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
+import {
+  ServiceUnderTest,
+  ekModulus,
+  serviceForFile,
+  temporaryDir,
+  type StartedJson,
+  type VtpmJson,
+} from './support/service.js';
 
 let kernel: string;
 let initramfs: string;
@@ -29,7 +36,8 @@ const context = serviceForFile('vtpm-export', async ({ workDir }) => {
 
 after(async () => {
   try {
-    if (target) for (const vtpm of await target.json<VtpmJson[]>('list')) await target.cli('delete', '--force', vtpm.vm);
+    if (target)
+      for (const vtpm of await target.json<VtpmJson[]>('list')) await target.cli('delete', '--force', vtpm.vm);
   } finally {
     await target?.stop();
     if (targetDir) await rm(targetDir, { recursive: true, force: true });
@@ -42,14 +50,26 @@ const targetService = (): ServiceUnderTest => {
 };
 
 async function boot(service: ServiceUnderTest, vm: string): Promise<GuestReport> {
-  const report = await bootGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args });
+  const report = await bootGuest({
+    kernel,
+    initramfs,
+    qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args,
+  });
   await service.waitForStatus(vm, 'stopped');
   return report;
 }
 
 async function exported(vm: string, name: string, ...options: string[]): Promise<string> {
   const out = join(context.workDir, name);
-  const result = await context.service.json<{ bytes: number }>('export', vm, '--out', out, '--passphrase-file', passphraseFile, ...options);
+  const result = await context.service.json<{ bytes: number }>(
+    'export',
+    vm,
+    '--out',
+    out,
+    '--passphrase-file',
+    passphraseFile,
+    ...options,
+  );
   assert.equal((await stat(out)).size, result.bytes);
   assert.equal((await stat(out)).mode & 0o777, 0o600);
   return out;
@@ -64,14 +84,20 @@ describe('export and import', () => {
     const bundle = await exported(vm, 'bundle-all', '--generations', 'all');
 
     const imported = await targetService().json<VtpmJson>('import', bundle, '--passphrase-file', passphraseFile);
-    assert.deepEqual([imported.vm, imported.version, imported.model, imported.status], [vm, '2.0', 'tpm-crb', 'stopped']);
+    assert.deepEqual(
+      [imported.vm, imported.version, imported.model, imported.status],
+      [vm, '2.0', 'tpm-crb', 'stopped'],
+    );
     const history = await targetService().json<Array<{ reason: string }>>('history', vm);
     assert.ok(history.length > 1 && history.every((g) => g.reason === 'import'));
     assert.ok((await ekModulus(targetService(), vm)).equals(modulus));
 
     const after = await boot(targetService(), vm);
     assert.ok(after.responses.ekpublic!.includes(modulus), 'the imported vTPM has another EK');
-    assert.ok(resetCountOf(after.responses.readclock!) > resetCountOf(before.responses.readclock!), 'the imported vTPM did not continue from the exported state');
+    assert.ok(
+      resetCountOf(after.responses.readclock!) > resetCountOf(before.responses.readclock!),
+      'the imported vTPM did not continue from the exported state',
+    );
   });
 
   it('imports under another VM UUID', async () => {
@@ -79,7 +105,14 @@ describe('export and import', () => {
     const copy = randomUUID();
     await context.service.json('create', '--vm', vm, '--version', '1.2');
     const bundle = await exported(vm, 'bundle-12');
-    const imported = await targetService().json<VtpmJson>('import', bundle, '--vm', copy, '--passphrase-file', passphraseFile);
+    const imported = await targetService().json<VtpmJson>(
+      'import',
+      bundle,
+      '--vm',
+      copy,
+      '--passphrase-file',
+      passphraseFile,
+    );
     assert.equal(imported.vm, copy);
     assert.equal((await targetService().json<Array<{ generation: number }>>('history', copy)).length, 1);
     assert.ok((await ekModulus(targetService(), copy)).equals(await ekModulus(context.service, vm)));
@@ -115,9 +148,19 @@ describe('export and import', () => {
     await context.service.json('create', '--vm', vm, '--version', '2.0');
     const short = join(context.workDir, 'short');
     await writeFile(short, 'short');
-    const result = await context.service.cli('export', vm, '--out', join(context.workDir, 'never'), '--passphrase-file', short);
+    const result = await context.service.cli(
+      'export',
+      vm,
+      '--out',
+      join(context.workDir, 'never'),
+      '--passphrase-file',
+      short,
+    );
     assert.equal(result.code, 2);
     assert.match(result.stderr, /passphrase: expected at least 12 characters/);
-    assert.ok(!result.stderr.includes("'short'") && !result.stderr.includes('"short"'), 'the error echoes the passphrase');
+    assert.ok(
+      !result.stderr.includes("'short'") && !result.stderr.includes('"short"'),
+      'the error echoes the passphrase',
+    );
   });
 });

@@ -13,7 +13,14 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { AgentUnderTest } from './support/agent.js';
-import { buildInitramfs, findKernel, GUEST_NV_DATA, launchGuest, responseCode, type GuestReport } from './support/guest.js';
+import {
+  buildInitramfs,
+  findKernel,
+  GUEST_NV_DATA,
+  launchGuest,
+  responseCode,
+  type GuestReport,
+} from './support/guest.js';
 import { freePort } from './support/net.js';
 import { Qmp } from './support/qmp.js';
 import { ServiceUnderTest, serviceForFile, temporaryDir, type StartedJson, type VtpmJson } from './support/service.js';
@@ -26,14 +33,20 @@ let agentDir = '';
 let localHost = '';
 const REMOTE = 'host-b';
 
-const context = serviceForFile('vtpm-fleet', async ({ service, workDir }) => {
-  kernel = await findKernel();
-  initramfs = await buildInitramfs(workDir);
-  localHost = (await service.json<Array<{ name: string; agent_url: string | null }>>('hosts')).find((h) => h.agent_url === null)!.name;
-  agentDir = await temporaryDir('vtpm-host-b');
-  agent = await AgentUnderTest.start(service, agentDir, REMOTE);
-// A fixed address, kept across a restart of the service: the agent reports to it.
-}, async () => ['--pool-size', '0', '--listen', `127.0.0.1:${await freePort()}`]);
+const context = serviceForFile(
+  'vtpm-fleet',
+  async ({ service, workDir }) => {
+    kernel = await findKernel();
+    initramfs = await buildInitramfs(workDir);
+    localHost = (await service.json<Array<{ name: string; agent_url: string | null }>>('hosts')).find(
+      (h) => h.agent_url === null,
+    )!.name;
+    agentDir = await temporaryDir('vtpm-host-b');
+    agent = await AgentUnderTest.start(service, agentDir, REMOTE);
+    // A fixed address, kept across a restart of the service: the agent reports to it.
+  },
+  async () => ['--pool-size', '0', '--listen', `127.0.0.1:${await freePort()}`],
+);
 
 after(async () => {
   await agent?.stop();
@@ -56,9 +69,16 @@ describe('a second host with its own agent', () => {
     const shown = await context.service.json<VtpmJson>('show', vm);
     assert.equal(shown.host, REMOTE);
     const hosts = await context.service.json<Array<{ name: string; agent_url: string | null }>>('hosts');
-    assert.match(hosts.find((h) => h.name === REMOTE)?.agent_url ?? '', /^http:\/\/127\.0\.0\.1:\d+$/, 'host-b is listed with its agent');
+    assert.match(
+      hosts.find((h) => h.name === REMOTE)?.agent_url ?? '',
+      /^http:\/\/127\.0\.0\.1:\d+$/,
+      'host-b is listed with its agent',
+    );
     const history = await context.service.json<Array<{ kind: string; reason: string }>>('history', vm);
-    assert.ok(history.some((g) => g.kind === 'tpm' && g.reason !== 'create'), `host-b's state is in the vault: ${JSON.stringify(history)}`);
+    assert.ok(
+      history.some((g) => g.kind === 'tpm' && g.reason !== 'create'),
+      `host-b's state is in the vault: ${JSON.stringify(history)}`,
+    );
 
     const badHost = await context.service.cli('start', vm, '--host', 'no such/host');
     assert.equal(badHost.code, 2, badHost.stderr);
@@ -66,17 +86,27 @@ describe('a second host with its own agent', () => {
     const unknownHost = await context.service.cli('start', vm, '--host', 'host-z');
     assert.equal(unknownHost.code, 4, unknownHost.stderr);
     assert.match(unknownHost.stderr, /host host-z has no agent connected/);
-    assert.equal((await context.service.json<VtpmJson>('show', vm)).status, 'stopped', 'a refused start changes nothing');
+    assert.equal(
+      (await context.service.json<VtpmJson>('show', vm)).status,
+      'stopped',
+      'a refused start changes nothing',
+    );
 
     const onLocal = await bootOn(vm, localHost);
-    assert.ok(onLocal.responses['1-data']!.includes(GUEST_NV_DATA), 'back on the first host, the guest reads what it wrote on host-b');
+    assert.ok(
+      onLocal.responses['1-data']!.includes(GUEST_NV_DATA),
+      'back on the first host, the guest reads what it wrote on host-b',
+    );
     assert.deepEqual(onLocal.responses['7-ekpublic'], onRemote.responses['7-ekpublic'], 'the same EK');
   });
 
   it("refuses reports that do not carry the host's agent token", async () => {
-    const report = (token: string) => fetch(`${context.service.url}/agent/v1/hosts/${REMOTE}/exits`, {
-      method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ vm: randomUUID(), code: 0, signal: null }),
-    });
+    const report = (token: string) =>
+      fetch(`${context.service.url}/agent/v1/hosts/${REMOTE}/exits`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ vm: randomUUID(), code: 0, signal: null }),
+      });
     assert.equal((await report('not-the-token')).status, 401);
     const adminToken = (await readFile(join(context.service.dataDir, 'admin.token'), 'utf8')).trim();
     assert.equal((await report(adminToken)).status, 401, "a user's token, even an admin's, does not speak for a host");
@@ -104,17 +134,35 @@ async function migrateAndCheck(around: (move: () => Promise<void>) => Promise<vo
   const started = await context.service.json<StartedJson>('start', vm, '--host', localHost);
   const qmpSocket = join(context.workDir, `${vm}.qmp`);
   // The guest waits before its TPM commands: they run after the migration, on host-b.
-  const source = launchGuest({ kernel, initramfs, qemuArgs: started.qemu_args, commandSet: 'nv', delaySeconds: 20, extraArgs: ['-qmp', `unix:${qmpSocket},server=on,wait=off`] });
+  const source = launchGuest({
+    kernel,
+    initramfs,
+    qemuArgs: started.qemu_args,
+    commandSet: 'nv',
+    delaySeconds: 20,
+    extraArgs: ['-qmp', `unix:${qmpSocket},server=on,wait=off`],
+  });
   source.report.catch(() => undefined);
   while (!source.waiting()) await delay(100);
 
-  const prepared = await context.service.json<StartedJson & { from: string; to: string }>('migrate', vm, '--to', REMOTE);
+  const prepared = await context.service.json<StartedJson & { from: string; to: string }>(
+    'migrate',
+    vm,
+    '--to',
+    REMOTE,
+  );
   assert.equal(prepared.status, 'migrating');
   assert.equal(prepared.from, localHost);
   assert.match(prepared.socket, new RegExp(`^${agent!.runDir}/`), "the destination's socket is host-b's");
   const port = await freePort();
   const destinationQmp = join(context.workDir, `${vm}.incoming.qmp`);
-  const destination = launchGuest({ kernel, initramfs, qemuArgs: prepared.qemu_args, commandSet: 'nv', extraArgs: ['-incoming', `tcp:127.0.0.1:${port}`, '-qmp', `unix:${destinationQmp},server=on,wait=off`] });
+  const destination = launchGuest({
+    kernel,
+    initramfs,
+    qemuArgs: prepared.qemu_args,
+    commandSet: 'nv',
+    extraArgs: ['-incoming', `tcp:127.0.0.1:${port}`, '-qmp', `unix:${destinationQmp},server=on,wait=off`],
+  });
   // Its monitor answering means the destination QEMU is up and listening for the migration.
   (await Qmp.connect(destinationQmp)).close();
   await around(async () => {
@@ -143,7 +191,10 @@ async function migrateAndCheck(around: (move: () => Promise<void>) => Promise<vo
     throw new Error(`${error.message}\nhost-b's agent:\n${agent?.log}\ncontrol plane:\n${context.service.log}`);
   });
   const again = await bootOn(vm, localHost);
-  assert.ok(again.responses['1-data']!.includes(GUEST_NV_DATA), 'what the guest wrote after the migration is in the vault');
+  assert.ok(
+    again.responses['1-data']!.includes(GUEST_NV_DATA),
+    'what the guest wrote after the migration is in the vault',
+  );
 }
 
 describe('TLS between the control plane and an agent', () => {
@@ -154,24 +205,51 @@ describe('TLS between the control plane and an agent', () => {
     const agents: AgentUnderTest[] = [];
     try {
       const { cert, key } = await selfSignedCertificate(dir);
-      service = await ServiceUnderTest.start(join(dir, 'data'), ['--pool-size', '0', '--tls-cert', cert, '--tls-key', key, '--agent-ca-file', cert]);
+      service = await ServiceUnderTest.start(join(dir, 'data'), [
+        '--pool-size',
+        '0',
+        '--tls-cert',
+        cert,
+        '--tls-key',
+        key,
+        '--agent-ca-file',
+        cert,
+      ]);
       process.env.VTPM_CA_FILE = cert;
       const tls = ['--tls-cert', cert, '--tls-key', key];
 
       const { VTPM_CA_FILE: _trusted, ...untrusting } = process.env;
-      const distrustful = await AgentUnderTest.start(service, join(dir, 'host-c'), 'host-c', { https: true, extraArgs: tls, env: untrusting, untilReportedIn: false });
+      const distrustful = await AgentUnderTest.start(service, join(dir, 'host-c'), 'host-c', {
+        https: true,
+        extraArgs: tls,
+        env: untrusting,
+        untilReportedIn: false,
+      });
       agents.push(distrustful);
 
-      const trusting = await AgentUnderTest.start(service, join(dir, 'host-d'), 'host-d', { https: true, extraArgs: tls });
+      const trusting = await AgentUnderTest.start(service, join(dir, 'host-d'), 'host-d', {
+        https: true,
+        extraArgs: tls,
+      });
       agents.push(trusting);
       const vm = randomUUID();
       await service.json('create', '--vm', vm, '--version', '2.0');
       const started = await service.json<StartedJson>('start', vm, '--host', 'host-d');
-      assert.match(started.socket, new RegExp(`^${trusting.runDir}/`), "the control plane reached host-d's agent over HTTPS");
+      assert.match(
+        started.socket,
+        new RegExp(`^${trusting.runDir}/`),
+        "the control plane reached host-d's agent over HTTPS",
+      );
       await service.json('stop', vm);
 
-      assert.match(distrustful.log, /TLS certificate is not one this client trusts/, "host-c's agent refused the control plane's certificate");
-      const hostC = (await service.json<Array<{ name: string; traits: string[] }>>('hosts')).find((h) => h.name === 'host-c');
+      assert.match(
+        distrustful.log,
+        /TLS certificate is not one this client trusts/,
+        "host-c's agent refused the control plane's certificate",
+      );
+      const hostC = (await service.json<Array<{ name: string; traits: string[] }>>('hosts')).find(
+        (h) => h.name === 'host-c',
+      );
       assert.deepEqual(hostC?.traits, [], 'and so never reported in');
       await service.json('delete', vm);
     } finally {

@@ -7,7 +7,14 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { bootGuest, buildInitramfs, findKernel, resetCountOf, responseCode, type GuestReport } from './support/guest.js';
+import {
+  bootGuest,
+  buildInitramfs,
+  findKernel,
+  resetCountOf,
+  responseCode,
+  type GuestReport,
+} from './support/guest.js';
 import { ekModulus, serviceForFile, type StartedJson, type VtpmJson } from './support/service.js';
 
 let kernel: string;
@@ -34,7 +41,11 @@ function assertSeesTpm(report: GuestReport, version: '1.2' | '2.0'): void {
 function assertGuestEkIs(report: GuestReport, modulus: Buffer): void {
   const response = report.responses.ekpublic;
   assert.ok(response, 'the guest sent no EK read');
-  assert.equal(responseCode(response), 0, `EK read failed with TPM response code 0x${responseCode(response).toString(16)}`);
+  assert.equal(
+    responseCode(response),
+    0,
+    `EK read failed with TPM response code 0x${responseCode(response).toString(16)}`,
+  );
   assert.ok(response.includes(modulus), 'the EK the guest reads is not the key its EK certificate certifies');
 }
 
@@ -62,7 +73,7 @@ describe('a real guest on a vTPM', () => {
       if (variant.version === '2.0') {
         assert.ok(
           resetCountOf(second.responses.readclock!) > resetCountOf(first.responses.readclock!),
-          'resetCount did not grow: the second boot did not start from the first boot\'s state',
+          "resetCount did not grow: the second boot did not start from the first boot's state",
         );
       }
     });

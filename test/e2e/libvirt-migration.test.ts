@@ -20,7 +20,17 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { AgentUnderTest } from './support/agent.js';
 import { buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, responsesOf } from './support/guest.js';
-import { domainXml, domainState, ensureLibvirtd, QEMU_GROUP, restartLibvirtd, untilShutOff, virsh, waitForConsole, type TestDomain } from './support/libvirt.js';
+import {
+  domainXml,
+  domainState,
+  ensureLibvirtd,
+  QEMU_GROUP,
+  restartLibvirtd,
+  untilShutOff,
+  virsh,
+  waitForConsole,
+  type TestDomain,
+} from './support/libvirt.js';
 import { NamespacedLibvirtHost } from './support/libvirt-host.js';
 import { CLI, serviceForFile, temporaryDir, type VtpmJson } from './support/service.js';
 
@@ -32,37 +42,61 @@ let agentB: AgentUnderTest | undefined;
 let hostBDir = '';
 let domain: TestDomain;
 
-const context = serviceForFile('vtpm-libvirt-mig', async ({ service, workDir }) => {
-  const kernel = join(workDir, 'vmlinuz');
-  await copyFile(await findKernel(), kernel);
-  domain = {
-    name: `vtpm-migrate-${process.pid}`, uuid: randomUUID(), kernel, initramfs: await buildInitramfs(workDir),
-    console: join(workDir, 'migrate.console'),
-    // The guest's TPM commands run after the migration: on the second host.
-    append: 'vtpm.set=nv vtpm.delay=25',
-  };
-  await service.json('libvirt', 'install-hook', '--hooks-dir', HOOKS_DIR);
-  await restartLibvirtd();
+const context = serviceForFile(
+  'vtpm-libvirt-mig',
+  async ({ service, workDir }) => {
+    const kernel = join(workDir, 'vmlinuz');
+    await copyFile(await findKernel(), kernel);
+    domain = {
+      name: `vtpm-migrate-${process.pid}`,
+      uuid: randomUUID(),
+      kernel,
+      initramfs: await buildInitramfs(workDir),
+      console: join(workDir, 'migrate.console'),
+      // The guest's TPM commands run after the migration: on the second host.
+      append: 'vtpm.set=nv vtpm.delay=25',
+    };
+    await service.json('libvirt', 'install-hook', '--hooks-dir', HOOKS_DIR);
+    await restartLibvirtd();
 
-  // Host B: the same run directory path as this host's, another directory behind it.
-  hostBDir = await temporaryDir('vtpm-host-b');
-  const runDir = join(service.dataDir, 'run');
-  const runDirB = join(hostBDir, 'run');
-  await mkdir(runDirB, { recursive: true });
-  // Host B's hook has a token file of its own, as on a machine without the control plane's data directory.
-  const hookToken = join(hostBDir, 'hook.token');
-  await writeFile(hookToken, await readFile(join(service.dataDir, 'admin.token')), { mode: 0o600 });
-  hostB = await NamespacedLibvirtHost.start(join(hostBDir, 'libvirt'), REMOTE, { [runDir]: runDirB }, async () => {
-    await exec(process.execPath, [
-      CLI, 'libvirt', 'install-hook', '--hooks-dir', join(hostBDir, 'libvirt', 'etc', 'hooks'), '--host', REMOTE, '--run-dir', runDir, '--url', service.url,
-      '--data-dir', join(hostBDir, 'no-data-dir'), '--token-file', hookToken,
-    ]);
-  });
-  agentB = await AgentUnderTest.start(service, join(hostBDir, 'agent'), REMOTE, { runDir, wrap: hostB.enter, extraArgs: ['--qemu-group', QEMU_GROUP] });
-}, async () => {
-  await ensureLibvirtd();
-  return ['--pool-size', '0', '--qemu-group', QEMU_GROUP];
-});
+    // Host B: the same run directory path as this host's, another directory behind it.
+    hostBDir = await temporaryDir('vtpm-host-b');
+    const runDir = join(service.dataDir, 'run');
+    const runDirB = join(hostBDir, 'run');
+    await mkdir(runDirB, { recursive: true });
+    // Host B's hook has a token file of its own, as on a machine without the control plane's data directory.
+    const hookToken = join(hostBDir, 'hook.token');
+    await writeFile(hookToken, await readFile(join(service.dataDir, 'admin.token')), { mode: 0o600 });
+    hostB = await NamespacedLibvirtHost.start(join(hostBDir, 'libvirt'), REMOTE, { [runDir]: runDirB }, async () => {
+      await exec(process.execPath, [
+        CLI,
+        'libvirt',
+        'install-hook',
+        '--hooks-dir',
+        join(hostBDir, 'libvirt', 'etc', 'hooks'),
+        '--host',
+        REMOTE,
+        '--run-dir',
+        runDir,
+        '--url',
+        service.url,
+        '--data-dir',
+        join(hostBDir, 'no-data-dir'),
+        '--token-file',
+        hookToken,
+      ]);
+    });
+    agentB = await AgentUnderTest.start(service, join(hostBDir, 'agent'), REMOTE, {
+      runDir,
+      wrap: hostB.enter,
+      extraArgs: ['--qemu-group', QEMU_GROUP],
+    });
+  },
+  async () => {
+    await ensureLibvirtd();
+    return ['--pool-size', '0', '--qemu-group', QEMU_GROUP];
+  },
+);
 
 after(async () => {
   await virsh('destroy', domain.name).catch(() => undefined);
@@ -95,18 +129,29 @@ describe('live migration through libvirt', () => {
       await delay(100);
       moved = await show(domain.uuid);
     }
-    assert.deepEqual([moved.host, moved.status], [REMOTE, 'running'], "the vTPM runs on the second host, and the first host's release hook left it so");
+    assert.deepEqual(
+      [moved.host, moved.status],
+      [REMOTE, 'running'],
+      "the vTPM runs on the second host, and the first host's release hook left it so",
+    );
 
     // After its delay the guest, now on the second host, writes its NV index, then powers off.
     const console = await waitForConsole(domain, 'VTPM-DONE');
-    assert.equal(responseCode(responsesOf(console)['3-write']!), 0, `the migrated guest wrote its NV index: ${console.slice(-2000)}`);
+    assert.equal(
+      responseCode(responsesOf(console)['3-write']!),
+      0,
+      `the migrated guest wrote its NV index: ${console.slice(-2000)}`,
+    );
     await context.service.waitForStatus(domain.uuid, 'stopped', 30_000);
 
     // Back on the first host (its definition stayed there): the write made on the second host is read back.
     await writeFile(domain.console, '');
     await virsh('start', domain.name);
     const back = responsesOf(await untilShutOff(domain));
-    assert.ok(back['1-data']!.includes(GUEST_NV_DATA), 'the boot on the first host reads what the guest wrote on the second');
+    assert.ok(
+      back['1-data']!.includes(GUEST_NV_DATA),
+      'the boot on the first host reads what the guest wrote on the second',
+    );
     assert.equal((await show(domain.uuid)).host, hostname());
   });
 });

@@ -13,7 +13,16 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, responsesOf } from './support/guest.js';
-import { domainXml, ensureLibvirtd, QEMU_GROUP, restartLibvirtd, untilShutOff, virsh, waitForConsole, type TestDomain } from './support/libvirt.js';
+import {
+  domainXml,
+  ensureLibvirtd,
+  QEMU_GROUP,
+  restartLibvirtd,
+  untilShutOff,
+  virsh,
+  waitForConsole,
+  type TestDomain,
+} from './support/libvirt.js';
 import { serviceForFile, type VtpmJson } from './support/service.js';
 
 const exec = promisify(execFile);
@@ -23,19 +32,23 @@ let initramfs = '';
 const defined: string[] = [];
 const secrets: string[] = [];
 
-const context = serviceForFile('vtpm-libvirt', async ({ service, workDir }) => {
-  // A copy of its own: libvirt labels the files a domain uses, and refuses a file another domain holds under another label.
-  kernel = join(workDir, 'vmlinuz');
-  await copyFile(await findKernel(), kernel);
-  initramfs = await buildInitramfs(workDir);
-  const installed = await service.json<{ hook: string }>('libvirt', 'install-hook', '--hooks-dir', HOOKS_DIR);
-  assert.equal(installed.hook, join(HOOKS_DIR, 'qemu'));
-  await restartLibvirtd();
-}, async () => {
-  // QEMU runs as libvirt's unprivileged user, as on any libvirt host: the vTPM sockets are shared with its group.
-  await ensureLibvirtd();
-  return ['--pool-size', '0', '--qemu-group', QEMU_GROUP];
-});
+const context = serviceForFile(
+  'vtpm-libvirt',
+  async ({ service, workDir }) => {
+    // A copy of its own: libvirt labels the files a domain uses, and refuses a file another domain holds under another label.
+    kernel = join(workDir, 'vmlinuz');
+    await copyFile(await findKernel(), kernel);
+    initramfs = await buildInitramfs(workDir);
+    const installed = await service.json<{ hook: string }>('libvirt', 'install-hook', '--hooks-dir', HOOKS_DIR);
+    assert.equal(installed.hook, join(HOOKS_DIR, 'qemu'));
+    await restartLibvirtd();
+  },
+  async () => {
+    // QEMU runs as libvirt's unprivileged user, as on any libvirt host: the vTPM sockets are shared with its group.
+    await ensureLibvirtd();
+    return ['--pool-size', '0', '--qemu-group', QEMU_GROUP];
+  },
+);
 
 after(async () => {
   for (const name of defined) {
@@ -67,7 +80,13 @@ describe('libvirt hook and attach', () => {
   it('attach, virsh start: the guest writes its TPM; virsh destroy stops the vTPM with the write committed; the next start sees it', async () => {
     const domain = testDomain(`vtpm-attach-${process.pid}`, { append: 'vtpm.set=nv vtpm.hold=600' });
     await define(domain);
-    const attached = await context.service.json<{ vtpm: VtpmJson }>('libvirt', 'attach', domain.name, '--version', '2.0');
+    const attached = await context.service.json<{ vtpm: VtpmJson }>(
+      'libvirt',
+      'attach',
+      domain.name,
+      '--version',
+      '2.0',
+    );
     assert.equal(attached.vtpm.vm, domain.uuid);
     assert.match(await virsh('dumpxml', domain.name), /<backend type='external'>/);
 
@@ -82,7 +101,10 @@ describe('libvirt hook and attach', () => {
     await virsh('destroy', domain.name);
     assert.equal(await vtpmStatus(domain.uuid), 'stopped', 'the release hook stopped the vTPM');
     const history = await context.service.json<Array<{ reason: string }>>('history', domain.uuid);
-    assert.ok(history.some((g) => g.reason === 'sync' || g.reason === 'stop'), 'the guest\'s write reached the vault');
+    assert.ok(
+      history.some((g) => g.reason === 'sync' || g.reason === 'stop'),
+      "the guest's write reached the vault",
+    );
 
     await virsh('start', domain.name);
     const second = responsesOf(await waitForConsole(domain, 'VTPM-HOLDING'));
@@ -92,7 +114,9 @@ describe('libvirt hook and attach', () => {
   });
 
   it('refuses to attach to a domain that has a TPM, unless --replace', async () => {
-    const domain = testDomain(`vtpm-has-tpm-${process.pid}`, { tpmXml: "<tpm model='tpm-tis'>\n  <backend type='emulator' version='2.0'/>\n</tpm>" });
+    const domain = testDomain(`vtpm-has-tpm-${process.pid}`, {
+      tpmXml: "<tpm model='tpm-tis'>\n  <backend type='emulator' version='2.0'/>\n</tpm>",
+    });
     await define(domain);
     const refused = await context.service.cli('libvirt', 'attach', domain.name, '--version', '2.0');
     assert.equal(refused.code, 4, refused.stderr);
@@ -102,15 +126,17 @@ describe('libvirt hook and attach', () => {
     assert.equal(xml.match(/<tpm /g)?.length, 1);
     assert.match(xml, /<backend type='external'>/);
   });
-
 });
 
-describe('adopting a TPM from libvirt\'s emulator backend', () => {
+describe("adopting a TPM from libvirt's emulator backend", () => {
   it('keeps the EK certificate, the EK and an NV index the guest wrote before, from a state libvirt encrypted with a private secret', async () => {
     // As Nova sets it up: a private libvirt secret of usage vtpm encrypts the emulator's state.
     const secret = randomUUID();
     const secretFile = join(context.workDir, 'secret.xml');
-    await writeFile(secretFile, `<secret ephemeral='no' private='yes'><uuid>${secret}</uuid><usage type='vtpm'><name>vtpm-test-${secret}</name></usage></secret>`);
+    await writeFile(
+      secretFile,
+      `<secret ephemeral='no' private='yes'><uuid>${secret}</uuid><usage type='vtpm'><name>vtpm-test-${secret}</name></usage></secret>`,
+    );
     await virsh('secret-define', secretFile);
     secrets.push(secret);
     await virsh('secret-set-value', secret, Buffer.from(`passphrase-${secret}`).toString('base64'));
@@ -125,7 +151,7 @@ describe('adopting a TPM from libvirt\'s emulator backend', () => {
     await virsh('start', domain.name);
     const before = responsesOf(await untilShutOff(domain));
     assert.equal(responseCode(before['1-data']!), 0, 'the index written at the first boot');
-    assert.equal(responseCode(before['5-ekcert-0']!), 0, 'libvirt\'s TPM carries an EK certificate');
+    assert.equal(responseCode(before['5-ekcert-0']!), 0, "libvirt's TPM carries an EK certificate");
 
     const adopted = await context.service.json<{ vtpm: VtpmJson }>('libvirt', 'adopt', domain.name);
     assert.equal(adopted.vtpm.vm, domain.uuid);
@@ -142,12 +168,17 @@ describe('adopting a TPM from libvirt\'s emulator backend', () => {
     assert.equal(await vtpmStatus(domain.uuid), 'stopped');
 
     // vtpm ek serves the certificate the guest reads from NV.
-    const { certificates } = await context.service.json<{ certificates: Array<{ key_type: string; pem: string }> }>('ek', domain.uuid, '--key-type', 'rsa2048');
+    const { certificates } = await context.service.json<{ certificates: Array<{ key_type: string; pem: string }> }>(
+      'ek',
+      domain.uuid,
+      '--key-type',
+      'rsa2048',
+    );
     const der = Buffer.from(certificates[0]!.pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
     assert.ok(before['5-ekcert-0']!.includes(der.subarray(0, 400)), 'the stored certificate is the one in the TPM');
   });
 
-  it('refuses a domain whose TPM is not libvirt\'s emulator', async () => {
+  it("refuses a domain whose TPM is not libvirt's emulator", async () => {
     const domain = testDomain(`vtpm-no-tpm-${process.pid}`);
     await define(domain);
     const refused = await context.service.cli('libvirt', 'adopt', domain.name);
@@ -166,10 +197,16 @@ describe('control plane down', () => {
     await context.service.json('libvirt', 'attach', domain.name, '--version', '2.0');
     await context.restart(async () => {
       // The test's own deadline bounds a hang; the hook's timeout is far shorter.
-      const started = await exec('virsh', ['-c', 'qemu:///system', 'start', domain.name], { timeout: 60_000 }).then(() => undefined, (error: { stderr?: string; killed?: boolean }) => error);
+      const started = await exec('virsh', ['-c', 'qemu:///system', 'start', domain.name], { timeout: 60_000 }).then(
+        () => undefined,
+        (error: { stderr?: string; killed?: boolean }) => error,
+      );
       assert.ok(started, 'virsh start failed');
       assert.equal(started.killed, false, 'virsh start did not hang');
-      assert.match(started.stderr ?? '', /vtpm-manager: cannot start the vTPM of libvirt domain .* cannot reach vtpm-manager/);
+      assert.match(
+        started.stderr ?? '',
+        /vtpm-manager: cannot start the vTPM of libvirt domain .* cannot reach vtpm-manager/,
+      );
       assert.equal((await virsh('domstate', domain.name)).trim(), 'shut off');
     });
   });

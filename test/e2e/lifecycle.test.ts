@@ -27,10 +27,26 @@ async function listed(): Promise<string[]> {
 
 describe('bad input creates nothing', () => {
   const cases: Array<{ name: string; args: string[]; mentions: string[] }> = [
-    { name: 'flavor and image disagree on the version', args: ['--flavor', 'hw:tpm_version=2.0', '--image', 'hw_tpm_version=1.2'], mentions: ['flavor hw:tpm_version=2.0', 'image hw_tpm_version=1.2'] },
-    { name: 'flavor and image disagree on the model', args: ['--flavor', 'hw:tpm_model=tpm-tis', '--image', 'hw_tpm_version=2.0', '--image', 'hw_tpm_model=tpm-crb'], mentions: ['hw:tpm_model=tpm-tis', 'hw_tpm_model=tpm-crb'] },
-    { name: 'tpm-crb with 1.2', args: ['--flavor', 'hw:tpm_version=1.2', '--flavor', 'hw:tpm_model=tpm-crb'], mentions: ['tpm-crb requires TPM version 2.0'] },
-    { name: 'an unknown model', args: ['--flavor', 'hw:tpm_version=2.0', '--flavor', 'hw:tpm_model=tpm-spapr'], mentions: ['flavor.hw:tpm_model', 'tpm-tis, tpm-crb'] },
+    {
+      name: 'flavor and image disagree on the version',
+      args: ['--flavor', 'hw:tpm_version=2.0', '--image', 'hw_tpm_version=1.2'],
+      mentions: ['flavor hw:tpm_version=2.0', 'image hw_tpm_version=1.2'],
+    },
+    {
+      name: 'flavor and image disagree on the model',
+      args: ['--flavor', 'hw:tpm_model=tpm-tis', '--image', 'hw_tpm_version=2.0', '--image', 'hw_tpm_model=tpm-crb'],
+      mentions: ['hw:tpm_model=tpm-tis', 'hw_tpm_model=tpm-crb'],
+    },
+    {
+      name: 'tpm-crb with 1.2',
+      args: ['--flavor', 'hw:tpm_version=1.2', '--flavor', 'hw:tpm_model=tpm-crb'],
+      mentions: ['tpm-crb requires TPM version 2.0'],
+    },
+    {
+      name: 'an unknown model',
+      args: ['--flavor', 'hw:tpm_version=2.0', '--flavor', 'hw:tpm_model=tpm-spapr'],
+      mentions: ['flavor.hw:tpm_model', 'tpm-tis, tpm-crb'],
+    },
     { name: 'no version at all', args: [], mentions: ['version'] },
   ];
   for (const c of cases) {
@@ -38,7 +54,8 @@ describe('bad input creates nothing', () => {
       const vm = randomUUID();
       const result = await context.service.cli('create', '--vm', vm, ...c.args);
       assert.equal(result.code, EXIT.invalid, result.stderr);
-      for (const text of c.mentions) assert.ok(result.stderr.includes(text), `"${result.stderr.trim()}" should mention "${text}"`);
+      for (const text of c.mentions)
+        assert.ok(result.stderr.includes(text), `"${result.stderr.trim()}" should mention "${text}"`);
       assert.ok(!(await listed()).includes(vm));
     });
   }
@@ -57,15 +74,22 @@ describe('bad input creates nothing', () => {
       body: JSON.stringify({ vm: randomUUID(), flavor: { 'hw:tpm_version': '2.0' }, image: { hw_tpm_version: '1.2' } }),
     });
     assert.equal(response.status, 400);
-    const body = (await response.json()) as { error: { code: string; details: { conflicts: Array<{ source: string }> } } };
+    const body = (await response.json()) as {
+      error: { code: string; details: { conflicts: Array<{ source: string }> } };
+    };
     assert.equal(body.error.code, 'spec_conflict');
-    assert.deepEqual(body.error.details.conflicts.map((c) => c.source), ['flavor', 'image']);
+    assert.deepEqual(
+      body.error.details.conflicts.map((c) => c.source),
+      ['flavor', 'image'],
+    );
   });
 });
 
 describe('the vtpm command', () => {
   it('runs as an executable, as npx and npm install -g run it', async () => {
-    const { version } = JSON.parse(await readFile(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+    const { version } = JSON.parse(await readFile(new URL('../../../package.json', import.meta.url), 'utf8')) as {
+      version: string;
+    };
     const { stdout } = await promisify(execFile)(CLI, ['--version']);
     assert.equal(stdout.trim(), version);
   });
@@ -83,9 +107,19 @@ describe('the API', () => {
   });
 
   it('serves its OpenAPI document', async () => {
-    const document = (await (await fetch(`${context.service.url}/openapi.json`)).json()) as { openapi: string; paths: Record<string, unknown> };
+    const document = (await (await fetch(`${context.service.url}/openapi.json`)).json()) as {
+      openapi: string;
+      paths: Record<string, unknown>;
+    };
     assert.match(document.openapi, /^3\./);
-    for (const path of ['/v1/vtpms', '/v1/vtpms/{vm}', '/v1/vtpms/{vm}/start', '/v1/vtpms/{vm}/stop', '/v1/vtpms/{vm}/ek', '/v1/hosts']) {
+    for (const path of [
+      '/v1/vtpms',
+      '/v1/vtpms/{vm}',
+      '/v1/vtpms/{vm}/start',
+      '/v1/vtpms/{vm}/stop',
+      '/v1/vtpms/{vm}/ek',
+      '/v1/hosts',
+    ]) {
       assert.ok(document.paths[path], `OpenAPI lacks ${path}`);
     }
   });
@@ -93,7 +127,12 @@ describe('the API', () => {
   it('lists this host with its TPM traits', async () => {
     const hosts = await context.service.json<Array<{ name: string; traits: string[] }>>('hosts');
     assert.equal(hosts.length, 1);
-    for (const trait of ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS', 'COMPUTE_SECURITY_TPM_CRB']) {
+    for (const trait of [
+      'COMPUTE_SECURITY_TPM_1_2',
+      'COMPUTE_SECURITY_TPM_2_0',
+      'COMPUTE_SECURITY_TPM_TIS',
+      'COMPUTE_SECURITY_TPM_CRB',
+    ]) {
       assert.ok(hosts[0]!.traits.includes(trait), `host lacks ${trait}`);
     }
   });
@@ -157,16 +196,28 @@ describe('lifecycle', () => {
     const initramfs = await buildInitramfs(context.workDir);
     const vm = randomUUID();
     await context.service.json('create', '--vm', vm, '--version', '2.0');
-    const first = await bootGuest({ kernel, initramfs, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
+    const first = await bootGuest({
+      kernel,
+      initramfs,
+      qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args,
+    });
     await context.service.waitForStatus(vm, 'stopped');
 
-    const guest = launchGuest({ kernel, initramfs, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
+    const guest = launchGuest({
+      kernel,
+      initramfs,
+      qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args,
+    });
     guest.report.catch(() => undefined);
     await delay(1500);
     guest.kill('SIGKILL');
     await context.service.waitForStatus(vm, 'stopped');
 
-    const third = await bootGuest({ kernel, initramfs, qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args });
+    const third = await bootGuest({
+      kernel,
+      initramfs,
+      qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args,
+    });
     await context.service.waitForStatus(vm, 'stopped');
     assert.ok(resetCountOf(third.responses.readclock!) > resetCountOf(first.responses.readclock!));
   });

@@ -22,7 +22,16 @@ let hsm: SoftHsm;
 let kernel = '';
 let initramfs = '';
 let serveArgs: string[] = [];
-const pkcs11Args = (token: string) => ['--key-manager', 'pkcs11', '--pkcs11-module', hsm.module, '--pkcs11-token', token, '--pkcs11-pin-file', hsm.pinFile];
+const pkcs11Args = (token: string) => [
+  '--key-manager',
+  'pkcs11',
+  '--pkcs11-module',
+  hsm.module,
+  '--pkcs11-token',
+  token,
+  '--pkcs11-pin-file',
+  hsm.pinFile,
+];
 
 before(async () => {
   workDir = await temporaryDir('vtpm-pkcs11');
@@ -35,8 +44,6 @@ before(async () => {
 });
 
 after(() => rm(workDir, { recursive: true, force: true }));
-
-
 
 describe('the PKCS#11 key manager (SoftHSM2)', () => {
   it('create, boot, rotate, restart, boot again with the same state; a copied data directory opens nothing with another token', async () => {
@@ -60,7 +67,10 @@ describe('the PKCS#11 key manager (SoftHSM2)', () => {
     try {
       const second = await bootNvGuest(service, vm, { kernel, initramfs });
       assert.equal(responseCode(second.responses['1-data']!), 0);
-      assert.ok(second.responses['1-data']!.includes(GUEST_NV_DATA), 'after rotation and restart the guest reads what it wrote');
+      assert.ok(
+        second.responses['1-data']!.includes(GUEST_NV_DATA),
+        'after rotation and restart the guest reads what it wrote',
+      );
       assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
     } finally {
       await service.stop();
@@ -69,8 +79,21 @@ describe('the PKCS#11 key manager (SoftHSM2)', () => {
     const copy = join(workDir, 'copied-data');
     await exec('cp', ['-a', dataDir, copy]);
     await hsm.addToken('elsewhere');
-    assert.match(await serveRefusal(copy, pkcs11Args('elsewhere')), /current key-encryption key .* is not in the token/);
-    assert.match(await serveRefusal(copy, ['--key-manager', 'pkcs11', '--pkcs11-module', hsm.module, '--pkcs11-token', 'vtpm-e2e']), /--pkcs11-pin-file: expected the token's user PIN in a file \(or in VTPM_PKCS11_PIN\)/);
+    assert.match(
+      await serveRefusal(copy, pkcs11Args('elsewhere')),
+      /current key-encryption key .* is not in the token/,
+    );
+    assert.match(
+      await serveRefusal(copy, [
+        '--key-manager',
+        'pkcs11',
+        '--pkcs11-module',
+        hsm.module,
+        '--pkcs11-token',
+        'vtpm-e2e',
+      ]),
+      /--pkcs11-pin-file: expected the token's user PIN in a file \(or in VTPM_PKCS11_PIN\)/,
+    );
 
     service = await ServiceUnderTest.start(dataDir, serveArgs);
     try {

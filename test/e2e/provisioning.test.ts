@@ -16,10 +16,14 @@ import { ekModulus, serviceForFile, ServiceUnderTest, temporaryDir, type Started
 const POOL_SIZE = 2;
 let kernel: string;
 let initramfs: string;
-const context = serviceForFile('vtpm-pool', async ({ workDir }) => {
-  kernel = await findKernel();
-  initramfs = await buildInitramfs(workDir);
-}, ['--pool-size', String(POOL_SIZE)]);
+const context = serviceForFile(
+  'vtpm-pool',
+  async ({ workDir }) => {
+    kernel = await findKernel();
+    initramfs = await buildInitramfs(workDir);
+  },
+  ['--pool-size', String(POOL_SIZE)],
+);
 
 interface PoolJson {
   size: number;
@@ -39,7 +43,12 @@ async function waitForPool(service: ServiceUnderTest, version: string, ready: nu
 }
 
 async function certificateSubject(service: ServiceUnderTest, vm: string): Promise<string> {
-  const { certificates } = await service.json<{ certificates: Array<{ pem: string }> }>('ek', vm, '--key-type', 'rsa2048');
+  const { certificates } = await service.json<{ certificates: Array<{ pem: string }> }>(
+    'ek',
+    vm,
+    '--key-type',
+    'rsa2048',
+  );
   return new X509Certificate(certificates[0]!.pem).subject;
 }
 
@@ -56,11 +65,19 @@ describe('the provisioning pool', () => {
     assert.equal((await service.json<Array<{ reason: string }>>('history', vm)).length, 1);
     await waitForPool(service, '2.0', POOL_SIZE);
 
-    const first = await bootGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args });
+    const first = await bootGuest({
+      kernel,
+      initramfs,
+      qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args,
+    });
     await service.waitForStatus(vm, 'stopped');
     assert.equal(responseCode(first.responses.ekpublic!), 0);
     assert.ok(first.responses.ekpublic!.includes(await ekModulus(service, vm)));
-    const second = await bootGuest({ kernel, initramfs, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args });
+    const second = await bootGuest({
+      kernel,
+      initramfs,
+      qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args,
+    });
     await service.waitForStatus(vm, 'stopped');
     assert.ok(resetCountOf(second.responses.readclock!) > resetCountOf(first.responses.readclock!));
   });
@@ -84,7 +101,12 @@ describe('the provisioning pool', () => {
 describe('the refill rate', () => {
   it('pauses after each background manufacture when --pool-refill-pause says so', async () => {
     const dir = await temporaryDir('vtpm-pool-pause');
-    const service = await ServiceUnderTest.start(join(dir, 'data'), ['--pool-size', '2', '--pool-refill-pause', '3600000']);
+    const service = await ServiceUnderTest.start(join(dir, 'data'), [
+      '--pool-size',
+      '2',
+      '--pool-refill-pause',
+      '3600000',
+    ]);
     try {
       await waitForPool(service, '2.0', 1);
       assert.equal((await service.json<PoolJson>('pool')).refill_pause_ms, 3_600_000);

@@ -27,13 +27,29 @@ async function hostTpm(name: string): Promise<string> {
   const dir = join(workDir, name);
   await mkdir(dir);
   const socket = join(dir, 'tpm.sock');
-  hostTpms.push(spawn('swtpm', ['socket', '--tpm2', '--tpmstate', `dir=${dir}`, '--server', `type=unixio,path=${socket}`, '--ctrl', `type=unixio,path=${socket}.ctrl`, '--flags', 'not-need-init'], { stdio: 'ignore' }));
+  hostTpms.push(
+    spawn(
+      'swtpm',
+      [
+        'socket',
+        '--tpm2',
+        '--tpmstate',
+        `dir=${dir}`,
+        '--server',
+        `type=unixio,path=${socket}`,
+        '--ctrl',
+        `type=unixio,path=${socket}.ctrl`,
+        '--flags',
+        'not-need-init',
+      ],
+      { stdio: 'ignore' },
+    ),
+  );
   while (!(await socketAccepts(`${socket}.ctrl`))) await delay(10);
   const tcti = `swtpm:path=${socket}`;
   await exec('tpm2_startup', ['-c'], { env: { ...process.env, TPM2TOOLS_TCTI: tcti } });
   return tcti;
 }
-
 
 let kernel = '';
 let initramfs = '';
@@ -43,7 +59,6 @@ before(async () => {
   kernel = await findKernel();
   initramfs = await buildInitramfs(workDir);
 });
-
 
 after(async () => {
   for (const tpm of hostTpms) tpm.kill();
@@ -80,12 +95,19 @@ describe('the local key manager sealed to the host TPM', () => {
     } finally {
       await service.stop();
     }
-    assert.deepEqual((await readdir(join(dataDir, 'keys'))).sort(), ['master.tpm', 'secrets'], 'the new key replaced the old, sealed too');
+    assert.deepEqual(
+      (await readdir(join(dataDir, 'keys'))).sort(),
+      ['master.tpm', 'secrets'],
+      'the new key replaced the old, sealed too',
+    );
     service = await ServiceUnderTest.start(dataDir, sealed);
     try {
       assert.deepEqual(await service.json('ek', vm), certificate);
       const second = await bootNvGuest(service, vm, { kernel, initramfs });
-      assert.ok(second.responses['1-data']!.includes(GUEST_NV_DATA), 'after rotation and restart the guest reads what it wrote');
+      assert.ok(
+        second.responses['1-data']!.includes(GUEST_NV_DATA),
+        'after rotation and restart the guest reads what it wrote',
+      );
       assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
     } finally {
       await service.stop();
@@ -94,7 +116,10 @@ describe('the local key manager sealed to the host TPM', () => {
     const copy = join(workDir, 'copied-data');
     await exec('cp', ['-a', dataDir, copy]);
     const tpmB = await hostTpm('host-b');
-    assert.match(await serveRefusal(copy, ['--seal-to-tpm', '--host-tpm', tpmB]), /master key is sealed to another TPM than swtpm:path=.*host-b/);
+    assert.match(
+      await serveRefusal(copy, ['--seal-to-tpm', '--host-tpm', tpmB]),
+      /master key is sealed to another TPM than swtpm:path=.*host-b/,
+    );
     assert.match(await serveRefusal(copy, []), /sealed to a TPM: start with --seal-to-tpm/);
 
     // The same copy with the TPM it was sealed to opens: the TPM is what decides.

@@ -16,7 +16,14 @@ import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import Sqlite from 'better-sqlite3';
-import { CLI, serviceForFile, ServiceUnderTest, temporaryDir, type CliResult, type VtpmJson } from './support/service.js';
+import {
+  CLI,
+  serviceForFile,
+  ServiceUnderTest,
+  temporaryDir,
+  type CliResult,
+  type VtpmJson,
+} from './support/service.js';
 import { selfSignedCertificate } from './support/tls.js';
 
 const exec = promisify(execFile);
@@ -28,19 +35,35 @@ const vmUser = randomUUID();
 const vmDeployment = randomUUID();
 let passphraseFile = '';
 
-const context = serviceForFile('vtpm-security', async ({ service, workDir }) => {
-  const users: Array<[string, string, string[]]> = [['alice', 'p1', ['member']], ['bob', 'p2', ['member']], ['root', 'ops', ['admin']], ['oscar', 'ops', ['vtpm-operator']]];
-  for (const [name, project, roles] of users) {
-    const created = await service.json<{ token: string }>('user', 'create', name, '--project', project, ...roles.flatMap((r) => ['--role', r]));
-    tokens[name] = created.token;
-    secrets.push(created.token);
-  }
-  secrets.push('export-passphrase-not-for-logs');
-  passphraseFile = join(workDir, 'passphrase');
-  await writeFile(passphraseFile, 'export-passphrase-not-for-logs');
-  await as('alice', 'create', '--vm', vmUser, '--version', '2.0');
-  await as('alice', 'create', '--vm', vmDeployment, '--version', '2.0', '--secret-security', 'deployment');
-}, ['--pool-size', '0', '--log-level', 'debug']);
+const context = serviceForFile(
+  'vtpm-security',
+  async ({ service, workDir }) => {
+    const users: Array<[string, string, string[]]> = [
+      ['alice', 'p1', ['member']],
+      ['bob', 'p2', ['member']],
+      ['root', 'ops', ['admin']],
+      ['oscar', 'ops', ['vtpm-operator']],
+    ];
+    for (const [name, project, roles] of users) {
+      const created = await service.json<{ token: string }>(
+        'user',
+        'create',
+        name,
+        '--project',
+        project,
+        ...roles.flatMap((r) => ['--role', r]),
+      );
+      tokens[name] = created.token;
+      secrets.push(created.token);
+    }
+    secrets.push('export-passphrase-not-for-logs');
+    passphraseFile = join(workDir, 'passphrase');
+    await writeFile(passphraseFile, 'export-passphrase-not-for-logs');
+    await as('alice', 'create', '--vm', vmUser, '--version', '2.0');
+    await as('alice', 'create', '--vm', vmDeployment, '--version', '2.0', '--secret-security', 'deployment');
+  },
+  ['--pool-size', '0', '--log-level', 'debug'],
+);
 
 /** Runs the CLI as a user; remembers failures, whose messages are scanned for secrets later. */
 async function as(user: string, ...args: string[]): Promise<CliResult> {
@@ -62,12 +85,24 @@ describe('projects and roles', () => {
     assert.deepEqual((await listedBy('alice')).sort(), [vmUser, vmDeployment].sort());
     assert.deepEqual(await listedBy('bob'), []);
     const missing = randomUUID();
-    for (const args of [['show'], ['start'], ['stop'], ['ek'], ['history'], ['delete', '--force'], ['export', '--out', '/dev/null', '--passphrase-file', passphraseFile]]) {
+    for (const args of [
+      ['show'],
+      ['start'],
+      ['stop'],
+      ['ek'],
+      ['history'],
+      ['delete', '--force'],
+      ['export', '--out', '/dev/null', '--passphrase-file', passphraseFile],
+    ]) {
       const [command, ...rest] = args;
       const theirs = await as('bob', command!, vmUser, ...rest);
       const nothing = await as('bob', command!, missing, ...rest);
       assert.equal(theirs.code, EXIT.notFound, `bob ${command}: ${theirs.stderr}`);
-      assert.equal(theirs.stderr.replace(vmUser, 'VM'), nothing.stderr.replace(missing, 'VM'), `bob ${command} learns nothing more than for a missing VM`);
+      assert.equal(
+        theirs.stderr.replace(vmUser, 'VM'),
+        nothing.stderr.replace(missing, 'VM'),
+        `bob ${command} learns nothing more than for a missing VM`,
+      );
     }
     assert.equal((await jsonAs<VtpmJson>('alice', 'show', vmUser)).status, 'stopped', 'bob changed nothing');
   });
@@ -78,8 +113,15 @@ describe('projects and roles', () => {
     const start = await as('root', 'start', vmUser);
     assert.equal(start.code, EXIT.forbidden, start.stderr);
     assert.match(start.stderr, /secret is bound to project p1/);
-    assert.equal((await as('root', 'start', vmDeployment)).code, EXIT.forbidden, 'operating needs the vtpm-operator role');
-    assert.equal((await as('root', 'export', vmDeployment, '--out', '/dev/null', '--passphrase-file', passphraseFile)).code, EXIT.forbidden);
+    assert.equal(
+      (await as('root', 'start', vmDeployment)).code,
+      EXIT.forbidden,
+      'operating needs the vtpm-operator role',
+    );
+    assert.equal(
+      (await as('root', 'export', vmDeployment, '--out', '/dev/null', '--passphrase-file', passphraseFile)).code,
+      EXIT.forbidden,
+    );
   });
 
   it('a vtpm-operator starts and stops a vTPM whose owner allowed it (deployment mode), and nothing else', async () => {
@@ -87,13 +129,19 @@ describe('projects and roles', () => {
     assert.equal((await jsonAs<VtpmJson>('oscar', 'start', vmDeployment)).status, 'running');
     assert.equal((await jsonAs<VtpmJson>('oscar', 'stop', vmDeployment)).status, 'stopped');
     assert.equal((await as('oscar', 'start', vmUser)).code, EXIT.notFound);
-    assert.equal((await as('oscar', 'export', vmDeployment, '--out', '/dev/null', '--passphrase-file', passphraseFile)).code, EXIT.forbidden);
+    assert.equal(
+      (await as('oscar', 'export', vmDeployment, '--out', '/dev/null', '--passphrase-file', passphraseFile)).code,
+      EXIT.forbidden,
+    );
     assert.equal((await as('oscar', 'delete', vmDeployment)).code, EXIT.forbidden);
   });
 
   it('managing users needs admin; hosts and the pool need admin or vtpm-operator', async () => {
     assert.equal((await as('alice', 'user', 'list')).code, EXIT.forbidden);
-    assert.equal((await as('oscar', 'user', 'create', 'mallory', '--project', 'p1', '--role', 'admin')).code, EXIT.forbidden);
+    assert.equal(
+      (await as('oscar', 'user', 'create', 'mallory', '--project', 'p1', '--role', 'admin')).code,
+      EXIT.forbidden,
+    );
     assert.equal((await as('alice', 'hosts')).code, EXIT.forbidden);
     assert.equal((await as('alice', 'pool')).code, EXIT.forbidden);
     assert.equal((await as('oscar', 'hosts')).code, 0);
@@ -105,7 +153,14 @@ describe('projects and roles', () => {
 
 describe('tokens', () => {
   it('an expired token is refused', async () => {
-    const issued = await jsonAs<{ token: string; expires_at: string }>('root', 'token', 'create', 'alice', '--expires-in', '5s');
+    const issued = await jsonAs<{ token: string; expires_at: string }>(
+      'root',
+      'token',
+      'create',
+      'alice',
+      '--expires-in',
+      '5s',
+    );
     secrets.push(issued.token);
     tokens.shortLived = issued.token;
     assert.equal((await as('shortLived', 'list')).code, 0);
@@ -129,22 +184,38 @@ describe('tokens', () => {
 
 describe('the audit log', () => {
   it('records who did what to which VM, with the result, and every secret read', async () => {
-    const events = await jsonAs<Array<{ actor: string; operation: string; vm: string | null; result: string; project: string | null }>>('root', 'events', '--vm', vmUser, '--limit', '1000');
-    const has = (actor: string, operation: string, result: string) => events.some((e) => e.actor === actor && e.operation === operation && e.result === result);
+    const events = await jsonAs<
+      Array<{ actor: string; operation: string; vm: string | null; result: string; project: string | null }>
+    >('root', 'events', '--vm', vmUser, '--limit', '1000');
+    const has = (actor: string, operation: string, result: string) =>
+      events.some((e) => e.actor === actor && e.operation === operation && e.result === result);
     assert.ok(has('alice', 'POST /v1/vtpms', 'ok'), 'the create');
     assert.ok(has('bob', 'POST /v1/vtpms/:vm/start', 'not_found'), "bob's refused start");
     assert.ok(has('root', 'POST /v1/vtpms/:vm/start', 'forbidden'), "the admin's refused start");
     assert.ok(has('alice', 'secret.read', 'ok'), 'the secret read at creation');
     assert.ok(events.every((e) => e.vm === vmUser && e.project === 'p1'));
-    const operatorEvents = await jsonAs<Array<{ actor: string; operation: string }>>('root', 'events', '--vm', vmDeployment, '--limit', '1000');
-    assert.ok(operatorEvents.some((e) => e.actor === 'oscar' && e.operation === 'secret.read'), "the operator's start read the secret, as oscar");
+    const operatorEvents = await jsonAs<Array<{ actor: string; operation: string }>>(
+      'root',
+      'events',
+      '--vm',
+      vmDeployment,
+      '--limit',
+      '1000',
+    );
+    assert.ok(
+      operatorEvents.some((e) => e.actor === 'oscar' && e.operation === 'secret.read'),
+      "the operator's start read the secret, as oscar",
+    );
 
     // The owner sees what others tried on its vTPMs; nobody else sees its project's events.
     const aliceSees = await jsonAs<Array<{ actor: string }>>('alice', 'events', '--limit', '1000');
     assert.ok(aliceSees.some((e) => e.actor === 'bob'));
     const oscarSees = await jsonAs<Array<{ actor: string }>>('oscar', 'events', '--limit', '1000');
     assert.ok(oscarSees.some((e) => e.actor === 'oscar'));
-    assert.ok(!oscarSees.some((e) => e.actor === 'alice' || e.actor === 'bob'), "projects p1 and p2's events stay hidden from project ops's operator");
+    assert.ok(
+      !oscarSees.some((e) => e.actor === 'alice' || e.actor === 'bob'),
+      "projects p1 and p2's events stay hidden from project ops's operator",
+    );
   });
 
   it('is append-only, and verify finds an entry changed behind its back', async () => {
@@ -152,11 +223,18 @@ describe('the audit log', () => {
     assert.equal((await as('alice', 'audit', 'verify')).code, EXIT.forbidden);
     const database = new Sqlite(join(context.service.dataDir, 'vtpm.sqlite'));
     try {
-      assert.throws(() => database.prepare("UPDATE audit_events SET result = 'ok' WHERE result = 'forbidden'").run(), /append-only/);
+      assert.throws(
+        () => database.prepare("UPDATE audit_events SET result = 'ok' WHERE result = 'forbidden'").run(),
+        /append-only/,
+      );
       assert.throws(() => database.prepare('DELETE FROM audit_events').run(), /append-only/);
       // Someone with the database in hand can drop the guard; the chain still tells.
       database.exec('DROP TRIGGER audit_events_no_update');
-      const forged = database.prepare("UPDATE audit_events SET result = 'ok' WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE result = 'forbidden')").run();
+      const forged = database
+        .prepare(
+          "UPDATE audit_events SET result = 'ok' WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE result = 'forbidden')",
+        )
+        .run();
       assert.equal(forged.changes, 1);
     } finally {
       database.close();
@@ -180,7 +258,8 @@ describe('secrets stay out of sight', () => {
     // The scan reads real material: each place holds what the tests did.
     assert.ok(context.service.log.includes(vmUser) && events.includes(vmUser) && failures.length > 10);
     for (const secret of secrets) {
-      for (const [name, text] of places) assert.equal(text.includes(secret), false, `a secret (${secret.slice(0, 8)}...) is in the ${name}`);
+      for (const [name, text] of places)
+        assert.equal(text.includes(secret), false, `a secret (${secret.slice(0, 8)}...) is in the ${name}`);
     }
   });
 });
@@ -201,9 +280,12 @@ describe('hardening', () => {
       const modeOf = async (path: string) => ((await stat(path)).mode & 0o777).toString(8);
       const stateDir = join(context.service.dataDir, 'tpm', vm);
       assert.equal(await modeOf(stateDir), '700');
-      for (const file of (await readdir(stateDir)).filter((f) => f.endsWith('.permall'))) assert.equal(await modeOf(join(stateDir, file)), '600', file);
-      for (const dir of ['keys', 'ca', 'log', 'nvram', 'run']) assert.equal(await modeOf(join(context.service.dataDir, dir)), '700', dir);
-      for (const file of ['admin.token', 'vtpm.sqlite']) assert.equal(await modeOf(join(context.service.dataDir, file)), '600', file);
+      for (const file of (await readdir(stateDir)).filter((f) => f.endsWith('.permall')))
+        assert.equal(await modeOf(join(stateDir, file)), '600', file);
+      for (const dir of ['keys', 'ca', 'log', 'nvram', 'run'])
+        assert.equal(await modeOf(join(context.service.dataDir, dir)), '700', dir);
+      for (const file of ['admin.token', 'vtpm.sqlite'])
+        assert.equal(await modeOf(join(context.service.dataDir, file)), '600', file);
     } finally {
       await jsonAs('alice', 'stop', vm);
     }
@@ -217,12 +299,33 @@ describe('TLS', () => {
       const { cert, key } = await selfSignedCertificate(dir);
 
       await chmod(key, 0o644);
-      const refused = await exec(process.execPath, [CLI, 'serve', '--data-dir', join(dir, 'refused'), '--listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key]).then(() => undefined, (error: { code: number; stderr: string }) => error);
+      const refused = await exec(process.execPath, [
+        CLI,
+        'serve',
+        '--data-dir',
+        join(dir, 'refused'),
+        '--listen',
+        '127.0.0.1:0',
+        '--tls-cert',
+        cert,
+        '--tls-key',
+        key,
+      ]).then(
+        () => undefined,
+        (error: { code: number; stderr: string }) => error,
+      );
       assert.equal(refused?.code, 2);
       assert.match(refused?.stderr ?? '', /--tls-key.*only its owner can read \(chmod 600/);
       await chmod(key, 0o600);
 
-      const service = await ServiceUnderTest.start(join(dir, 'data'), ['--pool-size', '0', '--tls-cert', cert, '--tls-key', key]);
+      const service = await ServiceUnderTest.start(join(dir, 'data'), [
+        '--pool-size',
+        '0',
+        '--tls-cert',
+        cert,
+        '--tls-key',
+        key,
+      ]);
       try {
         assert.match(service.url, /^https:\/\/127\.0\.0\.1:\d+$/);
         const untrusted = await service.cli('list');

@@ -37,8 +37,14 @@ export interface RunningAgent {
 
 /** The agent token is a credential: refused from a file others may read. */
 async function readToken(path: string): Promise<string> {
-  const { mode } = await stat(path).catch(() => { throw new InvalidArgumentError('--token-file', 'a readable file holding the token `vtpm host add` printed', path); });
-  if (mode & 0o077) throw new InvalidArgumentError('--token-file', `a file only its owner can read (chmod 600 ${path}); it is ${(mode & 0o777).toString(8)}`);
+  const { mode } = await stat(path).catch(() => {
+    throw new InvalidArgumentError('--token-file', 'a readable file holding the token `vtpm host add` printed', path);
+  });
+  if (mode & 0o077)
+    throw new InvalidArgumentError(
+      '--token-file',
+      `a file only its owner can read (chmod 600 ${path}); it is ${(mode & 0o777).toString(8)}`,
+    );
   const token = (await readFile(path, 'utf8')).trim();
   if (!token) throw new InvalidArgumentError('--token-file', 'a file holding the token; it is empty', path);
   return token;
@@ -52,8 +58,13 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
   const scratchDir = join(options.scratchDir, `vtpm-agent-${process.pid}-${randomBytes(4).toString('hex')}`);
   const agent = await LocalHostAgent.open({
-    dataDir: options.dataDir, runDir: options.runDir, scratchDir, logger: options.logger, hostName: options.name,
-    swtpmUser: await swtpmUserFor(options.swtpmUser), qemuGroup: await qemuGroupFor(options.qemuGroup),
+    dataDir: options.dataDir,
+    runDir: options.runDir,
+    scratchDir,
+    logger: options.logger,
+    hostName: options.name,
+    swtpmUser: await swtpmUserFor(options.swtpmUser),
+    qemuGroup: await qemuGroupFor(options.qemuGroup),
   });
   const app = await buildAgentApi({ agent, token, controlPlane, logger: options.logger, https });
   await app.listen({ host, port });

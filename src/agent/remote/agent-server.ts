@@ -50,7 +50,11 @@ async function deliver(controlPlane: ApiClient, logger: Logger, path: string, bo
 export async function buildAgentApi(options: AgentServerOptions): Promise<FastifyInstance> {
   const { agent, logger, controlPlane } = options;
   const expected = digest(options.token);
-  const app = Fastify({ loggerInstance: logger as FastifyBaseLogger, bodyLimit: 16 * 1024 * 1024, ...(options.https && { https: options.https }) }) as unknown as FastifyInstance;
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    bodyLimit: 16 * 1024 * 1024,
+    ...(options.https && { https: options.https }),
+  }) as unknown as FastifyInstance;
 
   app.addHook('onRequest', async (request) => {
     const token = bearerToken(request.headers.authorization);
@@ -62,34 +66,67 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
   });
   useProductErrors(app);
 
-  const vmParams = { type: 'object', properties: { vm: { type: 'string', format: 'uuid' } }, required: ['vm'] } as const;
+  const vmParams = {
+    type: 'object',
+    properties: { vm: { type: 'string', format: 'uuid' } },
+    required: ['vm'],
+  } as const;
   app.get(`${AGENT_API}/describe`, async () => agent.describe());
   app.get(`${AGENT_API}/running`, async () => ({ running: await agent.running() }));
-  app.post<{ Params: { vm: string }; Body: Static<typeof StartBody> }>(`${AGENT_API}/vtpms/:vm/start`, { schema: { params: vmParams, body: StartBody } }, async (request) => {
-    const { spec, firmware, state_key: stateKey, state, nvram } = request.body;
-    const nvramState = nvram === undefined ? undefined : Buffer.from(nvram, 'base64');
-    return withWiped(Buffer.from(stateKey, 'base64'), (key) =>
-      agent.start({ vm: request.params.vm, spec, firmware, stateKey: key, state: Buffer.from(state, 'base64'), nvram: nvramState }),
-    );
-  });
-  app.post<{ Params: { vm: string } }>(`${AGENT_API}/vtpms/:vm/stop`, { schema: { params: vmParams } }, async (request, reply) => {
-    await agent.stop(request.params.vm);
-    return reply.status(204).send();
-  });
-  app.delete<{ Params: { vm: string } }>(`${AGENT_API}/vtpms/:vm`, { schema: { params: vmParams } }, async (request, reply) => {
-    await agent.destroy(request.params.vm);
-    return reply.status(204).send();
-  });
-  app.post<{ Params: { vm: string } }>(`${AGENT_API}/vtpms/:vm/resync`, { schema: { params: vmParams } }, async (request, reply) => {
-    await agent.resync(request.params.vm);
-    return reply.status(204).send();
-  });
-  app.post<{ Params: { vm: string }; Body: Static<typeof WorkingStateBody> }>(`${AGENT_API}/vtpms/:vm/working-state`, { schema: { params: vmParams, body: WorkingStateBody } }, async (request) => {
-    const state = await agent.workingState(request.params.vm, request.body.spec);
-    return Object.fromEntries(Object.entries(state).map(([kind, data]) => [kind, data.toString('base64')]));
-  });
+  app.post<{ Params: { vm: string }; Body: Static<typeof StartBody> }>(
+    `${AGENT_API}/vtpms/:vm/start`,
+    { schema: { params: vmParams, body: StartBody } },
+    async (request) => {
+      const { spec, firmware, state_key: stateKey, state, nvram } = request.body;
+      const nvramState = nvram === undefined ? undefined : Buffer.from(nvram, 'base64');
+      return withWiped(Buffer.from(stateKey, 'base64'), (key) =>
+        agent.start({
+          vm: request.params.vm,
+          spec,
+          firmware,
+          stateKey: key,
+          state: Buffer.from(state, 'base64'),
+          nvram: nvramState,
+        }),
+      );
+    },
+  );
+  app.post<{ Params: { vm: string } }>(
+    `${AGENT_API}/vtpms/:vm/stop`,
+    { schema: { params: vmParams } },
+    async (request, reply) => {
+      await agent.stop(request.params.vm);
+      return reply.status(204).send();
+    },
+  );
+  app.delete<{ Params: { vm: string } }>(
+    `${AGENT_API}/vtpms/:vm`,
+    { schema: { params: vmParams } },
+    async (request, reply) => {
+      await agent.destroy(request.params.vm);
+      return reply.status(204).send();
+    },
+  );
+  app.post<{ Params: { vm: string } }>(
+    `${AGENT_API}/vtpms/:vm/resync`,
+    { schema: { params: vmParams } },
+    async (request, reply) => {
+      await agent.resync(request.params.vm);
+      return reply.status(204).send();
+    },
+  );
+  app.post<{ Params: { vm: string }; Body: Static<typeof WorkingStateBody> }>(
+    `${AGENT_API}/vtpms/:vm/working-state`,
+    { schema: { params: vmParams, body: WorkingStateBody } },
+    async (request) => {
+      const state = await agent.workingState(request.params.vm, request.body.spec);
+      return Object.fromEntries(Object.entries(state).map(([kind, data]) => [kind, data.toString('base64')]));
+    },
+  );
 
-  agent.onStateChange((change) => deliver(controlPlane, logger, reportPath(agent.hostName, 'state-changes'), toWire(change)));
+  agent.onStateChange((change) =>
+    deliver(controlPlane, logger, reportPath(agent.hostName, 'state-changes'), toWire(change)),
+  );
   agent.onExit((exit) => void deliver(controlPlane, logger, reportPath(agent.hostName, 'exits'), exit));
   return app;
 }

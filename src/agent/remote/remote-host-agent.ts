@@ -44,7 +44,9 @@ export class RemoteHostAgent implements HostAgent {
   }
 
   private runsOnly(): never {
-    throw new HostSetupError(`host ${this.hostName} runs vTPMs but does not manufacture or adopt them: the control plane's host does`);
+    throw new HostSetupError(
+      `host ${this.hostName} runs vTPMs but does not manufacture or adopt them: the control plane's host does`,
+    );
   }
 
   async manufacture(): Promise<ManufacturedVtpm> {
@@ -83,7 +85,10 @@ export class RemoteHostAgent implements HostAgent {
   }
 
   devicePaths(vm: string): DevicePaths {
-    if (!this.layout) throw new UnreachableError(`host ${this.hostName}'s agent has not reported in yet: start \`vtpm agent\` there`, { host: this.hostName });
+    if (!this.layout)
+      throw new UnreachableError(`host ${this.hostName}'s agent has not reported in yet: start \`vtpm agent\` there`, {
+        host: this.hostName,
+      });
     return devicePathsIn(this.layout, vm);
   }
 
@@ -92,7 +97,11 @@ export class RemoteHostAgent implements HostAgent {
   }
 
   async workingState(vm: string, spec: TpmSpec): Promise<Partial<Record<StateKind, Buffer>>> {
-    const state = await this.client.request<Partial<Record<StateKind, string>>>('POST', `${AGENT_API}/vtpms/${vm}/working-state`, { spec });
+    const state = await this.client.request<Partial<Record<StateKind, string>>>(
+      'POST',
+      `${AGENT_API}/vtpms/${vm}/working-state`,
+      { spec },
+    );
     return Object.fromEntries(Object.entries(state).map(([kind, data]) => [kind, Buffer.from(data, 'base64')]));
   }
 

@@ -9,10 +9,14 @@ import type { StateChange, VtpmExit } from '../host-agent.js';
 export const AGENT_API = '/agent/v1';
 
 /** The control plane's routes that agents report to, for host NAME. */
-export const reportPath = (host: string, report: 'hello' | 'state-changes' | 'exits') => `${AGENT_API}/hosts/${encodeURIComponent(host)}/${report}`;
+export const reportPath = (host: string, report: 'hello' | 'state-changes' | 'exits') =>
+  `${AGENT_API}/hosts/${encodeURIComponent(host)}/${report}`;
 
 const Base64 = Type.String({ pattern: '^[A-Za-z0-9+/]*={0,2}$' });
-const Spec = Type.Object({ version: Type.Union([Type.Literal('1.2'), Type.Literal('2.0')]), model: Type.Union([Type.Literal('tpm-tis'), Type.Literal('tpm-crb')]) });
+const Spec = Type.Object({
+  version: Type.Union([Type.Literal('1.2'), Type.Literal('2.0')]),
+  model: Type.Union([Type.Literal('tpm-tis'), Type.Literal('tpm-crb')]),
+});
 
 export const StartBody = Type.Object({
   spec: Spec,
@@ -33,8 +37,26 @@ export const StateChangeBody = Type.Object({
 });
 export type StateChangeBody = Static<typeof StateChangeBody>;
 
-export const ExitBody = Type.Object({ vm: Type.String(), code: Type.Union([Type.Integer(), Type.Null()]), signal: Type.Union([Type.String(), Type.Null()]) });
+export const ExitBody = Type.Object({
+  vm: Type.String(),
+  code: Type.Union([Type.Integer(), Type.Null()]),
+  signal: Type.Union([Type.String(), Type.Null()]),
+});
 
-export const toWire = (change: StateChange): StateChangeBody => ({ vm: change.vm, kind: change.kind, data: change.data.toString('base64'), final: change.final });
-export const fromWire = (body: StateChangeBody): StateChange => ({ vm: body.vm, kind: body.kind, data: Buffer.from(body.data, 'base64'), final: body.final });
-export const exitFromWire = (body: Static<typeof ExitBody>): VtpmExit => ({ vm: body.vm, code: body.code, signal: body.signal });
+export const toWire = (change: StateChange): StateChangeBody => ({
+  vm: change.vm,
+  kind: change.kind,
+  data: change.data.toString('base64'),
+  final: change.final,
+});
+export const fromWire = (body: StateChangeBody): StateChange => ({
+  vm: body.vm,
+  kind: body.kind,
+  data: Buffer.from(body.data, 'base64'),
+  final: body.final,
+});
+export const exitFromWire = (body: Static<typeof ExitBody>): VtpmExit => ({
+  vm: body.vm,
+  code: body.code,
+  signal: body.signal,
+});

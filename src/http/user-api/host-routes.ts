@@ -23,7 +23,11 @@ export function registerHostRoutes(app: FastifyInstance, cp: ControlPlane): void
   app.get(
     '/hosts',
     {
-      schema: { summary: 'Hosts, their traits and load', tags: ['hosts'], response: { 200: HostList, ...errors(401, 403) } },
+      schema: {
+        summary: 'Hosts, their traits and load',
+        tags: ['hosts'],
+        response: { 200: HostList, ...errors(401, 403) },
+      },
     },
     async (request) => ({ hosts: await listHosts(cp, actorOf(request)) }),
   );

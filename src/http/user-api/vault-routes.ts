@@ -3,7 +3,16 @@ import type { Static } from '@sinclair/typebox';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import { errorResponses as errors } from '../../api/errors.js';
-import { ExportBody, Exported, Generations, ImportBody, RestoreBody, Restored, VmParams, Vtpm } from '../../api/vtpms.js';
+import {
+  ExportBody,
+  Exported,
+  Generations,
+  ImportBody,
+  RestoreBody,
+  Restored,
+  VmParams,
+  Vtpm,
+} from '../../api/vtpms.js';
 import type { ControlPlane } from '../../orchestration/control-plane.js';
 import { exportVtpm } from '../../orchestration/export.js';
 import { importVtpm } from '../../orchestration/import.js';
@@ -55,7 +64,12 @@ export function registerVaultRoutes(app: FastifyInstance, cp: ControlPlane): voi
     },
     async (request) => {
       const { passphrase, generations } = request.body;
-      const bundle = await exportVtpm(cp, request.params.vm, { passphrase, generations: generations ?? 1 }, actorOf(request));
+      const bundle = await exportVtpm(
+        cp,
+        request.params.vm,
+        { passphrase, generations: generations ?? 1 },
+        actorOf(request),
+      );
       return { bundle: bundle.toString('base64') };
     },
   );
@@ -73,7 +87,11 @@ export function registerVaultRoutes(app: FastifyInstance, cp: ControlPlane): voi
     },
     async (request, reply) => {
       const { bundle, passphrase, vm } = request.body;
-      const imported = await importVtpm(cp, { bundle: Buffer.from(bundle, 'base64'), passphrase, vm }, actorOf(request));
+      const imported = await importVtpm(
+        cp,
+        { bundle: Buffer.from(bundle, 'base64'), passphrase, vm },
+        actorOf(request),
+      );
       return reply.status(201).send(imported);
     },
   );

@@ -28,14 +28,26 @@ export const DEFAULT_HOST_TPM = 'device:/dev/tpmrm0';
 
 async function tpm2(options: HostTpmOptions, tool: string, args: string[], input?: string): Promise<string> {
   try {
-    return (await runProgram(tool, args, { env: { TPM2TOOLS_TCTI: options.tcti }, ...(input !== undefined && { stdin: input }), timeoutMs: 60_000 })).stdout;
+    return (
+      await runProgram(tool, args, {
+        env: { TPM2TOOLS_TCTI: options.tcti },
+        ...(input !== undefined && { stdin: input }),
+        timeoutMs: 60_000,
+      })
+    ).stdout;
   } catch (error) {
-    if (error instanceof VtpmError && error.code === 'host_setup') throw new KeyManagerError(`${tool} is not installed: sealing to the host's TPM needs the Debian package tpm2-tools`);
+    if (error instanceof VtpmError && error.code === 'host_setup')
+      throw new KeyManagerError(
+        `${tool} is not installed: sealing to the host's TPM needs the Debian package tpm2-tools`,
+      );
     throw error;
   }
 }
 
-async function withPrimary<T>(options: HostTpmOptions, work: (dir: string, primary: string, flush: () => Promise<unknown>) => Promise<T>): Promise<T> {
+async function withPrimary<T>(
+  options: HostTpmOptions,
+  work: (dir: string, primary: string, flush: () => Promise<unknown>) => Promise<T>,
+): Promise<T> {
   const dir = await mkdtemp(join(options.scratchDir, 'vtpm-host-tpm-'));
   // Without a resource manager (a bare TPM, or a swtpm) each tool leaves its objects loaded, and a TPM holds
   // only a few: flush them after every tool; the saved context files load them again when needed.
@@ -45,7 +57,9 @@ async function withPrimary<T>(options: HostTpmOptions, work: (dir: string, prima
     const primary = join(dir, 'primary.ctx');
     // The same template under the same owner seed gives the same key every time: nothing about it is stored.
     await tpm2(options, 'tpm2_createprimary', ['-Q', '-C', 'o', '-G', 'ecc', '-c', primary]).catch((error: unknown) => {
-      throw new KeyManagerError(`the host TPM (${options.tcti}) cannot be used: ${(error as Error).message}`, { tcti: options.tcti });
+      throw new KeyManagerError(`the host TPM (${options.tcti}) cannot be used: ${(error as Error).message}`, {
+        tcti: options.tcti,
+      });
     });
     await flush();
     return await work(dir, primary, flush);
@@ -69,7 +83,10 @@ export async function unsealFromHostTpm(sealed: SealedKey, options: HostTpmOptio
     await writeFile(pub, sealed.public, { mode: 0o600 });
     await writeFile(priv, sealed.private, { mode: 0o600 });
     await tpm2(options, 'tpm2_load', ['-Q', '-C', primary, '-u', pub, '-r', priv, '-c', object]).catch(() => {
-      throw new KeyManagerError(`the master key is sealed to another TPM than ${options.tcti} (or that TPM was cleared): this data directory cannot be unlocked here`, { tcti: options.tcti });
+      throw new KeyManagerError(
+        `the master key is sealed to another TPM than ${options.tcti} (or that TPM was cleared): this data directory cannot be unlocked here`,
+        { tcti: options.tcti },
+      );
     });
     await flush();
     const hex = (await tpm2(options, 'tpm2_unseal', ['-c', object])).trim();

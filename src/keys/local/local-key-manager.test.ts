@@ -36,7 +36,10 @@ describe('local key manager rotation', () => {
     const after = await masterOf(dataDir);
     assert.notDeepEqual(after, before);
     assert.deepEqual((await readdir(join(dataDir, 'keys'))).sort(), ['master.key', 'secrets']);
-    assert.throws(() => open(after, sealedBefore, refs[0]!, 'x'), 'what was sealed under the old key does not open under the new one');
+    assert.throws(
+      () => open(after, sealedBefore, refs[0]!, 'x'),
+      'what was sealed under the old key does not open under the new one',
+    );
     const reopened = await LocalKeyManager.open(dataDir);
     assert.deepEqual(await reopened.readSecret(refs[1]!), values[1]);
     await reopened.close();

@@ -27,14 +27,20 @@ export class LocalKeyManager implements KeyManager {
   /** While a rotation rewraps the secrets, everything else waits for it. */
   private rotation: Promise<RotationReport> | undefined;
 
-  private constructor(private readonly secretsDir: string, private readonly keys: MasterKeyStore, private masterKey: Buffer) {}
+  private constructor(
+    private readonly secretsDir: string,
+    private readonly keys: MasterKeyStore,
+    private masterKey: Buffer,
+  ) {}
 
   static async open(dataDir: string, hostTpm?: HostTpmOptions): Promise<LocalKeyManager> {
     const keysDir = join(dataDir, 'keys');
     const secretsDir = join(keysDir, 'secrets');
     await mkdir(secretsDir, { recursive: true, mode: 0o700 });
     if (!hostTpm && (await fileExists(join(keysDir, 'master.tpm')))) {
-      throw new KeyManagerError("this data directory's master key is sealed to a TPM: start with --seal-to-tpm (and --host-tpm when the TPM is not /dev/tpmrm0)");
+      throw new KeyManagerError(
+        "this data directory's master key is sealed to a TPM: start with --seal-to-tpm (and --host-tpm when the TPM is not /dev/tpmrm0)",
+      );
     }
     const keys: MasterKeyStore = hostTpm ? new TpmMasterKeys(keysDir, hostTpm) : new FileMasterKeys(keysDir);
     let master = await keys.load('master');
@@ -87,7 +93,8 @@ export class LocalKeyManager implements KeyManager {
   }
 
   private pathOf(ref: string): string {
-    if (!REF_PATTERN.test(ref)) throw new InvalidArgumentError('secret_ref', 'a local key manager reference (local:<uuid>)', ref);
+    if (!REF_PATTERN.test(ref))
+      throw new InvalidArgumentError('secret_ref', 'a local key manager reference (local:<uuid>)', ref);
     return join(this.secretsDir, ref.slice(REF_PREFIX.length));
   }
 
@@ -108,7 +115,8 @@ export class LocalKeyManager implements KeyManager {
     try {
       sealed = await readFile(this.pathOf(ref));
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new KeyManagerError(`secret ${ref} does not exist in the local key manager`, { ref });
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT')
+        throw new KeyManagerError(`secret ${ref} does not exist in the local key manager`, { ref });
       throw error;
     }
     return open(this.masterKey, sealed, ref, `secret ${ref}`);

@@ -37,7 +37,8 @@ export class FileMasterKeys implements MasterKeyStore {
 
   async load(name: MasterKeyName): Promise<Buffer | undefined> {
     const key = await readIfExists(this.path(name));
-    if (key && key.length !== KEY_BYTES) throw new KeyManagerError(`master key ${this.path(name)} is damaged: expected ${KEY_BYTES} bytes`);
+    if (key && key.length !== KEY_BYTES)
+      throw new KeyManagerError(`master key ${this.path(name)} is damaged: expected ${KEY_BYTES} bytes`);
     return key;
   }
 
@@ -53,7 +54,10 @@ export class FileMasterKeys implements MasterKeyStore {
 
 /** `<name>.tpm`: the TPM's public and private blobs of the sealed key, which only that TPM can load. */
 export class TpmMasterKeys implements MasterKeyStore {
-  constructor(private readonly dir: string, private readonly hostTpm: HostTpmOptions) {}
+  constructor(
+    private readonly dir: string,
+    private readonly hostTpm: HostTpmOptions,
+  ) {}
 
   private path(name: MasterKeyName): string {
     return join(this.dir, `${name}.tpm`);
@@ -64,7 +68,10 @@ export class TpmMasterKeys implements MasterKeyStore {
     const sealed = await readIfExists(this.path(name));
     if (sealed) {
       const { public: pub, private: priv } = JSON.parse(sealed.toString()) as { public: string; private: string };
-      return unsealFromHostTpm({ public: Buffer.from(pub, 'base64'), private: Buffer.from(priv, 'base64') }, this.hostTpm);
+      return unsealFromHostTpm(
+        { public: Buffer.from(pub, 'base64'), private: Buffer.from(priv, 'base64') },
+        this.hostTpm,
+      );
     }
     const plaintext = new FileMasterKeys(this.dir);
     const unsealed = await plaintext.load(name);
@@ -77,8 +84,14 @@ export class TpmMasterKeys implements MasterKeyStore {
 
   async save(name: MasterKeyName, key: Buffer): Promise<void> {
     const sealed = await sealToHostTpm(key, this.hostTpm);
-    if (!(await unsealFromHostTpm(sealed, this.hostTpm)).equals(key)) throw new KeyManagerError(`the host TPM (${this.hostTpm.tcti}) did not give back the key it sealed`);
-    await writeFileAtomically(this.path(name), Buffer.from(JSON.stringify({ public: sealed.public.toString('base64'), private: sealed.private.toString('base64') })));
+    if (!(await unsealFromHostTpm(sealed, this.hostTpm)).equals(key))
+      throw new KeyManagerError(`the host TPM (${this.hostTpm.tcti}) did not give back the key it sealed`);
+    await writeFileAtomically(
+      this.path(name),
+      Buffer.from(
+        JSON.stringify({ public: sealed.public.toString('base64'), private: sealed.private.toString('base64') }),
+      ),
+    );
   }
 
   async promote(): Promise<void> {

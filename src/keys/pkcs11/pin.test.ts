@@ -17,7 +17,10 @@ describe('the PKCS#11 PIN', () => {
 
   it('is refused from a file others may read, naming the fix', async () => {
     await writeFile(join(dir, 'open'), '123456', { mode: 0o644 });
-    await assert.rejects(readPin(join(dir, 'open')), (error: unknown) => error instanceof InvalidArgumentError && /chmod 600 .*open\); it is 644/.test(error.message));
+    await assert.rejects(
+      readPin(join(dir, 'open')),
+      (error: unknown) => error instanceof InvalidArgumentError && /chmod 600 .*open\); it is 644/.test(error.message),
+    );
   });
 
   it('falls back to the environment, and says where it looked when neither has it', async () => {

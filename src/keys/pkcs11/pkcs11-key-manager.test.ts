@@ -52,8 +52,10 @@ async function withSecrets(count: number) {
   return { dataDir, options, refs, values };
 }
 
-const secretFile = (dataDir: string, ref: string) => join(dataDir, 'keys', 'pkcs11', 'secrets', ref.slice('pkcs11:'.length));
-const kekState = async (dataDir: string) => JSON.parse(await readFile(join(dataDir, 'keys', 'pkcs11', 'kek.json'), 'utf8')) as { current: string; next?: string };
+const secretFile = (dataDir: string, ref: string) =>
+  join(dataDir, 'keys', 'pkcs11', 'secrets', ref.slice('pkcs11:'.length));
+const kekState = async (dataDir: string) =>
+  JSON.parse(await readFile(join(dataDir, 'keys', 'pkcs11', 'kek.json'), 'utf8')) as { current: string; next?: string };
 
 describe('PKCS#11 key manager (SoftHSM2)', () => {
   it('keeps secrets wrapped by a key that lives in the token, and deletes them', async () => {
@@ -64,7 +66,11 @@ describe('PKCS#11 key manager (SoftHSM2)', () => {
       const wrapped = await readFile(secretFile(dataDir, ref));
       assert.equal(wrapped.indexOf(values[i]!), -1, 'the secret is not in its file in the clear');
     }
-    assert.deepEqual(keysInToken(options.keyLabel), [(await kekState(dataDir)).current], 'one key-encryption key, the one kek.json names');
+    assert.deepEqual(
+      keysInToken(options.keyLabel),
+      [(await kekState(dataDir)).current],
+      'one key-encryption key, the one kek.json names',
+    );
 
     const keys = await Pkcs11KeyManager.open(dataDir, options);
     try {
@@ -132,10 +138,22 @@ describe('PKCS#11 key manager (SoftHSM2)', () => {
   it('opens nothing with another token, a wrong PIN or a missing token, and says which', async () => {
     const { dataDir, options } = await withSecrets(1);
     await hsm.addToken('other');
-    await assert.rejects(Pkcs11KeyManager.open(dataDir, { ...options, tokenLabel: 'other' }), /current key-encryption key .* is not in the token/);
-    await assert.rejects(Pkcs11KeyManager.open(dataDir, { ...options, pin: 'wrong-pin' }), /refused the PIN \(CKR_PIN_INCORRECT\)/);
-    await assert.rejects(Pkcs11KeyManager.open(dataDir, { ...options, tokenLabel: 'absent' }), /key manager unavailable: no PKCS#11 token "absent" .*; tokens present: "unit", "other"|tokens present: "other", "unit"/);
-    await assert.rejects(Pkcs11KeyManager.open(join(root, 'fresh'), options), /already holds 1 key\(s\) labelled .* this data directory does not know/);
+    await assert.rejects(
+      Pkcs11KeyManager.open(dataDir, { ...options, tokenLabel: 'other' }),
+      /current key-encryption key .* is not in the token/,
+    );
+    await assert.rejects(
+      Pkcs11KeyManager.open(dataDir, { ...options, pin: 'wrong-pin' }),
+      /refused the PIN \(CKR_PIN_INCORRECT\)/,
+    );
+    await assert.rejects(
+      Pkcs11KeyManager.open(dataDir, { ...options, tokenLabel: 'absent' }),
+      /key manager unavailable: no PKCS#11 token "absent" .*; tokens present: "unit", "other"|tokens present: "other", "unit"/,
+    );
+    await assert.rejects(
+      Pkcs11KeyManager.open(join(root, 'fresh'), options),
+      /already holds 1 key\(s\) labelled .* this data directory does not know/,
+    );
   });
 
   it('while the token is away: "key manager unavailable"; once it is back, the same key manager works again', async () => {
@@ -144,7 +162,10 @@ describe('PKCS#11 key manager (SoftHSM2)', () => {
     try {
       await rename(hsm.tokens, `${hsm.tokens}.away`);
       try {
-        await assert.rejects(keys.readSecret(refs[0]!), /^KeyManagerError: key manager unavailable: .*PKCS#11 token "unit"/);
+        await assert.rejects(
+          keys.readSecret(refs[0]!),
+          /^KeyManagerError: key manager unavailable: .*PKCS#11 token "unit"/,
+        );
         await assert.rejects(keys.createSecret(), /key manager unavailable/);
       } finally {
         await rename(`${hsm.tokens}.away`, hsm.tokens);

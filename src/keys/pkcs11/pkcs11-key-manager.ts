@@ -71,7 +71,10 @@ export class Pkcs11KeyManager implements KeyManager {
       }
       const find = (id: string, role: 'current' | 'next') => {
         const key = keys.find((k) => k.id.toString('hex') === id);
-        if (!key) throw new KeyManagerError(`the ${role} key-encryption key (label "${options.keyLabel}", id ${id}) is not in the token: the secrets wrapped under it cannot be opened`);
+        if (!key)
+          throw new KeyManagerError(
+            `the ${role} key-encryption key (label "${options.keyLabel}", id ${id}) is not in the token: the secrets wrapped under it cannot be opened`,
+          );
         return key;
       };
       const manager = new Pkcs11KeyManager(dir, token, options.keyLabel, find(state.current, 'current'));
@@ -125,15 +128,23 @@ export class Pkcs11KeyManager implements KeyManager {
   private unwrap(wrapped: Buffer, ref: string): Buffer {
     const keyId = keyIdOf(wrapped, ref);
     if (!keyId.equals(this.current.id)) {
-      throw new IntegrityError(`secret ${ref} is wrapped under key-encryption key ${keyId.toString('hex')}, which is not this installation's current key`, { ref });
+      throw new IntegrityError(
+        `secret ${ref} is wrapped under key-encryption key ${keyId.toString('hex')}, which is not this installation's current key`,
+        { ref },
+      );
     }
     const secret = this.token.decrypt(this.current, wrapped.subarray(1 + KEY_ID_BYTES), Buffer.from(ref));
-    if (!secret) throw new IntegrityError(`secret ${ref} failed authentication in the token: it was altered, or belongs to something else`, { ref });
+    if (!secret)
+      throw new IntegrityError(
+        `secret ${ref} failed authentication in the token: it was altered, or belongs to something else`,
+        { ref },
+      );
     return secret;
   }
 
   private pathOf(ref: string): string {
-    if (!REF_PATTERN.test(ref)) throw new InvalidArgumentError('secret_ref', 'a PKCS#11 key manager reference (pkcs11:<uuid>)', ref);
+    if (!REF_PATTERN.test(ref))
+      throw new InvalidArgumentError('secret_ref', 'a PKCS#11 key manager reference (pkcs11:<uuid>)', ref);
     return join(this.dir, 'secrets', ref.slice(REF_PREFIX.length));
   }
 
@@ -169,7 +180,8 @@ export class Pkcs11KeyManager implements KeyManager {
 }
 
 function keyIdOf(wrapped: Buffer, ref: string): Buffer {
-  if (wrapped.length <= 1 + KEY_ID_BYTES || wrapped[0] !== FORMAT_VERSION) throw new IntegrityError(`secret ${ref} is truncated or not in a known format`, { ref });
+  if (wrapped.length <= 1 + KEY_ID_BYTES || wrapped[0] !== FORMAT_VERSION)
+    throw new IntegrityError(`secret ${ref} is truncated or not in a known format`, { ref });
   return wrapped.subarray(1, 1 + KEY_ID_BYTES);
 }
 
@@ -177,7 +189,8 @@ async function readState(dir: string): Promise<KekState | undefined> {
   const content = await readIfExists(join(dir, 'kek.json'));
   if (!content) return undefined;
   const state = JSON.parse(content.toString()) as Partial<KekState>;
-  if (typeof state.current !== 'string') throw new IntegrityError(`${join(dir, 'kek.json')} does not name the current key-encryption key`);
+  if (typeof state.current !== 'string')
+    throw new IntegrityError(`${join(dir, 'kek.json')} does not name the current key-encryption key`);
   return state as KekState;
 }
 

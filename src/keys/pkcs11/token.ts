@@ -35,14 +35,21 @@ const GCM_TAG_BITS = 128;
 
 /** Errors after which the session (or the token under it) is gone: the next call starts over. */
 const SESSION_LOST = new Set([
-  'CKR_SESSION_HANDLE_INVALID', 'CKR_SESSION_CLOSED', 'CKR_DEVICE_REMOVED', 'CKR_DEVICE_ERROR', 'CKR_TOKEN_NOT_PRESENT',
-  'CKR_TOKEN_NOT_RECOGNIZED', 'CKR_USER_NOT_LOGGED_IN', 'CKR_CRYPTOKI_NOT_INITIALIZED',
+  'CKR_SESSION_HANDLE_INVALID',
+  'CKR_SESSION_CLOSED',
+  'CKR_DEVICE_REMOVED',
+  'CKR_DEVICE_ERROR',
+  'CKR_TOKEN_NOT_PRESENT',
+  'CKR_TOKEN_NOT_RECOGNIZED',
+  'CKR_USER_NOT_LOGGED_IN',
+  'CKR_CRYPTOKI_NOT_INITIALIZED',
 ]);
 
 /** Errors after which a cached object handle is stale: the key is looked up again, once. */
 const HANDLE_STALE = new Set(['CKR_OBJECT_HANDLE_INVALID', 'CKR_KEY_HANDLE_INVALID']);
 
-const nameOf = (error: unknown): string => (error instanceof pkcs11js.Pkcs11Error ? error.message : (error as Error).message);
+const nameOf = (error: unknown): string =>
+  error instanceof pkcs11js.Pkcs11Error ? error.message : (error as Error).message;
 
 export class Pkcs11Token {
   private readonly library = new pkcs11js.PKCS11();
@@ -60,12 +67,16 @@ export class Pkcs11Token {
     try {
       token.library.load(options.module);
     } catch (error) {
-      throw new KeyManagerError(`cannot load the PKCS#11 module ${options.module}: ${nameOf(error)}`, { module: options.module });
+      throw new KeyManagerError(`cannot load the PKCS#11 module ${options.module}: ${nameOf(error)}`, {
+        module: options.module,
+      });
     }
     try {
       token.library.C_Initialize();
     } catch (error) {
-      throw new KeyManagerError(`the PKCS#11 module ${options.module} failed to initialise: ${nameOf(error)}`, { module: options.module });
+      throw new KeyManagerError(`the PKCS#11 module ${options.module} failed to initialise: ${nameOf(error)}`, {
+        module: options.module,
+      });
     }
     try {
       token.use(() => undefined);
@@ -87,9 +98,12 @@ export class Pkcs11Token {
       if (label === this.options.tokenLabel) return slot;
       if (label) labels.push(label);
     }
-    throw new KeyManagerError(`key manager unavailable: no ${this.describe()}; tokens present: ${labels.length ? labels.map((l) => `"${l}"`).join(', ') : 'none'}`, {
-      token: this.options.tokenLabel,
-    });
+    throw new KeyManagerError(
+      `key manager unavailable: no ${this.describe()}; tokens present: ${labels.length ? labels.map((l) => `"${l}"`).join(', ') : 'none'}`,
+      {
+        token: this.options.tokenLabel,
+      },
+    );
   }
 
   private login(): Handle {
@@ -100,7 +114,9 @@ export class Pkcs11Token {
       if (nameOf(error) !== 'CKR_USER_ALREADY_LOGGED_IN') {
         this.library.C_CloseSession(session);
         if (nameOf(error) === 'CKR_PIN_INCORRECT' || nameOf(error) === 'CKR_PIN_LOCKED') {
-          throw new KeyManagerError(`the ${this.describe()} refused the PIN (${nameOf(error)})`, { token: this.options.tokenLabel });
+          throw new KeyManagerError(`the ${this.describe()} refused the PIN (${nameOf(error)})`, {
+            token: this.options.tokenLabel,
+          });
         }
         throw error;
       }
@@ -146,46 +162,61 @@ export class Pkcs11Token {
   }
 
   private unavailable(cause: string): KeyManagerError {
-    return new KeyManagerError(`key manager unavailable: the ${this.describe()} failed (${cause}); vTPMs already running keep running`, { token: this.options.tokenLabel });
+    return new KeyManagerError(
+      `key manager unavailable: the ${this.describe()} failed (${cause}); vTPMs already running keep running`,
+      { token: this.options.tokenLabel },
+    );
   }
 
   /** A new AES-256 key inside the token: persistent, sensitive, never extractable, for encryption only. */
   generateKey(label: string): TokenKey {
     const id = randomBytes(16);
-    const handle = this.use((session) => this.library.C_GenerateKey(session, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-      { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
-      { type: pkcs11js.CKA_TOKEN, value: true },
-      { type: pkcs11js.CKA_PRIVATE, value: true },
-      { type: pkcs11js.CKA_SENSITIVE, value: true },
-      { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-      { type: pkcs11js.CKA_ENCRYPT, value: true },
-      { type: pkcs11js.CKA_DECRYPT, value: true },
-      { type: pkcs11js.CKA_WRAP, value: false },
-      { type: pkcs11js.CKA_UNWRAP, value: false },
-      { type: pkcs11js.CKA_LABEL, value: label },
-      { type: pkcs11js.CKA_ID, value: id },
-    ]));
+    const handle = this.use((session) =>
+      this.library.C_GenerateKey(session, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+        { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_SENSITIVE, value: true },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+        { type: pkcs11js.CKA_ENCRYPT, value: true },
+        { type: pkcs11js.CKA_DECRYPT, value: true },
+        { type: pkcs11js.CKA_WRAP, value: false },
+        { type: pkcs11js.CKA_UNWRAP, value: false },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_ID, value: id },
+      ]),
+    );
     this.handles.set(id.toString('hex'), handle);
     return { label, id };
   }
 
   /** Every secret key object with this label. */
   findKeys(label: string): TokenKey[] {
-    return this.use((session) => this.find(session, [{ type: pkcs11js.CKA_LABEL, value: label }]).map((handle) => {
-      const [attribute] = this.library.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_ID }]);
-      const id = Buffer.from(attribute?.value as Buffer);
-      this.handles.set(id.toString('hex'), handle);
-      return { label, id };
-    }));
+    return this.use((session) =>
+      this.find(session, [{ type: pkcs11js.CKA_LABEL, value: label }]).map((handle) => {
+        const [attribute] = this.library.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_ID }]);
+        const id = Buffer.from(attribute?.value as Buffer);
+        this.handles.set(id.toString('hex'), handle);
+        return { label, id };
+      }),
+    );
   }
 
   private find(session: Handle, template: Array<{ type: number; value: string | Buffer }>): Handle[] {
-    this.library.C_FindObjectsInit(session, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }, ...template]);
+    this.library.C_FindObjectsInit(session, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+      ...template,
+    ]);
     const handles: Handle[] = [];
     try {
-      for (let batch = this.library.C_FindObjects(session, 64); batch.length > 0; batch = this.library.C_FindObjects(session, 64)) handles.push(...batch);
+      for (
+        let batch = this.library.C_FindObjects(session, 64);
+        batch.length > 0;
+        batch = this.library.C_FindObjects(session, 64)
+      )
+        handles.push(...batch);
     } finally {
       this.library.C_FindObjectsFinal(session);
     }
@@ -198,13 +229,19 @@ export class Pkcs11Token {
     const lookUp = (session: Handle): Handle => {
       const cached = this.handles.get(hex);
       if (cached) return cached;
-      const [handle] = this.find(session, [{ type: pkcs11js.CKA_LABEL, value: key.label }, { type: pkcs11js.CKA_ID, value: key.id }]);
+      const [handle] = this.find(session, [
+        { type: pkcs11js.CKA_LABEL, value: key.label },
+        { type: pkcs11js.CKA_ID, value: key.id },
+      ]);
       if (!handle) {
         // The token may have gone, and may come back: the next call starts over.
         this.dropSession();
-        throw new KeyManagerError(`key manager unavailable: the key-encryption key (label "${key.label}", id ${hex}) is not in the ${this.describe()}; vTPMs already running keep running`, {
-          token: this.options.tokenLabel,
-        });
+        throw new KeyManagerError(
+          `key manager unavailable: the key-encryption key (label "${key.label}", id ${hex}) is not in the ${this.describe()}; vTPMs already running keep running`,
+          {
+            token: this.options.tokenLabel,
+          },
+        );
       }
       this.handles.set(hex, handle);
       return handle;
@@ -240,7 +277,8 @@ export class Pkcs11Token {
         return this.library.C_Decrypt(session, sealed.subarray(GCM_IV_BYTES), Buffer.alloc(sealed.length));
       } catch (error) {
         // Tokens report a failed tag as CKR_ENCRYPTED_DATA_INVALID, or (SoftHSM2) CKR_GENERAL_ERROR.
-        if (['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_GENERAL_ERROR'].includes(nameOf(error))) return undefined;
+        if (['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_GENERAL_ERROR'].includes(nameOf(error)))
+          return undefined;
         throw error;
       }
     });
@@ -274,6 +312,12 @@ export class Pkcs11Token {
 }
 
 function gcm(iv: Buffer, aad: Buffer): Mechanism {
-  const parameter: GcmParams = { type: pkcs11js.CK_PARAMS_GCM, iv, ivBits: GCM_IV_BYTES * 8, aad, tagBits: GCM_TAG_BITS };
+  const parameter: GcmParams = {
+    type: pkcs11js.CK_PARAMS_GCM,
+    iv,
+    ivBits: GCM_IV_BYTES * 8,
+    aad,
+    tagBits: GCM_TAG_BITS,
+  };
   return { mechanism: pkcs11js.CKM_AES_GCM, parameter };
 }

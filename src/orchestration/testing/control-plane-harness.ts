@@ -101,7 +101,15 @@ export async function openTestControlPlane(): Promise<TestControlPlane> {
   const logger = pino({ level: 'silent' });
   const local = new FakeHostAgent('host-a');
   const fleet = new Fleet({ store, keys, logger, manufacturer: local });
-  const cp = controlPlane({ store, keys, vault: new StateVault(store, 20), fleet, audit: new AuditLog(store), pool: undefined, logger });
+  const cp = controlPlane({
+    store,
+    keys,
+    vault: new StateVault(store, 20),
+    fleet,
+    audit: new AuditLog(store),
+    pool: undefined,
+    logger,
+  });
   wireReports(cp, local);
   await fleet.describeAll();
   return {

@@ -36,7 +36,12 @@ export class FakeHostAgent implements HostAgent {
 
   constructor(
     readonly hostName: string,
-    private readonly traits = ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS', 'COMPUTE_SECURITY_TPM_CRB'],
+    private readonly traits = [
+      'COMPUTE_SECURITY_TPM_1_2',
+      'COMPUTE_SECURITY_TPM_2_0',
+      'COMPUTE_SECURITY_TPM_TIS',
+      'COMPUTE_SECURITY_TPM_CRB',
+    ],
   ) {}
 
   /** The next call of `method` fails with `error`. */
@@ -92,7 +97,12 @@ export class FakeHostAgent implements HostAgent {
       swtpmSetup: { features: [] },
       qemu: { binary: 'fake', version: 'fake', tpmModels: ['tpm-tis' as const, 'tpm-crb' as const] },
     };
-    return { name: this.hostName, traits: this.traits, capabilities, layout: { runDir: '/fake/run', nvramDir: '/fake/nvram' } };
+    return {
+      name: this.hostName,
+      traits: this.traits,
+      capabilities,
+      layout: { runDir: '/fake/run', nvramDir: '/fake/nvram' },
+    };
   }
 
   async manufacture(request: ManufactureRequest): Promise<ManufacturedVtpm> {
@@ -147,7 +157,8 @@ export class FakeHostAgent implements HostAgent {
 
   async resync(vm: string): Promise<void> {
     this.enter('resync', vm);
-    if (!this.runningVtpms.has(vm)) throw new StateConflictError(`vTPM ${vm} is not running on ${this.hostName}`, { vm });
+    if (!this.runningVtpms.has(vm))
+      throw new StateConflictError(`vTPM ${vm} is not running on ${this.hostName}`, { vm });
     const copy = this.working.get(vm) ?? {};
     for (const [kind, data] of Object.entries(copy) as Array<[StateKind, Buffer]>) {
       await this.report({ vm, kind, data, final: false });

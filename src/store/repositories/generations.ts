@@ -2,7 +2,13 @@
 import type { Kysely, Selectable } from 'kysely';
 import { now } from '../clock.js';
 import type {
-  Database, GenerationRecord, GenerationSummary, NewGeneration, StateGenerationTable, StateHead, StateKind,
+  Database,
+  GenerationRecord,
+  GenerationSummary,
+  NewGeneration,
+  StateGenerationTable,
+  StateHead,
+  StateKind,
 } from '../schema.js';
 
 // A copy: drivers may hand out views of a reused buffer, and the vault zeroes what it opens.

@@ -22,7 +22,10 @@ async function revokeTokensOf(db: Kysely<Database>, user: string): Promise<void>
 }
 
 export class IdentityRepository {
-  constructor(private readonly db: Kysely<Database>, private readonly dialect: StoreDialect) {}
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly dialect: StoreDialect,
+  ) {}
 
   async insertUser(user: Omit<UserRecord, 'created_at'>): Promise<UserRecord> {
     const row = { name: user.name, project: user.project, roles: user.roles.join(','), created_at: now() };

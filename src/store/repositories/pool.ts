@@ -14,7 +14,10 @@ const decodePoolEntry = (row: Selectable<PoolEntryTable>): PoolEntry => ({
 });
 
 export class PoolRepository {
-  constructor(private readonly db: Kysely<Database>, private readonly dialect: StoreDialect) {}
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly dialect: StoreDialect,
+  ) {}
 
   async add(entry: PoolEntry): Promise<void> {
     await this.db

@@ -56,7 +56,10 @@ function encodeVtpmPatch(patch: VtpmPatch, timestamp: string): Updateable<VtpmTa
 
 export class VtpmRepository {
   /** `db` may be a transaction: the provisioning pool inserts its vTPM inside its claim. */
-  constructor(private readonly db: Kysely<Database>, private readonly dialect: StoreDialect) {}
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly dialect: StoreDialect,
+  ) {}
 
   async insert(record: NewVtpm): Promise<VtpmRecord> {
     const timestamp = now();

@@ -12,7 +12,13 @@ import { freePort } from './net.js';
 import { CLI, type ServiceUnderTest } from './service.js';
 
 export class AgentUnderTest {
-  private constructor(readonly name: string, readonly dataDir: string, readonly runDir: string, private readonly process: ChildProcess, private readonly output: { text: string }) {}
+  private constructor(
+    readonly name: string,
+    readonly dataDir: string,
+    readonly runDir: string,
+    private readonly process: ChildProcess,
+    private readonly output: { text: string },
+  ) {}
 
   get log(): string {
     return this.output.text;
@@ -23,18 +29,50 @@ export class AgentUnderTest {
    * plane lists the host with its traits. `wrap` runs the agent inside another command (nsenter).
    */
   static async start(
-    service: ServiceUnderTest, dir: string, name: string,
-    options: { runDir?: string; wrap?: string[]; extraArgs?: string[]; https?: boolean; env?: NodeJS.ProcessEnv; untilReportedIn?: boolean } = {},
+    service: ServiceUnderTest,
+    dir: string,
+    name: string,
+    options: {
+      runDir?: string;
+      wrap?: string[];
+      extraArgs?: string[];
+      https?: boolean;
+      env?: NodeJS.ProcessEnv;
+      untilReportedIn?: boolean;
+    } = {},
   ): Promise<AgentUnderTest> {
     const port = await freePort();
-    const { token } = await service.json<{ token: string }>('host', 'add', name, '--agent-url', `${options.https ? 'https' : 'http'}://127.0.0.1:${port}`);
+    const { token } = await service.json<{ token: string }>(
+      'host',
+      'add',
+      name,
+      '--agent-url',
+      `${options.https ? 'https' : 'http'}://127.0.0.1:${port}`,
+    );
     const dataDir = join(dir, 'data');
     await mkdir(dataDir, { recursive: true, mode: 0o711 });
     const tokenFile = join(dir, 'agent.token');
     await writeFile(tokenFile, token, { mode: 0o600 });
     const runDir = options.runDir ?? join(dataDir, 'run');
-    const args = [CLI, 'agent', '--name', name, '--data-dir', dataDir, '--run-dir', runDir, '--listen', `127.0.0.1:${port}`,
-      '--control-plane', service.url, '--token-file', tokenFile, '--log-level', 'warn', ...(options.extraArgs ?? [])];
+    const args = [
+      CLI,
+      'agent',
+      '--name',
+      name,
+      '--data-dir',
+      dataDir,
+      '--run-dir',
+      runDir,
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--control-plane',
+      service.url,
+      '--token-file',
+      tokenFile,
+      '--log-level',
+      'warn',
+      ...(options.extraArgs ?? []),
+    ];
     const [command, ...rest] = [...(options.wrap ?? []), process.execPath, ...args];
     const child = spawn(command!, rest, { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
     const output = { text: '' };

@@ -15,7 +15,17 @@ const exec = promisify(execFile);
 const TPM2_COMMANDS: Record<string, string> = {
   // TPM2_ClockSet to CLOCK_SET_TO ms, with the owner's empty password: changes the persistent state.
   // Refused harmlessly (TPM_RC_VALUE) once the clock is past it.
-  clockset: '8002' + '00000023' + '00000128' + '40000001' + '00000009' + '40000009' + '0000' + '00' + '0000' + '0000001000000000',
+  clockset:
+    '8002' +
+    '00000023' +
+    '00000128' +
+    '40000001' +
+    '00000009' +
+    '40000009' +
+    '0000' +
+    '00' +
+    '0000' +
+    '0000001000000000',
   // TPM2_ReadClock: the response carries resetCount, which grows with every boot and lives in the permanent state.
   readclock: '8001' + '0000000a' + '00000181',
   // TPM2_ReadPublic of the RSA EK that swtpm_setup persisted at 0x81010001.
@@ -105,14 +115,17 @@ export async function findKernel(): Promise<string> {
 /** Builds the initramfs into `dir` and returns its path. */
 export async function buildInitramfs(dir: string): Promise<string> {
   const root = join(dir, 'initrd');
-  for (const sub of ['bin', 'dev', 'proc', 'sys', 'tmp', 'cmds/1', 'cmds/2', 'load']) await mkdir(join(root, sub), { recursive: true });
+  for (const sub of ['bin', 'dev', 'proc', 'sys', 'tmp', 'cmds/1', 'cmds/2', 'load'])
+    await mkdir(join(root, sub), { recursive: true });
   // TPM2_GetRandom of 16 bytes: the load loop's command, which reads nothing from and writes nothing to the state.
   await writeFile(join(root, 'load/getrandom'), Buffer.from('8001' + '0000000c' + '0000017b' + '0010', 'hex'));
   await copyFile('/bin/busybox', join(root, 'bin/busybox'));
   await writeFile(join(root, 'init'), INIT);
   await chmod(join(root, 'init'), 0o755);
-  for (const [name, hex] of Object.entries(TPM2_COMMANDS)) await writeFile(join(root, 'cmds/2', name), Buffer.from(hex, 'hex'));
-  for (const [name, hex] of Object.entries(TPM12_COMMANDS)) await writeFile(join(root, 'cmds/1', name), Buffer.from(hex, 'hex'));
+  for (const [name, hex] of Object.entries(TPM2_COMMANDS))
+    await writeFile(join(root, 'cmds/2', name), Buffer.from(hex, 'hex'));
+  for (const [name, hex] of Object.entries(TPM12_COMMANDS))
+    await writeFile(join(root, 'cmds/1', name), Buffer.from(hex, 'hex'));
   for (const [set, commands] of Object.entries(TPM2_COMMAND_SETS)) {
     await mkdir(join(root, `cmds/2-${set}`));
     for (const [name, command] of Object.entries(commands)) await writeFile(join(root, `cmds/2-${set}`, name), command);
@@ -166,18 +179,32 @@ export interface RunningGuest {
 export function launchGuest(options: BootOptions): RunningGuest {
   // TCG by default: a /dev/kvm inside a VM is often nested and unusable (QEMU fails on MSRs or the guest hangs).
   const accel = process.env.VTPM_TEST_QEMU_ACCEL ?? 'tcg';
-  const qemu = spawn('qemu-system-x86_64', [
-    '-machine', `q35,accel=${accel}`, '-m', '256', '-nographic', '-no-reboot',
-    '-kernel', options.kernel, '-initrd', options.initramfs, '-append', [
-      'console=ttyS0 panic=-1 quiet',
-      ...(options.holdSeconds ? [`vtpm.hold=${options.holdSeconds}`] : []),
-      ...(options.delaySeconds ? [`vtpm.delay=${options.delaySeconds}`] : []),
-      ...(options.loadCommands ? [`vtpm.load=${options.loadCommands}`] : []),
-      ...(options.commandSet ? [`vtpm.set=${options.commandSet}`] : []),
-    ].join(' '),
-    ...options.qemuArgs,
-    ...(options.extraArgs ?? []),
-  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const qemu = spawn(
+    'qemu-system-x86_64',
+    [
+      '-machine',
+      `q35,accel=${accel}`,
+      '-m',
+      '256',
+      '-nographic',
+      '-no-reboot',
+      '-kernel',
+      options.kernel,
+      '-initrd',
+      options.initramfs,
+      '-append',
+      [
+        'console=ttyS0 panic=-1 quiet',
+        ...(options.holdSeconds ? [`vtpm.hold=${options.holdSeconds}`] : []),
+        ...(options.delaySeconds ? [`vtpm.delay=${options.delaySeconds}`] : []),
+        ...(options.loadCommands ? [`vtpm.load=${options.loadCommands}`] : []),
+        ...(options.commandSet ? [`vtpm.set=${options.commandSet}`] : []),
+      ].join(' '),
+      ...options.qemuArgs,
+      ...(options.extraArgs ?? []),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let output = '';
   let tpmAnsweredAt: number | undefined;
   qemu.stdout.on('data', (chunk: Buffer) => {
@@ -191,23 +218,39 @@ export function launchGuest(options: BootOptions): RunningGuest {
     qemu.on('close', (code, signal) => {
       clearTimeout(timer);
       if (!output.includes('VTPM-DONE')) {
-        reject(new Error(`guest did not finish (QEMU ${signal ?? `status ${code}`}); console:\n${output.slice(-3000)}`));
+        reject(
+          new Error(`guest did not finish (QEMU ${signal ?? `status ${code}`}); console:\n${output.slice(-3000)}`),
+        );
         return;
       }
       const field = (name: string) => new RegExp(`${name} ?(.*)$`, 'm').exec(output)?.[1]?.trim() ?? '';
       const responses = responsesOf(output);
       const load = /VTPM-LOAD (\d+) ([\d.]+) ([\d.]+)/.exec(output);
       const loadRate = load ? Number(load[1]) / (Number(load[3]) - Number(load[2])) : undefined;
-      resolve({ ...(loadRate !== undefined && { loadRate }), devices: field('VTPM-DEVICES').split(/\s+/).filter(Boolean), version: field('VTPM-VERSION'), responses, console: output });
+      resolve({
+        ...(loadRate !== undefined && { loadRate }),
+        devices: field('VTPM-DEVICES').split(/\s+/).filter(Boolean),
+        version: field('VTPM-VERSION'),
+        responses,
+        console: output,
+      });
     });
   });
-  return { pid: qemu.pid!, kill: (signal) => qemu.kill(signal), holding: () => output.includes('VTPM-HOLDING'), waiting: () => output.includes('VTPM-WAITING'), tpmAnsweredAt: () => tpmAnsweredAt, report };
+  return {
+    pid: qemu.pid!,
+    kill: (signal) => qemu.kill(signal),
+    holding: () => output.includes('VTPM-HOLDING'),
+    waiting: () => output.includes('VTPM-WAITING'),
+    tpmAnsweredAt: () => tpmAnsweredAt,
+    report,
+  };
 }
 
 /** Raw TPM responses a guest printed on its console, by command name. */
 export function responsesOf(console: string): Record<string, Buffer> {
   const responses: Record<string, Buffer> = {};
-  for (const match of console.matchAll(/VTPM-RSP (\S+) ?([0-9a-f]*)\s*$/gm)) responses[match[1]!] = Buffer.from(match[2] ?? '', 'hex');
+  for (const match of console.matchAll(/VTPM-RSP (\S+) ?([0-9a-f]*)\s*$/gm))
+    responses[match[1]!] = Buffer.from(match[2] ?? '', 'hex');
   return responses;
 }
 
@@ -217,13 +260,15 @@ export function bootGuest(options: BootOptions): Promise<GuestReport> {
 
 /** resetCount from a TPM2_ReadClock response: header (10), time (8), clock (8), then resetCount (4). */
 export function resetCountOf(readClock: Buffer): number {
-  if (readClock.length < 30 || readClock.readUInt32BE(6) !== 0) throw new Error(`TPM2_ReadClock failed: ${readClock.toString('hex')}`);
+  if (readClock.length < 30 || readClock.readUInt32BE(6) !== 0)
+    throw new Error(`TPM2_ReadClock failed: ${readClock.toString('hex')}`);
   return readClock.readUInt32BE(26);
 }
 
 /** The clock (ms the TPM has been powered, persisted) from a TPM2_ReadClock response: bytes 18 to 26. */
 export function clockOf(readClock: Buffer): number {
-  if (readClock.length < 30 || readClock.readUInt32BE(6) !== 0) throw new Error(`TPM2_ReadClock failed: ${readClock.toString('hex')}`);
+  if (readClock.length < 30 || readClock.readUInt32BE(6) !== 0)
+    throw new Error(`TPM2_ReadClock failed: ${readClock.toString('hex')}`);
   return Number(readClock.readBigUInt64BE(18));
 }
 

@@ -20,10 +20,21 @@ import { promisify } from 'node:util';
 import { freePort } from './net.js';
 
 const exec = promisify(execFile);
-const LIBVIRT_DIRS = { etc: '/etc/libvirt', run: '/run/libvirt', lib: '/var/lib/libvirt', log: '/var/log/libvirt', cache: '/var/cache/libvirt' } as const;
+const LIBVIRT_DIRS = {
+  etc: '/etc/libvirt',
+  run: '/run/libvirt',
+  lib: '/var/lib/libvirt',
+  log: '/var/log/libvirt',
+  cache: '/var/cache/libvirt',
+} as const;
 
 export class NamespacedLibvirtHost {
-  private constructor(readonly name: string, readonly uri: string, readonly dir: string, private readonly holder: ChildProcess) {}
+  private constructor(
+    readonly name: string,
+    readonly uri: string,
+    readonly dir: string,
+    private readonly holder: ChildProcess,
+  ) {}
 
   /** Runs a command inside this host's namespaces. */
   get enter(): string[] {
@@ -38,7 +49,12 @@ export class NamespacedLibvirtHost {
    * Sets the host up and starts its daemons; `beforeStart` runs once its /etc/libvirt exists
    * (libvirtd reads hooks only when it starts). Resolves once libvirtd answers.
    */
-  static async start(dir: string, name: string, sameAs: Record<string, string>, beforeStart: (host: NamespacedLibvirtHost) => Promise<void>): Promise<NamespacedLibvirtHost> {
+  static async start(
+    dir: string,
+    name: string,
+    sameAs: Record<string, string>,
+    beforeStart: (host: NamespacedLibvirtHost) => Promise<void>,
+  ): Promise<NamespacedLibvirtHost> {
     for (const sub of [...Object.keys(LIBVIRT_DIRS), 'log/qemu']) await mkdir(join(dir, sub), { recursive: true });
     await cp('/etc/libvirt', join(dir, 'etc'), { recursive: true });
     // Neither the first host's hook, nor its domains, nor its secrets come along.
@@ -48,12 +64,24 @@ export class NamespacedLibvirtHost {
     await mkdir(join(dir, 'etc', 'hooks'));
     const port = await freePort();
     const migrationPorts = 49500 + (port % 400);
-    await writeFile(join(dir, 'etc', 'libvirtd.conf'), [
-      `host_uuid = "${randomUUID()}"`, 'listen_tls = 0', 'listen_tcp = 1', 'listen_addr = "127.0.0.1"', `tcp_port = "${port}"`, 'auth_tcp = "none"', '',
-    ].join('\n'));
+    await writeFile(
+      join(dir, 'etc', 'libvirtd.conf'),
+      [
+        `host_uuid = "${randomUUID()}"`,
+        'listen_tls = 0',
+        'listen_tcp = 1',
+        'listen_addr = "127.0.0.1"',
+        `tcp_port = "${port}"`,
+        'auth_tcp = "none"',
+        '',
+      ].join('\n'),
+    );
     // Both hosts would otherwise share cgroup directories named after the same domain.
     const qemuConf = await readFile(join(dir, 'etc', 'qemu.conf'), 'utf8');
-    await writeFile(join(dir, 'etc', 'qemu.conf'), `${qemuConf}cgroup_controllers = [ ]\nmigration_port_min = ${migrationPorts}\nmigration_port_max = ${migrationPorts + 20}\n`);
+    await writeFile(
+      join(dir, 'etc', 'qemu.conf'),
+      `${qemuConf}cgroup_controllers = [ ]\nmigration_port_min = ${migrationPorts}\nmigration_port_max = ${migrationPorts + 20}\n`,
+    );
     const mounts = [
       ...Object.entries(LIBVIRT_DIRS).map(([sub, target]) => [join(dir, sub), target] as const),
       ...Object.entries(sameAs).map(([target, source]) => [source, target] as const),
@@ -66,7 +94,9 @@ export class NamespacedLibvirtHost {
       'echo ready',
       'exec sleep infinity',
     ].join('\n');
-    const holder = spawn('unshare', ['--mount', '--uts', '--propagation', 'private', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const holder = spawn('unshare', ['--mount', '--uts', '--propagation', 'private', 'sh', '-c', script], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let output = '';
     holder.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
     holder.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -76,10 +106,25 @@ export class NamespacedLibvirtHost {
     }
     const host = new NamespacedLibvirtHost(name, `qemu+tcp://127.0.0.1:${port}/system`, dir, holder);
     await beforeStart(host);
-    await exec(host.enter[0]!, [...host.enter.slice(1), 'libvirtd', '-d', '-l', '-p', join(dir, 'libvirtd.pid'), '-f', '/etc/libvirt/libvirtd.conf']);
+    await exec(host.enter[0]!, [
+      ...host.enter.slice(1),
+      'libvirtd',
+      '-d',
+      '-l',
+      '-p',
+      join(dir, 'libvirtd.pid'),
+      '-f',
+      '/etc/libvirt/libvirtd.conf',
+    ]);
     // A fresh capability cache makes libvirtd probe QEMU first.
     for (let i = 0; i < 600; i += 1) {
-      if (await host.virsh('hostname').then(() => true, () => false)) return host;
+      if (
+        await host.virsh('hostname').then(
+          () => true,
+          () => false,
+        )
+      )
+        return host;
       await delay(100);
     }
     throw new Error(`libvirtd of host ${name} did not answer within 60 s`);
@@ -91,10 +136,12 @@ export class NamespacedLibvirtHost {
 
   /** Stops what this host runs (domains, daemons, then the namespace). */
   async stop(): Promise<void> {
-    for (const domain of (await this.virsh('list', '--name').catch(() => '')).split('\n').filter(Boolean)) await this.virsh('destroy', domain).catch(() => undefined);
+    for (const domain of (await this.virsh('list', '--name').catch(() => '')).split('\n').filter(Boolean))
+      await this.virsh('destroy', domain).catch(() => undefined);
     for (const daemon of ['libvirtd', 'virtlogd']) {
       const pid = Number((await readFile(join(this.dir, `${daemon}.pid`), 'utf8').catch(() => '')).trim());
-      if (pid && (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim() === daemon) process.kill(pid, 'SIGTERM');
+      if (pid && (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim() === daemon)
+        process.kill(pid, 'SIGTERM');
     }
     this.holder.kill('SIGKILL');
   }

@@ -45,7 +45,8 @@ async function running(program: 'libvirtd' | 'virtlogd'): Promise<boolean> {
 async function ensureUserAndGroups(): Promise<void> {
   // Debian's libvirt expects these to exist (the -system package would create them), libvirt-qemu in
   // group kvm: without it libvirt finds /dev/kvm inaccessible to QEMU and probes QEMU again on every call.
-  for (const group of ['kvm', 'libvirt-qemu']) await exec('getent', ['group', group]).catch(() => exec('groupadd', ['-r', group]));
+  for (const group of ['kvm', 'libvirt-qemu'])
+    await exec('getent', ['group', group]).catch(() => exec('groupadd', ['-r', group]));
   await exec('id', ['libvirt-qemu']).catch(() => exec('useradd', ['-r', '-g', 'libvirt-qemu', 'libvirt-qemu']));
   await exec('usermod', ['-a', '-G', 'kvm', 'libvirt-qemu']);
 }
@@ -53,8 +54,11 @@ async function ensureUserAndGroups(): Promise<void> {
 /** Starts virtlogd and libvirtd unless they run, with the test settings in qemu.conf; resolves once libvirt answers. */
 export async function ensureLibvirtd(): Promise<void> {
   await ensureUserAndGroups();
-  for (const dir of ['/var/log/libvirt', '/run/libvirt', '/var/lib/libvirt/qemu']) await mkdir(dir, { recursive: true });
-  const lines = (existsSync(QEMU_CONF) ? await readFile(QEMU_CONF, 'utf8') : '').split('\n').filter((line) => line !== '');
+  for (const dir of ['/var/log/libvirt', '/run/libvirt', '/var/lib/libvirt/qemu'])
+    await mkdir(dir, { recursive: true });
+  const lines = (existsSync(QEMU_CONF) ? await readFile(QEMU_CONF, 'utf8') : '')
+    .split('\n')
+    .filter((line) => line !== '');
   const kept = lines.filter((line) => !FORMER_SETTINGS.includes(line));
   const missing = TEST_SETTINGS.filter((line) => !kept.includes(line));
   if (missing.length > 0 || kept.length !== lines.length) {
@@ -64,7 +68,13 @@ export async function ensureLibvirtd(): Promise<void> {
   if (!(await running('virtlogd'))) await exec('virtlogd', ['-d']);
   if (!(await running('libvirtd'))) await exec('libvirtd', ['-d']);
   for (let i = 0; i < 100; i += 1) {
-    if (await virsh('version').then(() => true, () => false)) return;
+    if (
+      await virsh('version').then(
+        () => true,
+        () => false,
+      )
+    )
+      return;
     await delay(100);
   }
   throw new Error('libvirtd did not answer within 10 s');
@@ -120,7 +130,14 @@ export function domainXml(domain: TestDomain): string {
       <source path='${domain.console}'/>
       <target port='0'/>
     </serial>
-${domain.tpmXml ? domain.tpmXml.split('\n').map((line) => `    ${line}`).join('\n') + '\n' : ''}  </devices>
+${
+  domain.tpmXml
+    ? domain.tpmXml
+        .split('\n')
+        .map((line) => `    ${line}`)
+        .join('\n') + '\n'
+    : ''
+}  </devices>
 </domain>
 `;
 }
@@ -133,7 +150,10 @@ export async function domainState(name: string): Promise<string> {
 export async function untilShutOff(domain: Pick<TestDomain, 'name' | 'console'>, timeoutMs = 180_000): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   while ((await domainState(domain.name)) !== 'shut off') {
-    if (Date.now() > deadline) throw new Error(`domain ${domain.name} did not shut off; console:\n${await readFile(domain.console, 'utf8').catch(() => '')}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `domain ${domain.name} did not shut off; console:\n${await readFile(domain.console, 'utf8').catch(() => '')}`,
+      );
     await delay(200);
   }
   return readFile(domain.console, 'utf8');
@@ -145,7 +165,8 @@ export async function waitForConsole(domain: TestDomain, marker: string, timeout
   for (;;) {
     const output = await readFile(domain.console, 'utf8').catch(() => '');
     if (output.includes(marker)) return output;
-    if (Date.now() > deadline) throw new Error(`the guest of ${domain.name} never printed ${marker}; console:\n${output.slice(-3000)}`);
+    if (Date.now() > deadline)
+      throw new Error(`the guest of ${domain.name} never printed ${marker}; console:\n${output.slice(-3000)}`);
     await delay(200);
   }
 }

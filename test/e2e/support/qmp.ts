@@ -38,7 +38,9 @@ export class Qmp {
 
   execute(command: string, args?: Record<string, unknown>): Promise<Record<string, unknown>> {
     return new Promise((resolve, reject) => {
-      this.waiting.push((message) => ('error' in message ? reject(new Error(`QMP ${command}: ${JSON.stringify(message.error)}`)) : resolve(message)));
+      this.waiting.push((message) =>
+        'error' in message ? reject(new Error(`QMP ${command}: ${JSON.stringify(message.error)}`)) : resolve(message),
+      );
       this.socket.write(JSON.stringify({ execute: command, ...(args && { arguments: args }) }) + '\n');
     });
   }
@@ -47,9 +49,12 @@ export class Qmp {
   async migrate(uri: string): Promise<void> {
     await this.execute('migrate', { uri });
     for (;;) {
-      const { return: info } = (await this.execute('query-migrate')) as { return: { status?: string; 'error-desc'?: string } };
+      const { return: info } = (await this.execute('query-migrate')) as {
+        return: { status?: string; 'error-desc'?: string };
+      };
       if (info.status === 'completed') return;
-      if (info.status === 'failed' || info.status === 'cancelled') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
+      if (info.status === 'failed' || info.status === 'cancelled')
+        throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
       await delay(100);
     }
   }

@@ -43,9 +43,13 @@ export class ServiceUnderTest {
 
   /** `serveArgs` default to an empty provisioning pool, so that every create manufactures inline. */
   static async start(dataDir: string, serveArgs: string[] = ['--pool-size', '0']): Promise<ServiceUnderTest> {
-    const child = spawn(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn', ...serveArgs], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn', ...serveArgs],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     const captured = { text: '' };
     child.stderr!.on('data', (chunk: Buffer) => (captured.text += chunk.toString()));
     const url = await new Promise<string>((resolve, reject) => {
@@ -56,7 +60,9 @@ export class ServiceUnderTest {
         const match = /listening on (https?:\/\/\S+)/.exec(stdout);
         if (match?.[1]) resolve(match[1]);
       });
-      child.once('exit', (code) => reject(new Error(`vtpm serve exited with ${code} before listening:\n${captured.text}`)));
+      child.once('exit', (code) =>
+        reject(new Error(`vtpm serve exited with ${code} before listening:\n${captured.text}`)),
+      );
       setTimeout(() => reject(new Error(`vtpm serve did not listen within 60 s:\n${captured.text}`)), 60_000).unref();
     });
     return new ServiceUnderTest(dataDir, url, child, serveArgs, captured);
@@ -116,7 +122,12 @@ export interface StartedJson extends VtpmJson {
 
 /** The RSA modulus certified by the vTPM's EK certificate. */
 export async function ekModulus(service: ServiceUnderTest, vm: string): Promise<Buffer> {
-  const { certificates } = await service.json<{ certificates: Array<{ key_type: string; pem: string }> }>('ek', vm, '--key-type', 'rsa2048');
+  const { certificates } = await service.json<{ certificates: Array<{ key_type: string; pem: string }> }>(
+    'ek',
+    vm,
+    '--key-type',
+    'rsa2048',
+  );
   const certificate = new X509Certificate(certificates[0]!.pem);
   return Buffer.from(certificate.publicKey.export({ format: 'jwk' }).n!, 'base64url');
 }
@@ -133,13 +144,20 @@ export interface FileService {
  * before them (with `serveArgs`, or what that function prepares and returns), then `setup` runs; afterwards every vTPM is deleted (its swtpm stopped) and the
  * directory removed.
  */
-export function serviceForFile(prefix: string, setup?: (context: FileService) => Promise<void>, serveArgs?: string[] | (() => Promise<string[]>)): FileService {
+export function serviceForFile(
+  prefix: string,
+  setup?: (context: FileService) => Promise<void>,
+  serveArgs?: string[] | (() => Promise<string[]>),
+): FileService {
   let service: ServiceUnderTest | undefined;
   let workDir: string | undefined;
   // One hook does all of it: Node 20 does not wait for one root-level before() to finish before the next.
   before(async () => {
     workDir = await temporaryDir(prefix);
-    service = await ServiceUnderTest.start(join(workDir, 'data'), typeof serveArgs === 'function' ? await serveArgs() : serveArgs);
+    service = await ServiceUnderTest.start(
+      join(workDir, 'data'),
+      typeof serveArgs === 'function' ? await serveArgs() : serveArgs,
+    );
     await setup?.(context);
   });
   after(async () => {
@@ -171,17 +189,30 @@ export function serviceForFile(prefix: string, setup?: (context: FileService) =>
 /** Runs `vtpm serve` expecting it to refuse to start (no pool: nothing is manufactured first); returns what it said. */
 export async function serveRefusal(dataDir: string, args: string[]): Promise<string> {
   const failed = await new Promise<{ stderr: string; killed: boolean } | undefined>((resolve) => {
-    execFile(process.execPath, [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--pool-size', '0', ...args], { timeout: 120_000 }, (error, _stdout, stderr) => {
-      resolve(error ? { stderr, killed: error.killed === true } : undefined);
-    });
+    execFile(
+      process.execPath,
+      [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--pool-size', '0', ...args],
+      { timeout: 120_000 },
+      (error, _stdout, stderr) => {
+        resolve(error ? { stderr, killed: error.killed === true } : undefined);
+      },
+    );
   });
   assert.ok(failed && !failed.killed, 'vtpm serve refused to start');
   return failed.stderr;
 }
 
 /** Starts the vTPM, boots a guest on it with the `nv` command set, and waits for the vTPM to stop with the guest. */
-export async function bootNvGuest(service: ServiceUnderTest, vm: string, guest: { kernel: string; initramfs: string }): Promise<GuestReport> {
-  const report = await bootGuest({ ...guest, qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args, commandSet: 'nv' });
+export async function bootNvGuest(
+  service: ServiceUnderTest,
+  vm: string,
+  guest: { kernel: string; initramfs: string },
+): Promise<GuestReport> {
+  const report = await bootGuest({
+    ...guest,
+    qemuArgs: (await service.json<StartedJson>('start', vm)).qemu_args,
+    commandSet: 'nv',
+  });
   await service.waitForStatus(vm, 'stopped');
   return report;
 }

@@ -31,12 +31,19 @@ export async function softHsm(dir: string, tokenLabel: string): Promise<SoftHsm>
   const tokens = join(dir, 'softhsm-tokens');
   await mkdir(tokens, { recursive: true, mode: 0o700 });
   const conf = join(dir, 'softhsm2.conf');
-  await writeFile(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+  await writeFile(
+    conf,
+    `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`,
+  );
   const pin = randomBytes(6).toString('hex');
   const pinFile = join(dir, 'pkcs11.pin');
   await writeFile(pinFile, `${pin}\n`, { mode: 0o600 });
   const addToken = async (label: string) => {
-    await exec('softhsm2-util', ['--init-token', '--free', '--label', label, '--pin', pin, '--so-pin', randomBytes(6).toString('hex')], { env: { ...process.env, SOFTHSM2_CONF: conf } });
+    await exec(
+      'softhsm2-util',
+      ['--init-token', '--free', '--label', label, '--pin', pin, '--so-pin', randomBytes(6).toString('hex')],
+      { env: { ...process.env, SOFTHSM2_CONF: conf } },
+    );
   };
   await addToken(tokenLabel);
   return { conf, tokens, module: SOFTHSM_MODULE, pin, pinFile, addToken };
