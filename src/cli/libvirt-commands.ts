@@ -16,6 +16,7 @@ import { DEFAULT_LIBVIRT_URI, Virsh } from '../hypervisor/virsh.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
 import { stateFileName } from '../swtpm/state-file.js';
 import { RemoteError, type ApiClient } from '../api/client.js';
+import { withWiped } from '../keys/wiped.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir } from './defaults.js';
 
@@ -192,15 +193,17 @@ export function registerLibvirtCommands(program: Command): void {
         const state = await readFile(source.file);
         const secret = domain.tpm.encryptionSecret ? await virsh.secretValue(domain.tpm.encryptionSecret) : undefined;
         const api = await client(command);
-        const vtpm = await api.request<VtpmView>('POST', '/v1/vtpms/adopt', {
-          vm: domain.uuid,
-          version: source.version,
-          model: domain.tpm.model,
-          source: `libvirt:${domain.name}`,
-          state: state.toString('base64'),
-          ...(secret && { source_secret: secret.toString('base64') }),
-        });
-        secret?.fill(0);
+        const model = domain.tpm.model;
+        const adopt = (sourceSecret?: Buffer) =>
+          api.request<VtpmView>('POST', '/v1/vtpms/adopt', {
+            vm: domain.uuid,
+            version: source.version,
+            model,
+            source: `libvirt:${domain.name}`,
+            state: state.toString('base64'),
+            ...(sourceSecret && { source_secret: sourceSecret.toString('base64') }),
+          });
+        const vtpm = secret ? await withWiped(secret, adopt) : await adopt();
         const attachment = await api.request<Attachment>('GET', `${vmPath(domain.uuid)}/attachment`);
         try {
           await virsh.define(withTpmElement(xml, attachment.libvirt_xml));

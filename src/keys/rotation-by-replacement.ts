@@ -10,18 +10,14 @@
  * finished when the service starts again, or by the next rotation.
  */
 import type { KeyManager, RotationReport } from './index.js';
+import { withSecret } from './wiped.js';
 import type { SecretUse, Store } from '../store/index.js';
 
 export async function rotateByReplacement(store: Store, keys: KeyManager): Promise<RotationReport> {
   const finished = await finishSecretReplacements(store, keys);
   let replaced = 0;
   for (const use of await store.secrets.listUses()) {
-    const secret = await keys.readSecret(use.ref);
-    try {
-      await storeAnew(store, keys, use, secret);
-    } finally {
-      secret.fill(0);
-    }
+    await withSecret(keys, use.ref, (secret) => storeAnew(store, keys, use, secret));
     replaced += 1;
   }
   return { kind: keys.kind, rewrapped: replaced, already_rewrapped: finished };

@@ -5,6 +5,11 @@
  */
 import type { KeyManager } from './key-manager.js';
 
+/** Zeroes a key whose holder lets go of it (a master key at close or after a rotation). */
+export function wipe(secret: Buffer): void {
+  secret.fill(0);
+}
+
 /** Runs `use` with `secret`, then zeroes it. */
 export async function withWiped<T>(secret: Buffer, use: (secret: Buffer) => Promise<T> | T): Promise<T> {
   try {

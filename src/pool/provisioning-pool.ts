@@ -20,6 +20,7 @@ import type { Logger } from 'pino';
 import type { HostAgent } from '../agent/host-agent.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
 import type { KeyManager } from '../keys/key-manager.js';
+import { withSecret, withWipedSync } from '../keys/wiped.js';
 import type { TpmVersion } from '../tpm-spec/tpm-spec.js';
 import { DEPLOYMENT_PROJECT, type PoolEntry, type Store } from '../store/index.js';
 import type { EkCertificate } from '../swtpm/manufacture.js';
@@ -101,21 +102,21 @@ export class ProvisioningPool {
     const id = randomUUID();
     const secretRef = await this.keys.createSecret(`vtpm-pool-${id}`, { project: DEPLOYMENT_PROJECT });
     try {
-      const secret = await this.keys.readSecret(secretRef);
-      const manufactured = await this.agent.manufacture({
-        vm: id,
-        spec: { version, model: 'tpm-tis' },
-        stateKey: secret,
-        background: true,
+      await withSecret(this.keys, secretRef, async (secret) => {
+        const manufactured = await this.agent.manufacture({
+          vm: id,
+          spec: { version, model: 'tpm-tis' },
+          stateKey: secret,
+          background: true,
+        });
+        await this.store.pool.add({
+          id,
+          version,
+          secret_ref: secretRef,
+          state: withWipedSync(stateKey(secret), (key) => seal(key, manufactured.state, stateAad(id))),
+          ek_certificates: sealEkCertificates(secret, id, manufactured.ekCertificates),
+        });
       });
-      await this.store.pool.add({
-        id,
-        version,
-        secret_ref: secretRef,
-        state: seal(stateKey(secret), manufactured.state, stateAad(id)),
-        ek_certificates: sealEkCertificates(secret, id, manufactured.ekCertificates),
-      });
-      secret.fill(0);
     } catch (error) {
       await this.keys.deleteSecret(secretRef);
       throw error;

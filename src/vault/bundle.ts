@@ -13,6 +13,7 @@
 import { randomBytes, scryptSync } from 'node:crypto';
 import { IntegrityError, InvalidArgumentError } from '../errors.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
+import { withWipedSync } from '../keys/wiped.js';
 
 const MAGIC = Buffer.from('VTPMBNDL');
 const FORMAT = 1;
@@ -89,9 +90,7 @@ export function writeBundle(payload: BundlePayload, passphrase: string): Buffer 
       generations: payload.generations.map((g) => ({ ...g, data: b64(g.data) })),
     }),
   );
-  const key = deriveKey(passphrase, header);
-  const sealed = seal(key, plaintext, headerText);
-  key.fill(0);
+  const sealed = withWipedSync(deriveKey(passphrase, header), (key) => seal(key, plaintext, headerText));
   const length = Buffer.alloc(4);
   length.writeUInt32BE(Buffer.byteLength(headerText));
   return Buffer.concat([MAGIC, length, Buffer.from(headerText), sealed]);
@@ -122,17 +121,15 @@ export function readBundle(bundle: Buffer, passphrase: string): BundlePayload {
   ) {
     throw damaged(`format ${String(header.format)} with KDF ${String(header.kdf)} is not supported`);
   }
-  const key = deriveKey(passphrase, header);
-  let plaintext: Buffer;
-  try {
-    plaintext = open(key, bundle.subarray(headerEnd), headerText, 'the bundle');
-  } catch {
-    throw new IntegrityError(
-      'the bundle failed authentication: the passphrase is wrong, or the file was truncated or altered',
-    );
-  } finally {
-    key.fill(0);
-  }
+  const plaintext = withWipedSync(deriveKey(passphrase, header), (key) => {
+    try {
+      return open(key, bundle.subarray(headerEnd), headerText, 'the bundle');
+    } catch {
+      throw new IntegrityError(
+        'the bundle failed authentication: the passphrase is wrong, or the file was truncated or altered',
+      );
+    }
+  });
   const parsed = JSON.parse(plaintext.toString()) as Omit<
     BundlePayload,
     'secret' | 'ek_certificates' | 'generations'

@@ -13,6 +13,7 @@
 import { createHash, hkdfSync, randomBytes } from 'node:crypto';
 import { IntegrityError, NotFoundError, RollbackError } from '../errors.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
+import { withWipedSync } from '../keys/wiped.js';
 import type { GenerationReason, GenerationSummary, StateKind, Store } from '../store/index.js';
 
 /** The previous digest of generation 1. */
@@ -60,10 +61,10 @@ export class StateVault {
     if (head?.digest === digest && (reason === 'sync' || reason === 'stop')) return undefined;
     const generation = (head?.generation ?? 0) + 1;
     const previousDigest = head?.digest ?? GENESIS;
-    const dataKey = randomBytes(KEY_BYTES);
-    const ciphertext = seal(dataKey, data, dataAad(vm, kind, generation, previousDigest));
-    const wrappedKey = seal(vaultKey, dataKey, keyAad(vm, kind, generation));
-    dataKey.fill(0);
+    const { ciphertext, wrappedKey } = withWipedSync(randomBytes(KEY_BYTES), (dataKey) => ({
+      ciphertext: seal(dataKey, data, dataAad(vm, kind, generation, previousDigest)),
+      wrappedKey: seal(vaultKey, dataKey, keyAad(vm, kind, generation)),
+    }));
     const appended = await this.store.generations.append({
       vm,
       kind,
@@ -91,9 +92,9 @@ export class StateVault {
     const record = await this.store.generations.get(vm, kind, generation);
     if (!record) throw new NotFoundError(`generation ${generation} (${kind}) of VM`, vm);
     const what = `generation ${generation} (${kind}) of VM ${vm}`;
-    const dataKey = open(vaultKey, record.wrapped_key, keyAad(vm, kind, generation), what);
-    const data = open(dataKey, record.ciphertext, dataAad(vm, kind, generation, record.previous_digest), what);
-    dataKey.fill(0);
+    const data = withWipedSync(open(vaultKey, record.wrapped_key, keyAad(vm, kind, generation), what), (dataKey) =>
+      open(dataKey, record.ciphertext, dataAad(vm, kind, generation, record.previous_digest), what),
+    );
     if (digestOf(data) !== record.digest)
       throw new IntegrityError(`${what} does not match its recorded digest`, { vm, kind, generation });
     // The predecessor's digest is authenticated as part of this generation's associated data; the

@@ -16,6 +16,7 @@ import { KEY_BYTES, open, seal } from '../aead.js';
 import type { KeyManager, RotationReport } from '../key-manager.js';
 import type { HostTpmOptions } from './host-tpm.js';
 import { fileExists, isTemporary, writeFileAtomically } from '../files.js';
+import { wipe, withWiped } from '../wiped.js';
 import { FileMasterKeys, TpmMasterKeys, type MasterKeyStore } from './master-keys.js';
 
 const REF_PREFIX = 'local:';
@@ -81,13 +82,13 @@ export class LocalKeyManager implements KeyManager {
         already += 1;
         continue;
       }
-      const secret = open(this.masterKey, sealed, ref, `secret ${ref}`);
-      await writeFileAtomically(path, seal(next, secret, ref));
-      secret.fill(0);
+      await withWiped(open(this.masterKey, sealed, ref, `secret ${ref}`), (secret) =>
+        writeFileAtomically(path, seal(next, secret, ref)),
+      );
       rewrapped += 1;
     }
     await this.keys.promote();
-    this.masterKey.fill(0);
+    wipe(this.masterKey);
     this.masterKey = next;
     return { kind: this.kind, rewrapped, already_rewrapped: already };
   }
@@ -133,13 +134,13 @@ export class LocalKeyManager implements KeyManager {
 
   async close(): Promise<void> {
     await this.rotation;
-    this.masterKey.fill(0);
+    wipe(this.masterKey);
   }
 }
 
 function opens(key: Buffer, sealed: Buffer, ref: string): boolean {
   try {
-    open(key, sealed, ref, `secret ${ref}`).fill(0);
+    wipe(open(key, sealed, ref, `secret ${ref}`));
     return true;
   } catch {
     return false;

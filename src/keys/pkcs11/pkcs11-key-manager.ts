@@ -19,6 +19,7 @@ import { IntegrityError, InvalidArgumentError, KeyManagerError } from '../../err
 import { KEY_BYTES } from '../aead.js';
 import { isTemporary, readIfExists, writeFileAtomically } from '../files.js';
 import type { KeyManager, RotationReport } from '../key-manager.js';
+import { withWiped } from '../wiped.js';
 import { Pkcs11Token, type Pkcs11TokenOptions, type TokenKey } from './token.js';
 
 const REF_PREFIX = 'pkcs11:';
@@ -109,9 +110,9 @@ export class Pkcs11KeyManager implements KeyManager {
         already += 1;
         continue;
       }
-      const secret = this.unwrap(wrapped, ref);
-      await writeFileAtomically(this.pathOf(ref), this.wrap(next, secret, ref));
-      secret.fill(0);
+      await withWiped(this.unwrap(wrapped, ref), (secret) =>
+        writeFileAtomically(this.pathOf(ref), this.wrap(next, secret, ref)),
+      );
       rewrapped += 1;
     }
     await writeState(this.dir, { current: next.id.toString('hex') });
