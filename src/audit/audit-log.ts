@@ -8,6 +8,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash } from 'node:crypto';
+import type { AuditVerification, AuditView } from '../api/identity.js';
 import type { AuditEvent, AuditRow, Store } from '../store/index.js';
 import type { Principal } from '../auth/policy.js';
 
@@ -18,26 +19,6 @@ export interface AuditEntry {
   project?: string | undefined;
   result: string;
   detail?: Record<string, string | number | boolean> | undefined;
-}
-
-export interface AuditView {
-  seq: number;
-  at: string;
-  actor: string;
-  actor_project: string;
-  operation: string;
-  vm: string | null;
-  project: string | null;
-  result: string;
-  detail: Record<string, unknown>;
-}
-
-export interface VerifyReport {
-  ok: boolean;
-  events: number;
-  /** The first entry whose content or link does not check out. */
-  broken_at?: number | undefined;
-  reason?: string | undefined;
 }
 
 const SYSTEM: Pick<Principal, 'name' | 'project'> = { name: 'vtpm-manager', project: '-' };
@@ -107,7 +88,7 @@ export class AuditLog {
   }
 
   /** Walks the whole chain from the first entry. */
-  async verify(): Promise<VerifyReport> {
+  async verify(): Promise<AuditVerification> {
     let previous = '';
     let afterSeq = 0;
     let events = 0;

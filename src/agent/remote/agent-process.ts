@@ -5,11 +5,11 @@
  * restart of the agent, as they do under `vtpm serve`.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ApiClient } from '../../api/client.js';
-import { InvalidArgumentError } from '../../errors.js';
+import { readOwnerOnlyFile } from '../../keys/files.js';
 import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../host-setup.js';
 import { LocalHostAgent } from '../local-host-agent.js';
 import { buildAgentApi, reportIn } from './agent-server.js';
@@ -35,25 +35,13 @@ export interface RunningAgent {
   close(): Promise<void>;
 }
 
-/** The agent token is a credential: refused from a file others may read. */
-async function readToken(path: string): Promise<string> {
-  const { mode } = await stat(path).catch(() => {
-    throw new InvalidArgumentError('--token-file', 'a readable file holding the token `vtpm host add` printed', path);
-  });
-  if (mode & 0o077)
-    throw new InvalidArgumentError(
-      '--token-file',
-      `a file only its owner can read (chmod 600 ${path}); it is ${(mode & 0o777).toString(8)}`,
-    );
-  const token = (await readFile(path, 'utf8')).trim();
-  if (!token) throw new InvalidArgumentError('--token-file', 'a file holding the token; it is empty', path);
-  return token;
-}
-
 export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const { host, port } = parseListen(options.listen);
   const https = options.tls && (await readTls(options.tls));
-  const token = await readToken(options.tokenFile);
+  // The agent token is a credential: refused from a file others may read.
+  const token = (
+    await readOwnerOnlyFile(options.tokenFile, '--token-file', 'the token `vtpm host add` printed')
+  ).trim();
   const controlPlane = await ApiClient.withToken({ url: options.controlPlane, token, caFile: options.caFile });
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
   const scratchDir = join(options.scratchDir, `vtpm-agent-${process.pid}-${randomBytes(4).toString('hex')}`);
