@@ -1,0 +1,75 @@
+/**
+ * The HTTP layer over a test control plane (fake host, real store and key
+ * manager), through fastify's injection: authentication per API, the one
+ * error shape, and the audit of what changes.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import pino from 'pino';
+import { issueToken } from '../auth/tokens.js';
+import { openTestControlPlane, type TestControlPlane } from '../orchestration/testing/control-plane-harness.js';
+import { buildHttpApi } from './app.js';
+
+let t: TestControlPlane;
+let app: FastifyInstance;
+let token: string;
+
+beforeEach(async () => {
+  t = await openTestControlPlane();
+  app = await buildHttpApi({ cp: t.cp, logger: pino({ level: 'silent' }), version: 'test' });
+  await t.cp.store.identity.insertUser({ name: 'alice', project: 'p1', roles: ['member'] });
+  token = (await issueToken(t.cp.store, 'alice', null)).token;
+});
+afterEach(async () => {
+  await app.close();
+  await t.close();
+});
+
+const bearer = (value: string) => ({ authorization: `Bearer ${value}` });
+
+describe('the HTTP API', () => {
+  it('refuses every /v1 request without a valid token, known route or not, with the error shape', async () => {
+    for (const url of ['/v1/vtpms', '/v1/no-such-route']) {
+      const response = await app.inject({ method: 'GET', url, headers: bearer('vtpm_wrong') });
+      assert.equal(response.statusCode, 401, url);
+      assert.equal(response.json().error.code, 'unauthenticated');
+    }
+  });
+
+  it('names the field a body gets wrong, as a 400', async () => {
+    const response = await app.inject({ method: 'POST', url: '/v1/vtpms', headers: bearer(token), payload: { vm: 1 } });
+    assert.equal(response.statusCode, 400);
+    assert.equal(response.json().error.code, 'invalid_argument');
+    assert.match(response.json().error.message, /^vm: /);
+  });
+
+  it('creates and shows a vTPM, and records the create in the audit log with its project', async () => {
+    const vm = randomUUID();
+    const payload = { vm, version: '2.0' };
+    const created = await app.inject({ method: 'POST', url: '/v1/vtpms', headers: bearer(token), payload });
+    assert.equal(created.statusCode, 201);
+    assert.equal(created.json().status, 'stopped');
+    assert.equal(created.json().secret_ref, undefined);
+    const shown = await app.inject({ method: 'GET', url: `/v1/vtpms/${vm}`, headers: bearer(token) });
+    assert.equal(shown.json().vm, vm);
+    const [event] = await t.cp.audit.list({ vm, limit: 10 });
+    assert.equal(event?.operation, 'POST /v1/vtpms');
+    assert.equal(event?.project, 'p1');
+    assert.equal(event?.result, 'ok');
+  });
+
+  it("refuses an agent's report without its host's token, and a user's token there", async () => {
+    for (const headers of [{}, bearer(token)]) {
+      const response = await app.inject({
+        method: 'POST',
+        url: '/agent/v1/hosts/host-b/exits',
+        headers,
+        payload: { vm: randomUUID(), code: 0, signal: null },
+      });
+      assert.equal(response.statusCode, 401);
+      assert.equal(response.json().error.code, 'unauthenticated');
+    }
+  });
+});
