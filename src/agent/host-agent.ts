@@ -95,7 +95,10 @@ export interface HostAgent {
   describe(): Promise<HostDescription>;
   /** Manufactures the vTPM: returns its state and its EK certificates. */
   manufacture(request: ManufactureRequest): Promise<ManufacturedVtpm>;
-  /** Re-encrypts another manager's TPM state under the vTPM's key, unchanged for the guest, and reads its EK certificates. */
+  /**
+   * Re-encrypts another manager's TPM state under the vTPM's
+   * key, unchanged for the guest, and reads its EK certificates.
+   */
   adopt(request: AdoptRequest): Promise<ManufacturedVtpm>;
   /**
    * Starts swtpm on exactly the given state (whatever the host's disk held

@@ -43,7 +43,8 @@ export async function swtpmUserFor(requested: string | undefined): Promise<Syste
       (r) => Number(r.stdout.trim()),
       () => {
         throw new HostSetupError(
-          `the user ${name} that swtpm should run as does not exist (Debian's swtpm-tools creates tss); create it, or pass --swtpm-user`,
+          `the user ${name} that swtpm should run as does not exist (Debian's swtpm-tools creates tss); ` +
+            'create it, or pass --swtpm-user',
         );
       },
     );
@@ -57,7 +58,8 @@ export async function qemuGroupFor(name: string | undefined): Promise<SystemGrou
     () => {
       throw new InvalidArgumentError(
         '--qemu-group',
-        "an existing group, the one QEMU runs in (libvirt's: the group in /etc/libvirt/qemu.conf, libvirt-qemu on Debian)",
+        'an existing group, the one QEMU runs in ' +
+          "(libvirt's: the group in /etc/libvirt/qemu.conf, libvirt-qemu on Debian)",
         name,
       );
     },

@@ -48,7 +48,10 @@ export interface LocalHostAgentOptions {
   runDir: string;
   /** A memory-backed directory for short-lived secret-bearing configuration. */
   scratchDir: string;
-  /** The deployment's EK CA, for manufacturing; a remote agent (`vtpm agent`) runs TPMs the control plane manufactured and has none. */
+  /**
+   * The deployment's EK CA, for manufacturing; a remote agent (`vtpm agent`)
+   * runs TPMs the control plane manufactured and has none.
+   */
   authority?: CertificateAuthority | undefined;
   logger: Logger;
   hostName?: string;
@@ -73,7 +76,10 @@ export interface SystemGroup {
   gid: number;
 }
 
-/** Fails, naming the directory, if `who` (a user, or any member of a group) could not pass through `dir` and every directory above it. */
+/**
+ * Fails, naming the directory, if `who` (a user, or any member of a
+ * group) could not pass through `dir` and every directory above it.
+ */
 async function requireTraversable(
   dir: string,
   who: { uid?: number; gid: number; description: string; remedy: string },
@@ -83,7 +89,8 @@ async function requireTraversable(
     const may = uid === who.uid ? mode & 0o100 : gid === who.gid ? mode & 0o010 : mode & 0o001;
     if (!may) {
       throw new HostSetupError(
-        `${who.description} cannot pass through ${current} (mode ${(mode & 0o777).toString(8)}): let it (chmod o+x ${current}), choose other directories, or ${who.remedy}`,
+        `${who.description} cannot pass through ${current} (mode ${(mode & 0o777).toString(8)}): ` +
+          `let it (chmod o+x ${current}), choose other directories, or ${who.remedy}`,
         { directory: current },
       );
     }
@@ -121,7 +128,8 @@ export class LocalHostAgent implements HostAgent {
     const socketLength = join(options.runDir, `${'0'.repeat(UUID_LENGTH)}.sock`).length;
     if (socketLength > MAX_SOCKET_PATH) {
       throw new EmulatorError(
-        `run directory ${options.runDir} is too long for unix socket paths (${socketLength} > ${MAX_SOCKET_PATH} bytes): pass a shorter --run-dir`,
+        `run directory ${options.runDir} is too long for unix socket paths ` +
+          `(${socketLength} > ${MAX_SOCKET_PATH} bytes): pass a shorter --run-dir`,
       );
     }
     for (const dir of ['tpm', 'nvram', 'log']

@@ -1,4 +1,7 @@
-/** The HTTP client of the product's APIs (the CLI, the libvirt hook, host agents and the control plane calling them): one request function, errors turned back into typed errors. */
+/**
+ * The HTTP client of the product's APIs (the CLI, the libvirt hook, host agents and the
+ * control plane calling them): one request function, errors turned back into typed errors.
+ */
 import { readFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -129,7 +132,8 @@ export class ApiClient {
       const cause = timedOut ? `no answer within ${this.timeoutMs / 1000} s` : (code ?? (error as Error).message);
       const hint =
         code !== undefined && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS/.test(code)
-          ? 'its TLS certificate is not one this client trusts: pass --ca-file or set VTPM_CA_FILE to the CA that issued it'
+          ? 'its TLS certificate is not one this client trusts: ' +
+            'pass --ca-file or set VTPM_CA_FILE to the CA that issued it'
           : 'is `vtpm serve` running? Set --url or VTPM_URL';
       throw new UnreachableError(`cannot reach vtpm-manager at ${this.url} (${cause}): ${hint}`, { url: this.url });
     }

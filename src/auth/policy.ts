@@ -110,9 +110,15 @@ export function enforceOnVtpm(principal: Principal, operation: VtpmOperation, ta
 
 export function enforceOnDeployment(principal: Principal, operation: DeploymentOperation): void {
   if (decideOnDeployment(principal, operation) === 'forbid') {
-    throw new ForbiddenError(
-      `${principal.name} may not ${operation === 'users' ? 'manage users' : operation === 'keys' ? 'rotate keys' : operation === 'hosts-register' ? 'register hosts' : operation.replace('-', ' ')}: this needs the ${operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin'} role`,
-      { operation },
-    );
+    const action =
+      operation === 'users'
+        ? 'manage users'
+        : operation === 'keys'
+          ? 'rotate keys'
+          : operation === 'hosts-register'
+            ? 'register hosts'
+            : operation.replace('-', ' ');
+    const role = operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin';
+    throw new ForbiddenError(`${principal.name} may not ${action}: this needs the ${role} role`, { operation });
   }
 }

@@ -46,7 +46,8 @@ export function registerHostCommands(program: Command): void {
     .option('--listen <host:port>', 'address the agent API listens on', DEFAULT_AGENT_LISTEN)
     .option(
       '--run-dir <dir>',
-      'where swtpm sockets and pid files go: the same path on every host, as libvirt domains name it (default <data-dir>/run)',
+      'where swtpm sockets and pid files go: the same path on every host, ' +
+        'as libvirt domains name it (default <data-dir>/run)',
     )
     .option('--scratch-dir <dir>', 'memory file system for short-lived secret configuration', defaultScratchDir())
     .option('--tls-cert <pem>', 'serve the agent API over HTTPS with this certificate (chain)')
@@ -106,7 +107,8 @@ export function registerHostCommands(program: Command): void {
 
   withClientOptions(program.command('migrate'))
     .description(
-      "prepare the live migration of a running vTPM to another host, before its VM's (libvirt's hook does this by itself)",
+      'prepare the live migration of a running vTPM to another host, ' +
+        "before its VM's (libvirt's hook does this by itself)",
     )
     .argument('<vm>', 'VM UUID')
     .requiredOption('--to <host>', 'the destination host')
@@ -118,7 +120,8 @@ export function registerHostCommands(program: Command): void {
         command,
         prepared,
         () =>
-          `${fields(prepared as unknown as Record<string, unknown>, ['vm', 'status', 'from', 'to', 'socket'])}\nmigrate the VM now; the vTPM follows once QEMU leaves ${prepared.from}`,
+          `${fields(prepared as unknown as Record<string, unknown>, ['vm', 'status', 'from', 'to', 'socket'])}\n` +
+          `migrate the VM now; the vTPM follows once QEMU leaves ${prepared.from}`,
       );
     });
 }

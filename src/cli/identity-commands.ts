@@ -37,7 +37,8 @@ const expiresOption = () =>
     'the token stops working after this long: 90d, 12h, 30m, 45s (default: never)',
   ).argParser(duration);
 const issuedText = (issued: Issued) =>
-  `token ${issued.token}\n(shown once: store it now; id ${issued.token_id}, ${issued.expires_at ? `expires ${issued.expires_at}` : 'does not expire'})`;
+  `token ${issued.token}\n(shown once: store it now; id ${issued.token_id}, ` +
+  `${issued.expires_at ? `expires ${issued.expires_at}` : 'does not expire'})`;
 
 export function registerIdentityCommands(program: Command): void {
   const user = program.command('user').description('users: a project and roles each');
@@ -142,7 +143,8 @@ export function registerIdentityCommands(program: Command): void {
   const keys = program.command('keys').description("the key manager's keys");
   withClientOptions(keys.command('rotate'))
     .description(
-      'a new key-encryption key; every vTPM secret is re-wrapped under it (values unchanged), then the old key is destroyed; an interrupted rotation finishes when the service starts again',
+      'a new key-encryption key; every vTPM secret is re-wrapped under it (values unchanged), ' +
+        'then the old key is destroyed; an interrupted rotation finishes when the service starts again',
     )
     .action(async (_options: unknown, command: Command) => {
       const report = await (await client(command)).request<{
@@ -154,7 +156,8 @@ export function registerIdentityCommands(program: Command): void {
         command,
         report,
         () =>
-          `${report.kind} key manager: new key-encryption key; ${report.rewrapped} secrets re-wrapped under it, the old key destroyed`,
+          `${report.kind} key manager: new key-encryption key; ` +
+          `${report.rewrapped} secrets re-wrapped under it, the old key destroyed`,
       );
     });
 
@@ -170,7 +173,8 @@ export function registerIdentityCommands(program: Command): void {
       }>('GET', '/v1/audit/verify');
       if (!report.ok)
         throw new IntegrityError(
-          `the audit log is broken at entry ${report.broken_at}: ${report.reason} (${report.events} entries before it check out)`,
+          `the audit log is broken at entry ${report.broken_at}: ${report.reason} ` +
+            `(${report.events} entries before it check out)`,
           { broken_at: report.broken_at },
         );
       emit(command, report, () => `audit log intact: ${report.events} entries, each chained to the one before`);

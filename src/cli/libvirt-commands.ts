@@ -73,14 +73,16 @@ export function registerLibvirtCommands(program: Command): void {
 
   withClientOptions(libvirt.command('install-hook'))
     .description(
-      "install libvirt's qemu hook, which starts a domain's vTPM before QEMU and stops it after (restart libvirtd afterwards)",
+      "install libvirt's qemu hook, which starts a domain's vTPM before QEMU and stops it after " +
+        '(restart libvirtd afterwards)',
     )
     .option('--hooks-dir <dir>', "libvirt's hooks directory", DEFAULT_HOOKS_DIR)
     .option('--host <name>', "this host's name as vtpm-manager knows it (vtpm hosts)", hostname())
     .option('--run-dir <dir>', "where this host's agent puts vTPM sockets (default <data-dir>/run)")
     .option(
       '--token-file <path>',
-      "on a host other than the control plane's: a file (owner-only) with the API token the hook uses (default: <data-dir>/admin.token)",
+      "on a host other than the control plane's: a file (owner-only) with the API token the hook uses " +
+        '(default: <data-dir>/admin.token)',
     )
     .action(
       async (options: { hooksDir: string; host: string; runDir?: string; tokenFile?: string }, command: Command) => {
@@ -107,14 +109,16 @@ export function registerLibvirtCommands(program: Command): void {
           command,
           { hook: path },
           () =>
-            `installed ${path}\nlibvirtd looks for hooks when it starts: restart it (systemctl restart libvirtd) for the hook to take effect`,
+            `installed ${path}\nlibvirtd looks for hooks when it starts: ` +
+            'restart it (systemctl restart libvirtd) for the hook to take effect',
         );
       },
     );
 
   withClientOptions(libvirt.command('attach'))
     .description(
-      "give a libvirt domain a vtpm-manager TPM: creates the vTPM for the domain's UUID and adds the <tpm> element to its definition",
+      'give a libvirt domain a vtpm-manager TPM: ' +
+        "creates the vTPM for the domain's UUID and adds the <tpm> element to its definition",
     )
     .argument('<domain>', 'domain name or UUID')
     .addOption(new Option('--version <version>', 'TPM version').choices([...TPM_VERSIONS]))
@@ -137,7 +141,9 @@ export function registerLibvirtCommands(program: Command): void {
         const existing = await existingVtpm(api, domain.uuid);
         if (domain.tpm && !options.replace && !(existing && domain.tpm.backend === 'external')) {
           throw new StateConflictError(
-            `libvirt domain ${domain.name} already has a TPM (${domain.tpm.backend} backend); pass --replace to swap it for a vtpm-manager one, or run \`vtpm libvirt adopt ${domain.name}\` to keep its state`,
+            `libvirt domain ${domain.name} already has a TPM (${domain.tpm.backend} backend); ` +
+              'pass --replace to swap it for a vtpm-manager one, ' +
+              `or run \`vtpm libvirt adopt ${domain.name}\` to keep its state`,
             { domain: domain.name },
           );
         }
@@ -154,14 +160,16 @@ export function registerLibvirtCommands(program: Command): void {
           command,
           { domain: domain.name, vtpm },
           () =>
-            `libvirt domain ${domain.name} now uses vTPM ${vtpm.vm} (TPM ${vtpm.version}, ${vtpm.model})${existing ? ', which already existed' : ''}`,
+            `libvirt domain ${domain.name} now uses vTPM ${vtpm.vm} ` +
+            `(TPM ${vtpm.version}, ${vtpm.model})${existing ? ', which already existed' : ''}`,
         );
       },
     );
 
   withClientOptions(libvirt.command('adopt'))
     .description(
-      "take over the TPM libvirt's emulator backend created for a shut-off domain: same EK, NV contents and PCR banks, now in vtpm-manager",
+      "take over the TPM libvirt's emulator backend created for a shut-off domain: " +
+        'same EK, NV contents and PCR banks, now in vtpm-manager',
     )
     .argument('<domain>', 'domain name or UUID')
     .option('--swtpm-dir <dir>', 'where libvirt keeps its swtpm states', DEFAULT_SWTPM_DIR)
@@ -177,8 +185,9 @@ export function registerLibvirtCommands(program: Command): void {
         const xml = await virsh.domainXml(name);
         const domain = parseDomain(xml);
         if (domain.tpm?.backend !== 'emulator') {
+          const found = domain.tpm ? `a TPM with the ${domain.tpm.backend} backend` : 'no TPM';
           throw new StateConflictError(
-            `libvirt domain ${domain.name} has ${domain.tpm ? `a TPM with the ${domain.tpm.backend} backend` : 'no TPM'}; only a TPM of libvirt's emulator backend can be adopted`,
+            `libvirt domain ${domain.name} has ${found}; only a TPM of libvirt's emulator backend can be adopted`,
             { domain: domain.name },
           );
         }
@@ -186,7 +195,8 @@ export function registerLibvirtCommands(program: Command): void {
         const source = await libvirtState(options.swtpmDir, domain);
         if (domain.tpm.version && domain.tpm.version !== source.version) {
           throw new HostSetupError(
-            `libvirt domain ${domain.name} declares TPM ${domain.tpm.version} but its state directory holds TPM ${source.version}`,
+            `libvirt domain ${domain.name} declares TPM ${domain.tpm.version} ` +
+              `but its state directory holds TPM ${source.version}`,
             { domain: domain.name },
           );
         }
@@ -223,10 +233,13 @@ export function registerLibvirtCommands(program: Command): void {
           },
           () =>
             [
-              `libvirt domain ${domain.name} now uses vTPM ${vtpm.vm} (TPM ${vtpm.version}, ${vtpm.model}), adopted from libvirt's emulator backend`,
+              `libvirt domain ${domain.name} now uses vTPM ${vtpm.vm} (TPM ${vtpm.version}, ${vtpm.model}), ` +
+                "adopted from libvirt's emulator backend",
               options.removeSource
                 ? `libvirt's copy of the state (${join(options.swtpmDir, domain.uuid)}) is erased`
-                : `libvirt's copy of the state is still in ${join(options.swtpmDir, domain.uuid)}${secret ? '' : ' (not encrypted)'}; erase it once you are satisfied, or adopt with --remove-source`,
+                : `libvirt's copy of the state is still in ${join(options.swtpmDir, domain.uuid)}` +
+                  `${secret ? '' : ' (not encrypted)'}; ` +
+                  'erase it once you are satisfied, or adopt with --remove-source',
             ].join('\n'),
         );
       },

@@ -46,7 +46,8 @@ async function main(): Promise<number> {
   if (action.kind === 'prepare-migration') {
     if (!scope) {
       process.stderr.write(
-        `vtpm-manager: ${what} cannot follow a migration: this hook does not know its host (install it again with vtpm libvirt install-hook)\n`,
+        `vtpm-manager: ${what} cannot follow a migration: this hook does not know its host ` +
+          '(install it again with vtpm libvirt install-hook)\n',
       );
       return 1;
     }

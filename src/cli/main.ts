@@ -125,7 +125,8 @@ withClientOptions(program.command('serve'))
   )
   .option(
     '--qemu-group <group>',
-    "the group QEMU runs in when not root (libvirt's default: libvirt-qemu): vTPM sockets and UEFI variable stores are shared with it",
+    "the group QEMU runs in when not root (libvirt's default: libvirt-qemu): " +
+      'vTPM sockets and UEFI variable stores are shared with it',
   )
   .option(
     '--agent-ca-file <pem>',
@@ -190,7 +191,9 @@ withClientOptions(program.command('serve'))
       });
       const tokenNote = server.adminTokenCreated ? 'admin token created in' : 'admin token in';
       process.stdout.write(
-        `vtpm serve: listening on ${server.url}\nvtpm serve: data directory ${dataDir}\nvtpm serve: ${tokenNote} ${server.adminTokenPath}\n`,
+        `vtpm serve: listening on ${server.url}\n` +
+          `vtpm serve: data directory ${dataDir}\n` +
+          `vtpm serve: ${tokenNote} ${server.adminTokenPath}\n`,
       );
       const shutdown = (signal: string) => {
         logger.info({ signal }, 'shutting down; running vTPMs keep running');

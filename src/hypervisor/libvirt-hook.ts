@@ -39,7 +39,9 @@ export const HOOK_MARKER = '# vtpm-manager libvirt hook';
 /** How long the hook waits for the control plane on each call: libvirtd waits for the hook. */
 export const HOOK_TIMEOUT_MS = 10_000;
 
-/** The hook script: a shell line that runs the hook entry point under this very Node, with the service's coordinates. */
+/**
+ * The hook script: a shell line that runs the hook entry point under this very Node, with the service's coordinates.
+ */
 export function hookScript(options: {
   node: string;
   entry: string;
@@ -52,13 +54,16 @@ export function hookScript(options: {
   tokenFile?: string | undefined;
 }): string {
   const quote = (value: string) => `'${value.replaceAll("'", "'\\''")}'`;
+  const caFileSetting = options.caFile ? ` VTPM_CA_FILE=${quote(options.caFile)}` : '';
+  const tokenFileSetting = options.tokenFile ? ` VTPM_TOKEN_FILE=${quote(options.tokenFile)}` : '';
   return [
     '#!/bin/sh',
     HOOK_MARKER,
     '# Installed by `vtpm libvirt install-hook`: starts the vTPM of a domain whose <tpm> is a',
     '# vtpm-manager socket before QEMU starts, and stops it once QEMU has gone.',
-    `VTPM_URL=${quote(options.url)} VTPM_DATA_DIR=${quote(options.dataDir)} VTPM_HOOK_SOCKET_DIR=${quote(options.socketDir)} VTPM_HOOK_HOST=${quote(options.host)} \\`,
-    `VTPM_HOOK_TIMEOUT_MS=${options.timeoutMs}${options.caFile ? ` VTPM_CA_FILE=${quote(options.caFile)}` : ''}${options.tokenFile ? ` VTPM_TOKEN_FILE=${quote(options.tokenFile)}` : ''} \\`,
+    `VTPM_URL=${quote(options.url)} VTPM_DATA_DIR=${quote(options.dataDir)} ` +
+      `VTPM_HOOK_SOCKET_DIR=${quote(options.socketDir)} VTPM_HOOK_HOST=${quote(options.host)} \\`,
+    `VTPM_HOOK_TIMEOUT_MS=${options.timeoutMs}${caFileSetting}${tokenFileSetting} \\`,
     `exec ${quote(options.node)} ${quote(options.entry)} "$@"`,
     '',
   ].join('\n');

@@ -33,7 +33,8 @@ export function qemuFirmwareArgs(firmware: Firmware, nvramPath: string): string[
 export function libvirtFirmwareXml(firmware: Firmware, nvramPath: string): string | null {
   if (firmware.type !== 'uefi') return null;
   return [
-    `<loader readonly='yes' secure='${firmware.secureBoot ? 'yes' : 'no'}' type='pflash'>${escapeXmlAttribute(ovmfCode(firmware.secureBoot))}</loader>`,
+    `<loader readonly='yes' secure='${firmware.secureBoot ? 'yes' : 'no'}' type='pflash'>` +
+      `${escapeXmlAttribute(ovmfCode(firmware.secureBoot))}</loader>`,
     `<nvram>${escapeXmlAttribute(nvramPath)}</nvram>`,
     ...(firmware.secureBoot ? ["<!-- in <features>: --><smm state='on'/>"] : []),
   ].join('\n');

@@ -74,7 +74,8 @@ export class Virsh {
       const stored = await readFile(join(LIBVIRT_SECRETS_DIR, `${uuid}.base64`), 'utf8').catch(() => undefined);
       if (stored === undefined)
         throw new HostSetupError(
-          `libvirt secret ${uuid} is private and ${LIBVIRT_SECRETS_DIR} is not readable here: run this on the libvirt host, as root`,
+          `libvirt secret ${uuid} is private and ${LIBVIRT_SECRETS_DIR} is not readable here: ` +
+            'run this on the libvirt host, as root',
           { secret: uuid },
         );
       return Buffer.from(stored.trim(), 'base64');

@@ -23,7 +23,10 @@ export async function rotateByReplacement(store: Store, keys: KeyManager): Promi
   return { kind: keys.kind, rewrapped: replaced, already_rewrapped: finished };
 }
 
-/** Stores `secret` (the value behind `use.ref`) as a new secret with the use's label and project, and retires the old one; returns the new reference. */
+/**
+ * Stores `secret` (the value behind `use.ref`) as a new secret with the use's
+ * label and project, and retires the old one; returns the new reference.
+ */
 export async function storeAnew(store: Store, keys: KeyManager, use: SecretUse, secret: Buffer): Promise<string> {
   const newRef = await keys.storeSecret(use.label, { project: use.project }, secret);
   await store.secrets.recordReplacement(use.ref, newRef);

@@ -70,7 +70,8 @@ async function checkScratchDir(path: string, logger: Logger): Promise<void> {
   if ((await statfs(path)).type !== TMPFS_MAGIC) {
     logger.warn(
       { scratchDir: path },
-      'the scratch directory is not on tmpfs: CA key passwords will briefly touch a disk; pass --scratch-dir on a memory file system',
+      'the scratch directory is not on tmpfs: CA key passwords will briefly touch a disk; ' +
+        'pass --scratch-dir on a memory file system',
     );
   }
 }

@@ -112,9 +112,12 @@ const migrations: Record<string, Migration> = {
         .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
         .execute();
       // Tokens issued before users existed name their user, project and role themselves.
-      await sql`INSERT INTO users (name, project, roles, created_at) SELECT name, MIN(project), MIN(role), MIN(created_at) FROM api_tokens GROUP BY name`.execute(
-        db,
-      );
+      await sql
+        .raw(
+          'INSERT INTO users (name, project, roles, created_at) ' +
+            'SELECT name, MIN(project), MIN(role), MIN(created_at) FROM api_tokens GROUP BY name',
+        )
+        .execute(db);
       await db.schema.alterTable('api_tokens').addColumn('user_name', 'varchar(255)').execute();
       await sql`UPDATE api_tokens SET user_name = name`.execute(db);
       for (const column of ['name', 'project', 'role'])
@@ -144,7 +147,8 @@ const migrations: Record<string, Migration> = {
       for (const statement of ['UPDATE', 'DELETE']) {
         await sql
           .raw(
-            `CREATE TRIGGER audit_events_no_${statement.toLowerCase()} BEFORE ${statement} ON audit_events BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END`,
+            `CREATE TRIGGER audit_events_no_${statement.toLowerCase()} BEFORE ${statement} ON audit_events ` +
+              "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
           )
           .execute(db);
       }

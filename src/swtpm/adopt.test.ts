@@ -64,8 +64,10 @@ describe("adopting a TPM state written by libvirt's swtpm", () => {
     await mkdir(sourceDir);
     const passFile = join(root, 'pass');
     await writeFile(passFile, passphrase);
-    // What libvirt runs for <backend type='emulator' version='2.0'><encryption .../>: swtpm_setup with a local CA and a passphrase.
-    // The CA is the test's own: the host's (/var/lib/swtpm-localca) belongs to the tss user libvirt runs swtpm_setup as.
+    // What libvirt runs for <backend type='emulator' version='2.0'><encryption .../>:
+    // swtpm_setup with a local CA and a passphrase.
+    // The CA is the test's own: the host's (/var/lib/swtpm-localca)
+    // belongs to the tss user libvirt runs swtpm_setup as.
     const caDir = join(root, 'localca');
     await mkdir(caDir);
     await writeFile(
@@ -79,7 +81,9 @@ describe("adopting a TPM state written by libvirt's swtpm", () => {
     );
     await writeFile(
       join(root, 'swtpm_setup.conf'),
-      `create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = ${join(root, 'swtpm-localca.conf')}\ncreate_certs_tool_options = /etc/swtpm-localca.options\n`,
+      'create_certs_tool = /usr/bin/swtpm_localca\n' +
+        `create_certs_tool_config = ${join(root, 'swtpm-localca.conf')}\n` +
+        'create_certs_tool_options = /etc/swtpm-localca.options\n',
     );
     await runProgram(
       'swtpm_setup',

@@ -147,12 +147,15 @@ export async function adoptState(options: AdoptOptions): Promise<AdoptedTpm> {
         : { [MIGRATION_KEY_FD]: migrationKey },
     );
     running.push(source);
-    // swtpm hands out its permanent state only from an initialised TPM; initialising does not start it (no TPM2_Startup).
+    // swtpm hands out its permanent state only from an initialised
+    // TPM; initialising does not start it (no TPM2_Startup).
     await ioctl(source, '-i').catch((error: unknown) => {
       throw new IntegrityError(
         options.sourcePassphrase
-          ? 'the TPM state cannot be opened with the given secret (wrong secret, or not a swtpm state of this TPM version)'
-          : 'the TPM state cannot be opened (encrypted, so its secret is needed, or not a swtpm state of this TPM version)',
+          ? 'the TPM state cannot be opened with the given secret ' +
+              '(wrong secret, or not a swtpm state of this TPM version)'
+          : 'the TPM state cannot be opened ' +
+              '(encrypted, so its secret is needed, or not a swtpm state of this TPM version)',
         { cause: String(error) },
       );
     });

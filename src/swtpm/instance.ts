@@ -111,7 +111,8 @@ export async function launchSwtpm(
   while (Date.now() < deadline) {
     if (gone) {
       throw new EmulatorError(
-        `swtpm exited during start (${gone.signal ?? `status ${gone.code}`}): ${(await logTail(paths.logFile)) || 'no output'}`,
+        `swtpm exited during start (${gone.signal ?? `status ${gone.code}`}): ` +
+          `${(await logTail(paths.logFile)) || 'no output'}`,
         { log: paths.logFile },
       );
     }
@@ -123,7 +124,8 @@ export async function launchSwtpm(
   }
   child.kill('SIGKILL');
   throw new EmulatorError(
-    `swtpm did not open its socket ${paths.socket} within ${READY_TIMEOUT_MS / 1000} s: ${await logTail(paths.logFile)}`,
+    `swtpm did not open its socket ${paths.socket} within ${READY_TIMEOUT_MS / 1000} s: ` +
+      `${await logTail(paths.logFile)}`,
     { log: paths.logFile },
   );
 }

@@ -58,7 +58,8 @@ export function runProgram(program: string, args: string[], options: RunOptions 
       reject(
         error.code === 'ENOENT'
           ? new HostSetupError(
-              `${program} is not installed on this host; run the README's setup command (Debian packages swtpm and swtpm-tools)`,
+              `${program} is not installed on this host; ` +
+                "run the README's setup command (Debian packages swtpm and swtpm-tools)",
               { program },
             )
           : new EmulatorError(`${program} could not be started: ${error.message}`, { program }),

@@ -3,7 +3,9 @@ import { connect, type Socket } from 'node:net';
 import { EmulatorError } from '../errors.js';
 import type { SendCommand } from './tpm2-commands.js';
 
-/** True once something accepts connections on `path`; the probe closes at once (swtpm does not count it as a client). */
+/**
+ * True once something accepts connections on `path`; the probe closes at once (swtpm does not count it as a client).
+ */
 export function socketAccepts(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const probe = connect(path);

@@ -49,7 +49,10 @@ export const tpm2 = {
   /** TPM2_NV_Read authorised by the owner with the empty password (EK certificates allow OWNERREAD). */
   nvRead: (index: number, size: number, offset: number) =>
     authorised(0x14e, [TPM_RH_OWNER, index], Buffer.concat([u16(size), u16(offset)])),
-  /** TPM2_NV_DefineSpace of an ordinary index of `size` bytes, owner-authorised, readable and writable by owner and index auth. */
+  /**
+   * TPM2_NV_DefineSpace of an ordinary index of `size` bytes,
+   * owner-authorised, readable and writable by owner and index auth.
+   */
   nvDefineSpace(index: number, size: number): Buffer {
     const publicArea = Buffer.concat([u32(index), u16(0x000b), u32(0x0006_0006), u16(0), u16(size)]);
     return authorised(0x12a, [TPM_RH_OWNER], Buffer.concat([u16(0), u16(publicArea.length), publicArea]));
@@ -63,7 +66,10 @@ export function responseCode(response: Buffer): number {
   return response.readUInt32BE(6);
 }
 
-/** The data size from a TPM2_NV_ReadPublic response (TPM2B_NV_PUBLIC: size, index, nameAlg, attributes, authPolicy, dataSize). */
+/**
+ * The data size from a TPM2_NV_ReadPublic response (TPM2B_NV_PUBLIC:
+ * size, index, nameAlg, attributes, authPolicy, dataSize).
+ */
 export function nvDataSize(readPublicResponse: Buffer): number {
   const policySize = readPublicResponse.readUInt16BE(10 + 2 + 4 + 2 + 4);
   return readPublicResponse.readUInt16BE(10 + 2 + 4 + 2 + 4 + 2 + policySize);

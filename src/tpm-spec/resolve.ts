@@ -102,7 +102,8 @@ export function resolveTpmSpec(request: SpecRequest): ResolvedSpec {
       modelClaims.length > 0 ? ` (${modelClaims.map(describe).join(', ')} names a model but no version)` : '';
     throw new InvalidArgumentError(
       'version',
-      `a TPM version from --version, flavor ${FLAVOR_KEYS.version} or image ${IMAGE_KEYS.version}, one of ${TPM_VERSIONS.join(', ')}${hint}`,
+      `a TPM version from --version, flavor ${FLAVOR_KEYS.version} or image ${IMAGE_KEYS.version}, ` +
+        `one of ${TPM_VERSIONS.join(', ')}${hint}`,
     );
   }
   if (!isTpmVersion(version) || !isTpmModel(model)) throw new Error('unreachable: values were validated above');
@@ -110,7 +111,8 @@ export function resolveTpmSpec(request: SpecRequest): ResolvedSpec {
   if (model === 'tpm-crb' && version === '1.2') {
     const modelSource = modelClaims.map(describe).join(', ');
     throw new SpecConflictError(
-      `model tpm-crb requires TPM version 2.0, but version 1.2 was requested: ${modelSource} vs ${versionClaims.map(describe).join(', ')}`,
+      'model tpm-crb requires TPM version 2.0, but version 1.2 was requested: ' +
+        `${modelSource} vs ${versionClaims.map(describe).join(', ')}`,
       [...modelClaims, ...versionClaims],
     );
   }

@@ -22,7 +22,8 @@ function valid(field: string, value: string): SecretSecurity {
   if (value === 'host')
     throw new InvalidArgumentError(
       field,
-      `one of ${SECRET_SECURITY_MODES.join(', ')} (vtpm-manager keeps every secret in its key manager, never on a host)`,
+      `one of ${SECRET_SECURITY_MODES.join(', ')} ` +
+        '(vtpm-manager keeps every secret in its key manager, never on a host)',
       value,
     );
   if (!(SECRET_SECURITY_MODES as readonly string[]).includes(value))

@@ -109,7 +109,8 @@ export class StateVault {
     const stored = (await this.store.generations.list(vm)).find((g) => g.kind === kind);
     if (!stored || stored.generation !== head.generation) {
       throw new RollbackError(
-        `the vault holds generation ${stored?.generation ?? 'none'} (${kind}) of VM ${vm} but generation ${head.generation} was acknowledged: its state was rolled back or deleted`,
+        `the vault holds generation ${stored?.generation ?? 'none'} (${kind}) of VM ${vm} ` +
+          `but generation ${head.generation} was acknowledged: its state was rolled back or deleted`,
         { vm, kind, acknowledged: head.generation, found: stored?.generation ?? null },
       );
     }

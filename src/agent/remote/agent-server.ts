@@ -30,7 +30,10 @@ export interface AgentServerOptions {
 const RETRY_MAX_MS = 5_000;
 const digest = (token: string) => createHash('sha256').update(token).digest();
 
-/** Sends one report until the control plane takes it; a refusal (4xx) is logged and dropped, as the control plane decided. */
+/**
+ * Sends one report until the control plane takes it; a refusal
+ * (4xx) is logged and dropped, as the control plane decided.
+ */
 async function deliver(controlPlane: ApiClient, logger: Logger, path: string, body: unknown): Promise<void> {
   for (let wait = 100; ; wait = Math.min(wait * 2, RETRY_MAX_MS)) {
     try {
@@ -131,7 +134,10 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
   return app;
 }
 
-/** Tells the control plane this agent is up, and what it is (traits, capabilities, where its sockets are); retried until taken. */
+/**
+ * Tells the control plane this agent is up, and what it is (traits,
+ * capabilities, where its sockets are); retried until taken.
+ */
 export async function reportIn(controlPlane: ApiClient, agent: LocalHostAgent, logger: Logger): Promise<void> {
   await deliver(controlPlane, logger, reportPath(agent.hostName, 'hello'), await agent.describe());
 }

@@ -48,13 +48,15 @@ export class BarbicanKeyManager implements KeyManager {
           ? `no answer within ${TIMEOUT_MS / 1000} s`
           : ((error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message);
       throw new KeyManagerError(
-        `key manager unavailable: Barbican at ${this.endpoint} cannot be reached (${cause}); vTPMs already running keep running`,
+        `key manager unavailable: Barbican at ${this.endpoint} cannot be reached (${cause}); ` +
+          'vTPMs already running keep running',
         { endpoint: this.endpoint },
       );
     }
     if (response.status >= 500)
       throw new KeyManagerError(
-        `key manager unavailable: Barbican at ${this.endpoint} answered ${response.status}; vTPMs already running keep running`,
+        `key manager unavailable: Barbican at ${this.endpoint} answered ${response.status}; ` +
+          'vTPMs already running keep running',
         { endpoint: this.endpoint },
       );
     return response;

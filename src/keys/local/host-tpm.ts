@@ -84,7 +84,8 @@ export async function unsealFromHostTpm(sealed: SealedKey, options: HostTpmOptio
     await writeFile(priv, sealed.private, { mode: 0o600 });
     await tpm2(options, 'tpm2_load', ['-Q', '-C', primary, '-u', pub, '-r', priv, '-c', object]).catch(() => {
       throw new KeyManagerError(
-        `the master key is sealed to another TPM than ${options.tcti} (or that TPM was cleared): this data directory cannot be unlocked here`,
+        `the master key is sealed to another TPM than ${options.tcti} (or that TPM was cleared): ` +
+          'this data directory cannot be unlocked here',
         { tcti: options.tcti },
       );
     });

@@ -40,7 +40,8 @@ export class LocalKeyManager implements KeyManager {
     await mkdir(secretsDir, { recursive: true, mode: 0o700 });
     if (!hostTpm && (await fileExists(join(keysDir, 'master.tpm')))) {
       throw new KeyManagerError(
-        "this data directory's master key is sealed to a TPM: start with --seal-to-tpm (and --host-tpm when the TPM is not /dev/tpmrm0)",
+        "this data directory's master key is sealed to a TPM: " +
+          'start with --seal-to-tpm (and --host-tpm when the TPM is not /dev/tpmrm0)',
       );
     }
     const keys: MasterKeyStore = hostTpm ? new TpmMasterKeys(keysDir, hostTpm) : new FileMasterKeys(keysDir);

@@ -62,7 +62,9 @@ export class Pkcs11KeyManager implements KeyManager {
       if (!state) {
         if (keys.length > 0) {
           throw new KeyManagerError(
-            `the token already holds ${keys.length} key(s) labelled "${options.keyLabel}" that this data directory does not know (another installation's?): give this one its own --pkcs11-key-label`,
+            `the token already holds ${keys.length} key(s) labelled "${options.keyLabel}" ` +
+              "that this data directory does not know (another installation's?): " +
+              'give this one its own --pkcs11-key-label',
           );
         }
         const first = token.generateKey(options.keyLabel);
@@ -74,7 +76,8 @@ export class Pkcs11KeyManager implements KeyManager {
         const key = keys.find((k) => k.id.toString('hex') === id);
         if (!key)
           throw new KeyManagerError(
-            `the ${role} key-encryption key (label "${options.keyLabel}", id ${id}) is not in the token: the secrets wrapped under it cannot be opened`,
+            `the ${role} key-encryption key (label "${options.keyLabel}", id ${id}) is not in the token: ` +
+              'the secrets wrapped under it cannot be opened',
           );
         return key;
       };
@@ -88,7 +91,9 @@ export class Pkcs11KeyManager implements KeyManager {
     }
   }
 
-  /** A new KEK in the token; every secret is re-wrapped under it (its value unchanged), then the old KEK is destroyed. */
+  /**
+   * A new KEK in the token; every secret is re-wrapped under it (its value unchanged), then the old KEK is destroyed.
+   */
   rotate(): Promise<RotationReport> {
     this.rotation ??= (async () => {
       const next = this.token.generateKey(this.keyLabel);
@@ -130,7 +135,8 @@ export class Pkcs11KeyManager implements KeyManager {
     const keyId = keyIdOf(wrapped, ref);
     if (!keyId.equals(this.current.id)) {
       throw new IntegrityError(
-        `secret ${ref} is wrapped under key-encryption key ${keyId.toString('hex')}, which is not this installation's current key`,
+        `secret ${ref} is wrapped under key-encryption key ${keyId.toString('hex')}, ` +
+          "which is not this installation's current key",
         { ref },
       );
     }

@@ -99,7 +99,8 @@ export class Pkcs11Token {
       if (label) labels.push(label);
     }
     throw new KeyManagerError(
-      `key manager unavailable: no ${this.describe()}; tokens present: ${labels.length ? labels.map((l) => `"${l}"`).join(', ') : 'none'}`,
+      `key manager unavailable: no ${this.describe()}; ` +
+        `tokens present: ${labels.length ? labels.map((l) => `"${l}"`).join(', ') : 'none'}`,
       {
         token: this.options.tokenLabel,
       },
@@ -147,7 +148,9 @@ export class Pkcs11Token {
     }
   }
 
-  /** After a failure the module starts over (C_Finalize, C_Initialize): some (SoftHSM2) see a token come back only then. */
+  /**
+   * After a failure the module starts over (C_Finalize, C_Initialize): some (SoftHSM2) see a token come back only then.
+   */
   private connect(): Handle {
     if (this.restart) {
       try {
@@ -237,7 +240,8 @@ export class Pkcs11Token {
         // The token may have gone, and may come back: the next call starts over.
         this.dropSession();
         throw new KeyManagerError(
-          `key manager unavailable: the key-encryption key (label "${key.label}", id ${hex}) is not in the ${this.describe()}; vTPMs already running keep running`,
+          `key manager unavailable: the key-encryption key (label "${key.label}", id ${hex}) ` +
+            `is not in the ${this.describe()}; vTPMs already running keep running`,
           {
             token: this.options.tokenLabel,
           },
