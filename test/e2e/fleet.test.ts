@@ -114,9 +114,13 @@ describe('a second host with its own agent', () => {
 });
 
 describe('live migration', () => {
-  it('the vTPM follows its guest from one QEMU to another on host-b; the guest then writes there, and the write is in the vault', async () => {
-    await migrateAndCheck();
-  });
+  it(
+    'the vTPM follows its guest from one QEMU to another on host-b; ' +
+      'the guest then writes there, and the write is in the vault',
+    async () => {
+      await migrateAndCheck();
+    },
+  );
 
   it('a migration that completes while the control plane is down is found completed when it starts again', async () => {
     await migrateAndCheck((move) => context.restart(move));
@@ -198,66 +202,69 @@ async function migrateAndCheck(around: (move: () => Promise<void>) => Promise<vo
 }
 
 describe('TLS between the control plane and an agent', () => {
-  it("each side checks the other's certificate; an agent that does not trust the control plane's never reports in", async () => {
-    const dir = await temporaryDir('vtpm-fleet-tls');
-    const savedCa = process.env.VTPM_CA_FILE;
-    let service: ServiceUnderTest | undefined;
-    const agents: AgentUnderTest[] = [];
-    try {
-      const { cert, key } = await selfSignedCertificate(dir);
-      service = await ServiceUnderTest.start(join(dir, 'data'), [
-        '--pool-size',
-        '0',
-        '--tls-cert',
-        cert,
-        '--tls-key',
-        key,
-        '--agent-ca-file',
-        cert,
-      ]);
-      process.env.VTPM_CA_FILE = cert;
-      const tls = ['--tls-cert', cert, '--tls-key', key];
+  it(
+    "each side checks the other's certificate; " + "an agent that does not trust the control plane's never reports in",
+    async () => {
+      const dir = await temporaryDir('vtpm-fleet-tls');
+      const savedCa = process.env.VTPM_CA_FILE;
+      let service: ServiceUnderTest | undefined;
+      const agents: AgentUnderTest[] = [];
+      try {
+        const { cert, key } = await selfSignedCertificate(dir);
+        service = await ServiceUnderTest.start(join(dir, 'data'), [
+          '--pool-size',
+          '0',
+          '--tls-cert',
+          cert,
+          '--tls-key',
+          key,
+          '--agent-ca-file',
+          cert,
+        ]);
+        process.env.VTPM_CA_FILE = cert;
+        const tls = ['--tls-cert', cert, '--tls-key', key];
 
-      const { VTPM_CA_FILE: _trusted, ...untrusting } = process.env;
-      const distrustful = await AgentUnderTest.start(service, join(dir, 'host-c'), 'host-c', {
-        https: true,
-        extraArgs: tls,
-        env: untrusting,
-        untilReportedIn: false,
-      });
-      agents.push(distrustful);
+        const { VTPM_CA_FILE: _trusted, ...untrusting } = process.env;
+        const distrustful = await AgentUnderTest.start(service, join(dir, 'host-c'), 'host-c', {
+          https: true,
+          extraArgs: tls,
+          env: untrusting,
+          untilReportedIn: false,
+        });
+        agents.push(distrustful);
 
-      const trusting = await AgentUnderTest.start(service, join(dir, 'host-d'), 'host-d', {
-        https: true,
-        extraArgs: tls,
-      });
-      agents.push(trusting);
-      const vm = randomUUID();
-      await service.json('create', '--vm', vm, '--version', '2.0');
-      const started = await service.json<StartedJson>('start', vm, '--host', 'host-d');
-      assert.match(
-        started.socket,
-        new RegExp(`^${trusting.runDir}/`),
-        "the control plane reached host-d's agent over HTTPS",
-      );
-      await service.json('stop', vm);
+        const trusting = await AgentUnderTest.start(service, join(dir, 'host-d'), 'host-d', {
+          https: true,
+          extraArgs: tls,
+        });
+        agents.push(trusting);
+        const vm = randomUUID();
+        await service.json('create', '--vm', vm, '--version', '2.0');
+        const started = await service.json<StartedJson>('start', vm, '--host', 'host-d');
+        assert.match(
+          started.socket,
+          new RegExp(`^${trusting.runDir}/`),
+          "the control plane reached host-d's agent over HTTPS",
+        );
+        await service.json('stop', vm);
 
-      assert.match(
-        distrustful.log,
-        /TLS certificate is not one this client trusts/,
-        "host-c's agent refused the control plane's certificate",
-      );
-      const hostC = (await service.json<Array<{ name: string; traits: string[] }>>('hosts')).find(
-        (h) => h.name === 'host-c',
-      );
-      assert.deepEqual(hostC?.traits, [], 'and so never reported in');
-      await service.json('delete', vm);
-    } finally {
-      if (savedCa === undefined) delete process.env.VTPM_CA_FILE;
-      else process.env.VTPM_CA_FILE = savedCa;
-      for (const agent of agents) await agent.stop();
-      await service?.stop();
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
+        assert.match(
+          distrustful.log,
+          /TLS certificate is not one this client trusts/,
+          "host-c's agent refused the control plane's certificate",
+        );
+        const hostC = (await service.json<Array<{ name: string; traits: string[] }>>('hosts')).find(
+          (h) => h.name === 'host-c',
+        );
+        assert.deepEqual(hostC?.traits, [], 'and so never reported in');
+        await service.json('delete', vm);
+      } finally {
+        if (savedCa === undefined) delete process.env.VTPM_CA_FILE;
+        else process.env.VTPM_CA_FILE = savedCa;
+        for (const agent of agents) await agent.stop();
+        await service?.stop();
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

@@ -57,26 +57,30 @@ const variants = [
 
 describe('a real guest on a vTPM', () => {
   for (const variant of variants) {
-    it(`TPM ${variant.version} ${variant.model}: the guest sees the manufactured TPM, and its state persists across boots`, async () => {
-      const vm = randomUUID();
-      const created = await context.service.json<VtpmJson>('create', '--vm', vm, ...variant.how);
-      assert.deepEqual([created.version, created.model, created.status], [variant.version, variant.model, 'stopped']);
-      const modulus = await ekModulus(context.service, vm);
+    it(
+      `TPM ${variant.version} ${variant.model}: ` +
+        'the guest sees the manufactured TPM, and its state persists across boots',
+      async () => {
+        const vm = randomUUID();
+        const created = await context.service.json<VtpmJson>('create', '--vm', vm, ...variant.how);
+        assert.deepEqual([created.version, created.model, created.status], [variant.version, variant.model, 'stopped']);
+        const modulus = await ekModulus(context.service, vm);
 
-      const first = await bootOnce(vm);
-      assertSeesTpm(first, variant.version);
-      assertGuestEkIs(first, modulus);
+        const first = await bootOnce(vm);
+        assertSeesTpm(first, variant.version);
+        assertGuestEkIs(first, modulus);
 
-      const second = await bootOnce(vm);
-      assertSeesTpm(second, variant.version);
-      assertGuestEkIs(second, modulus);
-      if (variant.version === '2.0') {
-        assert.ok(
-          resetCountOf(second.responses.readclock!) > resetCountOf(first.responses.readclock!),
-          "resetCount did not grow: the second boot did not start from the first boot's state",
-        );
-      }
-    });
+        const second = await bootOnce(vm);
+        assertSeesTpm(second, variant.version);
+        assertGuestEkIs(second, modulus);
+        if (variant.version === '2.0') {
+          assert.ok(
+            resetCountOf(second.responses.readclock!) > resetCountOf(first.responses.readclock!),
+            "resetCount did not grow: the second boot did not start from the first boot's state",
+          );
+        }
+      },
+    );
   }
 
   it('after `vtpm serve` restarts, the vTPM is still there and boots with the same state', async () => {

@@ -111,47 +111,51 @@ after(async () => {
 const show = (vm: string) => context.service.json<VtpmJson>('show', vm);
 
 describe('live migration through libvirt', () => {
-  it('virsh migrate --live moves the guest and its vTPM to the second host; what the guest writes there is in the vault', async () => {
-    const file = join(context.workDir, `${domain.name}.xml`);
-    await writeFile(file, domainXml(domain));
-    await virsh('define', file);
-    await context.service.json('libvirt', 'attach', domain.name, '--version', '2.0');
-    await virsh('start', domain.name);
-    assert.deepEqual([(await show(domain.uuid)).status, (await show(domain.uuid)).host], ['running', hostname()]);
-    await waitForConsole(domain, 'VTPM-WAITING');
+  it(
+    'virsh migrate --live moves the guest and its vTPM to the second host; ' +
+      'what the guest writes there is in the vault',
+    async () => {
+      const file = join(context.workDir, `${domain.name}.xml`);
+      await writeFile(file, domainXml(domain));
+      await virsh('define', file);
+      await context.service.json('libvirt', 'attach', domain.name, '--version', '2.0');
+      await virsh('start', domain.name);
+      assert.deepEqual([(await show(domain.uuid)).status, (await show(domain.uuid)).host], ['running', hostname()]);
+      await waitForConsole(domain, 'VTPM-WAITING');
 
-    await virsh('migrate', '--live', domain.name, hostB!.uri, '--migrateuri', 'tcp://127.0.0.1');
-    assert.equal(await domainState(domain.name), 'shut off', 'the domain left the first host');
-    assert.equal((await hostB!.virsh('domstate', domain.name)).trim(), 'running', 'and runs on the second');
-    const deadline = Date.now() + 30_000;
-    let moved = await show(domain.uuid);
-    while (moved.host !== REMOTE && Date.now() < deadline) {
-      await delay(100);
-      moved = await show(domain.uuid);
-    }
-    assert.deepEqual(
-      [moved.host, moved.status],
-      [REMOTE, 'running'],
-      "the vTPM runs on the second host, and the first host's release hook left it so",
-    );
+      await virsh('migrate', '--live', domain.name, hostB!.uri, '--migrateuri', 'tcp://127.0.0.1');
+      assert.equal(await domainState(domain.name), 'shut off', 'the domain left the first host');
+      assert.equal((await hostB!.virsh('domstate', domain.name)).trim(), 'running', 'and runs on the second');
+      const deadline = Date.now() + 30_000;
+      let moved = await show(domain.uuid);
+      while (moved.host !== REMOTE && Date.now() < deadline) {
+        await delay(100);
+        moved = await show(domain.uuid);
+      }
+      assert.deepEqual(
+        [moved.host, moved.status],
+        [REMOTE, 'running'],
+        "the vTPM runs on the second host, and the first host's release hook left it so",
+      );
 
-    // After its delay the guest, now on the second host, writes its NV index, then powers off.
-    const console = await waitForConsole(domain, 'VTPM-DONE');
-    assert.equal(
-      responseCode(responsesOf(console)['3-write']!),
-      0,
-      `the migrated guest wrote its NV index: ${console.slice(-2000)}`,
-    );
-    await context.service.waitForStatus(domain.uuid, 'stopped', 30_000);
+      // After its delay the guest, now on the second host, writes its NV index, then powers off.
+      const console = await waitForConsole(domain, 'VTPM-DONE');
+      assert.equal(
+        responseCode(responsesOf(console)['3-write']!),
+        0,
+        `the migrated guest wrote its NV index: ${console.slice(-2000)}`,
+      );
+      await context.service.waitForStatus(domain.uuid, 'stopped', 30_000);
 
-    // Back on the first host (its definition stayed there): the write made on the second host is read back.
-    await writeFile(domain.console, '');
-    await virsh('start', domain.name);
-    const back = responsesOf(await untilShutOff(domain));
-    assert.ok(
-      back['1-data']!.includes(GUEST_NV_DATA),
-      'the boot on the first host reads what the guest wrote on the second',
-    );
-    assert.equal((await show(domain.uuid)).host, hostname());
-  });
+      // Back on the first host (its definition stayed there): the write made on the second host is read back.
+      await writeFile(domain.console, '');
+      await virsh('start', domain.name);
+      const back = responsesOf(await untilShutOff(domain));
+      assert.ok(
+        back['1-data']!.includes(GUEST_NV_DATA),
+        'the boot on the first host reads what the guest wrote on the second',
+      );
+      assert.equal((await show(domain.uuid)).host, hostname());
+    },
+  );
 });

@@ -35,7 +35,8 @@ const secrets: string[] = [];
 const context = serviceForFile(
   'vtpm-libvirt',
   async ({ service, workDir }) => {
-    // A copy of its own: libvirt labels the files a domain uses, and refuses a file another domain holds under another label.
+    // A copy of its own: libvirt labels the files a domain uses,
+    // and refuses a file another domain holds under another label.
     kernel = join(workDir, 'vmlinuz');
     await copyFile(await findKernel(), kernel);
     initramfs = await buildInitramfs(workDir);
@@ -77,41 +78,45 @@ async function vtpmStatus(vm: string): Promise<string> {
 }
 
 describe('libvirt hook and attach', () => {
-  it('attach, virsh start: the guest writes its TPM; virsh destroy stops the vTPM with the write committed; the next start sees it', async () => {
-    const domain = testDomain(`vtpm-attach-${process.pid}`, { append: 'vtpm.set=nv vtpm.hold=600' });
-    await define(domain);
-    const attached = await context.service.json<{ vtpm: VtpmJson }>(
-      'libvirt',
-      'attach',
-      domain.name,
-      '--version',
-      '2.0',
-    );
-    assert.equal(attached.vtpm.vm, domain.uuid);
-    assert.match(await virsh('dumpxml', domain.name), /<backend type='external'>/);
+  it(
+    'attach, virsh start: the guest writes its TPM; ' +
+      'virsh destroy stops the vTPM with the write committed; the next start sees it',
+    async () => {
+      const domain = testDomain(`vtpm-attach-${process.pid}`, { append: 'vtpm.set=nv vtpm.hold=600' });
+      await define(domain);
+      const attached = await context.service.json<{ vtpm: VtpmJson }>(
+        'libvirt',
+        'attach',
+        domain.name,
+        '--version',
+        '2.0',
+      );
+      assert.equal(attached.vtpm.vm, domain.uuid);
+      assert.match(await virsh('dumpxml', domain.name), /<backend type='external'>/);
 
-    await virsh('start', domain.name);
-    assert.equal(await vtpmStatus(domain.uuid), 'running', 'the hook started the vTPM before QEMU');
-    const firstConsole = await waitForConsole(domain, 'VTPM-HOLDING');
-    assert.match(firstConsole, /VTPM-DEVICES .*\/dev\/tpm0/);
-    const first = responsesOf(firstConsole);
-    assert.notEqual(responseCode(first['1-data']!), 0, 'nothing written yet at the first boot');
-    assert.equal(responseCode(first['3-write']!), 0);
+      await virsh('start', domain.name);
+      assert.equal(await vtpmStatus(domain.uuid), 'running', 'the hook started the vTPM before QEMU');
+      const firstConsole = await waitForConsole(domain, 'VTPM-HOLDING');
+      assert.match(firstConsole, /VTPM-DEVICES .*\/dev\/tpm0/);
+      const first = responsesOf(firstConsole);
+      assert.notEqual(responseCode(first['1-data']!), 0, 'nothing written yet at the first boot');
+      assert.equal(responseCode(first['3-write']!), 0);
 
-    await virsh('destroy', domain.name);
-    assert.equal(await vtpmStatus(domain.uuid), 'stopped', 'the release hook stopped the vTPM');
-    const history = await context.service.json<Array<{ reason: string }>>('history', domain.uuid);
-    assert.ok(
-      history.some((g) => g.reason === 'sync' || g.reason === 'stop'),
-      "the guest's write reached the vault",
-    );
+      await virsh('destroy', domain.name);
+      assert.equal(await vtpmStatus(domain.uuid), 'stopped', 'the release hook stopped the vTPM');
+      const history = await context.service.json<Array<{ reason: string }>>('history', domain.uuid);
+      assert.ok(
+        history.some((g) => g.reason === 'sync' || g.reason === 'stop'),
+        "the guest's write reached the vault",
+      );
 
-    await virsh('start', domain.name);
-    const second = responsesOf(await waitForConsole(domain, 'VTPM-HOLDING'));
-    assert.equal(responseCode(second['1-data']!), 0);
-    assert.ok(second['1-data']!.includes(GUEST_NV_DATA), 'the second boot reads what the first wrote');
-    await virsh('destroy', domain.name);
-  });
+      await virsh('start', domain.name);
+      const second = responsesOf(await waitForConsole(domain, 'VTPM-HOLDING'));
+      assert.equal(responseCode(second['1-data']!), 0);
+      assert.ok(second['1-data']!.includes(GUEST_NV_DATA), 'the second boot reads what the first wrote');
+      await virsh('destroy', domain.name);
+    },
+  );
 
   it('refuses to attach to a domain that has a TPM, unless --replace', async () => {
     const domain = testDomain(`vtpm-has-tpm-${process.pid}`, {
@@ -129,54 +134,61 @@ describe('libvirt hook and attach', () => {
 });
 
 describe("adopting a TPM from libvirt's emulator backend", () => {
-  it('keeps the EK certificate, the EK and an NV index the guest wrote before, from a state libvirt encrypted with a private secret', async () => {
-    // As Nova sets it up: a private libvirt secret of usage vtpm encrypts the emulator's state.
-    const secret = randomUUID();
-    const secretFile = join(context.workDir, 'secret.xml');
-    await writeFile(
-      secretFile,
-      `<secret ephemeral='no' private='yes'><uuid>${secret}</uuid><usage type='vtpm'><name>vtpm-test-${secret}</name></usage></secret>`,
-    );
-    await virsh('secret-define', secretFile);
-    secrets.push(secret);
-    await virsh('secret-set-value', secret, Buffer.from(`passphrase-${secret}`).toString('base64'));
-    const domain = testDomain(`vtpm-adopt-${process.pid}`, {
-      append: 'vtpm.set=nv',
-      tpmXml: `<tpm model='tpm-crb'>\n  <backend type='emulator' version='2.0'>\n    <encryption secret='${secret}'/>\n  </backend>\n</tpm>`,
-    });
-    await define(domain);
-    // First boot under libvirt's own swtpm writes the NV index; the second reads everything back.
-    await virsh('start', domain.name);
-    await untilShutOff(domain);
-    await virsh('start', domain.name);
-    const before = responsesOf(await untilShutOff(domain));
-    assert.equal(responseCode(before['1-data']!), 0, 'the index written at the first boot');
-    assert.equal(responseCode(before['5-ekcert-0']!), 0, "libvirt's TPM carries an EK certificate");
+  it(
+    'keeps the EK certificate, the EK and an NV index the guest wrote before, ' +
+      'from a state libvirt encrypted with a private secret',
+    async () => {
+      // As Nova sets it up: a private libvirt secret of usage vtpm encrypts the emulator's state.
+      const secret = randomUUID();
+      const secretFile = join(context.workDir, 'secret.xml');
+      await writeFile(
+        secretFile,
+        `<secret ephemeral='no' private='yes'><uuid>${secret}</uuid>` +
+          `<usage type='vtpm'><name>vtpm-test-${secret}</name></usage></secret>`,
+      );
+      await virsh('secret-define', secretFile);
+      secrets.push(secret);
+      await virsh('secret-set-value', secret, Buffer.from(`passphrase-${secret}`).toString('base64'));
+      const domain = testDomain(`vtpm-adopt-${process.pid}`, {
+        append: 'vtpm.set=nv',
+        tpmXml:
+          `<tpm model='tpm-crb'>\n  <backend type='emulator' version='2.0'>\n` +
+          `    <encryption secret='${secret}'/>\n  </backend>\n</tpm>`,
+      });
+      await define(domain);
+      // First boot under libvirt's own swtpm writes the NV index; the second reads everything back.
+      await virsh('start', domain.name);
+      await untilShutOff(domain);
+      await virsh('start', domain.name);
+      const before = responsesOf(await untilShutOff(domain));
+      assert.equal(responseCode(before['1-data']!), 0, 'the index written at the first boot');
+      assert.equal(responseCode(before['5-ekcert-0']!), 0, "libvirt's TPM carries an EK certificate");
 
-    const adopted = await context.service.json<{ vtpm: VtpmJson }>('libvirt', 'adopt', domain.name);
-    assert.equal(adopted.vtpm.vm, domain.uuid);
-    assert.equal(adopted.vtpm.model, 'tpm-crb');
-    const xml = await virsh('dumpxml', '--inactive', domain.name);
-    assert.match(xml, /<tpm model='tpm-crb'>\s*<backend type='external'>/);
+      const adopted = await context.service.json<{ vtpm: VtpmJson }>('libvirt', 'adopt', domain.name);
+      assert.equal(adopted.vtpm.vm, domain.uuid);
+      assert.equal(adopted.vtpm.model, 'tpm-crb');
+      const xml = await virsh('dumpxml', '--inactive', domain.name);
+      assert.match(xml, /<tpm model='tpm-crb'>\s*<backend type='external'>/);
 
-    await virsh('start', domain.name);
-    const after = responsesOf(await untilShutOff(domain));
-    for (const name of ['1-data', '4-ekcert-public', '5-ekcert-0', '6-ekcert-512', '7-ekpublic']) {
-      assert.deepEqual(after[name], before[name], `${name} is the same after adoption`);
-    }
-    assert.ok(after['1-data']!.includes(GUEST_NV_DATA));
-    assert.equal(await vtpmStatus(domain.uuid), 'stopped');
+      await virsh('start', domain.name);
+      const after = responsesOf(await untilShutOff(domain));
+      for (const name of ['1-data', '4-ekcert-public', '5-ekcert-0', '6-ekcert-512', '7-ekpublic']) {
+        assert.deepEqual(after[name], before[name], `${name} is the same after adoption`);
+      }
+      assert.ok(after['1-data']!.includes(GUEST_NV_DATA));
+      assert.equal(await vtpmStatus(domain.uuid), 'stopped');
 
-    // vtpm ek serves the certificate the guest reads from NV.
-    const { certificates } = await context.service.json<{ certificates: Array<{ key_type: string; pem: string }> }>(
-      'ek',
-      domain.uuid,
-      '--key-type',
-      'rsa2048',
-    );
-    const der = Buffer.from(certificates[0]!.pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
-    assert.ok(before['5-ekcert-0']!.includes(der.subarray(0, 400)), 'the stored certificate is the one in the TPM');
-  });
+      // vtpm ek serves the certificate the guest reads from NV.
+      const { certificates } = await context.service.json<{ certificates: Array<{ key_type: string; pem: string }> }>(
+        'ek',
+        domain.uuid,
+        '--key-type',
+        'rsa2048',
+      );
+      const der = Buffer.from(certificates[0]!.pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+      assert.ok(before['5-ekcert-0']!.includes(der.subarray(0, 400)), 'the stored certificate is the one in the TPM');
+    },
+  );
 
   it("refuses a domain whose TPM is not libvirt's emulator", async () => {
     const domain = testDomain(`vtpm-no-tpm-${process.pid}`);

@@ -46,61 +46,65 @@ before(async () => {
 after(() => rm(workDir, { recursive: true, force: true }));
 
 describe('the PKCS#11 key manager (SoftHSM2)', () => {
-  it('create, boot, rotate, restart, boot again with the same state; a copied data directory opens nothing with another token', async () => {
-    const dataDir = join(workDir, 'data');
-    const vm = randomUUID();
-    let service = await ServiceUnderTest.start(dataDir, serveArgs);
-    let first: GuestReport;
-    try {
-      await service.json('create', '--vm', vm, '--version', '2.0');
-      first = await bootNvGuest(service, vm, { kernel, initramfs });
-      assert.equal(responseCode(first.responses['3-write']!), 0, 'the guest wrote its NV index');
-      const rotated = await service.json<{ kind: string; rewrapped: number }>('keys', 'rotate');
-      assert.equal(rotated.kind, 'pkcs11');
-      assert.ok(rotated.rewrapped >= 2, 'the vTPM secret and the CA passwords are re-wrapped');
-    } finally {
-      await service.stop();
-    }
-    assert.deepEqual(await readdir(join(dataDir, 'keys')), ['pkcs11'], 'no master key in the data directory');
+  it(
+    'create, boot, rotate, restart, boot again with the same state; ' +
+      'a copied data directory opens nothing with another token',
+    async () => {
+      const dataDir = join(workDir, 'data');
+      const vm = randomUUID();
+      let service = await ServiceUnderTest.start(dataDir, serveArgs);
+      let first: GuestReport;
+      try {
+        await service.json('create', '--vm', vm, '--version', '2.0');
+        first = await bootNvGuest(service, vm, { kernel, initramfs });
+        assert.equal(responseCode(first.responses['3-write']!), 0, 'the guest wrote its NV index');
+        const rotated = await service.json<{ kind: string; rewrapped: number }>('keys', 'rotate');
+        assert.equal(rotated.kind, 'pkcs11');
+        assert.ok(rotated.rewrapped >= 2, 'the vTPM secret and the CA passwords are re-wrapped');
+      } finally {
+        await service.stop();
+      }
+      assert.deepEqual(await readdir(join(dataDir, 'keys')), ['pkcs11'], 'no master key in the data directory');
 
-    service = await ServiceUnderTest.start(dataDir, serveArgs);
-    try {
-      const second = await bootNvGuest(service, vm, { kernel, initramfs });
-      assert.equal(responseCode(second.responses['1-data']!), 0);
-      assert.ok(
-        second.responses['1-data']!.includes(GUEST_NV_DATA),
-        'after rotation and restart the guest reads what it wrote',
+      service = await ServiceUnderTest.start(dataDir, serveArgs);
+      try {
+        const second = await bootNvGuest(service, vm, { kernel, initramfs });
+        assert.equal(responseCode(second.responses['1-data']!), 0);
+        assert.ok(
+          second.responses['1-data']!.includes(GUEST_NV_DATA),
+          'after rotation and restart the guest reads what it wrote',
+        );
+        assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
+      } finally {
+        await service.stop();
+      }
+
+      const copy = join(workDir, 'copied-data');
+      await exec('cp', ['-a', dataDir, copy]);
+      await hsm.addToken('elsewhere');
+      assert.match(
+        await serveRefusal(copy, pkcs11Args('elsewhere')),
+        /current key-encryption key .* is not in the token/,
       );
-      assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
-    } finally {
-      await service.stop();
-    }
+      assert.match(
+        await serveRefusal(copy, [
+          '--key-manager',
+          'pkcs11',
+          '--pkcs11-module',
+          hsm.module,
+          '--pkcs11-token',
+          'vtpm-e2e',
+        ]),
+        /--pkcs11-pin-file: expected the token's user PIN in a file \(or in VTPM_PKCS11_PIN\)/,
+      );
 
-    const copy = join(workDir, 'copied-data');
-    await exec('cp', ['-a', dataDir, copy]);
-    await hsm.addToken('elsewhere');
-    assert.match(
-      await serveRefusal(copy, pkcs11Args('elsewhere')),
-      /current key-encryption key .* is not in the token/,
-    );
-    assert.match(
-      await serveRefusal(copy, [
-        '--key-manager',
-        'pkcs11',
-        '--pkcs11-module',
-        hsm.module,
-        '--pkcs11-token',
-        'vtpm-e2e',
-      ]),
-      /--pkcs11-pin-file: expected the token's user PIN in a file \(or in VTPM_PKCS11_PIN\)/,
-    );
-
-    service = await ServiceUnderTest.start(dataDir, serveArgs);
-    try {
-      await service.json('delete', vm);
-      assert.deepEqual(await service.json<VtpmJson[]>('list'), []);
-    } finally {
-      await service.stop();
-    }
-  });
+      service = await ServiceUnderTest.start(dataDir, serveArgs);
+      try {
+        await service.json('delete', vm);
+        assert.deepEqual(await service.json<VtpmJson[]>('list'), []);
+      } finally {
+        await service.stop();
+      }
+    },
+  );
 });

@@ -66,70 +66,74 @@ after(async () => {
 });
 
 describe('the local key manager sealed to the host TPM', () => {
-  it('keeps no plaintext master key, works across restarts, and a copied data directory opens nothing on another TPM', async () => {
-    const tpmA = await hostTpm('host-a');
-    const dataDir = join(workDir, 'data');
-    const sealed = ['--pool-size', '0', '--seal-to-tpm', '--host-tpm', tpmA];
-    const vm = randomUUID();
+  it(
+    'keeps no plaintext master key, works across restarts, ' +
+      'and a copied data directory opens nothing on another TPM',
+    async () => {
+      const tpmA = await hostTpm('host-a');
+      const dataDir = join(workDir, 'data');
+      const sealed = ['--pool-size', '0', '--seal-to-tpm', '--host-tpm', tpmA];
+      const vm = randomUUID();
 
-    let service = await ServiceUnderTest.start(dataDir, sealed);
-    let first: GuestReport;
-    try {
-      await service.json('create', '--vm', vm, '--version', '2.0');
-      first = await bootNvGuest(service, vm, { kernel, initramfs });
-      assert.equal(responseCode(first.responses['3-write']!), 0, 'the guest wrote its NV index');
-    } finally {
-      await service.stop();
-    }
-    const keyFiles = await readdir(join(dataDir, 'keys'));
-    assert.deepEqual(keyFiles.sort(), ['master.tpm', 'secrets'], 'no plaintext master key, only the TPM-sealed one');
+      let service = await ServiceUnderTest.start(dataDir, sealed);
+      let first: GuestReport;
+      try {
+        await service.json('create', '--vm', vm, '--version', '2.0');
+        first = await bootNvGuest(service, vm, { kernel, initramfs });
+        assert.equal(responseCode(first.responses['3-write']!), 0, 'the guest wrote its NV index');
+      } finally {
+        await service.stop();
+      }
+      const keyFiles = await readdir(join(dataDir, 'keys'));
+      assert.deepEqual(keyFiles.sort(), ['master.tpm', 'secrets'], 'no plaintext master key, only the TPM-sealed one');
 
-    // Restart: the master key is unsealed again and the vTPM's secret opens. Then a key rotation, and again.
-    service = await ServiceUnderTest.start(dataDir, sealed);
-    const certificate = await service.json<{ certificates: unknown[] }>('ek', vm);
-    try {
-      assert.equal((await service.json<VtpmJson>('start', vm)).status, 'running');
-      await service.json('stop', vm);
-      const rotated = await service.json<{ rewrapped: number }>('keys', 'rotate');
-      assert.ok(rotated.rewrapped >= 2, 'the vTPM secret and the CA passwords are re-wrapped');
-    } finally {
-      await service.stop();
-    }
-    assert.deepEqual(
-      (await readdir(join(dataDir, 'keys'))).sort(),
-      ['master.tpm', 'secrets'],
-      'the new key replaced the old, sealed too',
-    );
-    service = await ServiceUnderTest.start(dataDir, sealed);
-    try {
-      assert.deepEqual(await service.json('ek', vm), certificate);
-      const second = await bootNvGuest(service, vm, { kernel, initramfs });
-      assert.ok(
-        second.responses['1-data']!.includes(GUEST_NV_DATA),
-        'after rotation and restart the guest reads what it wrote',
+      // Restart: the master key is unsealed again and the vTPM's secret opens. Then a key rotation, and again.
+      service = await ServiceUnderTest.start(dataDir, sealed);
+      const certificate = await service.json<{ certificates: unknown[] }>('ek', vm);
+      try {
+        assert.equal((await service.json<VtpmJson>('start', vm)).status, 'running');
+        await service.json('stop', vm);
+        const rotated = await service.json<{ rewrapped: number }>('keys', 'rotate');
+        assert.ok(rotated.rewrapped >= 2, 'the vTPM secret and the CA passwords are re-wrapped');
+      } finally {
+        await service.stop();
+      }
+      assert.deepEqual(
+        (await readdir(join(dataDir, 'keys'))).sort(),
+        ['master.tpm', 'secrets'],
+        'the new key replaced the old, sealed too',
       );
-      assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
-    } finally {
-      await service.stop();
-    }
+      service = await ServiceUnderTest.start(dataDir, sealed);
+      try {
+        assert.deepEqual(await service.json('ek', vm), certificate);
+        const second = await bootNvGuest(service, vm, { kernel, initramfs });
+        assert.ok(
+          second.responses['1-data']!.includes(GUEST_NV_DATA),
+          'after rotation and restart the guest reads what it wrote',
+        );
+        assert.deepEqual(second.responses['7-ekpublic'], first.responses['7-ekpublic'], 'the same EK');
+      } finally {
+        await service.stop();
+      }
 
-    const copy = join(workDir, 'copied-data');
-    await exec('cp', ['-a', dataDir, copy]);
-    const tpmB = await hostTpm('host-b');
-    assert.match(
-      await serveRefusal(copy, ['--seal-to-tpm', '--host-tpm', tpmB]),
-      /master key is sealed to another TPM than swtpm:path=.*host-b/,
-    );
-    assert.match(await serveRefusal(copy, []), /sealed to a TPM: start with --seal-to-tpm/);
+      const copy = join(workDir, 'copied-data');
+      await exec('cp', ['-a', dataDir, copy]);
+      const tpmB = await hostTpm('host-b');
+      assert.match(
+        await serveRefusal(copy, ['--seal-to-tpm', '--host-tpm', tpmB]),
+        /master key is sealed to another TPM than swtpm:path=.*host-b/,
+      );
+      assert.match(await serveRefusal(copy, []), /sealed to a TPM: start with --seal-to-tpm/);
 
-    // The same copy with the TPM it was sealed to opens: the TPM is what decides.
-    const original = await ServiceUnderTest.start(copy, sealed);
-    try {
-      assert.deepEqual(await original.json('ek', vm), certificate);
-      assert.equal((await original.json<VtpmJson>('start', vm)).status, 'running');
-      await original.json('stop', vm);
-    } finally {
-      await original.stop();
-    }
-  });
+      // The same copy with the TPM it was sealed to opens: the TPM is what decides.
+      const original = await ServiceUnderTest.start(copy, sealed);
+      try {
+        assert.deepEqual(await original.json('ek', vm), certificate);
+        assert.equal((await original.json<VtpmJson>('start', vm)).status, 'running');
+        await original.json('stop', vm);
+      } finally {
+        await original.stop();
+      }
+    },
+  );
 });

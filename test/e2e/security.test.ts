@@ -232,7 +232,8 @@ describe('the audit log', () => {
       database.exec('DROP TRIGGER audit_events_no_update');
       const forged = database
         .prepare(
-          "UPDATE audit_events SET result = 'ok' WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE result = 'forbidden')",
+          "UPDATE audit_events SET result = 'ok' " +
+            "WHERE seq = (SELECT MIN(seq) FROM audit_events WHERE result = 'forbidden')",
         )
         .run();
       assert.equal(forged.changes, 1);
@@ -265,31 +266,38 @@ describe('secrets stay out of sight', () => {
 });
 
 describe('hardening', () => {
-  it('swtpm runs as an unprivileged user under its seccomp filter; state directories are 0700 and files 0600', async () => {
-    const vm = randomUUID();
-    await jsonAs('alice', 'create', '--vm', vm, '--version', '2.0');
-    await jsonAs('alice', 'start', vm);
-    try {
-      const pid = Number(await readFile(join(context.service.dataDir, 'run', `${vm}.pid`), 'utf8'));
-      const status = await readFile(`/proc/${pid}/status`, 'utf8');
-      const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
-      assert.notEqual(uid, 0, 'swtpm does not run as root');
-      assert.equal(uid, Number((await exec('id', ['-u', 'tss'])).stdout.trim()), 'it runs as tss, as libvirt runs it');
-      assert.equal(/^Seccomp:\s+(\d)/m.exec(status)?.[1], '2', 'a seccomp filter is on');
+  it(
+    'swtpm runs as an unprivileged user under its seccomp filter; ' + 'state directories are 0700 and files 0600',
+    async () => {
+      const vm = randomUUID();
+      await jsonAs('alice', 'create', '--vm', vm, '--version', '2.0');
+      await jsonAs('alice', 'start', vm);
+      try {
+        const pid = Number(await readFile(join(context.service.dataDir, 'run', `${vm}.pid`), 'utf8'));
+        const status = await readFile(`/proc/${pid}/status`, 'utf8');
+        const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
+        assert.notEqual(uid, 0, 'swtpm does not run as root');
+        assert.equal(
+          uid,
+          Number((await exec('id', ['-u', 'tss'])).stdout.trim()),
+          'it runs as tss, as libvirt runs it',
+        );
+        assert.equal(/^Seccomp:\s+(\d)/m.exec(status)?.[1], '2', 'a seccomp filter is on');
 
-      const modeOf = async (path: string) => ((await stat(path)).mode & 0o777).toString(8);
-      const stateDir = join(context.service.dataDir, 'tpm', vm);
-      assert.equal(await modeOf(stateDir), '700');
-      for (const file of (await readdir(stateDir)).filter((f) => f.endsWith('.permall')))
-        assert.equal(await modeOf(join(stateDir, file)), '600', file);
-      for (const dir of ['keys', 'ca', 'log', 'nvram', 'run'])
-        assert.equal(await modeOf(join(context.service.dataDir, dir)), '700', dir);
-      for (const file of ['admin.token', 'vtpm.sqlite'])
-        assert.equal(await modeOf(join(context.service.dataDir, file)), '600', file);
-    } finally {
-      await jsonAs('alice', 'stop', vm);
-    }
-  });
+        const modeOf = async (path: string) => ((await stat(path)).mode & 0o777).toString(8);
+        const stateDir = join(context.service.dataDir, 'tpm', vm);
+        assert.equal(await modeOf(stateDir), '700');
+        for (const file of (await readdir(stateDir)).filter((f) => f.endsWith('.permall')))
+          assert.equal(await modeOf(join(stateDir, file)), '600', file);
+        for (const dir of ['keys', 'ca', 'log', 'nvram', 'run'])
+          assert.equal(await modeOf(join(context.service.dataDir, dir)), '700', dir);
+        for (const file of ['admin.token', 'vtpm.sqlite'])
+          assert.equal(await modeOf(join(context.service.dataDir, file)), '600', file);
+      } finally {
+        await jsonAs('alice', 'stop', vm);
+      }
+    },
+  );
 });
 
 describe('TLS', () => {

@@ -82,45 +82,48 @@ async function assertStartRefused(vm: string, generation: number): Promise<void>
 }
 
 describe('the state vault', () => {
-  it('commits what a running guest writes while it runs, and a host that lost its disk boots from the vault', async () => {
-    const vm = randomUUID();
-    await context.service.json('create', '--vm', vm, '--version', '2.0');
-    assert.deepEqual(
-      (await history(vm)).map((g) => [g.generation, g.kind, g.reason]),
-      [[1, 'tpm', 'create']],
-    );
+  it(
+    'commits what a running guest writes while it runs, ' + 'and a host that lost its disk boots from the vault',
+    async () => {
+      const vm = randomUUID();
+      await context.service.json('create', '--vm', vm, '--version', '2.0');
+      assert.deepEqual(
+        (await history(vm)).map((g) => [g.generation, g.kind, g.reason]),
+        [[1, 'tpm', 'create']],
+      );
 
-    const guest = launchGuest({
-      kernel,
-      initramfs,
-      holdSeconds: 6,
-      qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args,
-    });
-    let exited = false;
-    void guest.report.finally(() => (exited = true)).catch(() => undefined);
-    while (!guest.holding()) {
-      assert.ok(!exited, 'the guest exited before it used its TPM');
-      await delay(50);
-    }
-    // The guest has written (Startup, ReadClock) and now idles: its state must reach the vault before it exits.
-    let synced: Generation | undefined;
-    while (!synced && !exited) {
-      synced = (await history(vm)).find((g) => g.reason === 'sync');
-      if (!synced) await delay(100);
-    }
-    assert.ok(synced && !exited, 'no sync generation was committed while the guest ran');
-    const first = await guest.report;
-    await context.service.waitForStatus(vm, 'stopped');
+      const guest = launchGuest({
+        kernel,
+        initramfs,
+        holdSeconds: 6,
+        qemuArgs: (await context.service.json<StartedJson>('start', vm)).qemu_args,
+      });
+      let exited = false;
+      void guest.report.finally(() => (exited = true)).catch(() => undefined);
+      while (!guest.holding()) {
+        assert.ok(!exited, 'the guest exited before it used its TPM');
+        await delay(50);
+      }
+      // The guest has written (Startup, ReadClock) and now idles: its state must reach the vault before it exits.
+      let synced: Generation | undefined;
+      while (!synced && !exited) {
+        synced = (await history(vm)).find((g) => g.reason === 'sync');
+        if (!synced) await delay(100);
+      }
+      assert.ok(synced && !exited, 'no sync generation was committed while the guest ran');
+      const first = await guest.report;
+      await context.service.waitForStatus(vm, 'stopped');
 
-    await rm(join(context.service.dataDir, 'tpm', vm), { recursive: true, force: true });
-    const second = await boot(vm);
-    assert.ok(
-      resetCountOf(second.responses.readclock!) > resetCountOf(first.responses.readclock!),
-      'the second boot did not start from what the first wrote',
-    );
-    assert.equal(responseCode(second.responses.ekpublic!), 0);
-    assert.ok(second.responses.ekpublic!.includes(await ekModulus(context.service, vm)));
-  });
+      await rm(join(context.service.dataDir, 'tpm', vm), { recursive: true, force: true });
+      const second = await boot(vm);
+      assert.ok(
+        resetCountOf(second.responses.readclock!) > resetCountOf(first.responses.readclock!),
+        'the second boot did not start from what the first wrote',
+      );
+      assert.equal(responseCode(second.responses.ekpublic!), 0);
+      assert.ok(second.responses.ekpublic!.includes(await ekModulus(context.service, vm)));
+    },
+  );
 
   it('commits, after a restart, what a guest wrote while the control plane was down', async () => {
     const vm = randomUUID();
@@ -214,66 +217,69 @@ describe('the state vault', () => {
 });
 
 describe('UEFI guests', () => {
-  it('boot with OVMF through qemu_args, their variable store is synced, and a secure-boot change resets it', async () => {
-    const vm = randomUUID();
-    const created = await context.service.json<{ firmware: string; secure_boot: boolean }>(
-      'create',
-      '--vm',
-      vm,
-      '--version',
-      '2.0',
-      '--firmware',
-      'uefi',
-    );
-    assert.deepEqual([created.firmware, created.secure_boot], ['uefi', false]);
-    const nvramGenerations = async () => (await history(vm)).filter((g) => g.kind === 'nvram');
-    assert.deepEqual(
-      (await nvramGenerations()).map((g) => [g.generation, g.reason]),
-      [[1, 'create']],
-    );
+  it(
+    'boot with OVMF through qemu_args, their variable store is synced, ' + 'and a secure-boot change resets it',
+    async () => {
+      const vm = randomUUID();
+      const created = await context.service.json<{ firmware: string; secure_boot: boolean }>(
+        'create',
+        '--vm',
+        vm,
+        '--version',
+        '2.0',
+        '--firmware',
+        'uefi',
+      );
+      assert.deepEqual([created.firmware, created.secure_boot], ['uefi', false]);
+      const nvramGenerations = async () => (await history(vm)).filter((g) => g.kind === 'nvram');
+      assert.deepEqual(
+        (await nvramGenerations()).map((g) => [g.generation, g.reason]),
+        [[1, 'create']],
+      );
 
-    const started = await context.service.json<StartedJson & { libvirt_firmware_xml: string }>('start', vm);
-    assert.ok(started.qemu_args.some((arg) => arg.startsWith('if=pflash') && arg.includes('OVMF_CODE_4M.fd')));
-    assert.match(started.libvirt_firmware_xml, /<nvram>.+<\/nvram>/);
-    const report = await bootGuest({ kernel, initramfs, qemuArgs: started.qemu_args });
-    await context.service.waitForStatus(vm, 'stopped');
-    assert.ok(report.devices.includes('/dev/tpm0'));
-    assert.equal(responseCode(report.responses.ekpublic!), 0);
-    // OVMF writes its boot variables: the variable store changed and reached the vault.
-    const synced = await nvramGenerations();
-    assert.ok(
-      synced.length > 1 && synced[0]!.reason !== 'create',
-      `no synced variable store: ${JSON.stringify(synced)}`,
-    );
+      const started = await context.service.json<StartedJson & { libvirt_firmware_xml: string }>('start', vm);
+      assert.ok(started.qemu_args.some((arg) => arg.startsWith('if=pflash') && arg.includes('OVMF_CODE_4M.fd')));
+      assert.match(started.libvirt_firmware_xml, /<nvram>.+<\/nvram>/);
+      const report = await bootGuest({ kernel, initramfs, qemuArgs: started.qemu_args });
+      await context.service.waitForStatus(vm, 'stopped');
+      assert.ok(report.devices.includes('/dev/tpm0'));
+      assert.equal(responseCode(report.responses.ekpublic!), 0);
+      // OVMF writes its boot variables: the variable store changed and reached the vault.
+      const synced = await nvramGenerations();
+      assert.ok(
+        synced.length > 1 && synced[0]!.reason !== 'create',
+        `no synced variable store: ${JSON.stringify(synced)}`,
+      );
 
-    const on = await context.service.json<{ secure_boot: boolean }>('update', vm, '--secure-boot', 'on');
-    assert.equal(on.secure_boot, true);
-    const afterOn = await nvramGenerations();
-    assert.deepEqual(
-      afterOn.map((g) => [g.generation, g.reason]),
-      [[1, 'create']],
-    );
-    assert.notEqual(afterOn[0]!.digest, synced[0]!.digest);
-    const secureArgs = await context.service.json<{ qemu_args: string[] }>('qemu-args', vm);
-    assert.ok(
-      secureArgs.qemu_args.includes('smm=on') &&
-        secureArgs.qemu_args.some((a) => a.includes('OVMF_CODE_4M.secboot.fd')),
-    );
+      const on = await context.service.json<{ secure_boot: boolean }>('update', vm, '--secure-boot', 'on');
+      assert.equal(on.secure_boot, true);
+      const afterOn = await nvramGenerations();
+      assert.deepEqual(
+        afterOn.map((g) => [g.generation, g.reason]),
+        [[1, 'create']],
+      );
+      assert.notEqual(afterOn[0]!.digest, synced[0]!.digest);
+      const secureArgs = await context.service.json<{ qemu_args: string[] }>('qemu-args', vm);
+      assert.ok(
+        secureArgs.qemu_args.includes('smm=on') &&
+          secureArgs.qemu_args.some((a) => a.includes('OVMF_CODE_4M.secboot.fd')),
+      );
 
-    await context.service.json('update', vm, '--secure-boot', 'off');
-    const afterOff = await nvramGenerations();
-    assert.deepEqual(
-      afterOff.map((g) => [g.generation, g.reason]),
-      [[1, 'create']],
-    );
-    assert.notEqual(
-      afterOff[0]!.digest,
-      afterOn[0]!.digest,
-      'the variable store without Microsoft keys differs from the one with',
-    );
-    // The TPM's generations are untouched by the firmware's.
-    assert.ok((await history(vm)).filter((g) => g.kind === 'tpm').length > 1);
-  });
+      await context.service.json('update', vm, '--secure-boot', 'off');
+      const afterOff = await nvramGenerations();
+      assert.deepEqual(
+        afterOff.map((g) => [g.generation, g.reason]),
+        [[1, 'create']],
+      );
+      assert.notEqual(
+        afterOff[0]!.digest,
+        afterOn[0]!.digest,
+        'the variable store without Microsoft keys differs from the one with',
+      );
+      // The TPM's generations are untouched by the firmware's.
+      assert.ok((await history(vm)).filter((g) => g.kind === 'tpm').length > 1);
+    },
+  );
 
   it('refuses secure boot for a BIOS guest', async () => {
     const vm = randomUUID();

@@ -80,7 +80,8 @@ export class NamespacedLibvirtHost {
     const qemuConf = await readFile(join(dir, 'etc', 'qemu.conf'), 'utf8');
     await writeFile(
       join(dir, 'etc', 'qemu.conf'),
-      `${qemuConf}cgroup_controllers = [ ]\nmigration_port_min = ${migrationPorts}\nmigration_port_max = ${migrationPorts + 20}\n`,
+      `${qemuConf}cgroup_controllers = [ ]\n` +
+        `migration_port_min = ${migrationPorts}\nmigration_port_max = ${migrationPorts + 20}\n`,
     );
     const mounts = [
       ...Object.entries(LIBVIRT_DIRS).map(([sub, target]) => [join(dir, sub), target] as const),

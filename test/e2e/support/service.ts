@@ -141,8 +141,9 @@ export interface FileService {
 
 /**
  * A `vtpm serve` on a fresh data directory for the tests of one file: started
- * before them (with `serveArgs`, or what that function prepares and returns), then `setup` runs; afterwards every vTPM is deleted (its swtpm stopped) and the
- * directory removed.
+ * before them (with `serveArgs`, or what that function prepares and returns),
+ * then `setup` runs; afterwards every vTPM is deleted (its swtpm stopped) and
+ * the directory removed.
  */
 export function serviceForFile(
   prefix: string,

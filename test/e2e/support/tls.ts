@@ -14,7 +14,8 @@ export async function selfSignedCertificate(dir: string): Promise<{ cert: string
   ];
   await writeFile(
     template,
-    'cn = "vtpm-manager test"\nip_address = "127.0.0.1"\ntls_www_server\ntls_www_client\nsigning_key\nencryption_key\nca\ncert_signing_key\nexpiration_days = 2\n',
+    'cn = "vtpm-manager test"\nip_address = "127.0.0.1"\ntls_www_server\ntls_www_client\n' +
+      'signing_key\nencryption_key\nca\ncert_signing_key\nexpiration_days = 2\n',
   );
   await exec('certtool', ['--generate-privkey', '--key-type', 'ecdsa', '--outfile', key]);
   await exec('certtool', ['--generate-self-signed', '--load-privkey', key, '--template', template, '--outfile', cert]);
