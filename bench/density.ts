@@ -41,7 +41,8 @@ function commitTimes(dataDir: string, since: string): Map<string, number[]> {
   try {
     const rows = database
       .prepare(
-        "SELECT vm, created_at FROM state_generations WHERE kind = 'tpm' AND reason = 'sync' AND created_at >= ? ORDER BY created_at",
+        "SELECT vm, created_at FROM state_generations WHERE kind = 'tpm' AND reason = 'sync' " +
+          'AND created_at >= ? ORDER BY created_at',
       )
       .all(since) as Array<{ vm: string; created_at: string }>;
     const times = new Map<string, number[]>();

@@ -44,7 +44,8 @@ async function bareSwtpmSetup(root: string): Promise<number[]> {
   await mkdir(join(dir, 'ca'), { recursive: true });
   await writeFile(
     join(dir, 'localca.conf'),
-    `statedir = ${dir}/ca\nsigningkey = ${dir}/ca/signkey.pem\nissuercert = ${dir}/ca/issuercert.pem\ncertserial = ${dir}/ca/certserial\n`,
+    `statedir = ${dir}/ca\nsigningkey = ${dir}/ca/signkey.pem\n` +
+      `issuercert = ${dir}/ca/issuercert.pem\ncertserial = ${dir}/ca/certserial\n`,
   );
   await writeFile(
     join(dir, 'localca.options'),
@@ -52,7 +53,10 @@ async function bareSwtpmSetup(root: string): Promise<number[]> {
   );
   await writeFile(
     join(dir, 'setup.conf'),
-    `create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = ${dir}/localca.conf\ncreate_certs_tool_options = ${dir}/localca.options\nactive_pcr_banks = sha256\n`,
+    'create_certs_tool = /usr/bin/swtpm_localca\n' +
+      `create_certs_tool_config = ${dir}/localca.conf\n` +
+      `create_certs_tool_options = ${dir}/localca.options\n` +
+      'active_pcr_banks = sha256\n',
   );
   const samples: number[] = [];
   for (let i = 0; i <= ANCHOR_RUNS; i += 1) {

@@ -158,7 +158,8 @@ export async function runSyncBenchmark(): Promise<{ table: string; results: unkn
     return {
       table:
         `${table(rows)}\n\nvault commits/s (6 KB, envelope-encrypted, durable): ${throughput.vault.toFixed(0)}; ` +
-        `anchor, plain SQLite inserts of the same bytes: ${throughput.anchor.toFixed(0)} (ratio ${(throughput.vault / throughput.anchor).toFixed(2)})`,
+        `anchor, plain SQLite inserts of the same bytes: ${throughput.anchor.toFixed(0)} ` +
+        `(ratio ${(throughput.vault / throughput.anchor).toFixed(2)})`,
       results,
     };
   } finally {
