@@ -33,7 +33,7 @@ export function devicePathsIn(layout: HostLayout, vm: string): DevicePaths {
   return { socket: `${layout.runDir}/${vm}.sock`, nvram: `${layout.nvramDir}/${vm}.fd` };
 }
 
-export interface VtpmOnHost {
+interface VtpmOnHost {
   vm: string;
   spec: TpmSpec;
   stateKey: Buffer;

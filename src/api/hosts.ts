@@ -2,7 +2,7 @@
 import { type Static, Type } from '@sinclair/typebox';
 import { HostName } from './vtpms.js';
 
-export const Host = Type.Object({
+const Host = Type.Object({
   name: Type.String(),
   traits: Type.Array(Type.String()),
   vtpms: Type.Integer(),

@@ -3,9 +3,9 @@ import { type Static, Type } from '@sinclair/typebox';
 import { ROLES } from '../auth/policy.js';
 
 const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$';
-export const MAX_TOKEN_DAYS = 3650;
+const MAX_TOKEN_DAYS = 3650;
 
-export const User = Type.Object({
+const User = Type.Object({
   name: Type.String(),
   project: Type.String(),
   roles: Type.Array(Type.String()),
@@ -14,7 +14,7 @@ export const User = Type.Object({
 export type UserView = Static<typeof User>;
 export const UserList = Type.Object({ users: Type.Array(User) });
 
-export const Token = Type.Object({
+const Token = Type.Object({
   id: Type.Integer(),
   user: Type.String(),
   created_at: Type.String(),
@@ -56,7 +56,7 @@ export const NameParams = Type.Object({ name: Type.String() });
 export const IdParams = Type.Object({ id: Type.Integer() });
 export const TokensQuery = Type.Object({ user: Type.Optional(Type.String()) });
 
-export const AuditEvent = Type.Object({
+const AuditEvent = Type.Object({
   seq: Type.Integer(),
   at: Type.String(),
   actor: Type.String(),

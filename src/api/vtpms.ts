@@ -86,7 +86,7 @@ export const EkCertificate = Type.Object({ key_type: Type.String(), pem: Type.St
 export type EkCertificate = Static<typeof EkCertificate>;
 export const EkCertificates = Type.Object({ certificates: Type.Array(EkCertificate) });
 
-export const Generation = Type.Object({
+const Generation = Type.Object({
   generation: Type.Integer(),
   kind: Type.String({ description: 'tpm (TPM permanent state) or nvram (UEFI variable store)' }),
   size: Type.Integer(),

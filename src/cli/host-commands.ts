@@ -14,7 +14,7 @@ import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir, defaultScratchDir } from './defaults.js';
 import { fields } from './output.js';
 
-export const DEFAULT_AGENT_LISTEN = '127.0.0.1:7391';
+const DEFAULT_AGENT_LISTEN = '127.0.0.1:7391';
 
 export function registerHostCommands(program: Command): void {
   const host = program.command('host').description('hosts whose agent runs remotely');

@@ -8,7 +8,7 @@ import { dirname } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
 import { InvalidArgumentError } from '../errors.js';
 
-export interface DomainTpm {
+interface DomainTpm {
   model: string;
   /** emulator (libvirt runs swtpm), external (someone else does), passthrough. */
   backend: string;

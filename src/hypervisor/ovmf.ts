@@ -10,7 +10,7 @@ import type { Firmware } from '../tpm-spec/firmware.js';
 
 const OVMF_DIR = '/usr/share/OVMF';
 
-export function ovmfCode(secureBoot: boolean): string {
+function ovmfCode(secureBoot: boolean): string {
   return `${OVMF_DIR}/${secureBoot ? 'OVMF_CODE_4M.secboot.fd' : 'OVMF_CODE_4M.fd'}`;
 }
 

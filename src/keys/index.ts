@@ -7,7 +7,6 @@ import { readPin } from './pkcs11/pin.js';
 import { Pkcs11KeyManager } from './pkcs11/pkcs11-key-manager.js';
 
 export const KEY_MANAGER_KINDS = ['local', 'pkcs11', 'barbican'] as const;
-export type KeyManagerKind = (typeof KEY_MANAGER_KINDS)[number];
 
 export interface KeyManagerOptions {
   kind: string;
@@ -62,6 +61,6 @@ export async function openKeyManager(options: KeyManagerOptions): Promise<KeyMan
   }
 }
 
-export type { KeyManager, RotationReport, SecretOwner } from './key-manager.js';
+export type { KeyManager, RotationReport } from './key-manager.js';
 export { DEFAULT_HOST_TPM } from './local/host-tpm.js';
 export { PIN_ENVIRONMENT } from './pkcs11/pin.js';

@@ -12,24 +12,17 @@ export async function openEmbeddedStore(dataDir: string): Promise<Store> {
 }
 
 export { Store } from './store.js';
-export type { StoreDialect } from './dialect.js';
 export { DEPLOYMENT_PROJECT, SECRET_SETTINGS, type SecretUse } from './repositories/secrets.js';
-export type { AuditFilter } from './repositories/audit.js';
 export type {
   AuditEvent,
   AuditRow,
   GenerationReason,
-  GenerationRecord,
   GenerationSummary,
-  HostRecord,
   NewGeneration,
   NewVtpm,
   PoolEntry,
-  StateHead,
   StateKind,
   TokenRecord,
   UserRecord,
-  VtpmPatch,
   VtpmRecord,
-  VtpmStatus,
 } from './schema.js';

@@ -65,7 +65,7 @@ export interface ApiTokenTable {
 }
 
 /** Append-only (database triggers), each entry hash-chained to the one before. */
-export interface AuditEventTable {
+interface AuditEventTable {
   seq: Generated<number>;
   at: string;
   actor: string;
@@ -82,7 +82,7 @@ export interface AuditEventTable {
   hash: string;
 }
 
-export interface SettingTable {
+interface SettingTable {
   key: string;
   value: string;
 }
@@ -107,7 +107,7 @@ export interface StateGenerationTable {
 }
 
 /** The newest acknowledged generation of each vTPM and kind: what rollback is measured against. */
-export interface StateHeadTable {
+interface StateHeadTable {
   vm: string;
   kind: StateKind;
   generation: number;
@@ -130,7 +130,7 @@ export interface PoolEntryTable {
  * A secret stored anew in the key manager while its uses still name the old
  * one: a rotation by replacement under way.
  */
-export interface SecretReplacementTable {
+interface SecretReplacementTable {
   old_ref: string;
   new_ref: string;
   created_at: string;

@@ -22,7 +22,7 @@ export interface InstancePaths {
   logFile: string;
 }
 
-export interface ExitInfo {
+interface ExitInfo {
   code: number | null;
   signal: string | null;
 }

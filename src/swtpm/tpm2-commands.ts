@@ -70,13 +70,13 @@ export function responseCode(response: Buffer): number {
  * The data size from a TPM2_NV_ReadPublic response (TPM2B_NV_PUBLIC:
  * size, index, nameAlg, attributes, authPolicy, dataSize).
  */
-export function nvDataSize(readPublicResponse: Buffer): number {
+function nvDataSize(readPublicResponse: Buffer): number {
   const policySize = readPublicResponse.readUInt16BE(10 + 2 + 4 + 2 + 4);
   return readPublicResponse.readUInt16BE(10 + 2 + 4 + 2 + 4 + 2 + policySize);
 }
 
 /** The data of a TPM2_NV_Read response: header, parameterSize, then a TPM2B_MAX_NV_BUFFER. */
-export function nvReadData(readResponse: Buffer): Buffer {
+function nvReadData(readResponse: Buffer): Buffer {
   const size = readResponse.readUInt16BE(14);
   return readResponse.subarray(16, 16 + size);
 }

@@ -6,8 +6,8 @@
  */
 import { InvalidArgumentError, SpecConflictError } from '../errors.js';
 
-export const FIRMWARE_TYPES = ['bios', 'uefi'] as const;
-export type FirmwareType = (typeof FIRMWARE_TYPES)[number];
+const FIRMWARE_TYPES = ['bios', 'uefi'] as const;
+type FirmwareType = (typeof FIRMWARE_TYPES)[number];
 
 export interface Firmware {
   type: FirmwareType;

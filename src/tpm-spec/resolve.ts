@@ -27,7 +27,7 @@ export interface SpecRequest {
 type SourceName = 'request' | 'flavor' | 'image';
 
 /** One source's say on one attribute, kept so that errors can name exactly who said what. */
-export interface SpecClaim {
+interface SpecClaim {
   source: SourceName;
   key: string;
   value: string;

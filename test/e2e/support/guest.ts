@@ -33,7 +33,7 @@ const TPM2_COMMANDS: Record<string, string> = {
 };
 
 /** The NV index of the nv command set, and what the guest writes there. */
-export const GUEST_NV_INDEX = 0x0150_0077;
+const GUEST_NV_INDEX = 0x0150_0077;
 export const GUEST_NV_DATA = Buffer.from('guest-wrote-this');
 
 /**

@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { setTimeout as delay } from 'node:timers/promises';
 
 const exec = promisify(execFile);
-export const LIBVIRT_URI = 'qemu:///system';
+const LIBVIRT_URI = 'qemu:///system';
 const QEMU_CONF = '/etc/libvirt/qemu.conf';
 export const QEMU_GROUP = 'libvirt-qemu';
 const TEST_SETTINGS = ['user = "libvirt-qemu"', `group = "${QEMU_GROUP}"`, 'security_driver = "none"'];

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 
 const exec = promisify(execFile);
 
-export const SOFTHSM_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
+const SOFTHSM_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 
 export interface SoftHsm {
   /** SOFTHSM2_CONF for whoever loads the module. */
