@@ -9,16 +9,15 @@
  * plaintext TPM state never reaches a file. What the guest sees afterwards
  * (EK, NV indices, PCR banks, seeds) is exactly what it saw before.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { EmulatorError, HostSetupError, IntegrityError } from '../errors.js';
+import { EmulatorError, IntegrityError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { EkCertificate } from './manufacture.js';
-import { handOver, runProgram } from './run-program.js';
+import { handOver, runProgram, spawnSwtpm } from './run-program.js';
 import { STATE_CIPHER, stateKeyMaterial } from './state-key.js';
 import { stateFileName } from './state-file.js';
 import { EK_CERTIFICATE_INDICES, readNvIndex, responseCode, tpm2 } from './tpm2-commands.js';
@@ -62,41 +61,17 @@ async function startSwtpm(
   pipes: Record<number, string | Buffer>,
 ): Promise<Swtpm> {
   const control = join(dir, `${name}.ctrl`);
-  const logFd = openSync(join(dir, `${name}.log`), 'a', 0o600);
-  const highestFd = Math.max(2, ...Object.keys(pipes).map(Number));
-  const stdio = Array.from({ length: highestFd + 1 }, (_, fd) =>
-    fd === 0 ? 'ignore' : fd <= 2 ? logFd : fd in pipes ? 'pipe' : 'ignore',
-  ) as Array<'ignore' | 'pipe' | number>;
-  const child = (() => {
-    try {
-      return spawn(
-        'swtpm',
-        [
-          'socket',
-          ...(spec.version === '2.0' ? ['--tpm2'] : []),
-          '--ctrl',
-          `type=unixio,path=${control},mode=0600`,
-          ...options,
-        ],
-        { stdio },
-      );
-    } finally {
-      closeSync(logFd);
-    }
-  })();
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const failed = new Promise<never>((_, reject) =>
-    child.once('error', (error: NodeJS.ErrnoException) =>
-      reject(
-        error.code === 'ENOENT'
-          ? new HostSetupError(
-              "swtpm is not installed on this host; run the README's setup command (Debian package swtpm)",
-            )
-          : new EmulatorError(`swtpm could not be started: ${error.message}`),
-      ),
-    ),
+  const { child, failure: failed } = spawnSwtpm(
+    [
+      'socket',
+      ...(spec.version === '2.0' ? ['--tpm2'] : []),
+      '--ctrl',
+      `type=unixio,path=${control},mode=0600`,
+      ...options,
+    ],
+    { logFile: join(dir, `${name}.log`), pipeFds: Object.keys(pipes).map(Number) },
   );
-  failed.catch(() => undefined);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   for (const [fd, content] of Object.entries(pipes)) handOver(child, Number(fd), content);
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (!(await socketAccepts(control))) {

@@ -5,13 +5,11 @@
  * VM outlives a restart of libvirtd; `--terminate` makes it exit when QEMU's
  * connection goes away, so a killed QEMU never leaves a TPM behind.
  */
-import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
-import { EmulatorError, HostSetupError } from '../errors.js';
+import { EmulatorError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
-import { handOver, KEY_FD } from './run-program.js';
+import { handOver, KEY_FD, spawnSwtpm } from './run-program.js';
 import { SWTPM_KEY_OPTION, stateKeyMaterial } from './state-key.js';
 import { socketAccepts } from './tpm-socket.js';
 
@@ -62,45 +60,27 @@ export async function launchSwtpm(
   confinement: Confinement,
 ): Promise<SwtpmInstance> {
   await rm(paths.socket, { force: true });
-  const logFd = openSync(paths.logFile, 'a', 0o600);
-  const child = (() => {
-    try {
-      return spawn(
-        'swtpm',
-        [
-          'socket',
-          ...(spec.version === '2.0' ? ['--tpm2'] : []),
-          '--tpmstate',
-          `dir=${paths.stateDir},mode=0600`,
-          '--ctrl',
-          `type=unixio,path=${paths.socket},mode=0600`,
-          '--key',
-          SWTPM_KEY_OPTION,
-          '--pid',
-          `file=${paths.pidFile}`,
-          '--terminate',
-          ...(confinement.runAs ? ['--runas', confinement.runAs] : []),
-          ...(confinement.seccomp ? ['--seccomp', 'action=kill'] : []),
-        ],
-        { detached: true, stdio: ['ignore', logFd, logFd, 'pipe'] },
-      );
-    } finally {
-      closeSync(logFd);
-    }
-  })();
-  const exited = new Promise<ExitInfo>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  const spawnFailure = new Promise<never>((_, reject) =>
-    child.once('error', (error: NodeJS.ErrnoException) =>
-      reject(
-        error.code === 'ENOENT'
-          ? new HostSetupError(
-              "swtpm is not installed on this host; run the README's setup command (Debian package swtpm)",
-            )
-          : new EmulatorError(`swtpm could not be started: ${error.message}`),
-      ),
-    ),
+  const { child, failure: spawnFailure } = spawnSwtpm(
+    [
+      'socket',
+      ...(spec.version === '2.0' ? ['--tpm2'] : []),
+      '--tpmstate',
+      `dir=${paths.stateDir},mode=0600`,
+      '--ctrl',
+      `type=unixio,path=${paths.socket},mode=0600`,
+      '--key',
+      SWTPM_KEY_OPTION,
+      '--pid',
+      `file=${paths.pidFile}`,
+      '--terminate',
+      ...(confinement.runAs ? ['--runas', confinement.runAs] : []),
+      ...(confinement.seccomp ? ['--seccomp', 'action=kill'] : []),
+    ],
+    { logFile: paths.logFile, pipeFds: [KEY_FD], detached: true },
   );
-  spawnFailure.catch(() => undefined);
+  const exited = new Promise<ExitInfo>((resolve) =>
+    child.once('exit', (code: number | null, signal: NodeJS.Signals | null) => resolve({ code, signal })),
+  );
   handOver(child, KEY_FD, stateKeyMaterial(stateKey));
   child.unref();
 

@@ -2,7 +2,8 @@
  * Runs swtpm's tools with the state key handed over on file descriptor 3
  * through a pipe, so that the key never touches a file or a command line.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 import { EmulatorError, HostSetupError } from '../errors.js';
 
 export const KEY_FD = 3;
@@ -32,6 +33,43 @@ export function handOver(child: ChildProcess, fd: number, content: string | Buff
   const pipe = child.stdio[fd] as NodeJS.WritableStream;
   (pipe as unknown as NodeJS.EventEmitter).on('error', () => undefined);
   pipe.end(content);
+}
+
+export interface SpawnedSwtpm {
+  child: ChildProcess;
+  /** Rejects when swtpm could not be started at all (not installed, say); handled, so it may go unawaited. */
+  failure: Promise<never>;
+}
+
+/**
+ * Starts `swtpm` with its standard output and error appended to `logFile`,
+ * a pipe on each of `pipeFds` (for keys and passphrases) and nothing else.
+ */
+export function spawnSwtpm(args: string[], options: { logFile: string; pipeFds: number[]; detached?: boolean }) {
+  const logFd = openSync(options.logFile, 'a', 0o600);
+  const highestFd = Math.max(2, ...options.pipeFds);
+  const stdio = Array.from({ length: highestFd + 1 }, (_, fd) =>
+    fd === 0 ? 'ignore' : fd <= 2 ? logFd : options.pipeFds.includes(fd) ? 'pipe' : 'ignore',
+  ) as Array<'ignore' | 'pipe' | number>;
+  let child: ChildProcess;
+  try {
+    child = spawn('swtpm', args, { stdio, detached: options.detached ?? false });
+  } finally {
+    closeSync(logFd);
+  }
+  const failure = new Promise<never>((_, reject) =>
+    child.once('error', (error: NodeJS.ErrnoException) =>
+      reject(
+        error.code === 'ENOENT'
+          ? new HostSetupError(
+              "swtpm is not installed on this host; run the README's setup command (Debian package swtpm)",
+            )
+          : new EmulatorError(`swtpm could not be started: ${error.message}`),
+      ),
+    ),
+  );
+  failure.catch(() => undefined);
+  return { child, failure } satisfies SpawnedSwtpm;
 }
 
 const tail = (text: string, lines = 15): string => text.trim().split('\n').slice(-lines).join('\n');
