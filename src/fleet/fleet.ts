@@ -32,34 +32,42 @@ export interface FleetOptions {
   logger: Logger;
   /** The control plane's own host: it runs vTPMs and manufactures and adopts every one. */
   manufacturer: HostAgent;
+  /** Further hosts whose agents run in this process (tests' fakes): they run vTPMs; the manufacturer makes them. */
+  inProcess?: HostAgent[] | undefined;
   /** The CA that issued remote agents' TLS certificates, when the system's CAs did not. */
   agentCaFile?: string | undefined;
 }
 
 export class Fleet {
   readonly manufacturer: HostAgent;
+  /** The manufacturer first. */
+  private readonly inProcess: Map<string, HostAgent>;
   private readonly remotes = new Map<string, RemoteHost>();
 
   constructor(private readonly options: FleetOptions) {
     this.manufacturer = options.manufacturer;
+    const agents = [options.manufacturer, ...(options.inProcess ?? [])];
+    this.inProcess = new Map(agents.map((agent) => [agent.hostName, agent]));
   }
 
   isConnected(host: string): boolean {
-    return host === this.manufacturer.hostName || this.remotes.has(host);
+    return this.inProcess.has(host) || this.remotes.has(host);
   }
 
   agentFor(host: string): HostAgent {
-    if (host === this.manufacturer.hostName) return this.manufacturer;
-    const remote = this.remotes.get(host);
-    if (!remote) throw new StateConflictError(`host ${host} has no agent connected to this control plane`, { host });
-    return remote.agent;
+    const agent = this.inProcess.get(host) ?? this.remotes.get(host)?.agent;
+    if (!agent) throw new StateConflictError(`host ${host} has no agent connected to this control plane`, { host });
+    return agent;
   }
 
   connected(): HostAgent[] {
-    return [this.manufacturer, ...[...this.remotes.values()].map((remote) => remote.agent)];
+    return [...this.inProcess.values(), ...[...this.remotes.values()].map((remote) => remote.agent)];
   }
 
-  /** Connects to every registered remote host's agent (at start-up); one that does not answer is used once it reports in. */
+  /**
+   * Connects to every registered remote host's agent (at start-up); one that does not answer is used once it
+   * reports in.
+   */
   async connectRegistered(): Promise<void> {
     for (const host of await this.options.store.hosts.list()) {
       if (!host.agent_url || !host.agent_secret_ref) continue;
@@ -75,7 +83,7 @@ export class Fleet {
         const { name, traits, capabilities } = await agent.describe();
         await this.options.store.hosts.upsert({ name, traits, capabilities });
       } catch (error) {
-        if (agent === this.manufacturer) throw error;
+        if (this.inProcess.has(agent.hostName)) throw error;
         this.options.logger.warn(
           { host: agent.hostName, err: error },
           'a remote agent did not answer; it is used again once it reports in',
@@ -91,7 +99,7 @@ export class Fleet {
    * token; the old one stops working.
    */
   async register(name: string, url: string): Promise<RegisteredHost> {
-    if (name === this.manufacturer.hostName) {
+    if (this.inProcess.has(name)) {
       throw new StateConflictError(`${name} is the control plane's own host; its agent runs in \`vtpm serve\``, {
         host: name,
       });
@@ -142,7 +150,7 @@ export class Fleet {
    */
   async resyncAfterRestart(host: string, vm: string): Promise<void> {
     const resynced = this.agentFor(host).resync(vm);
-    if (host === this.manufacturer.hostName) return resynced;
+    if (this.inProcess.has(host)) return resynced;
     void resynced.catch((error: unknown) =>
       this.options.logger.warn({ vm, host, err: error }, 'a remote host could not report its state after the restart'),
     );

@@ -30,7 +30,20 @@ describe('create', () => {
     assert.deepEqual(await t.cp.store.secrets.listUses(), []);
   });
 
-  it('when the undo cannot reach the key manager: the vTPM is left deleting, and the first failure is the one reported', async () => {
+  it("when a UEFI guest's variable store cannot be committed: no generation is left in the vault", async () => {
+    const vm = randomUUID();
+    const commit = t.cp.vault.commit.bind(t.cp.vault);
+    t.cp.vault.commit = async (...args) => {
+      if (args[1] === 'nvram') throw new Error('vault unavailable (injected)');
+      return commit(...args);
+    };
+    await assert.rejects(createVtpm(t.cp, { vm, version: '2.0', firmware: 'uefi' }, alice), /vault unavailable/);
+    assert.equal(await t.cp.store.vtpms.get(vm), undefined);
+    assert.deepEqual(await t.cp.vault.history(vm), []);
+    assert.deepEqual(await t.keys.held(), []);
+  });
+
+  it('when the undo cannot reach the key manager: left deleting, the first failure the one reported', async () => {
     const vm = randomUUID();
     t.local.failNext('manufacture');
     t.keys.failNext('deleteSecret');

@@ -6,6 +6,7 @@
 import type { Principal } from '../auth/policy.js';
 import type { VtpmRecord } from '../store/index.js';
 import type { ControlPlane } from './control-plane.js';
+import { settleMigration } from './migrate.js';
 import { conflict, withVtpm } from './vtpm-records.js';
 
 export async function deleteVtpm(
@@ -18,7 +19,16 @@ export async function deleteVtpm(
     if (current.status !== 'stopped' && current.status !== 'deleting' && !options.force) {
       throw conflict(current, `vTPM ${current.vm} is ${current.status}; stop it first or delete with --force`);
     }
-    if (current.status !== 'stopped') await cp.fleet.agentFor(current.host).stop(current.vm);
+    const to = current.migrating_to;
+    if (current.status === 'migrating' && to !== null) {
+      // The destination's copy goes first, as when its QEMU leaves: the migration is abandoned.
+      await cp.fleet.agentFor(to).stop(current.vm);
+      await settleMigration(cp, current, to, 'abandoned');
+    }
+    // A host no longer connected runs nothing of it (erase skips it too).
+    if (current.status !== 'stopped' && cp.fleet.isConnected(current.host)) {
+      await cp.fleet.agentFor(current.host).stop(current.vm);
+    }
     await cp.store.vtpms.update(current.vm, { status: 'deleting' });
     await erase(cp, current);
     cp.logger.info({ vm: current.vm }, 'vTPM deleted');
@@ -33,7 +43,10 @@ export async function erase(cp: ControlPlane, record: Pick<VtpmRecord, 'vm' | 'h
   await cp.store.vtpms.delete(record.vm);
 }
 
-/** What cannot be erased now (the key manager is unreachable, say) stays `deleting` for `vtpm delete` or the next start. */
+/**
+ * What cannot be erased now (the key manager is unreachable, say) stays `deleting` for `vtpm delete` or the next
+ * start.
+ */
 export async function leaveDeleting(cp: ControlPlane, vm: string, error: unknown): Promise<void> {
   cp.logger.error(
     { vm, err: error },

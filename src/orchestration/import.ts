@@ -13,7 +13,15 @@ import { isTpmModel, isTpmVersion, type TpmSpec } from '../tpm-spec/tpm-spec.js'
 import { type BundlePayload, readBundle } from '../vault/bundle.js';
 import { vaultKeyFrom } from '../vault/state-vault.js';
 import type { ControlPlane } from './control-plane.js';
-import { finishStep, type NewVtpmState, newRow, refuseExisting, reserveStep, undoFailed } from './new-vtpm.js';
+import {
+  committingAll,
+  finishStep,
+  type NewVtpmState,
+  newRow,
+  refuseExisting,
+  reserveStep,
+  undoFailed,
+} from './new-vtpm.js';
 import { runSteps } from './steps.js';
 import { normalizeVm, toVtpmView } from './vtpm-records.js';
 
@@ -54,11 +62,13 @@ export async function importVtpm(cp: ControlPlane, request: ImportRequest, actor
         {
           name: 'commit-generations',
           run: () =>
-            withWiped(vaultKeyFrom(payload.secret), async (vaultKey) => {
-              for (const generation of payload.generations) {
-                await cp.vault.commit(vm, generation.kind as StateKind, vaultKey, generation.data, 'import');
-              }
-            }),
+            committingAll(cp, vm, () =>
+              withWiped(vaultKeyFrom(payload.secret), async (vaultKey) => {
+                for (const generation of payload.generations) {
+                  await cp.vault.commit(vm, generation.kind as StateKind, vaultKey, generation.data, 'import');
+                }
+              }),
+            ),
           undo: () => cp.vault.forget(vm),
         },
         finishStep<NewVtpmState>(cp, () => payload.ek_certificates.map((c) => ({ keyType: c.key_type, der: c.der }))),

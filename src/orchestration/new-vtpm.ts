@@ -59,7 +59,10 @@ export function newRow(request: RowRequest): NewVtpm {
   };
 }
 
-/** A fresh secret in the key manager and the `creating` row naming it; the secret goes again if the row cannot be written. */
+/**
+ * A fresh secret in the key manager and the `creating` row naming it; the secret goes again if the row cannot be
+ * written.
+ */
 export function reserveStep<S extends NewVtpmState>(cp: ControlPlane, secret?: (s: S) => Buffer): Step<S> {
   return {
     name: 'reserve',
@@ -105,14 +108,29 @@ export function commitStep<S extends NewVtpmState>(
   return {
     name: 'commit-first-generations',
     run: (s) =>
-      withWiped(vaultKeyFrom(s.secret!), async (vaultKey) => {
-        await cp.vault.commit(s.row.vm, 'tpm', vaultKey, state(s), reason);
-        if (s.firmware.type !== 'uefi') return;
-        const variables = await cp.fleet.manufacturer.defaultVariableStore(s.firmware.secureBoot);
-        await cp.vault.commit(s.row.vm, 'nvram', vaultKey, variables, 'create');
-      }),
+      committingAll(cp, s.row.vm, () =>
+        withWiped(vaultKeyFrom(s.secret!), async (vaultKey) => {
+          await cp.vault.commit(s.row.vm, 'tpm', vaultKey, state(s), reason);
+          if (s.firmware.type !== 'uefi') return;
+          const variables = await cp.fleet.manufacturer.defaultVariableStore(s.firmware.secureBoot);
+          await cp.vault.commit(s.row.vm, 'nvram', vaultKey, variables, 'create');
+        }),
+      ),
     undo: (s) => cp.vault.forget(s.row.vm),
   };
+}
+
+/**
+ * A new vTPM's generations, all or none: a step's undo is not run for its own failure, so the
+ * generations committed before the one that failed go here (the VM had none before).
+ */
+export async function committingAll(cp: ControlPlane, vm: string, commit: () => Promise<void>): Promise<void> {
+  try {
+    await commit();
+  } catch (error) {
+    await cp.vault.forget(vm);
+    throw error;
+  }
 }
 
 export function finishStep<S extends NewVtpmState>(cp: ControlPlane, certificates: (s: S) => EkCertificate[]): Step<S> {

@@ -26,12 +26,26 @@ export class FlakyKeyManager implements KeyManager {
   readonly kind = 'flaky-local';
   readonly ownerScoped = false;
   private readonly failures = new Map<KeyCall, number>();
+  /** Every reference this key manager handed out, for checks that none is left behind. */
+  readonly made: string[] = [];
 
   constructor(private readonly keys: KeyManager) {}
 
   /** The next `times` calls of `method` fail with "key manager unavailable". */
   failNext(method: KeyCall, times = 1): void {
     this.failures.set(method, times);
+  }
+
+  private remember(ref: string): string {
+    this.made.push(ref);
+    return ref;
+  }
+
+  /** The references handed out that still name a secret. */
+  async held(): Promise<string[]> {
+    const held: string[] = [];
+    for (const ref of this.made) if (await this.holds(ref)) held.push(ref);
+    return held;
   }
 
   private enter(method: KeyCall): void {
@@ -43,12 +57,12 @@ export class FlakyKeyManager implements KeyManager {
 
   async createSecret(label: string, owner: SecretOwner): Promise<string> {
     this.enter('createSecret');
-    return this.keys.createSecret(label, owner);
+    return this.remember(await this.keys.createSecret(label, owner));
   }
 
   async storeSecret(label: string, owner: SecretOwner, secret: Buffer): Promise<string> {
     this.enter('storeSecret');
-    return this.keys.storeSecret(label, owner, secret);
+    return this.remember(await this.keys.storeSecret(label, owner, secret));
   }
 
   async readSecret(ref: string): Promise<Buffer> {
@@ -78,30 +92,49 @@ export class FlakyKeyManager implements KeyManager {
 }
 
 export interface TestControlPlane {
+  /** Replaced by restart(). */
   cp: ControlPlane;
   keys: FlakyKeyManager;
   /** The control plane's own host. */
   local: FakeHostAgent;
   dataDir: string;
+  /** Until the exits the hosts reported have been ingested (an agent's exit report is not waited for). */
+  settle(): Promise<void>;
+  /**
+   * A control plane restarted over the same store, key manager and hosts: nothing held in memory survives.
+   * What `whileDown` makes the hosts do, no control plane hears.
+   */
+  restart(whileDown?: () => Promise<void>): Promise<ControlPlane>;
   close(): Promise<void>;
+}
+
+export interface TestControlPlaneOptions {
+  /** Further hosts, joined in process beside `local`. */
+  hosts?: FakeHostAgent[];
 }
 
 export const alice: Principal = { name: 'alice', project: 'p1', roles: ['member'] };
 
-/** Reports of a fake host reach the control plane as a real agent's do. */
-export function wireReports(cp: ControlPlane, agent: FakeHostAgent): void {
+/** Reports of a fake host reach the control plane as a real agent's do; exits under way are kept in `pending`. */
+export function wireReports(cp: ControlPlane, agent: FakeHostAgent, pending = new Set<Promise<void>>()): void {
   agent.onStateChange((change) => ingestStateChange(cp, agent.hostName, change));
-  agent.onExit((exit) => void ingestExit(cp, agent.hostName, exit).catch(() => undefined));
+  agent.onExit((exit) => {
+    const ingested: Promise<void> = ingestExit(cp, agent.hostName, exit)
+      .catch(() => undefined)
+      .finally(() => pending.delete(ingested));
+    pending.add(ingested);
+  });
 }
 
-export async function openTestControlPlane(): Promise<TestControlPlane> {
+export async function openTestControlPlane(options: TestControlPlaneOptions = {}): Promise<TestControlPlane> {
   const dataDir = await mkdtemp(join(tmpdir(), 'vtpm-orchestration-'));
   const store = await openEmbeddedStore(dataDir);
   const keys = new FlakyKeyManager(await LocalKeyManager.open(dataDir));
   const logger = pino({ level: 'silent' });
   const local = new FakeHostAgent('host-a');
-  const fleet = new Fleet({ store, keys, logger, manufacturer: local });
-  const cp = controlPlane({
+  const others = options.hosts ?? [];
+  const fleet = new Fleet({ store, keys, logger, manufacturer: local, inProcess: others });
+  const parts = {
     store,
     keys,
     vault: new StateVault(store, 20),
@@ -109,18 +142,35 @@ export async function openTestControlPlane(): Promise<TestControlPlane> {
     audit: new AuditLog(store),
     pool: undefined,
     logger,
-  });
-  wireReports(cp, local);
+  };
+  const pending = new Set<Promise<void>>();
+  const agents = [local, ...others];
+  const wire = (cp: ControlPlane) => {
+    for (const agent of agents) wireReports(cp, agent, pending);
+    return cp;
+  };
   await fleet.describeAll();
-  return {
-    cp,
+  const opened: TestControlPlane = {
+    cp: wire(controlPlane(parts)),
     keys,
     local,
     dataDir,
+    async settle() {
+      while (pending.size > 0) await Promise.all([...pending]);
+    },
+    async restart(whileDown) {
+      await opened.settle();
+      for (const agent of agents) await agent.close();
+      await whileDown?.();
+      opened.cp = wire(controlPlane(parts));
+      return opened.cp;
+    },
     async close() {
+      await opened.settle();
       await keys.close();
       await store.close();
       await rm(dataDir, { recursive: true, force: true });
     },
   };
+  return opened;
 }

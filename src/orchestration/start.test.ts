@@ -1,0 +1,151 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import { NoValidHostError, StateConflictError } from '../errors.js';
+import { restoreGeneration } from './restore.js';
+import { startVtpm } from './start.js';
+import { ingestStateChange } from './state-ingest.js';
+import { stopVtpm } from './stop.js';
+import { FakeHostAgent } from './testing/fake-host-agent.js';
+import { alice, openTestControlPlane, type TestControlPlane } from './testing/control-plane-harness.js';
+import { generations, newest, row, stoppedVtpm } from './testing/fixtures.js';
+
+let t: TestControlPlane;
+let hostB: FakeHostAgent;
+let tpm12Only: FakeHostAgent;
+beforeEach(async () => {
+  hostB = new FakeHostAgent('host-b');
+  tpm12Only = new FakeHostAgent('host-c', ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS']);
+  t = await openTestControlPlane({ hosts: [hostB, tpm12Only] });
+});
+afterEach(() => t.close());
+
+async function assertStoppedOnA(vm: string) {
+  const record = await row(t, vm);
+  assert.equal(record.status, 'stopped');
+  assert.equal(record.socket, null);
+  assert.equal(record.host, 'host-a');
+  assert.equal(t.cp.vaultKeys.get(vm), undefined, 'no vault key is held');
+}
+
+describe('start', () => {
+  it('runs exactly the vault newest generation, and marks the vTPM running with its socket', async () => {
+    const vm = await stoppedVtpm(t);
+    const manufactured = (await newest(t, vm)).data;
+    await startVtpm(t.cp, vm, alice);
+    await t.local.guestWrites(vm, Buffer.from('written by the guest'));
+    await stopVtpm(t.cp, vm, alice);
+    await t.settle();
+    await restoreGeneration(t.cp, vm, 1, alice);
+    t.local.calls.length = 0;
+
+    const started = await startVtpm(t.cp, vm, alice);
+
+    assert.equal(started.status, 'running');
+    assert.equal(started.socket, t.local.devicePaths(vm).socket);
+    const record = await row(t, vm);
+    assert.equal(record.status, 'running');
+    assert.equal(record.socket, t.local.devicePaths(vm).socket);
+    assert.deepEqual(t.local.calls, [`start ${vm}`]);
+    assert.ok(t.local.isRunning(vm));
+    const head = await newest(t, vm);
+    assert.equal(head.generation, 3);
+    assert.deepEqual(head.data, manufactured, 'the restored generation, not the working copy the guest left');
+    assert.deepEqual(t.local.working.get(vm)?.tpm, head.data);
+    assert.ok(t.cp.vaultKeys.get(vm), 'the vault key is held while it runs');
+  });
+
+  it('a UEFI guest runs its variable store from the vault too', async () => {
+    const vm = await stoppedVtpm(t, { uefi: true });
+    await startVtpm(t.cp, vm, alice);
+    assert.deepEqual(t.local.working.get(vm)?.nvram, (await newest(t, vm, 'nvram')).data);
+  });
+
+  it("commits a guest's write as a sync generation, and the final state on stop as a stop generation", async () => {
+    const vm = await stoppedVtpm(t);
+    await startVtpm(t.cp, vm, alice);
+    await t.local.guestWrites(vm, Buffer.from('first write'));
+    assert.deepEqual(await generations(t, vm), [
+      ['tpm', 2, 'sync'],
+      ['tpm', 1, 'create'],
+    ]);
+    t.local.working.set(vm, { tpm: Buffer.from('left at exit') });
+    await stopVtpm(t.cp, vm, alice);
+    await t.settle();
+    assert.deepEqual(await generations(t, vm), [
+      ['tpm', 3, 'stop'],
+      ['tpm', 2, 'sync'],
+      ['tpm', 1, 'create'],
+    ]);
+    assert.deepEqual((await newest(t, vm)).data, Buffer.from('left at exit'));
+    assert.equal(t.cp.vaultKeys.get(vm), undefined, 'the exit dropped the vault key');
+  });
+
+  it("when the agent's start fails: stopped, no socket, no vault key, host unchanged; no report taken", async () => {
+    const vm = await stoppedVtpm(t);
+    t.local.failNext('start');
+    await assert.rejects(startVtpm(t.cp, vm, alice), /start failed/);
+    await assertStoppedOnA(vm);
+    assert.equal(t.local.isRunning(vm), false);
+    await ingestStateChange(t.cp, 'host-a', { vm, kind: 'tpm', data: Buffer.from('late'), final: false });
+    assert.deepEqual(await generations(t, vm), [['tpm', 1, 'create']]);
+  });
+
+  it("when another host's start fails: the vTPM stays on its own host", async () => {
+    const vm = await stoppedVtpm(t);
+    hostB.failNext('start');
+    await assert.rejects(startVtpm(t.cp, vm, alice, { host: 'host-b' }), /start failed/);
+    await assertStoppedOnA(vm);
+    assert.deepEqual(hostB.calls, [`start ${vm}`]);
+  });
+
+  it('on a host no agent is connected for: stopped, host unchanged, nothing asked of any host', async () => {
+    const vm = await stoppedVtpm(t);
+    await assert.rejects(startVtpm(t.cp, vm, alice, { host: 'host-z' }), StateConflictError);
+    await assertStoppedOnA(vm);
+    assert.deepEqual(
+      t.local.calls.filter((c) => c.startsWith('start')),
+      [],
+    );
+  });
+
+  it('on a host that does not offer the TPM version: stopped, host unchanged', async () => {
+    const vm = await stoppedVtpm(t);
+    await assert.rejects(startVtpm(t.cp, vm, alice, { host: 'host-c' }), NoValidHostError);
+    await assertStoppedOnA(vm);
+    assert.deepEqual(tpm12Only.calls, []);
+  });
+
+  it('when the key manager cannot read the secret: stopped, nothing started', async () => {
+    const vm = await stoppedVtpm(t);
+    t.keys.failNext('readSecret');
+    await assert.rejects(startVtpm(t.cp, vm, alice, { host: 'host-b' }), /key manager unavailable/);
+    await assertStoppedOnA(vm);
+    assert.deepEqual(hostB.calls, []);
+  });
+
+  it('on another host: the vTPM moves there, with the state of the vault', async () => {
+    const vm = await stoppedVtpm(t);
+    await startVtpm(t.cp, vm, alice, { host: 'host-b' });
+    const record = await row(t, vm);
+    assert.equal(record.host, 'host-b');
+    assert.equal(record.status, 'running');
+    assert.ok(hostB.isRunning(vm));
+    assert.equal(t.local.isRunning(vm), false);
+    assert.deepEqual(hostB.working.get(vm)?.tpm, (await newest(t, vm)).data);
+    await hostB.guestWrites(vm, Buffer.from('on b'));
+    assert.deepEqual(await generations(t, vm), [
+      ['tpm', 2, 'sync'],
+      ['tpm', 1, 'create'],
+    ]);
+  });
+
+  it('refuses a vTPM that is already running, and changes nothing', async () => {
+    const vm = await stoppedVtpm(t);
+    await startVtpm(t.cp, vm, alice);
+    await assert.rejects(startVtpm(t.cp, vm, alice), /already running/);
+    const record = await row(t, vm);
+    assert.equal(record.status, 'running');
+    assert.ok(t.local.isRunning(vm));
+    assert.ok(t.cp.vaultKeys.get(vm));
+  });
+});
