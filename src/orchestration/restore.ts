@@ -1,4 +1,7 @@
-/** Restore: an older generation becomes the newest again, as a new generation; nothing is deleted. Stopped vTPMs only. */
+/**
+ * Restore: an older generation becomes the newest again, as a new
+ * generation; nothing is deleted. Stopped vTPMs only.
+ */
 import type { Restored } from '../api/vtpms.js';
 import type { Principal } from '../auth/policy.js';
 import { withVaultKey } from '../vault/vault-key.js';

@@ -35,7 +35,7 @@ export function handOver(child: ChildProcess, fd: number, content: string | Buff
   pipe.end(content);
 }
 
-export interface SpawnedSwtpm {
+interface SpawnedSwtpm {
   child: ChildProcess;
   /** Rejects when swtpm could not be started at all (not installed, say); handled, so it may go unawaited. */
   failure: Promise<never>;

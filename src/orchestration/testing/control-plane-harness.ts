@@ -22,7 +22,7 @@ import { FakeHostAgent } from './fake-host-agent.js';
 type KeyCall = 'createSecret' | 'storeSecret' | 'readSecret' | 'deleteSecret';
 
 /** The local key manager, able to fail on demand. */
-export class FlakyKeyManager implements KeyManager {
+class FlakyKeyManager implements KeyManager {
   readonly kind = 'flaky-local';
   readonly ownerScoped = false;
   private readonly failures = new Map<KeyCall, number>();
@@ -116,7 +116,7 @@ export interface TestControlPlaneOptions {
 export const alice: Principal = { name: 'alice', project: 'p1', roles: ['member'] };
 
 /** Reports of a fake host reach the control plane as a real agent's do; exits under way are kept in `pending`. */
-export function wireReports(cp: ControlPlane, agent: FakeHostAgent, pending = new Set<Promise<void>>()): void {
+function wireReports(cp: ControlPlane, agent: FakeHostAgent, pending = new Set<Promise<void>>()): void {
   agent.onStateChange((change) => ingestStateChange(cp, agent.hostName, change));
   agent.onExit((exit) => {
     const ingested: Promise<void> = ingestExit(cp, agent.hostName, exit)
