@@ -3,15 +3,14 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 import { NotFoundError, StateConflictError } from '../errors.js';
 import { deleteVtpm } from './delete.js';
 import { migrateVtpm } from './migrate.js';
-import { FakeHostAgent } from './testing/fake-host-agent.js';
-import { alice, openTestControlPlane, type TestControlPlane } from './testing/control-plane-harness.js';
-import { generations, row, runningVtpm, stoppedVtpm } from './testing/fixtures.js';
+import type { FakeHostAgent } from './testing/fake-host-agent.js';
+import { alice, type TestControlPlane } from './testing/control-plane-harness.js';
+import { generations, row, runningVtpm, stoppedVtpm, openWithSecondHost } from './testing/fixtures.js';
 
 let t: TestControlPlane;
 let hostB: FakeHostAgent;
 beforeEach(async () => {
-  hostB = new FakeHostAgent('host-b');
-  t = await openTestControlPlane({ hosts: [hostB] });
+  ({ t, hostB } = await openWithSecondHost());
 });
 afterEach(() => t.close());
 

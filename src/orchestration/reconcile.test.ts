@@ -2,15 +2,14 @@ import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { migrateVtpm } from './migrate.js';
 import { reconcile } from './reconcile.js';
-import { FakeHostAgent } from './testing/fake-host-agent.js';
-import { alice, openTestControlPlane, type TestControlPlane } from './testing/control-plane-harness.js';
-import { generations, newest, row, runningVtpm, stoppedVtpm } from './testing/fixtures.js';
+import type { FakeHostAgent } from './testing/fake-host-agent.js';
+import { alice, type TestControlPlane } from './testing/control-plane-harness.js';
+import { generations, newest, row, runningVtpm, stoppedVtpm, openWithSecondHost } from './testing/fixtures.js';
 
 let t: TestControlPlane;
 let hostB: FakeHostAgent;
 beforeEach(async () => {
-  hostB = new FakeHostAgent('host-b');
-  t = await openTestControlPlane({ hosts: [hostB] });
+  ({ t, hostB } = await openWithSecondHost());
 });
 afterEach(() => t.close());
 

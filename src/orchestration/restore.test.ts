@@ -3,9 +3,8 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 import { NotFoundError, StateConflictError } from '../errors.js';
 import { restoreGeneration } from './restore.js';
 import { startVtpm } from './start.js';
-import { stopVtpm } from './stop.js';
 import { alice, openTestControlPlane, type TestControlPlane } from './testing/control-plane-harness.js';
-import { generations, newest, row, runningVtpm, stoppedVtpm } from './testing/fixtures.js';
+import { generations, newest, row, runningVtpm, stoppedVtpm, withTwoGenerations } from './testing/fixtures.js';
 
 let t: TestControlPlane;
 beforeEach(async () => {
@@ -13,20 +12,9 @@ beforeEach(async () => {
 });
 afterEach(() => t.close());
 
-/** A stopped vTPM with generations 1 (manufactured) and 2 (written by its guest). */
-async function withTwoGenerations(): Promise<{ vm: string; manufactured: Buffer }> {
-  const vm = await stoppedVtpm(t);
-  const manufactured = (await newest(t, vm)).data;
-  await startVtpm(t.cp, vm, alice);
-  await t.local.guestWrites(vm, Buffer.from('written by the guest'));
-  await stopVtpm(t.cp, vm, alice);
-  await t.settle();
-  return { vm, manufactured };
-}
-
 describe('restore', () => {
   it('makes the old generation the newest, as a new generation; nothing is deleted', async () => {
-    const { vm, manufactured } = await withTwoGenerations();
+    const { vm, manufactured } = await withTwoGenerations(t);
     const restored = await restoreGeneration(t.cp, vm, 1, alice);
     assert.equal(restored.generation, 3);
     assert.deepEqual(await generations(t, vm), [
@@ -54,13 +42,13 @@ describe('restore', () => {
   });
 
   it('of a generation that does not exist: not found, nothing committed', async () => {
-    const { vm } = await withTwoGenerations();
+    const { vm } = await withTwoGenerations(t);
     await assert.rejects(restoreGeneration(t.cp, vm, 7, alice), NotFoundError);
     assert.equal((await generations(t, vm)).length, 2);
   });
 
   it('when the key manager cannot read the secret: nothing committed', async () => {
-    const { vm } = await withTwoGenerations();
+    const { vm } = await withTwoGenerations(t);
     t.keys.failNext('readSecret');
     await assert.rejects(restoreGeneration(t.cp, vm, 1, alice), /key manager unavailable/);
     assert.equal((await generations(t, vm)).length, 2);

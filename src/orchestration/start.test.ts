@@ -7,7 +7,7 @@ import { ingestStateChange } from './state-ingest.js';
 import { stopVtpm } from './stop.js';
 import { FakeHostAgent } from './testing/fake-host-agent.js';
 import { alice, openTestControlPlane, type TestControlPlane } from './testing/control-plane-harness.js';
-import { generations, newest, row, stoppedVtpm } from './testing/fixtures.js';
+import { generations, newest, row, stoppedVtpm, withTwoGenerations } from './testing/fixtures.js';
 
 let t: TestControlPlane;
 let hostB: FakeHostAgent;
@@ -29,12 +29,7 @@ async function assertStoppedOnA(vm: string) {
 
 describe('start', () => {
   it('runs exactly the vault newest generation, and marks the vTPM running with its socket', async () => {
-    const vm = await stoppedVtpm(t);
-    const manufactured = (await newest(t, vm)).data;
-    await startVtpm(t.cp, vm, alice);
-    await t.local.guestWrites(vm, Buffer.from('written by the guest'));
-    await stopVtpm(t.cp, vm, alice);
-    await t.settle();
+    const { vm, manufactured } = await withTwoGenerations(t);
     await restoreGeneration(t.cp, vm, 1, alice);
     t.local.calls.length = 0;
 

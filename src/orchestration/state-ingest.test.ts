@@ -3,15 +3,12 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 import { StateConflictError } from '../errors.js';
 import { migrateVtpm } from './migrate.js';
 import { ingestExit, ingestStateChange } from './state-ingest.js';
-import { FakeHostAgent } from './testing/fake-host-agent.js';
-import { alice, openTestControlPlane, type TestControlPlane } from './testing/control-plane-harness.js';
-import { generations, row, runningVtpm, stoppedVtpm } from './testing/fixtures.js';
+import { alice, type TestControlPlane } from './testing/control-plane-harness.js';
+import { generations, row, runningVtpm, stoppedVtpm, openWithSecondHost } from './testing/fixtures.js';
 
 let t: TestControlPlane;
-let hostB: FakeHostAgent;
 beforeEach(async () => {
-  hostB = new FakeHostAgent('host-b');
-  t = await openTestControlPlane({ hosts: [hostB] });
+  ({ t } = await openWithSecondHost());
 });
 afterEach(() => t.close());
 
