@@ -12,16 +12,7 @@ import { resolveFirmware } from '../tpm-spec/firmware.js';
 import { resolveTpmSpec, type SpecRequest } from '../tpm-spec/resolve.js';
 import { resolveSecretSecurity, type SecretSecurityRequest } from '../tpm-spec/secret-security.js';
 import type { ControlPlane } from './control-plane.js';
-import {
-  commitStep,
-  finishStep,
-  type NewVtpmState,
-  undoFailed,
-  newRow,
-  readSecretStep,
-  refuseExisting,
-  reserveStep,
-} from './new-vtpm.js';
+import * as newVtpm from './new-vtpm.js';
 import { runSteps } from './steps.js';
 import { normalizeVm, toVtpmView } from './vtpm-records.js';
 
@@ -33,7 +24,7 @@ export interface AdoptRequest extends SpecRequest, SecretSecurityRequest {
   sourcePassphrase?: Buffer | undefined;
 }
 
-interface Adoption extends NewVtpmState {
+interface Adoption extends newVtpm.NewVtpmState {
   tpm?: ManufacturedVtpm;
 }
 
@@ -44,10 +35,10 @@ export async function adoptVtpm(cp: ControlPlane, request: AdoptRequest, actor: 
   const secretSecurity = resolveSecretSecurity(request);
   return cp.locks.run(vm, () =>
     withKeptSecrets(async (keep) => {
-      await refuseExisting(cp, vm);
+      await newVtpm.refuseExisting(cp, vm);
       if (request.sourcePassphrase) keep(request.sourcePassphrase);
       const host = await cp.fleet.place(spec);
-      const row = newRow({
+      const row = newVtpm.newRow({
         vm,
         spec,
         claims: { ...claims, adopted_from: request.source },
@@ -58,8 +49,8 @@ export async function adoptVtpm(cp: ControlPlane, request: AdoptRequest, actor: 
       });
       const adoption: Adoption = { row, spec, firmware, keep };
       const steps = [
-        reserveStep<Adoption>(cp),
-        readSecretStep<Adoption>(cp),
+        newVtpm.reserveStep<Adoption>(cp),
+        newVtpm.readSecretStep<Adoption>(cp),
         {
           name: 'take-over-state',
           async run(s: Adoption) {
@@ -67,10 +58,10 @@ export async function adoptVtpm(cp: ControlPlane, request: AdoptRequest, actor: 
             s.tpm = await cp.fleet.manufacturer.adopt({ vm, spec, stateKey: s.secret!, ...source });
           },
         },
-        commitStep<Adoption>(cp, 'adopt', (s) => s.tpm!.state),
-        finishStep<Adoption>(cp, (s) => s.tpm!.ekCertificates),
+        newVtpm.commitStep<Adoption>(cp, 'adopt', (s) => s.tpm!.state),
+        newVtpm.finishStep<Adoption>(cp, (s) => s.tpm!.ekCertificates),
       ];
-      await runSteps({ operation: 'adopt', steps, logger: cp.logger, undoFailed: undoFailed(cp) }, adoption);
+      await runSteps({ operation: 'adopt', steps, logger: cp.logger, undoFailed: newVtpm.undoFailed(cp) }, adoption);
       const certificates = adoption.tpm!.ekCertificates.length;
       cp.logger.info(
         { vm, host, version: spec.version, from: request.source, ek_certificates: certificates },

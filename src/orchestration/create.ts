@@ -15,17 +15,7 @@ import { type FirmwareRequest, resolveFirmware } from '../tpm-spec/firmware.js';
 import { resolveTpmSpec, type SpecRequest } from '../tpm-spec/resolve.js';
 import { resolveSecretSecurity, type SecretSecurityRequest } from '../tpm-spec/secret-security.js';
 import type { ControlPlane } from './control-plane.js';
-import {
-  commitStep,
-  finishStep,
-  type NewVtpmState,
-  undoFailed,
-  newRow,
-  readSecretStep,
-  refuseExisting,
-  reserveStep,
-  unreserve,
-} from './new-vtpm.js';
+import * as newVtpm from './new-vtpm.js';
 import { runSteps, type Step } from './steps.js';
 import { normalizeVm, toVtpmView } from './vtpm-records.js';
 
@@ -33,7 +23,7 @@ export interface CreateRequest extends SpecRequest, FirmwareRequest, SecretSecur
   vm: string;
 }
 
-interface Creation extends NewVtpmState {
+interface Creation extends newVtpm.NewVtpmState {
   pooled?: PoolEntry | undefined;
   tpm?: ManufacturedVtpm;
 }
@@ -45,17 +35,17 @@ export async function createVtpm(cp: ControlPlane, request: CreateRequest, actor
   const secretSecurity = resolveSecretSecurity(request);
   return cp.locks.run(vm, () =>
     withKeptSecrets(async (keep) => {
-      await refuseExisting(cp, vm);
+      await newVtpm.refuseExisting(cp, vm);
       const host = await cp.fleet.place(spec);
-      const row = newRow({ vm, spec, claims, firmware, secretSecurity, host, project: actor.project });
+      const row = newVtpm.newRow({ vm, spec, claims, firmware, secretSecurity, host, project: actor.project });
       const creation: Creation = { row, spec, firmware, keep };
       const steps = [
-        cp.pool ? claimPooledStep(cp) : reserveStep<Creation>(cp),
-        readSecretStep<Creation>(cp),
+        cp.pool ? claimPooledStep(cp) : newVtpm.reserveStep<Creation>(cp),
+        newVtpm.readSecretStep<Creation>(cp),
         rescopeStep(cp, actor),
         manufactureStep(cp),
-        commitStep<Creation>(cp, 'create', (s) => s.tpm!.state),
-        finishStep<Creation>(cp, (s) => s.tpm!.ekCertificates),
+        newVtpm.commitStep<Creation>(cp, 'create', (s) => s.tpm!.state),
+        newVtpm.finishStep<Creation>(cp, (s) => s.tpm!.ekCertificates),
       ];
       try {
         await runSteps(
@@ -63,7 +53,7 @@ export async function createVtpm(cp: ControlPlane, request: CreateRequest, actor
             operation: 'create',
             steps,
             logger: cp.logger,
-            undoFailed: undoFailed(cp),
+            undoFailed: newVtpm.undoFailed(cp),
           },
           creation,
         );
@@ -79,7 +69,7 @@ export async function createVtpm(cp: ControlPlane, request: CreateRequest, actor
 
 /** The pool's oldest TPM of the version, if it has one, and the vTPM's row, in one transaction. */
 function claimPooledStep(cp: ControlPlane): Step<Creation> {
-  const reserveNew = reserveStep<Creation>(cp);
+  const reserveNew = newVtpm.reserveStep<Creation>(cp);
   return {
     name: 'claim-pooled',
     async run(s) {
@@ -87,7 +77,7 @@ function claimPooledStep(cp: ControlPlane): Step<Creation> {
       if (s.pooled) s.row = { ...s.row, secret_ref: s.pooled.secret_ref };
       else await reserveNew.run(s);
     },
-    undo: (s) => unreserve(cp, s),
+    undo: (s) => newVtpm.unreserve(cp, s),
   };
 }
 

@@ -13,15 +13,7 @@ import { isTpmModel, isTpmVersion, type TpmSpec } from '../tpm-spec/tpm-spec.js'
 import { type BundlePayload, readBundle } from '../vault/bundle.js';
 import { vaultKeyFrom } from '../vault/state-vault.js';
 import type { ControlPlane } from './control-plane.js';
-import {
-  committingAll,
-  finishStep,
-  type NewVtpmState,
-  newRow,
-  refuseExisting,
-  reserveStep,
-  undoFailed,
-} from './new-vtpm.js';
+import * as newVtpm from './new-vtpm.js';
 import { runSteps } from './steps.js';
 import { normalizeVm, toVtpmView } from './vtpm-records.js';
 
@@ -52,17 +44,17 @@ export async function importVtpm(cp: ControlPlane, request: ImportRequest, actor
     const firmware = resolveFirmware({ firmware: payload.firmware, secureBoot: payload.secure_boot });
     const project = seesAllProjects(actor) ? payload.project : actor.project;
     return cp.locks.run(vm, async () => {
-      await refuseExisting(cp, vm);
+      await newVtpm.refuseExisting(cp, vm);
       const host = await cp.fleet.place(spec);
       const claims = { imported_from: payload.vm };
-      const row = newRow({ vm, spec, claims, firmware, secretSecurity: 'user', host, project });
-      const importing: NewVtpmState = { row, spec, firmware, keep, secret: payload.secret };
+      const row = newVtpm.newRow({ vm, spec, claims, firmware, secretSecurity: 'user', host, project });
+      const importing: newVtpm.NewVtpmState = { row, spec, firmware, keep, secret: payload.secret };
       const steps = [
-        reserveStep<NewVtpmState>(cp, () => payload.secret),
+        newVtpm.reserveStep<newVtpm.NewVtpmState>(cp, () => payload.secret),
         {
           name: 'commit-generations',
           run: () =>
-            committingAll(cp, vm, () =>
+            newVtpm.committingAll(cp, vm, () =>
               withWiped(vaultKeyFrom(payload.secret), async (vaultKey) => {
                 for (const generation of payload.generations) {
                   await cp.vault.commit(vm, generation.kind as StateKind, vaultKey, generation.data, 'import');
@@ -71,9 +63,11 @@ export async function importVtpm(cp: ControlPlane, request: ImportRequest, actor
             ),
           undo: () => cp.vault.forget(vm),
         },
-        finishStep<NewVtpmState>(cp, () => payload.ek_certificates.map((c) => ({ keyType: c.key_type, der: c.der }))),
+        newVtpm.finishStep<newVtpm.NewVtpmState>(cp, () =>
+          payload.ek_certificates.map((c) => ({ keyType: c.key_type, der: c.der })),
+        ),
       ];
-      await runSteps({ operation: 'import', steps, logger: cp.logger, undoFailed: undoFailed(cp) }, importing);
+      await runSteps({ operation: 'import', steps, logger: cp.logger, undoFailed: newVtpm.undoFailed(cp) }, importing);
       cp.logger.info({ vm, from: payload.vm, generations: payload.generations.length }, 'vTPM imported');
       return toVtpmView(importing.created!);
     });
