@@ -7,16 +7,46 @@ import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import pino from 'pino';
 import { startAgent } from '../agent/remote/agent-process.js';
-import type { RegisteredHost } from '../api/hosts.js';
+import type { HostList, PoolStatus, RegisteredHost } from '../api/hosts.js';
 import type { Migration } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir, defaultScratchDir } from './defaults.js';
-import { fields } from './output.js';
+import { fields, table } from './output.js';
 
 const DEFAULT_AGENT_LISTEN = '127.0.0.1:7391';
 
 export function registerHostCommands(program: Command): void {
+  withClientOptions(program.command('pool'))
+    .description('TPMs manufactured ahead of demand, per version')
+    .action(async (_options: unknown, command: Command) => {
+      const pool = await (await client(command)).request<PoolStatus>('GET', '/v1/pool');
+      emit(command, pool, () =>
+        table(
+          Object.entries(pool.ready).map(([version, ready]) => ({ version, ready, target: pool.size })),
+          ['version', 'ready', 'target'],
+        ),
+      );
+    });
+
+  withClientOptions(program.command('hosts'))
+    .description('hosts, their traits and how many vTPMs they hold')
+    .action(async (_options: unknown, command: Command) => {
+      const { hosts } = await (await client(command)).request<HostList>('GET', '/v1/hosts');
+      emit(command, hosts, () =>
+        table(
+          hosts.map((h) => ({
+            name: h.name,
+            vtpms: h.vtpms,
+            running: h.running,
+            traits: h.traits.join(','),
+            agent: h.agent_url ?? '(in vtpm serve)',
+          })),
+          ['name', 'vtpms', 'running', 'traits', 'agent'],
+        ),
+      );
+    });
+
   const host = program.command('host').description('hosts whose agent runs remotely');
 
   withClientOptions(host.command('add'))

@@ -1,4 +1,5 @@
 /** Human-readable rendering; --json bypasses all of this. */
+import type { Attachment, VtpmView } from '../api/vtpms.js';
 
 export function table(rows: Array<Record<string, string | number>>, columns: string[]): string {
   if (rows.length === 0) return '(none)';
@@ -32,3 +33,27 @@ export function fields(record: Record<string, unknown>, keys: string[]): string 
 export function shellQuote(arg: string): string {
   return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", "'\\''")}'`;
 }
+
+export const showVtpm = (vtpm: VtpmView) =>
+  fields(vtpm as unknown as Record<string, unknown>, [
+    'vm',
+    'version',
+    'model',
+    'firmware',
+    'secure_boot',
+    'host',
+    'status',
+    'socket',
+    'project',
+    'secret_security',
+    'created_at',
+    'updated_at',
+  ]);
+export const showAttachment = (attachment: Attachment) =>
+  [
+    `socket       ${attachment.socket}`,
+    `qemu args    ${attachment.qemu_args.map(shellQuote).join(' ')}`,
+    'libvirt xml',
+    attachment.libvirt_xml,
+    ...(attachment.libvirt_firmware_xml ? ['libvirt firmware xml (in <os>)', attachment.libvirt_firmware_xml] : []),
+  ].join('\n');

@@ -1,0 +1,158 @@
+/** `vtpm serve`: the control plane with this host's agent, and its options. */
+import type { Command } from 'commander';
+import { Option } from 'commander';
+import pino from 'pino';
+import { InvalidArgumentError } from '../errors.js';
+import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS, PIN_ENVIRONMENT, PKCS11_DEFAULTS } from '../keys/index.js';
+import { startServer } from '../serve/start-server.js';
+import { globals, withClientOptions } from './context.js';
+import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
+import { positiveInteger, wholeNumber } from './parsers.js';
+
+function sealingTpm(seal: boolean, hostTpm: string | undefined): string | undefined {
+  if (!seal && hostTpm !== undefined) throw new InvalidArgumentError('--host-tpm', 'to come with --seal-to-tpm');
+  return seal ? (hostTpm ?? DEFAULT_HOST_TPM) : undefined;
+}
+
+function tlsOf(
+  certFile: string | undefined,
+  keyFile: string | undefined,
+): { certFile: string; keyFile: string } | undefined {
+  if (certFile === undefined && keyFile === undefined) return undefined;
+  if (certFile === undefined || keyFile === undefined)
+    throw new InvalidArgumentError(
+      certFile === undefined ? '--tls-cert' : '--tls-key',
+      'both --tls-cert and --tls-key, or neither',
+    );
+  return { certFile, keyFile };
+}
+
+export function registerServeCommand(program: Command, packageVersion: string): void {
+  withClientOptions(program.command('serve'))
+    .description("run the control plane and this host's agent (embedded defaults: SQLite, local key manager)")
+    .option('--listen <host:port>', 'address to listen on', DEFAULT_LISTEN)
+    .option('--run-dir <dir>', 'where swtpm sockets and pid files go (env VTPM_RUN_DIR; default <data-dir>/run)')
+    .option('--scratch-dir <dir>', 'memory file system for short-lived secret configuration', defaultScratchDir())
+    .addOption(
+      new Option('--key-manager <kind>', 'key manager backend').choices([...KEY_MANAGER_KINDS]).default('local'),
+    )
+    .option('--retention <count>', 'state generations kept per vTPM', positiveInteger('--retention'), 20)
+    .option(
+      '--pool-size <count>',
+      'TPMs of each version manufactured ahead of demand (0: off)',
+      wholeNumber('--pool-size'),
+      4,
+    )
+    .option(
+      '--pool-refill-pause <ms>',
+      'pause after each background manufacture, capping the refill rate',
+      wholeNumber('--pool-refill-pause'),
+      0,
+    )
+    .option('--barbican-url <url>', "with --key-manager barbican: Barbican's endpoint, e.g. http://barbican:9311")
+    .option(
+      '--pkcs11-module <path>',
+      "with --key-manager pkcs11: the HSM's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so",
+    )
+    .option('--pkcs11-token <label>', 'with --key-manager pkcs11: the label of the token to use', PKCS11_DEFAULTS.token)
+    .option(
+      '--pkcs11-pin-file <path>',
+      `with --key-manager pkcs11: a file (owner-only) holding the token's user PIN (default: env ${PIN_ENVIRONMENT})`,
+    )
+    .option(
+      '--pkcs11-key-label <label>',
+      "with --key-manager pkcs11: the label of this installation's key-encryption keys in the token",
+      PKCS11_DEFAULTS.keyLabel,
+    )
+    .option(
+      '--seal-to-tpm',
+      "local key manager: seal the master key to the host's TPM (a copied data directory then opens nothing elsewhere)",
+    )
+    .option('--host-tpm <tcti>', `the host TPM for --seal-to-tpm, as a tpm2-tools TCTI (default ${DEFAULT_HOST_TPM})`)
+    .option('--tls-cert <pem>', 'serve the API over HTTPS with this certificate (chain)')
+    .option('--tls-key <pem>', 'the private key of --tls-cert (must be readable by its owner only)')
+    .option(
+      '--swtpm-user <user>',
+      'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)',
+    )
+    .option(
+      '--qemu-group <group>',
+      "the group QEMU runs in when not root (libvirt's default: libvirt-qemu): " +
+        'vTPM sockets and UEFI variable stores are shared with it',
+    )
+    .option(
+      '--agent-ca-file <pem>',
+      "CA certificate remote agents' TLS certificates are checked against (default: the system's)",
+    )
+    .addOption(
+      new Option('--log-level <level>', 'log level')
+        .choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace'])
+        .default('info'),
+    )
+    .action(
+      async (
+        options: {
+          listen: string;
+          runDir?: string;
+          scratchDir: string;
+          keyManager: string;
+          retention: number;
+          poolSize: number;
+          poolRefillPause: number;
+          swtpmUser?: string;
+          qemuGroup?: string;
+          agentCaFile?: string;
+          barbicanUrl?: string;
+          pkcs11Module?: string;
+          pkcs11Token: string;
+          pkcs11PinFile?: string;
+          pkcs11KeyLabel: string;
+          sealToTpm?: boolean;
+          hostTpm?: string;
+          tlsCert?: string;
+          tlsKey?: string;
+          logLevel: string;
+        },
+        command: Command,
+      ) => {
+        const { dataDir } = globals(command);
+        const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
+        const server = await startServer({
+          dataDir,
+          listen: options.listen,
+          runDir: options.runDir ?? defaultRunDir(dataDir),
+          scratchDir: options.scratchDir,
+          keyManager: options.keyManager,
+          retention: options.retention,
+          poolSize: options.poolSize,
+          poolRefillPauseMs: options.poolRefillPause,
+          swtpmUser: options.swtpmUser,
+          qemuGroup: options.qemuGroup,
+          agentCaFile: options.agentCaFile,
+          sealToTpm: sealingTpm(options.sealToTpm === true, options.hostTpm),
+          barbicanUrl: options.barbicanUrl,
+          pkcs11: {
+            module: options.pkcs11Module,
+            token: options.pkcs11Token,
+            pinFile: options.pkcs11PinFile,
+            keyLabel: options.pkcs11KeyLabel,
+          },
+          tls: tlsOf(options.tlsCert, options.tlsKey),
+          logger,
+          version: packageVersion,
+        });
+        const tokenNote = server.adminTokenCreated ? 'admin token created in' : 'admin token in';
+        process.stdout.write(
+          `vtpm serve: listening on ${server.url}\n` +
+            `vtpm serve: data directory ${dataDir}\n` +
+            `vtpm serve: ${tokenNote} ${server.adminTokenPath}\n`,
+        );
+        const shutdown = (signal: string) => {
+          logger.info({ signal }, 'shutting down; running vTPMs keep running');
+          void server.close().then(() => process.exit(0));
+        };
+        process.once('SIGTERM', () => shutdown('SIGTERM'));
+        process.once('SIGINT', () => shutdown('SIGINT'));
+      },
+    );
+}
