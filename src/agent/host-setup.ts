@@ -6,7 +6,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { HostSetupError, InvalidArgumentError } from '../errors.js';
 import { runProgram } from '../swtpm/run-program.js';
-import type { SystemGroup, SystemUser } from './local-host-agent.js';
+import type { SystemGroup, SystemUser } from './host-directories.js';
 
 const DEFAULT_SWTPM_USER = 'tss';
 

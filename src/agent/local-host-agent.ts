@@ -7,11 +7,11 @@
  * and under the run directory: <vm>.sock, <vm>.pid
  */
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { EmulatorError, HostSetupError, StateConflictError } from '../errors.js';
+import { HostSetupError, StateConflictError } from '../errors.js';
 import { ovmfVarsTemplate } from '../hypervisor/ovmf.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { StateKind } from '../store/index.js';
@@ -41,6 +41,7 @@ import {
   type StateChange,
   type VtpmExit,
 } from './host-agent.js';
+import { prepareHostDirectories, type SystemGroup, type SystemUser } from './host-directories.js';
 import { StateWatcher, type WatchedFile } from './state-watcher.js';
 
 export interface LocalHostAgentOptions {
@@ -65,43 +66,6 @@ export interface LocalHostAgentOptions {
   qemuGroup?: SystemGroup | undefined;
 }
 
-export interface SystemUser {
-  name: string;
-  uid: number;
-  gid: number;
-}
-
-export interface SystemGroup {
-  name: string;
-  gid: number;
-}
-
-/**
- * Fails, naming the directory, if `who` (a user, or any member of a
- * group) could not pass through `dir` and every directory above it.
- */
-async function requireTraversable(
-  dir: string,
-  who: { uid?: number; gid: number; description: string; remedy: string },
-): Promise<void> {
-  for (let current = resolve(dir); ; current = dirname(current)) {
-    const { mode, uid, gid } = await stat(current);
-    const may = uid === who.uid ? mode & 0o100 : gid === who.gid ? mode & 0o010 : mode & 0o001;
-    if (!may) {
-      throw new HostSetupError(
-        `${who.description} cannot pass through ${current} (mode ${(mode & 0o777).toString(8)}): ` +
-          `let it (chmod o+x ${current}), choose other directories, or ${who.remedy}`,
-        { directory: current },
-      );
-    }
-    if (current === dirname(current)) return;
-  }
-}
-
-/** Unix socket paths are limited to 107 bytes by the kernel. */
-const MAX_SOCKET_PATH = 107;
-const UUID_LENGTH = 36;
-
 /** The one file in which swtpm keeps a TPM's persistent state. */
 interface Tracked {
   instance: SwtpmInstance;
@@ -125,42 +89,8 @@ export class LocalHostAgent implements HostAgent {
   }
 
   static async open(options: LocalHostAgentOptions): Promise<LocalHostAgent> {
-    const socketLength = join(options.runDir, `${'0'.repeat(UUID_LENGTH)}.sock`).length;
-    if (socketLength > MAX_SOCKET_PATH) {
-      throw new EmulatorError(
-        `run directory ${options.runDir} is too long for unix socket paths ` +
-          `(${socketLength} > ${MAX_SOCKET_PATH} bytes): pass a shorter --run-dir`,
-      );
-    }
-    for (const dir of ['tpm', 'nvram', 'log']
-      .map((d) => join(options.dataDir, d))
-      .concat(options.runDir, options.scratchDir)) {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-    }
+    await prepareHostDirectories(options);
     const user = options.swtpmUser;
-    if (user) {
-      // swtpm creates its socket and pid file, and writes its state, after it has become this user:
-      // the run directory is its, each state directory too; the directories above let it pass, not look.
-      await chown(options.runDir, user.uid, user.gid);
-      for (const dir of [options.dataDir, join(options.dataDir, 'tpm')]) await chmod(dir, 0o711);
-      const swtpm = { ...user, description: `swtpm runs as ${user.name}, which`, remedy: 'pass --swtpm-user root' };
-      for (const dir of [options.runDir, join(options.dataDir, 'tpm')]) await requireTraversable(dirname(dir), swtpm);
-    }
-    const group = options.qemuGroup;
-    if (group) {
-      const nvramDir = join(options.dataDir, 'nvram');
-      for (const dir of [options.runDir, nvramDir]) {
-        await chown(dir, -1, group.gid);
-        await chmod(dir, 0o710);
-      }
-      await chmod(options.dataDir, 0o711);
-      const qemu = {
-        gid: group.gid,
-        description: `QEMU, in group ${group.name},`,
-        remedy: 'leave out --qemu-group and run QEMU as root',
-      };
-      for (const dir of [options.runDir, nvramDir]) await requireTraversable(dirname(dir), qemu);
-    }
     const capabilities = await probeCapabilities();
     const seccomp = capabilities.swtpm.features.includes('cmdarg-seccomp');
     if (!seccomp) options.logger.warn('this swtpm has no seccomp support: vTPMs run without a syscall filter');
