@@ -43,9 +43,23 @@ export const targetOf = (record: VtpmRecord) => ({
   secretSecurity: record.secret_security as SecretSecurity,
 });
 
+/** The one mapping from a vTPM's row to what the API shows: named field by field, so no new column leaks by itself. */
 export function toVtpmView(record: VtpmRecord): VtpmView {
-  const { secret_ref: _secret, ek_certificates: _sealed, migrating_to: _to, spec_claims, socket, ...shown } = record;
-  return { ...shown, socket: record.status === 'running' ? socket : null, spec_sources: spec_claims };
+  return {
+    vm: record.vm,
+    project: record.project,
+    version: record.version,
+    model: record.model,
+    firmware: record.firmware,
+    secure_boot: record.secure_boot,
+    host: record.host,
+    status: record.status,
+    secret_security: record.secret_security,
+    socket: record.status === 'running' ? record.socket : null,
+    spec_sources: record.spec_claims,
+    created_at: record.created_at,
+    updated_at: record.updated_at,
+  };
 }
 
 /** The vTPM, if the actor may do `operation` to it; another project's vTPM it may not see is reported as missing. */

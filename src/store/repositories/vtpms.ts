@@ -10,10 +10,22 @@ import type { Database, NewVtpm, VtpmPatch, VtpmRecord, VtpmStatus, VtpmTable } 
 
 function decodeVtpm(row: Selectable<VtpmTable>): VtpmRecord {
   return {
-    ...row,
+    vm: row.vm,
+    project: row.project,
+    version: row.version,
+    model: row.model,
+    host: row.host,
+    status: row.status,
+    firmware: row.firmware,
     secure_boot: row.secure_boot === 1,
+    secret_ref: row.secret_ref,
     spec_claims: JSON.parse(row.spec_claims),
     ek_certificates: row.ek_certificates === null ? null : Buffer.from(row.ek_certificates),
+    socket: row.socket,
+    secret_security: row.secret_security,
+    migrating_to: row.migrating_to,
+    created_at: row.created_at,
+    updated_at: row.updated_at,
   };
 }
 
