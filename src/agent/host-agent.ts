@@ -63,9 +63,21 @@ export interface StateChange {
   data: Buffer;
   /** The state left when swtpm exited. */
   final: boolean;
+  /** The swtpm launch that reported it (RunningVtpm.instance). */
+  instance: string;
+  /**
+   * Digests of the states this one follows: the last one the control plane
+   * took, and any sent since whose answer was lost. Empty when the agent does
+   * not know (it took over a running swtpm after a restart). A report that
+   * follows none of what the vault holds is stale (replayed, or from before
+   * a restore) and is refused.
+   */
+  after: string[];
 }
 
 export interface StartRequest extends VtpmOnHost {
+  /** The id of this launch, chosen by the control plane before it asks: the vTPM's row names it first. */
+  instance: string;
   state: Buffer;
   firmware: Firmware;
   /** The UEFI variable store, for UEFI guests. */
@@ -82,12 +94,15 @@ export interface RunningVtpm {
   vm: string;
   pid: number;
   socket: string;
+  /** This launch of swtpm for the vTPM, unique across launches and hosts; it survives a restart of the agent. */
+  instance: string;
 }
 
 export interface VtpmExit {
   vm: string;
   code: number | null;
   signal: string | null;
+  instance: string;
 }
 
 export interface HostAgent {

@@ -4,14 +4,16 @@
  *   tpm/<vm>/          the running vTPM's state, encrypted by swtpm (0700, files 0600)
  *   nvram/<vm>.fd      a UEFI guest's variable store (0600), which QEMU reads and writes
  *   log/<vm>.log       swtpm's own log
- * and under the run directory: <vm>.sock, <vm>.pid
+ * and under the run directory: <vm>.sock, <vm>.pid, <vm>.instance (which launch of swtpm it is)
  */
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { HostSetupError, StateConflictError } from '../errors.js';
+import { HostSetupError, StateConflictError, UnreachableError } from '../errors.js';
 import { ovmfVarsTemplate } from '../hypervisor/ovmf.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { StateKind } from '../store/index.js';
@@ -66,9 +68,14 @@ export interface LocalHostAgentOptions {
   qemuGroup?: SystemGroup | undefined;
 }
 
+/** How long a stop waits for swtpm's final state to reach the vault before it answers that it is still trying. */
+const FINAL_REPORT_WAIT_MS = 30_000;
+
 /** The one file in which swtpm keeps a TPM's persistent state. */
 interface Tracked {
   instance: SwtpmInstance;
+  /** Which launch of swtpm this is (RunningVtpm.instance). */
+  id: string;
   watchers: StateWatcher[];
   /** Resolves once the final state and the exit have been reported. */
   exitReported: Promise<void>;
@@ -121,6 +128,10 @@ export class LocalHostAgent implements HostAgent {
     return devicePathsIn(this.description.layout, vm);
   }
 
+  private instanceFile(vm: string): string {
+    return join(this.options.runDir, `${vm}.instance`);
+  }
+
   /** swtpm processes outlive a restart of the service; take back those still serving their socket. */
   private async adoptSurvivors(): Promise<void> {
     for (const file of await readdir(this.options.runDir)) {
@@ -129,25 +140,47 @@ export class LocalHostAgent implements HostAgent {
       const instance = await adoptSwtpm(this.paths(vm));
       const stateFile = instance && (await readdir(this.paths(vm).stateDir)).find((f) => f.endsWith('.permall'));
       if (instance && stateFile) {
-        this.options.logger.info({ vm, pid: instance.pid }, 'adopted running swtpm');
-        this.track(vm, instance, stateFile, existsSync(this.devicePaths(vm).nvram));
+        // A swtpm started before launches had ids gets one now; the control plane learns it from running().
+        const id = (await readFile(this.instanceFile(vm), 'utf8').catch(() => '')).trim() || (await this.recordId(vm));
+        this.options.logger.info({ vm, pid: instance.pid, instance: id }, 'adopted running swtpm');
+        this.track(vm, instance, id, stateFile, existsSync(this.devicePaths(vm).nvram));
       } else {
         await this.removeRuntimeFiles(vm);
       }
     }
   }
 
-  private reportChange(change: StateChange): Promise<void> {
-    return Promise.all(this.changeListeners.map((listener) => listener(change))).then(() => undefined);
+  private async recordId(vm: string, id: string = randomUUID()): Promise<string> {
+    await writeFile(this.instanceFile(vm), `${id}\n`, { mode: 0o600 });
+    return id;
   }
 
-  private watcher(vm: string, kind: StateKind, target: WatchedFile, initial?: Buffer): StateWatcher {
-    return new StateWatcher(target, (data, final) => this.reportChange({ vm, kind, data, final }), initial);
+  /** Nobody listening yet (the control plane is still starting): the watcher tries again later. */
+  private async reportChange(change: StateChange): Promise<void> {
+    if (this.changeListeners.length === 0) {
+      throw new UnreachableError(`the control plane does not take ${this.hostName}'s reports yet`);
+    }
+    await Promise.all(this.changeListeners.map((listener) => listener(change)));
+  }
+
+  private watcher(vm: string, id: string, kind: StateKind, target: WatchedFile, initial?: Buffer): StateWatcher {
+    const log = this.options.logger;
+    return new StateWatcher(
+      target,
+      ({ data, final, after }) => this.reportChange({ vm, kind, data, final, instance: id, after }),
+      {
+        refused: (error) => log.warn({ vm, kind, code: error.code, msg: error.message }, 'a state report was refused'),
+        failed: (error, retryInMs) => log.warn({ vm, kind, err: error, retryInMs }, 'a state report failed; retrying'),
+        watchFailed: (error) => log.warn({ vm, kind, err: error }, 'file-system notifications failed; polling'),
+      },
+      initial,
+    );
   }
 
   private track(
     vm: string,
     instance: SwtpmInstance,
+    id: string,
     stateFile: string,
     withNvram: boolean,
     initial: { tpm?: Buffer; nvram?: Buffer } = {},
@@ -156,6 +189,7 @@ export class LocalHostAgent implements HostAgent {
     const watchers = [
       this.watcher(
         vm,
+        id,
         'tpm',
         {
           dir: this.paths(vm).stateDir,
@@ -170,6 +204,7 @@ export class LocalHostAgent implements HostAgent {
         ? [
             this.watcher(
               vm,
+              id,
               'nvram',
               { dir: join(nvram, '..'), file: `${vm}.fd`, matches: (name) => name === `${vm}.fd`, debounceMs: 50 },
               initial.nvram,
@@ -179,20 +214,20 @@ export class LocalHostAgent implements HostAgent {
     ];
     const exitReported = instance.exited.then(async ({ code, signal }) => {
       if (this.instances.get(vm) !== tracked) return;
-      for (const watcher of watchers) {
-        await watcher
-          .close()
-          .catch((error: unknown) =>
-            this.options.logger.error({ vm, err: error }, 'the final state could not be reported'),
-          );
+      try {
+        // Until the final state is taken the exit is not reported: the vTPM must not count as stopped.
+        for (const watcher of watchers) await watcher.close();
+      } catch (error) {
+        this.options.logger.error({ vm, err: error }, 'the agent let go before the final state was reported');
+        return;
       }
       this.instances.delete(vm);
       await this.removeRuntimeFiles(vm);
       const level = code === 0 || code === null ? 'info' : 'warn';
-      this.options.logger[level]({ vm, code, signal }, 'swtpm exited');
-      for (const listener of this.exitListeners) listener({ vm, code, signal });
+      this.options.logger[level]({ vm, code, signal, instance: id }, 'swtpm exited');
+      for (const listener of this.exitListeners) listener({ vm, code, signal, instance: id });
     });
-    const tracked: Tracked = { instance, watchers, exitReported };
+    const tracked: Tracked = { instance, id, watchers, exitReported };
     this.instances.set(vm, tracked);
     for (const watcher of watchers) watcher.start();
   }
@@ -201,6 +236,7 @@ export class LocalHostAgent implements HostAgent {
     const { socket, pidFile } = this.paths(vm);
     await rm(socket, { force: true });
     await rm(pidFile, { force: true });
+    await rm(this.instanceFile(vm), { force: true });
   }
 
   async describe(): Promise<HostDescription> {
@@ -264,6 +300,7 @@ export class LocalHostAgent implements HostAgent {
       await writeFile(nvramPath, request.nvram, { mode: 0o600 });
       await this.shareWithQemu(nvramPath);
     }
+    const id = await this.recordId(request.vm, request.instance);
     const instance = await launchSwtpm(request.spec, paths, request.stateKey, this.confinement);
     try {
       // Before QEMU is told where the socket is: swtpm made it for its own user only.
@@ -272,11 +309,11 @@ export class LocalHostAgent implements HostAgent {
       process.kill(instance.pid, 'SIGTERM');
       throw error;
     }
-    this.track(request.vm, instance, stateFile, request.nvram !== undefined, {
+    this.track(request.vm, instance, id, stateFile, request.nvram !== undefined, {
       tpm: request.state,
       ...(request.nvram && { nvram: request.nvram }),
     });
-    return { vm: request.vm, pid: instance.pid, socket: paths.socket };
+    return { vm: request.vm, pid: instance.pid, socket: paths.socket, instance: id };
   }
 
   private async shareWithQemu(path: string): Promise<void> {
@@ -321,7 +358,19 @@ export class LocalHostAgent implements HostAgent {
     const tracked = this.instances.get(vm);
     if (!tracked) return;
     await terminateSwtpm(tracked.instance);
-    await tracked.exitReported;
+    const waiting = new AbortController();
+    const taken = await Promise.race([
+      tracked.exitReported.then(() => true),
+      delay(FINAL_REPORT_WAIT_MS, false, { signal: waiting.signal }).catch(() => true),
+    ]);
+    waiting.abort();
+    if (!taken) {
+      throw new UnreachableError(
+        `swtpm of VM ${vm} stopped, but its final state has not reached the vault yet: ` +
+          `${this.hostName} keeps it and keeps trying; the vTPM counts as stopped once it is in the vault`,
+        { vm, host: this.hostName },
+      );
+    }
   }
 
   async destroy(vm: string): Promise<void> {
@@ -337,10 +386,11 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async running(): Promise<RunningVtpm[]> {
-    return [...this.instances].map(([vm, { instance }]) => ({
+    return [...this.instances].map(([vm, { instance, id }]) => ({
       vm,
       pid: instance.pid,
       socket: this.devicePaths(vm).socket,
+      instance: id,
     }));
   }
 
@@ -361,7 +411,7 @@ export class LocalHostAgent implements HostAgent {
   async close(): Promise<void> {
     this.exitListeners.length = 0;
     this.changeListeners.length = 0;
-    for (const { watchers } of this.instances.values()) for (const watcher of watchers) watcher.stop();
+    for (const { watchers } of this.instances.values()) for (const watcher of watchers) watcher.abandonReports();
     this.instances.clear();
   }
 }

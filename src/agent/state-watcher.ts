@@ -3,13 +3,20 @@
  * temporary file and renames over the state file, and a UEFI variable store,
  * which QEMU writes in place. A file-system notification for a matching name,
  * after a short debounce that folds the burst of events one write makes,
- * triggers one read. Changes are reported in order,
- * each only after the previous report finished, and only when the content
- * really changed.
+ * triggers one read. Changes are reported in order, each only after the
+ * previous report finished, and only when the content really changed.
+ *
+ * A report that fails is tried again, with a growing pause, until the
+ * control plane takes it or refuses it: the file holds the state meanwhile,
+ * and each try reads it afresh, so a newer change replaces an older one that
+ * was never taken. Each report names what it follows (`after`): the state the
+ * control plane took last, and any sent since whose answer was lost.
  */
-import { watch, type FSWatcher } from 'node:fs';
+import { type FSWatcher, watch } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { VtpmError } from '../errors.js';
 import { digestOf } from '../vault/state-vault.js';
 
 export interface WatchedFile {
@@ -20,58 +27,146 @@ export interface WatchedFile {
   debounceMs: number;
 }
 
+export interface WatchedReport {
+  data: Buffer;
+  final: boolean;
+  after: string[];
+}
+
+export interface WatcherEvents {
+  /** A report was refused (the control plane decided: the state is not this host's to report). */
+  refused(error: VtpmError): void;
+  /** A report failed and will be tried again. */
+  failed(error: unknown, retryInMs: number): void;
+  /** The file system stopped notifying (inotify limits, say): the file is polled instead. */
+  watchFailed(error: unknown): void;
+}
+
+const RETRY_FIRST_MS = 100;
+const RETRY_MAX_MS = 5_000;
+const POLL_MS = 1_000;
+/** Reports whose answer was lost, remembered as possible predecessors; more than this and the oldest go. */
+const UNSURE_KEPT = 8;
+
+const isRefusal = (error: unknown) => error instanceof VtpmError && error.status < 500;
+
 export class StateWatcher {
   private watcher: FSWatcher | undefined;
+  private poller: NodeJS.Timeout | undefined;
   private timer: NodeJS.Timeout | undefined;
   private reporting: Promise<void> = Promise.resolve();
-  private lastDigest: string | undefined;
+  /** The digest of the state the control plane took last. */
+  private acknowledged: string | undefined;
+  private unsure: string[] = [];
+  private stopped = false;
+  private retryMs = RETRY_FIRST_MS;
+  private readonly abandon = new AbortController();
 
   constructor(
     private readonly target: WatchedFile,
-    private readonly report: (data: Buffer, final: boolean) => Promise<void>,
+    private readonly report: (report: WatchedReport) => Promise<void>,
+    private readonly events: WatcherEvents,
     initial?: Buffer,
   ) {
-    this.lastDigest = initial && digestOf(initial);
+    this.acknowledged = initial && digestOf(initial);
   }
 
   start(): void {
-    this.watcher = watch(this.target.dir, (_event, name) => {
-      if (name !== null && !this.target.matches(name)) return;
-      clearTimeout(this.timer);
-      this.timer = setTimeout(() => void this.check().catch(() => undefined), this.target.debounceMs);
-    });
+    try {
+      this.watcher = watch(this.target.dir, (_event, name) => {
+        if (name !== null && !this.target.matches(name)) return;
+        this.soon(this.target.debounceMs);
+      });
+      this.watcher.on('error', (error) => this.poll(error));
+    } catch (error) {
+      this.poll(error);
+    }
   }
 
-  /** Reads the file now and reports it if it changed; resolves once reported. */
+  private poll(error: unknown): void {
+    this.events.watchFailed(error);
+    this.watcher?.close();
+    this.watcher = undefined;
+    if (!this.stopped && !this.poller) this.poller = setInterval(() => this.soon(0), POLL_MS);
+  }
+
+  private soon(ms: number): void {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.check().catch(() => undefined), ms);
+  }
+
+  /** Reads the file now and reports it if it changed; resolves once reported (or refused). */
   check(final = false): Promise<void> {
-    // A failed report is the reporter's to log; the next change still gets reported.
-    this.reporting = this.reporting
-      .catch(() => undefined)
-      .then(async () => {
-        let data: Buffer;
-        try {
-          data = await readFile(join(this.target.dir, this.target.file));
-        } catch (error) {
-          if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-          throw error;
-        }
-        const digest = digestOf(data);
-        if (digest === this.lastDigest) return;
-        await this.report(data, final);
-        this.lastDigest = digest;
-      });
+    this.reporting = this.reporting.catch(() => undefined).then(() => this.reportOnce(final));
     return this.reporting;
+  }
+
+  private async reportOnce(final: boolean): Promise<void> {
+    let data: Buffer;
+    try {
+      data = await readFile(join(this.target.dir, this.target.file));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw error;
+    }
+    const digest = digestOf(data);
+    if (digest === this.acknowledged) return;
+    const after = [...(this.acknowledged === undefined ? [] : [this.acknowledged]), ...this.unsure];
+    try {
+      await this.report({ data, final, after });
+    } catch (error) {
+      if (isRefusal(error)) {
+        this.events.refused(error as VtpmError);
+        this.settle(digest);
+        return;
+      }
+      if (!this.unsure.includes(digest)) this.unsure = [...this.unsure, digest].slice(-UNSURE_KEPT);
+      this.events.failed(error, this.retryMs);
+      if (!final) this.soon(this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
+      throw error;
+    }
+    this.settle(digest);
+  }
+
+  private settle(digest: string): void {
+    this.acknowledged = digest;
+    this.unsure = [];
+    this.retryMs = RETRY_FIRST_MS;
   }
 
   /** Stops watching; pending reports still finish. */
   stop(): void {
+    this.stopped = true;
     clearTimeout(this.timer);
+    clearInterval(this.poller);
     this.watcher?.close();
   }
 
-  /** Stops watching, then makes a last check so that the final state is reported. */
+  /**
+   * Stops watching, then reports the final state, trying until the control
+   * plane takes it: swtpm has exited, and its exit is reported only after.
+   * Gives up only when the agent lets go of the host (abandon()); the file
+   * stays, and the control plane recovers it when it next looks.
+   */
   async close(): Promise<void> {
     this.stop();
-    await this.check(true);
+    for (;;) {
+      try {
+        await this.check(true);
+        return;
+      } catch (error) {
+        if (this.abandon.signal.aborted) throw error;
+        await delay(this.retryMs, undefined, { signal: this.abandon.signal }).catch(() => undefined);
+        if (this.abandon.signal.aborted) throw error;
+      }
+    }
+  }
+
+  /** The agent lets go of the host: a final report still being tried is given up. */
+  abandonReports(): void {
+    this.stop();
+    this.abandon.abort();
   }
 }

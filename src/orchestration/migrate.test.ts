@@ -58,7 +58,10 @@ describe('migrate', () => {
     assert.equal(record.status, 'running');
     assert.equal(record.migrating_to, null);
     assert.equal(record.host, 'host-a');
-    assert.equal(t.cp.migrations.hold({ vm, kind: 'tpm', data: Buffer.from('x'), final: false }), false);
+    assert.equal(
+      t.cp.migrations.hold({ vm, kind: 'tpm', data: Buffer.from('x'), final: false, instance: 'x', after: [] }),
+      false,
+    );
     assert.ok(t.local.isRunning(vm));
     await t.local.guestWrites(vm, Buffer.from('still on a'));
     assert.deepEqual((await generations(t, vm))[0], ['tpm', 2, 'sync']);
@@ -107,7 +110,7 @@ describe('migrate', () => {
     assert.equal(record.socket, hostB.devicePaths(vm).socket);
     assert.deepEqual((await newest(t, vm)).data, Buffer.from('on b'));
     assert.deepEqual((await generations(t, vm))[0], ['tpm', 3, 'sync']);
-    assert.deepEqual(t.cp.migrations.end(vm), [], 'nothing is held any more');
+    assert.deepEqual(t.cp.migrations.peek(vm), [], 'nothing is held any more');
     // The vTPM is heard from its new host only.
     await hostB.guestWrites(vm, Buffer.from('on b, later'));
     assert.deepEqual((await newest(t, vm)).data, Buffer.from('on b, later'));

@@ -7,6 +7,7 @@
  * only once the guest runs on the destination), the destination's abandons
  * it. Preparing again for the same destination is answered as prepared.
  */
+import { randomUUID } from 'node:crypto';
 import type { Migration } from '../api/vtpms.js';
 import type { Principal } from '../auth/policy.js';
 import { StateConflictError } from '../errors.js';
@@ -58,9 +59,8 @@ async function prepare(cp: ControlPlane, current: VtpmRecord, to: string, secret
     {
       name: 'mark-migrating',
       async run() {
-        const migrating = await cp.store.vtpms.update(current.vm, { status: 'migrating', migrating_to: to }, [
-          'running',
-        ]);
+        const patch = { status: 'migrating' as const, migrating_to: to, migrating_instance: randomUUID() };
+        const migrating = await cp.store.vtpms.update(current.vm, patch, ['running']);
         if (!migrating)
           throw new StateConflictError(`vTPM ${current.vm} changed while its migration was prepared`, {
             vm: current.vm,
@@ -68,7 +68,8 @@ async function prepare(cp: ControlPlane, current: VtpmRecord, to: string, secret
         state.migrating = migrating;
       },
       undo: async () => {
-        await cp.store.vtpms.update(current.vm, { status: 'running', migrating_to: null }, ['migrating']);
+        const patch = { status: 'running' as const, migrating_to: null, migrating_instance: null };
+        await cp.store.vtpms.update(current.vm, patch, ['migrating']);
       },
     },
     {
@@ -76,13 +77,20 @@ async function prepare(cp: ControlPlane, current: VtpmRecord, to: string, secret
       async run() {
         const request = {
           vm: current.vm,
+          instance: state.migrating.migrating_instance!,
           spec: specOf(current),
           firmware,
           stateKey: secret,
           state: tpm.data,
           nvram: nvram?.data,
         };
-        await cp.fleet.agentFor(to).start(request);
+        const agent = cp.fleet.agentFor(to);
+        try {
+          await agent.start(request);
+        } catch (error) {
+          await agent.stop(current.vm).catch(() => undefined);
+          throw error;
+        }
       },
     },
   ];
@@ -97,18 +105,23 @@ export async function settleMigration(
   destination: string,
   outcome: MigrationOutcome,
 ) {
+  if (outcome === 'completed') {
+    // The destination's state first: the host moves only once the vault holds what the guest now runs on.
+    for (const change of cp.migrations.peek(record.vm)) await commitChange(cp, record, change, { chained: false });
+  }
   const patch =
     outcome === 'completed'
       ? {
           status: 'running' as const,
           host: destination,
+          instance: record.migrating_instance,
           migrating_to: null,
+          migrating_instance: null,
           socket: cp.fleet.agentFor(destination).devicePaths(record.vm).socket,
         }
-      : { status: 'running' as const, migrating_to: null };
+      : { status: 'running' as const, migrating_to: null, migrating_instance: null };
   await cp.store.vtpms.update(record.vm, patch, ['migrating']);
-  const held = cp.migrations.end(record.vm);
-  if (outcome === 'completed') for (const change of held) await commitChange(cp, change);
+  cp.migrations.end(record.vm);
   const done = outcome === 'completed' ? 'live migration completed' : 'live migration abandoned';
   cp.logger.info({ vm: record.vm, from: record.host, to: destination, outcome }, done);
   if (outcome === 'abandoned') {

@@ -20,10 +20,12 @@ export class MigrationsUnderWay {
     return reports !== undefined;
   }
 
-  /** Ends the migration; returns what its destination reported meanwhile. */
-  end(vm: string): StateChange[] {
-    const reports = [...(this.held.get(vm)?.values() ?? [])];
+  /** What the destination reported meanwhile, newest of each kind. */
+  peek(vm: string): StateChange[] {
+    return [...(this.held.get(vm)?.values() ?? [])];
+  }
+
+  end(vm: string): void {
     this.held.delete(vm);
-    return reports;
   }
 }

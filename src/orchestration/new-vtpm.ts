@@ -56,6 +56,8 @@ export function newRow(request: RowRequest): NewVtpm {
     socket: null,
     secret_security: request.secretSecurity,
     migrating_to: null,
+    instance: null,
+    migrating_instance: null,
   };
 }
 

@@ -13,7 +13,8 @@ import { erase, leaveDeleting } from './delete.js';
 import { settleMigration } from './migrate.js';
 import { specOf } from './vtpm-records.js';
 
-type RunningOn = Map<string, Set<string>>;
+/** Per host that answered: the vTPMs it runs, with the launch of each. */
+type RunningOn = Map<string, Map<string, string>>;
 
 export async function reconcile(cp: ControlPlane): Promise<void> {
   for (const record of await cp.store.vtpms.list({ statuses: ['creating', 'deleting'] })) {
@@ -33,7 +34,8 @@ export async function reconcile(cp: ControlPlane): Promise<void> {
     await settleMigration(cp, record, to, runs(to, record.vm) ? 'completed' : 'abandoned');
   }
   for (const record of await cp.store.vtpms.list({ statuses: ['starting', 'running', 'stopping', 'stopped'] })) {
-    if (runningOn.has(record.host)) await reconcileOne(cp, record, runs(record.host, record.vm));
+    const instance = runningOn.get(record.host)?.get(record.vm);
+    if (runningOn.has(record.host)) await reconcileOne(cp, record, instance);
   }
 }
 
@@ -42,7 +44,7 @@ async function whatHostsRun(cp: ControlPlane): Promise<RunningOn> {
   const runningOn: RunningOn = new Map();
   for (const agent of cp.fleet.connected()) {
     try {
-      runningOn.set(agent.hostName, new Set((await agent.running()).map((instance) => instance.vm)));
+      runningOn.set(agent.hostName, new Map((await agent.running()).map((running) => [running.vm, running.instance])));
     } catch (error) {
       cp.logger.warn(
         { host: agent.hostName, err: error },
@@ -53,15 +55,18 @@ async function whatHostsRun(cp: ControlPlane): Promise<RunningOn> {
   return runningOn;
 }
 
-async function reconcileOne(cp: ControlPlane, record: VtpmRecord, isRunning: boolean): Promise<void> {
+/** `instance`: the launch its host runs, if it runs it. */
+async function reconcileOne(cp: ControlPlane, record: VtpmRecord, instance: string | undefined): Promise<void> {
+  const isRunning = instance !== undefined;
   // Only a vTPM that was running can have state the vault has not seen; a `starting` one may
   // still hold an older working copy (from before a restore, say), which must not come back.
   if (!isRunning && (record.status === 'running' || record.status === 'stopping'))
     await recoverWorkingState(cp, record);
   const status = isRunning ? 'running' : 'stopped';
-  if (record.status !== status) {
+  // The swtpm the guest talks to is the launch that counts (a row from before launches had ids has none).
+  if (record.status !== status || (isRunning && record.instance !== instance)) {
     const socket = isRunning ? cp.fleet.agentFor(record.host).devicePaths(record.vm).socket : null;
-    await cp.store.vtpms.update(record.vm, { status, socket });
+    await cp.store.vtpms.update(record.vm, { status, socket, ...(isRunning && { instance }) });
   }
   if (!isRunning) return;
   // Changes made while the control plane was down are committed now.

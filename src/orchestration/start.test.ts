@@ -81,7 +81,8 @@ describe('start', () => {
     await assert.rejects(startVtpm(t.cp, vm, alice), /start failed/);
     await assertStoppedOnA(vm);
     assert.equal(t.local.isRunning(vm), false);
-    await ingestStateChange(t.cp, 'host-a', { vm, kind: 'tpm', data: Buffer.from('late'), final: false });
+    const late = { vm, kind: 'tpm' as const, data: Buffer.from('late'), final: false, instance: 'late', after: [] };
+    await assert.rejects(ingestStateChange(t.cp, 'host-a', late));
     assert.deepEqual(await generations(t, vm), [['tpm', 1, 'create']]);
   });
 
@@ -90,7 +91,8 @@ describe('start', () => {
     hostB.failNext('start');
     await assert.rejects(startVtpm(t.cp, vm, alice, { host: 'host-b' }), /start failed/);
     await assertStoppedOnA(vm);
-    assert.deepEqual(hostB.calls, [`start ${vm}`]);
+    // What host-b may have launched is stopped again.
+    assert.deepEqual(hostB.calls, [`start ${vm}`, `stop ${vm}`]);
   });
 
   it('on a host no agent is connected for: stopped, host unchanged, nothing asked of any host', async () => {

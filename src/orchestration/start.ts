@@ -6,6 +6,7 @@
  * destination of a live migration under way answers with its socket: its
  * QEMU is the one being prepared.
  */
+import { randomUUID } from 'node:crypto';
 import type { Started } from '../api/vtpms.js';
 import type { Principal } from '../auth/policy.js';
 import { StateConflictError } from '../errors.js';
@@ -59,9 +60,12 @@ export async function startVtpm(
 function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
   return [
     {
+      // The launch is named before it happens: from now on only its reports and its exit count.
       name: 'claim',
       async run(s) {
-        const claimed = await cp.store.vtpms.update(s.record.vm, { status: 'starting' }, ['stopped']);
+        const claimed = await cp.store.vtpms.update(s.record.vm, { status: 'starting', instance: randomUUID() }, [
+          'stopped',
+        ]);
         if (!claimed)
           throw conflict(s.record, `vTPM ${s.record.vm} is ${s.record.status}; only a stopped vTPM can be started`);
         s.record = claimed;
@@ -111,13 +115,25 @@ function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
       async run(s) {
         const request = {
           vm: s.record.vm,
+          instance: s.record.instance!,
           spec: specOf(s.record),
           firmware: firmwareOf(s.record),
           stateKey: s.secret!,
           state: s.tpm!.data,
           nvram: s.nvram?.data,
         };
-        s.socket = (await cp.fleet.agentFor(s.record.host).start(request)).socket;
+        const agent = cp.fleet.agentFor(s.record.host);
+        try {
+          s.socket = (await agent.start(request)).socket;
+        } catch (error) {
+          // The host may have launched swtpm and then failed (or its answer was lost): none may stay behind.
+          await agent
+            .stop(s.record.vm)
+            .catch((stopError: unknown) =>
+              cp.logger.warn({ vm: s.record.vm, err: stopError }, 'a failed start could not be cleaned up on its host'),
+            );
+          throw error;
+        }
       },
       undo: (s) => cp.fleet.agentFor(s.record.host).stop(s.record.vm),
     },

@@ -2,9 +2,11 @@ import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { StateConflictError } from '../errors.js';
 import { migrateVtpm } from './migrate.js';
+import { startVtpm } from './start.js';
 import { ingestExit, ingestStateChange } from './state-ingest.js';
+import { stopVtpm } from './stop.js';
 import { alice, type TestControlPlane } from './testing/control-plane-harness.js';
-import { generations, row, runningVtpm, stoppedVtpm, openWithSecondHost } from './testing/fixtures.js';
+import { generations, newest, openWithSecondHost, row, runningVtpm, stoppedVtpm } from './testing/fixtures.js';
 
 let t: TestControlPlane;
 beforeEach(async () => {
@@ -12,13 +14,17 @@ beforeEach(async () => {
 });
 afterEach(() => t.close());
 
-const report = (vm: string, data: string, final = false) => ({
+/** A report of `instance` (by default the launch host-a runs) that names no predecessor. */
+const report = (vm: string, data: string, final = false, instance = instanceOn(vm)) => ({
   vm,
   kind: 'tpm' as const,
   data: Buffer.from(data),
   final,
+  instance,
+  after: [],
 });
-const exit = (vm: string) => ({ vm, code: 0, signal: null });
+const instanceOn = (vm: string) => (t.local.isRunning(vm) ? t.local.instanceOf(vm) : 'not-running');
+const exit = (vm: string, instance = instanceOn(vm)) => ({ vm, code: 0, signal: null, instance });
 
 describe('state ingest', () => {
   it('commits a report from the host the vTPM runs on', async () => {
@@ -39,9 +45,9 @@ describe('state ingest', () => {
     assert.deepEqual(await generations(t, vm), [['tpm', 1, 'create']]);
   });
 
-  it('does not commit a report for a vTPM whose vault key is not held (it is not running)', async () => {
+  it('refuses a report for a stopped vTPM from no launch of it, and commits nothing', async () => {
     const vm = await stoppedVtpm(t);
-    await ingestStateChange(t.cp, 'host-a', report(vm, 'stray'));
+    await assert.rejects(ingestStateChange(t.cp, 'host-a', report(vm, 'stray')), StateConflictError);
     assert.deepEqual(await generations(t, vm), [['tpm', 1, 'create']]);
   });
 
@@ -73,7 +79,8 @@ describe('state ingest', () => {
     await migrateVtpm(t.cp, vm, 'host-b', alice);
     await ingestExit(t.cp, 'host-c', exit(vm));
     assert.equal((await row(t, vm)).status, 'migrating');
-    await ingestStateChange(t.cp, 'host-b', report(vm, 'on b'));
+    const destination = (await row(t, vm)).migrating_instance!;
+    await ingestStateChange(t.cp, 'host-b', report(vm, 'on b', false, destination));
     assert.deepEqual(await generations(t, vm), [['tpm', 1, 'create']]);
     await assert.rejects(ingestStateChange(t.cp, 'host-c', report(vm, 'forged')), StateConflictError);
   });
@@ -81,9 +88,72 @@ describe('state ingest', () => {
   it('a destination report with no migration under way (the control plane restarted) is not taken', async () => {
     const vm = await runningVtpm(t);
     await migrateVtpm(t.cp, vm, 'host-b', alice);
+    const destination = (await row(t, vm)).migrating_instance!;
     const cp = await t.restart();
-    await ingestStateChange(cp, 'host-b', report(vm, 'on b'));
-    assert.deepEqual(cp.migrations.end(vm), []);
+    await assert.rejects(ingestStateChange(cp, 'host-b', report(vm, 'on b', false, destination)), StateConflictError);
+    assert.deepEqual(cp.migrations.peek(vm), []);
     assert.deepEqual(await generations(t, vm), [['tpm', 1, 'create']]);
+  });
+});
+
+describe('state ingest: nothing a host reports is answered before it is in the vault', () => {
+  it('a running vTPM whose vault key is not in memory (not reconciled yet) has its report committed', async () => {
+    const vm = await runningVtpm(t);
+    const cp = await t.restart();
+    assert.equal(cp.vaultKeys.get(vm), undefined);
+    await ingestStateChange(cp, 'host-a', report(vm, 'after the restart'));
+    assert.deepEqual((await generations(t, vm))[0], ['tpm', 2, 'sync']);
+    assert.ok(cp.vaultKeys.get(vm), 'the key read for it is kept while it runs');
+  });
+
+  it('when that key cannot be read, the report fails (the host keeps it, tries again): nothing lost', async () => {
+    const vm = await runningVtpm(t);
+    const cp = await t.restart();
+    t.keys.failNext('readSecret');
+    await assert.rejects(ingestStateChange(cp, 'host-a', report(vm, 'kept by the host')), /key manager unavailable/);
+    await ingestStateChange(cp, 'host-a', report(vm, 'kept by the host'));
+    assert.deepEqual((await generations(t, vm))[0], ['tpm', 2, 'sync']);
+  });
+
+  it('a late exit of an earlier launch does not stop the launch that runs now', async () => {
+    const vm = await runningVtpm(t);
+    const earlier = t.local.instanceOf(vm);
+    await stopVtpm(t.cp, vm, alice);
+    await startVtpm(t.cp, vm, alice);
+    await ingestExit(t.cp, 'host-a', exit(vm, earlier));
+    const record = await row(t, vm);
+    assert.equal(record.status, 'running');
+    assert.equal(record.instance, t.local.instanceOf(vm));
+    assert.ok(t.cp.vaultKeys.get(vm));
+  });
+
+  it("a report of an earlier launch is refused, and the new launch's are taken", async () => {
+    const vm = await runningVtpm(t);
+    const earlier = t.local.instanceOf(vm);
+    await stopVtpm(t.cp, vm, alice);
+    await startVtpm(t.cp, vm, alice);
+    await assert.rejects(ingestStateChange(t.cp, 'host-a', report(vm, 'old', false, earlier)), StateConflictError);
+    await t.local.guestWrites(vm, Buffer.from('new'));
+    assert.deepEqual((await newest(t, vm)).data, Buffer.from('new'));
+  });
+
+  it('a replayed old report is refused: the vault never goes back to it', async () => {
+    const vm = await runningVtpm(t);
+    await t.local.guestWrites(vm, Buffer.from('first'));
+    const first = t.local.reported.at(-1)!;
+    await t.local.guestWrites(vm, Buffer.from('second'));
+    await assert.rejects(t.local.send(first), StateConflictError);
+    assert.deepEqual((await newest(t, vm)).data, Buffer.from('second'));
+    assert.equal((await generations(t, vm)).length, 3);
+  });
+
+  it('a report sent again after its answer was lost is taken once', async () => {
+    const vm = await runningVtpm(t);
+    await t.local.guestWrites(vm, Buffer.from('first'));
+    await t.local.send(t.local.reported.at(-1)!);
+    assert.deepEqual(await generations(t, vm), [
+      ['tpm', 2, 'sync'],
+      ['tpm', 1, 'create'],
+    ]);
   });
 });

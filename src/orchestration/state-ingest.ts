@@ -1,58 +1,89 @@
 /**
  * The one entry point for what hosts report: a vTPM's state changed, a
  * swtpm exited. The in-process agent and the agents' routes call it alike.
- * Only the host a vTPM runs on is heard; a live migration's destination is
- * held to (its newest report of each kind is kept, answered at once so that
- * its agent goes on to report its swtpm's exit) until the migration settles.
+ *
+ * Only the swtpm that serves the vTPM now is heard: its host, and its launch
+ * (`instance`), so that a late or replayed report of an earlier launch
+ * changes nothing. A live migration's destination is held to (its newest
+ * report of each kind is kept, answered at once so that its agent goes on to
+ * report its swtpm's exit) until the migration settles.
+ *
+ * A report is answered only once its state is in the vault, or refused (4xx:
+ * the host drops it); any other failure is an error the host tries again,
+ * keeping the state in its working copy meanwhile.
  */
 import type { StateChange, VtpmExit } from '../agent/host-agent.js';
-import { StateConflictError } from '../errors.js';
+import { NotFoundError, StateConflictError } from '../errors.js';
+import type { VtpmRecord } from '../store/index.js';
+import { withSecret } from '../keys/wiped.js';
+import { vaultKeyFrom } from '../vault/state-vault.js';
 import type { ControlPlane } from './control-plane.js';
 import { settleMigration } from './migrate.js';
 
+const isDestination = (record: VtpmRecord, host: string, instance: string) =>
+  record.status === 'migrating' &&
+  record.migrating_to === host &&
+  (record.migrating_instance === null || record.migrating_instance === instance);
+
+/** A running row without an instance (from before launches had ids, on a host not heard from since) hears its host. */
+const isServing = (record: VtpmRecord, host: string, instance: string) =>
+  record.host === host && (record.instance === instance || (record.instance === null && record.status !== 'stopped'));
+
 export async function ingestStateChange(cp: ControlPlane, host: string, change: StateChange): Promise<void> {
   const record = await cp.store.vtpms.get(change.vm);
-  if (record?.status === 'migrating' && record.migrating_to === host) {
+  if (!record) throw new NotFoundError('vTPM for VM', change.vm);
+  if (isDestination(record, host, change.instance)) {
     if (!cp.migrations.hold(change)) {
-      cp.logger.warn(
-        { vm: change.vm, host },
-        'a migration destination reported state with no migration under way; not taken',
-      );
+      cp.logger.warn({ vm: change.vm, host }, 'a migration destination reported state with no migration under way');
+      throw new StateConflictError(`vTPM ${change.vm} has no migration to ${host} under way here`, { vm: change.vm });
     }
     return;
   }
-  if (record && record.host !== host) {
+  if (!isServing(record, host, change.instance)) {
+    const serving = record.host === host ? 'an earlier swtpm' : host;
     throw new StateConflictError(
-      `vTPM ${change.vm} runs on ${record.host}, not on ${host}: ${host}'s report of its state is not taken`,
+      `vTPM ${change.vm} runs on ${record.host}: the report of ${serving} (instance ${change.instance}) is not taken`,
       { vm: change.vm, host },
     );
   }
-  await commitChange(cp, change);
+  await commitChange(cp, record, change, { chained: true });
 }
 
-export async function commitChange(cp: ControlPlane, change: StateChange): Promise<void> {
-  const vaultKey = cp.vaultKeys.get(change.vm);
-  if (!vaultKey) {
-    cp.logger.error(
-      { vm: change.vm },
-      'a state change arrived for a vTPM with no vault key in memory; it is not committed',
-    );
-    return;
-  }
+/**
+ * Commits a reported state. The vault key of a running vTPM is in memory;
+ * one that is not (the control plane restarted, or the host reported in
+ * later) is read from the key manager, and a key manager that cannot answer
+ * is a failure the host tries again. `chained`: the report must follow what
+ * the vault holds (see StateVault.commit); a migration's held reports do not,
+ * since the destination's state came through QEMU's stream.
+ */
+export async function commitChange(
+  cp: ControlPlane,
+  record: VtpmRecord,
+  change: StateChange,
+  options: { chained: boolean },
+): Promise<void> {
+  const held = cp.vaultKeys.get(change.vm);
+  const reason = change.final ? 'stop' : 'sync';
+  const follows = options.chained ? change.after : undefined;
+  const commit = (vaultKey: Buffer) => cp.vault.commit(change.vm, change.kind, vaultKey, change.data, reason, follows);
   try {
-    const reason = change.final ? 'stop' : 'sync';
-    const generation = await cp.vault.commit(change.vm, change.kind, vaultKey, change.data, reason);
+    const generation = held
+      ? await commit(held)
+      : await withSecret(cp.keys, record.secret_ref, async (secret) => {
+          const vaultKey = vaultKeyFrom(secret);
+          if (record.status === 'running' || record.status === 'migrating') cp.vaultKeys.hold(record.vm, vaultKey);
+          try {
+            return await commit(vaultKey);
+          } finally {
+            if (cp.vaultKeys.get(record.vm) !== vaultKey) vaultKey.fill(0);
+          }
+        });
     if (generation !== undefined) {
-      cp.logger.debug(
-        { vm: change.vm, kind: change.kind, generation, final: change.final },
-        'state generation committed',
-      );
+      cp.logger.debug({ vm: change.vm, kind: change.kind, generation, final: change.final }, 'state committed');
     }
   } catch (error) {
-    cp.logger.error(
-      { vm: change.vm, err: error },
-      'a state change could not be committed to the vault; the host keeps its copy',
-    );
+    cp.logger.error({ vm: change.vm, err: error }, 'a reported state was not committed; the host keeps its copy');
     throw error;
   }
 }
@@ -60,16 +91,24 @@ export async function commitChange(cp: ControlPlane, change: StateChange): Promi
 /**
  * Not under the VM's lock: stop holds it while it waits for this very exit.
  * During a live migration the exits decide its outcome (see migrate.ts).
+ * An exit of any other launch than the one serving the vTPM changes nothing.
  */
 export async function ingestExit(cp: ControlPlane, host: string, exit: VtpmExit): Promise<void> {
   const record = await cp.store.vtpms.get(exit.vm);
   if (!record) return;
   const destination = record.migrating_to;
-  if (record.status === 'migrating' && destination !== null && (host === record.host || host === destination)) {
-    await settleMigration(cp, record, destination, host === record.host ? 'completed' : 'abandoned');
+  if (destination !== null && isDestination(record, host, exit.instance)) {
+    await settleMigration(cp, record, destination, 'abandoned');
     return;
   }
-  if (record.host !== host) return;
+  if (!isServing(record, host, exit.instance)) {
+    cp.logger.info({ vm: exit.vm, host, instance: exit.instance }, 'the exit of an earlier swtpm changes nothing');
+    return;
+  }
+  if (record.status === 'migrating' && destination !== null) {
+    await settleMigration(cp, record, destination, 'completed');
+    return;
+  }
   cp.vaultKeys.drop(exit.vm);
   await cp.store.vtpms.update(exit.vm, { status: 'stopped', socket: null }, ['running', 'stopping']);
 }

@@ -171,6 +171,12 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('vtpms').addColumn('migrating_to', 'varchar(255)').execute();
     },
   },
+  '0008_swtpm_instances': {
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable('vtpms').addColumn('instance', 'varchar(64)').execute();
+      await db.schema.alterTable('vtpms').addColumn('migrating_instance', 'varchar(64)').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -29,6 +29,14 @@ export interface VtpmTable {
   secret_security: string;
   /** While `migrating`: the host the vTPM is moving to (`host` is where it runs until then). */
   migrating_to: string | null;
+  /**
+   * The swtpm process serving the vTPM while it runs (its host's id for that
+   * launch): reports and exits of any other instance, late or replayed, are
+   * not this vTPM's any more.
+   */
+  instance: string | null;
+  /** While `migrating`: the destination's swtpm instance. */
+  migrating_instance: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -155,7 +163,17 @@ export type VtpmRecord = Omit<Selectable<VtpmTable>, 'secure_boot' | 'spec_claim
 };
 export type NewVtpm = Omit<VtpmRecord, 'created_at' | 'updated_at'>;
 export type VtpmPatch = Partial<
-  Pick<VtpmRecord, 'status' | 'ek_certificates' | 'socket' | 'secure_boot' | 'host' | 'migrating_to'>
+  Pick<
+    VtpmRecord,
+    | 'status'
+    | 'ek_certificates'
+    | 'socket'
+    | 'secure_boot'
+    | 'host'
+    | 'migrating_to'
+    | 'instance'
+    | 'migrating_instance'
+  >
 >;
 
 export type HostRecord = Omit<Selectable<HostTable>, 'traits' | 'capabilities'> & {

@@ -54,6 +54,8 @@ const vtpm = (vm: string, overrides: Partial<NewVtpm> = {}): NewVtpm => ({
   socket: null,
   secret_security: 'user',
   migrating_to: null,
+  instance: null,
+  migrating_instance: null,
   ...overrides,
 });
 

@@ -11,7 +11,7 @@
  * that secret crypto-erases every generation too.
  */
 import { createHash, hkdfSync, randomBytes } from 'node:crypto';
-import { IntegrityError, NotFoundError, RollbackError } from '../errors.js';
+import { IntegrityError, NotFoundError, RollbackError, StateConflictError } from '../errors.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
 import { withWipedSync } from '../keys/wiped.js';
 import type { GenerationReason, GenerationSummary, StateKind, Store } from '../store/index.js';
@@ -48,6 +48,9 @@ export class StateVault {
    * Commits `data` as the next generation unless it equals the head. Returns
    * the new generation number, or undefined when nothing changed. Callers
    * serialise commits per VM; a lost race is reported, not retried blindly.
+   * With `follows` (a host's report: the digests of the states it follows),
+   * a state that follows none of them while the head has moved on is stale,
+   * a replayed or late report, and refused: it would roll the vault back.
    */
   async commit(
     vm: string,
@@ -55,10 +58,18 @@ export class StateVault {
     vaultKey: Buffer,
     data: Buffer,
     reason: GenerationReason,
+    follows?: readonly string[],
   ): Promise<number | undefined> {
     const head = await this.store.generations.head(vm, kind);
     const digest = digestOf(data);
     if (head?.digest === digest && (reason === 'sync' || reason === 'stop')) return undefined;
+    if (head && follows && follows.length > 0 && !follows.includes(head.digest)) {
+      throw new StateConflictError(
+        `a report of VM ${vm}'s ${kind} state follows none of what the vault holds (head: generation ` +
+          `${head.generation}): it is stale, and not taken`,
+        { vm, kind, generation: head.generation },
+      );
+    }
     const generation = (head?.generation ?? 0) + 1;
     const previousDigest = head?.digest ?? GENESIS;
     const { ciphertext, wrappedKey } = withWipedSync(randomBytes(KEY_BYTES), (dataKey) => ({

@@ -80,11 +80,12 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
     `${AGENT_API}/vtpms/:vm/start`,
     { schema: { params: vmParams, body: StartBody } },
     async (request) => {
-      const { spec, firmware, state_key: stateKey, state, nvram } = request.body;
+      const { instance, spec, firmware, state_key: stateKey, state, nvram } = request.body;
       const nvramState = nvram === undefined ? undefined : Buffer.from(nvram, 'base64');
       return withWiped(Buffer.from(stateKey, 'base64'), (key) =>
         agent.start({
           vm: request.params.vm,
+          instance,
           spec,
           firmware,
           stateKey: key,

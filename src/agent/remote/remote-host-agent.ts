@@ -63,6 +63,7 @@ export class RemoteHostAgent implements HostAgent {
 
   start(request: StartRequest): Promise<RunningVtpm> {
     const body: StartBody = {
+      instance: request.instance,
       spec: request.spec,
       firmware: request.firmware,
       state_key: request.stateKey.toString('base64'),

@@ -6,8 +6,7 @@
  */
 import type { Static } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
-import type { HostDescription } from '../../agent/host-agent.js';
-import { ExitBody, exitFromWire, fromWire, StateChangeBody } from '../../agent/remote/wire.js';
+import { ExitBody, exitFromWire, fromWire, HelloBody, StateChangeBody } from '../../agent/remote/wire.js';
 import { bearerToken } from '../../api/patterns.js';
 import type { ControlPlane } from '../../orchestration/control-plane.js';
 import { ingestExit, ingestStateChange } from '../../orchestration/state-ingest.js';
@@ -23,10 +22,14 @@ export const agentApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app, { 
     cp.fleet.authenticateAgent(name ?? '', bearerToken(request.headers.authorization));
   });
 
-  app.post<ByHost & { Body: HostDescription }>('/hosts/:name/hello', { schema: hidden }, async (request, reply) => {
-    await cp.fleet.reportedIn(request.params.name, request.body);
-    return reply.status(204).send();
-  });
+  app.post<ByHost & { Body: HelloBody }>(
+    '/hosts/:name/hello',
+    { schema: { ...hidden, body: HelloBody } },
+    async (request, reply) => {
+      await cp.fleet.reportedIn(request.params.name, request.body);
+      return reply.status(204).send();
+    },
+  );
   app.post<ByHost & { Body: Static<typeof StateChangeBody> }>(
     '/hosts/:name/state-changes',
     { schema: { ...hidden, body: StateChangeBody } },

@@ -20,13 +20,18 @@ import type {
 import { devicePathsIn } from '../../agent/host-agent.js';
 import { StateConflictError } from '../../errors.js';
 import type { StateKind } from '../../store/index.js';
+import { digestOf } from '../../vault/state-vault.js';
 
 type Call = 'manufacture' | 'adopt' | 'start' | 'stop' | 'destroy' | 'running' | 'resync' | 'workingState';
 
 export class FakeHostAgent implements HostAgent {
   /** What each vTPM's working copy on this host holds, running or not. */
   readonly working = new Map<string, Partial<Record<StateKind, Buffer>>>();
-  private readonly runningVtpms = new Map<string, number>();
+  private readonly runningVtpms = new Map<string, { pid: number; instance: string }>();
+  /** Per VM and kind, the digest of the state the control plane took last, as a real agent tracks it. */
+  private readonly acknowledged = new Map<string, string>();
+  /** Every state report sent, in order (for replaying one). */
+  readonly reported: StateChange[] = [];
   private readonly failures = new Map<Call, Error>();
   private readonly changeListeners: Array<(change: StateChange) => Promise<void>> = [];
   private readonly exitListeners: Array<(exit: VtpmExit) => void> = [];
@@ -74,20 +79,43 @@ export class FakeHostAgent implements HostAgent {
   async guestWrites(vm: string, data: Buffer, kind: StateKind = 'tpm'): Promise<void> {
     if (!this.runningVtpms.has(vm)) throw new Error(`fake: ${vm} is not running on ${this.hostName}`);
     this.working.set(vm, { ...this.working.get(vm), [kind]: data });
-    await this.report({ vm, kind, data, final: false });
+    await this.report(vm, kind, data, false);
+  }
+
+  /** The launch of swtpm serving `vm` here. */
+  instanceOf(vm: string): string {
+    const running = this.runningVtpms.get(vm);
+    if (!running) throw new Error(`fake: ${vm} is not running on ${this.hostName}`);
+    return running.instance;
   }
 
   /** swtpm dies (or its QEMU left): the final state is reported, then the exit. */
   async exits(vm: string, code: number | null = 0): Promise<void> {
-    if (!this.runningVtpms.delete(vm)) return;
+    const running = this.runningVtpms.get(vm);
+    if (!running) return;
     const copy = this.working.get(vm) ?? {};
     for (const [kind, data] of Object.entries(copy) as Array<[StateKind, Buffer]>) {
-      await this.report({ vm, kind, data, final: true });
+      await this.report(vm, kind, data, true);
     }
-    for (const listener of this.exitListeners) listener({ vm, code, signal: null });
+    this.runningVtpms.delete(vm);
+    for (const listener of this.exitListeners) listener({ vm, code, signal: null, instance: running.instance });
   }
 
-  private async report(change: StateChange): Promise<void> {
+  private async report(vm: string, kind: StateKind, data: Buffer, final: boolean): Promise<void> {
+    const key = `${vm}/${kind}`;
+    const acknowledged = this.acknowledged.get(key);
+    const digest = digestOf(data);
+    if (digest === acknowledged) return;
+    // No control plane listening: like a real agent, the change stays unreported until the next try.
+    if (this.changeListeners.length === 0) return;
+    const change = { vm, kind, data, final, instance: this.instanceOf(vm), after: acknowledged ? [acknowledged] : [] };
+    await this.send(change);
+    this.acknowledged.set(key, digest);
+  }
+
+  /** Sends a report as it is (a replay, for one). */
+  async send(change: StateChange): Promise<void> {
+    this.reported.push(change);
     await Promise.all(this.changeListeners.map((listener) => listener(change)));
   }
 
@@ -127,8 +155,11 @@ export class FakeHostAgent implements HostAgent {
     if (request.nvram) copy.nvram = Buffer.from(request.nvram);
     this.working.set(request.vm, copy);
     const pid = this.nextPid++;
-    this.runningVtpms.set(request.vm, pid);
-    return { vm: request.vm, pid, socket: this.devicePaths(request.vm).socket };
+    this.runningVtpms.set(request.vm, { pid, instance: request.instance });
+    this.acknowledged.set(`${request.vm}/tpm`, digestOf(request.state));
+    if (request.nvram) this.acknowledged.set(`${request.vm}/nvram`, digestOf(request.nvram));
+    else this.acknowledged.delete(`${request.vm}/nvram`);
+    return { vm: request.vm, pid, socket: this.devicePaths(request.vm).socket, instance: request.instance };
   }
 
   async defaultVariableStore(secureBoot: boolean): Promise<Buffer> {
@@ -148,7 +179,12 @@ export class FakeHostAgent implements HostAgent {
 
   async running(): Promise<RunningVtpm[]> {
     this.enter('running');
-    return [...this.runningVtpms].map(([vm, pid]) => ({ vm, pid, socket: this.devicePaths(vm).socket }));
+    return [...this.runningVtpms].map(([vm, { pid, instance }]) => ({
+      vm,
+      pid,
+      socket: this.devicePaths(vm).socket,
+      instance,
+    }));
   }
 
   devicePaths(vm: string): DevicePaths {
@@ -161,7 +197,7 @@ export class FakeHostAgent implements HostAgent {
       throw new StateConflictError(`vTPM ${vm} is not running on ${this.hostName}`, { vm });
     const copy = this.working.get(vm) ?? {};
     for (const [kind, data] of Object.entries(copy) as Array<[StateKind, Buffer]>) {
-      await this.report({ vm, kind, data, final: false });
+      await this.report(vm, kind, data, false);
     }
   }
 

@@ -24,6 +24,8 @@ function decodeVtpm(row: Selectable<VtpmTable>): VtpmRecord {
     socket: row.socket,
     secret_security: row.secret_security,
     migrating_to: row.migrating_to,
+    instance: row.instance,
+    migrating_instance: row.migrating_instance,
     created_at: row.created_at,
     updated_at: row.updated_at,
   };
@@ -49,6 +51,8 @@ function encodeVtpm(record: NewVtpm, timestamp: string): Insertable<VtpmTable> {
     socket: record.socket,
     secret_security: record.secret_security,
     migrating_to: record.migrating_to,
+    instance: record.instance,
+    migrating_instance: record.migrating_instance,
     created_at: timestamp,
     updated_at: timestamp,
   };
@@ -62,6 +66,8 @@ function encodeVtpmPatch(patch: VtpmPatch, timestamp: string): Updateable<VtpmTa
     ...(patch.secure_boot !== undefined && { secure_boot: encodeSecureBoot(patch.secure_boot) }),
     ...(patch.host !== undefined && { host: patch.host }),
     ...(patch.migrating_to !== undefined && { migrating_to: patch.migrating_to }),
+    ...(patch.instance !== undefined && { instance: patch.instance }),
+    ...(patch.migrating_instance !== undefined && { migrating_instance: patch.migrating_instance }),
     updated_at: timestamp,
   };
 }

@@ -1,0 +1,106 @@
+/** The watcher over real files in a temporary directory: every change reaches the reporter, failures are retried. */
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import { StateConflictError, UnreachableError } from '../errors.js';
+import { digestOf } from '../vault/state-vault.js';
+import { StateWatcher, type WatchedReport } from './state-watcher.js';
+
+let dir: string;
+let watchers: StateWatcher[];
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'vtpm-watcher-'));
+  watchers = [];
+});
+afterEach(async () => {
+  for (const watcher of watchers) watcher.abandonReports();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const events = { refused: () => undefined, failed: () => undefined, watchFailed: () => undefined };
+
+/** A state file written as swtpm writes it: a temporary file renamed over. */
+async function swtpmWrites(content: string, into = dir): Promise<void> {
+  await writeFile(join(into, 'tpm2-00.permall.tmp'), content);
+  await rename(join(into, 'tpm2-00.permall.tmp'), join(into, 'tpm2-00.permall'));
+}
+
+function watcher(report: (r: WatchedReport) => Promise<void>, initial?: Buffer, watched = dir): StateWatcher {
+  const target = {
+    dir: watched,
+    file: 'tpm2-00.permall',
+    matches: (n: string) => n.endsWith('.permall'),
+    debounceMs: 5,
+  };
+  const created = new StateWatcher(target, report, events, initial);
+  watchers.push(created);
+  return created;
+}
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  for (let waited = 0; !condition(); waited += 20) {
+    if (waited > 10_000) assert.fail(`timed out waiting for ${what}`);
+    await delay(20);
+  }
+}
+
+describe('StateWatcher', () => {
+  it('a report that fails is tried again until it is taken, naming what it follows', async () => {
+    const taken: WatchedReport[] = [];
+    let failures = 2;
+    const w = watcher(async (report) => {
+      if (failures-- > 0) throw new UnreachableError('control plane away');
+      taken.push(report);
+    }, Buffer.from('initial'));
+    w.start();
+    await swtpmWrites('changed');
+    await until(() => taken.length === 1, 'the retried report');
+    assert.equal(taken[0]!.data.toString(), 'changed');
+    assert.ok(taken[0]!.after.includes(digestOf(Buffer.from('initial'))));
+    assert.ok(taken[0]!.after.includes(digestOf(Buffer.from('changed'))), 'a report whose answer was lost');
+  });
+
+  it('the final report is tried until it is taken; a refusal is not tried again', async () => {
+    await swtpmWrites('final state');
+    let tries = 0;
+    const w = watcher(async () => {
+      tries += 1;
+      if (tries < 3) throw new UnreachableError('vault away');
+    });
+    await w.close();
+    assert.equal(tries, 3);
+
+    let refusals = 0;
+    const refused = watcher(async () => {
+      refusals += 1;
+      throw new StateConflictError('not this host');
+    });
+    await swtpmWrites('another');
+    await refused.close();
+    assert.equal(refusals, 1);
+  });
+
+  it('a final report still being tried is given up when the agent lets go (it stays in the file)', async () => {
+    await swtpmWrites('kept');
+    const w = watcher(async () => {
+      throw new UnreachableError('never');
+    });
+    const closing = w.close();
+    await delay(50);
+    w.abandonReports();
+    await assert.rejects(closing, UnreachableError);
+  });
+
+  it('without file-system notifications it polls, and still reports', async () => {
+    const missing = join(dir, 'not-yet');
+    const taken: string[] = [];
+    const w = watcher(async (report) => void taken.push(report.data.toString()), undefined, missing);
+    w.start();
+    await mkdir(missing);
+    await swtpmWrites('seen by polling', missing);
+    await until(() => taken.includes('seen by polling'), 'the polled change');
+  });
+});
