@@ -33,7 +33,7 @@ export function devicePathsIn(layout: HostLayout, vm: string): DevicePaths {
   return { socket: `${layout.runDir}/${vm}.sock`, nvram: `${layout.nvramDir}/${vm}.fd` };
 }
 
-interface VtpmOnHost {
+export interface VtpmOnHost {
   vm: string;
   spec: TpmSpec;
   stateKey: Buffer;
@@ -136,6 +136,8 @@ export interface HostAgent {
    * was down as the guest exited.
    */
   workingState(vm: string, spec: TpmSpec): Promise<Partial<Record<StateKind, Buffer>>>;
+  /** Whether `state` is a complete TPM state that swtpm loads under `stateKey` (a host that manufactures checks). */
+  stateLoads(request: VtpmOnHost & { state: Buffer }): Promise<boolean>;
   /** Lets go of the host; running swtpm processes keep running. */
   close(): Promise<void>;
 }

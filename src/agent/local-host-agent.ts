@@ -29,6 +29,7 @@ import {
 } from '../swtpm/instance.js';
 import { adoptState } from '../swtpm/adopt.js';
 import { manufactureTpm } from '../swtpm/manufacture.js';
+import { stateLoads } from '../swtpm/state-check.js';
 import { stateFileName } from '../swtpm/state-file.js';
 import {
   devicePathsIn,
@@ -42,6 +43,7 @@ import {
   type StartRequest,
   type StateChange,
   type VtpmExit,
+  type VtpmOnHost,
 } from './host-agent.js';
 import { prepareHostDirectories, type SystemGroup, type SystemUser } from './host-directories.js';
 import { StateWatcher, type WatchedFile } from './state-watcher.js';
@@ -341,6 +343,10 @@ export class LocalHostAgent implements HostAgent {
     const tracked = this.instances.get(vm);
     if (!tracked) throw new StateConflictError(`vTPM ${vm} is not running on ${this.hostName}`, { vm });
     for (const watcher of tracked.watchers) await watcher.check();
+  }
+
+  stateLoads(request: VtpmOnHost & { state: Buffer }): Promise<boolean> {
+    return stateLoads({ ...request, scratchRoot: this.options.scratchDir });
   }
 
   async workingState(vm: string, spec: TpmSpec): Promise<Partial<Record<StateKind, Buffer>>> {

@@ -161,3 +161,16 @@ describe('reconcile', () => {
     assert.equal(hostB.working.has(vm), false);
   });
 });
+
+describe('reconcile: what a guest left while the control plane was down', () => {
+  it('a working copy that is not a whole state is not taken: the vTPM starts from the vault', async () => {
+    const vm = await runningVtpm(t);
+    await t.restart(async () => {
+      await t.local.guestWrites(vm, Buffer.from('damaged: half a file'));
+      await t.local.exits(vm);
+    });
+    await reconcile(t.cp);
+    assert.equal((await row(t, vm)).status, 'stopped');
+    assert.deepEqual(await generations(t, vm), [['tpm', 1, 'create']]);
+  });
+});

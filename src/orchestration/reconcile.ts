@@ -5,9 +5,8 @@
  * run, and every vTPM is marked running or stopped as it is.
  */
 import type { StateKind, VtpmRecord } from '../store/index.js';
-import { withSecret } from '../keys/wiped.js';
+import { withSecret, withWiped } from '../keys/wiped.js';
 import { vaultKeyFrom } from '../vault/state-vault.js';
-import { withVaultKey } from '../vault/vault-key.js';
 import type { ControlPlane } from './control-plane.js';
 import { erase, leaveDeleting } from './delete.js';
 import { settleMigration } from './migrate.js';
@@ -84,10 +83,28 @@ async function holdVaultKey(cp: ControlPlane, record: VtpmRecord): Promise<void>
  * head and only moves forward, so a copy that differs from the head is newer.
  */
 async function recoverWorkingState(cp: ControlPlane, record: VtpmRecord): Promise<void> {
-  const working = await cp.fleet.agentFor(record.host).workingState(record.vm, specOf(record));
-  await withVaultKey(cp.keys, record.secret_ref, async (vaultKey) => {
+  const spec = specOf(record);
+  const working = await cp.fleet.agentFor(record.host).workingState(record.vm, spec);
+  const history = await cp.vault.history(record.vm);
+  await withSecret(cp.keys, record.secret_ref, async (secret) => {
     for (const [kind, data] of Object.entries(working) as Array<[StateKind, Buffer]>) {
-      const generation = await cp.vault.commit(record.vm, kind, vaultKey, data, 'stop');
+      // A file that is not a whole state (truncated, damaged) must not become the head; the vault's stays.
+      const head = history.find((g) => g.kind === kind);
+      const whole =
+        kind === 'tpm'
+          ? await cp.fleet.manufacturer.stateLoads({ vm: record.vm, spec, stateKey: secret, state: data })
+          : head === undefined || head.size === data.length;
+      if (!whole) {
+        cp.logger.error(
+          { vm: record.vm, kind, host: record.host, generation: head?.generation },
+          'the state a guest left while the control plane was down is not a whole state: it is not taken, ' +
+            'and the vTPM starts from the vault; the file stays on its host',
+        );
+        continue;
+      }
+      const generation = await withWiped(vaultKeyFrom(secret), (vaultKey) =>
+        cp.vault.commit(record.vm, kind, vaultKey, data, 'stop'),
+      );
       if (generation !== undefined) {
         cp.logger.warn(
           { vm: record.vm, kind, generation },

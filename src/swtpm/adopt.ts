@@ -46,14 +46,14 @@ const SOURCE_KEY_FD = 3;
 const TARGET_KEY_FD = 3;
 const MIGRATION_KEY_FD = 4;
 
-interface Swtpm {
+export interface Swtpm {
   child: ChildProcess;
   control: string;
   exited: Promise<void>;
 }
 
 /** swtpm on `dir`, with key material handed over on pipes (fd number to content). */
-async function startSwtpm(
+export async function startSwtpm(
   spec: TpmSpec,
   dir: string,
   name: string,
@@ -87,11 +87,11 @@ async function startSwtpm(
   return { child, control, exited };
 }
 
-async function ioctl(swtpm: Swtpm, ...args: string[]): Promise<void> {
+export async function ioctl(swtpm: Swtpm, ...args: string[]): Promise<void> {
   await runProgram('swtpm_ioctl', ['--unix', swtpm.control, ...args], { timeoutMs: IOCTL_TIMEOUT_MS });
 }
 
-async function shutDown(swtpm: Swtpm): Promise<void> {
+export async function shutDown(swtpm: Swtpm): Promise<void> {
   await ioctl(swtpm, '-s').catch(() => swtpm.child.kill('SIGKILL'));
   await swtpm.exited;
 }

@@ -61,6 +61,10 @@ export class RemoteHostAgent implements HostAgent {
     this.runsOnly();
   }
 
+  async stateLoads(): Promise<boolean> {
+    this.runsOnly();
+  }
+
   start(request: StartRequest): Promise<RunningVtpm> {
     const body: StartBody = {
       instance: request.instance,

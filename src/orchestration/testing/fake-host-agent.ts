@@ -162,6 +162,11 @@ export class FakeHostAgent implements HostAgent {
     return { vm: request.vm, pid, socket: this.devicePaths(request.vm).socket, instance: request.instance };
   }
 
+  /** A state the test damaged on purpose starts with "damaged". */
+  async stateLoads(request: { state: Buffer }): Promise<boolean> {
+    return !request.state.toString().startsWith('damaged');
+  }
+
   async defaultVariableStore(secureBoot: boolean): Promise<Buffer> {
     return Buffer.from(`variables secure-boot=${secureBoot}`);
   }
