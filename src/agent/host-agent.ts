@@ -127,6 +127,8 @@ export interface HostAgent {
   /** Removes the vTPM's state from this host. Refuses while it runs. */
   destroy(vm: string): Promise<void>;
   running(): Promise<RunningVtpm[]>;
+  /** Whether a guest (its QEMU) is connected to the vTPM's socket on this host now. */
+  guestConnected(vm: string): Promise<boolean>;
   devicePaths(vm: string): DevicePaths;
   /** Reports a running vTPM's current state as a change (after a restart of the control plane). */
   resync(vm: string): Promise<void>;

@@ -45,6 +45,7 @@ import {
   type VtpmExit,
   type VtpmOnHost,
 } from './host-agent.js';
+import { hasConnectedPeer } from './socket-peers.js';
 import { prepareHostDirectories, type SystemGroup, type SystemUser } from './host-directories.js';
 import { StateWatcher, type WatchedFile } from './state-watcher.js';
 
@@ -389,6 +390,10 @@ export class LocalHostAgent implements HostAgent {
     await rm(this.devicePaths(vm).nvram, { force: true });
     await rm(logFile, { force: true });
     await this.removeRuntimeFiles(vm);
+  }
+
+  async guestConnected(vm: string): Promise<boolean> {
+    return this.instances.has(vm) && hasConnectedPeer(this.devicePaths(vm).socket);
   }
 
   async running(): Promise<RunningVtpm[]> {

@@ -117,6 +117,30 @@ describe('migrate', () => {
     assert.ok(hostB.isRunning(vm));
   });
 
+  it("the source's exit completes it when the destination's QEMU has the guest, even before it wrote", async () => {
+    const vm = await migratingVtpm();
+    hostB.connected.add(vm);
+    await t.local.exits(vm);
+    await t.settle();
+    const record = await row(t, vm);
+    assert.equal(record.status, 'running');
+    assert.equal(record.host, 'host-b');
+    assert.ok(hostB.isRunning(vm));
+  });
+
+  it("a guest shut down before any migration ran: the source's exit abandons it, and the vTPM is stopped", async () => {
+    const vm = await migratingVtpm();
+    await t.local.guestWrites(vm, Buffer.from('last on a'));
+    await t.local.exits(vm);
+    await t.settle();
+    const record = await row(t, vm);
+    assert.equal(record.status, 'stopped');
+    assert.equal(record.host, 'host-a');
+    assert.equal(record.migrating_to, null);
+    assert.equal(hostB.isRunning(vm), false, "the destination's prepared copy is gone");
+    assert.deepEqual((await newest(t, vm)).data, Buffer.from('last on a'));
+  });
+
   it("the destination's exit abandons it: on the source, held reports dropped, its copy destroyed", async () => {
     const vm = await migratingVtpm();
     await hostB.guestWrites(vm, Buffer.from('on b'));

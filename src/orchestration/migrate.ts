@@ -125,15 +125,13 @@ export async function settleMigration(
   const done = outcome === 'completed' ? 'live migration completed' : 'live migration abandoned';
   cp.logger.info({ vm: record.vm, from: record.host, to: destination, outcome }, done);
   if (outcome === 'abandoned') {
-    // The destination's copy is not the vTPM's: it goes, and the source runs on.
-    await cp.fleet
-      .agentFor(destination)
-      .destroy(record.vm)
-      .catch((error: unknown) =>
-        cp.logger.warn(
-          { vm: record.vm, host: destination, err: error },
-          "the abandoned destination's copy could not be removed",
-        ),
-      );
+    // The destination's copy is not the vTPM's: its swtpm stops (if it still runs) and the copy goes.
+    const agent = cp.fleet.agentFor(destination);
+    try {
+      await agent.stop(record.vm);
+      await agent.destroy(record.vm);
+    } catch (error) {
+      cp.logger.warn({ vm: record.vm, host: destination, err: error }, "the abandoned destination's copy stays");
+    }
   }
 }

@@ -93,6 +93,20 @@ export async function commitChange(
  * During a live migration the exits decide its outcome (see migrate.ts).
  * An exit of any other launch than the one serving the vTPM changes nothing.
  */
+async function destinationHasGuest(cp: ControlPlane, record: VtpmRecord, destination: string): Promise<boolean> {
+  if (cp.migrations.peek(record.vm).length > 0) return true;
+  try {
+    return await cp.fleet.agentFor(destination).guestConnected(record.vm);
+  } catch (error) {
+    // Which way the guest went cannot be told: the migration is taken as done, as QEMU leaving suggests.
+    cp.logger.warn(
+      { vm: record.vm, host: destination, err: error },
+      'the destination did not say whether it has the guest',
+    );
+    return true;
+  }
+}
+
 export async function ingestExit(cp: ControlPlane, host: string, exit: VtpmExit): Promise<void> {
   const record = await cp.store.vtpms.get(exit.vm);
   if (!record) return;
@@ -106,8 +120,13 @@ export async function ingestExit(cp: ControlPlane, host: string, exit: VtpmExit)
     return;
   }
   if (record.status === 'migrating' && destination !== null) {
-    await settleMigration(cp, record, destination, 'completed');
-    return;
+    // The source's swtpm leaves when its QEMU hands the guest over, or when the guest shut down before any
+    // migration ran: only a destination that got the guest (it reported state, or its QEMU is connected) takes over.
+    if (await destinationHasGuest(cp, record, destination)) {
+      await settleMigration(cp, record, destination, 'completed');
+      return;
+    }
+    await settleMigration(cp, record, destination, 'abandoned');
   }
   cp.vaultKeys.drop(exit.vm);
   await cp.store.vtpms.update(exit.vm, { status: 'stopped', socket: null }, ['running', 'stopping']);

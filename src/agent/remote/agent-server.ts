@@ -76,6 +76,13 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
   } as const;
   app.get(`${AGENT_API}/describe`, async () => agent.describe());
   app.get(`${AGENT_API}/running`, async () => ({ running: await agent.running() }));
+  app.get<{ Params: { vm: string } }>(
+    `${AGENT_API}/vtpms/:vm/connected`,
+    { schema: { params: vmParams } },
+    async (request) => ({
+      connected: await agent.guestConnected(request.params.vm),
+    }),
+  );
   app.post<{ Params: { vm: string }; Body: Static<typeof StartBody> }>(
     `${AGENT_API}/vtpms/:vm/start`,
     { schema: { params: vmParams, body: StartBody } },

@@ -85,6 +85,10 @@ export class RemoteHostAgent implements HostAgent {
     await this.client.request('DELETE', `${AGENT_API}/vtpms/${vm}`);
   }
 
+  async guestConnected(vm: string): Promise<boolean> {
+    return (await this.client.request<{ connected: boolean }>('GET', `${AGENT_API}/vtpms/${vm}/connected`)).connected;
+  }
+
   async running(): Promise<RunningVtpm[]> {
     return (await this.client.request<{ running: RunningVtpm[] }>('GET', `${AGENT_API}/running`)).running;
   }

@@ -182,6 +182,13 @@ export class FakeHostAgent implements HostAgent {
     this.working.delete(vm);
   }
 
+  /** VMs whose guest is connected to their vTPM here (a test says so). */
+  readonly connected = new Set<string>();
+
+  async guestConnected(vm: string): Promise<boolean> {
+    return this.runningVtpms.has(vm) && this.connected.has(vm);
+  }
+
   async running(): Promise<RunningVtpm[]> {
     this.enter('running');
     return [...this.runningVtpms].map(([vm, { pid, instance }]) => ({
