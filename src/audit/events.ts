@@ -9,7 +9,11 @@ export async function listEvents(
   actor: Principal,
 ): Promise<AuditView[]> {
   enforceOnDeployment(actor, 'audit-read');
-  return audit.list({ ...filter, project: seesAllProjects(actor) ? undefined : actor.project });
+  if (seesAllProjects(actor)) return audit.list(filter);
+  // A member sees what it did itself too, also on another project's vTPM (refused as not found); whose that
+  // vTPM was is not the member's to learn.
+  const events = await audit.list({ ...filter, project: actor.project });
+  return events.map((event) => (event.project === actor.project ? event : { ...event, project: null }));
 }
 
 export async function verifyAudit(audit: AuditLog, actor: Principal): Promise<AuditVerification> {

@@ -73,3 +73,25 @@ describe('the HTTP API', () => {
     }
   });
 });
+
+describe('isolation between projects', () => {
+  it("another project's vTPM: the same answer as a missing one, and the audit view does not name its project", async () => {
+    await t.cp.store.identity.insertUser({ name: 'bob', project: 'p2', roles: ['member'] });
+    const bobs = (await issueToken(t.cp.store, 'bob', null)).token;
+    const vm = randomUUID();
+    const payload = { vm, version: '2.0' };
+    assert.equal(
+      (await app.inject({ method: 'POST', url: '/v1/vtpms', headers: bearer(bobs), payload })).statusCode,
+      201,
+    );
+    const missing = randomUUID();
+    const theirs = await app.inject({ method: 'POST', url: `/v1/vtpms/${vm}/start`, headers: bearer(token) });
+    const none = await app.inject({ method: 'POST', url: `/v1/vtpms/${missing}/start`, headers: bearer(token) });
+    assert.equal(theirs.statusCode, 404);
+    assert.deepEqual(theirs.json().error.message.replace(vm, 'VM'), none.json().error.message.replace(missing, 'VM'));
+    const events = (await app.inject({ method: 'GET', url: '/v1/events', headers: bearer(token) })).json().events;
+    const aboutTheirs = events.filter((e: { vm: string | null }) => e.vm === vm);
+    assert.equal(aboutTheirs.length, 1, "alice's own refused attempt is hers to see");
+    assert.equal(JSON.stringify(events).includes('p2'), false, "no event alice sees names bob's project");
+  });
+});
