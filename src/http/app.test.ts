@@ -75,7 +75,7 @@ describe('the HTTP API', () => {
 });
 
 describe('isolation between projects', () => {
-  it("another project's vTPM: the same answer as a missing one, and the audit view does not name its project", async () => {
+  it("another project's vTPM answers as a missing one, and the audit view does not name its project", async () => {
     await t.cp.store.identity.insertUser({ name: 'bob', project: 'p2', roles: ['member'] });
     const bobs = (await issueToken(t.cp.store, 'bob', null)).token;
     const vm = randomUUID();
