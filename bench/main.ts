@@ -7,6 +7,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { runControlPlaneBenchmark } from './control-plane.js';
 import { runDensityBenchmark } from './density.js';
+import { runLoadBenchmark } from './load.js';
 import { runProvisionBenchmark } from './provision.js';
 import { runStartBenchmark } from './start.js';
 import { runSyncBenchmark } from './sync.js';
@@ -19,6 +20,7 @@ const scenarios: Record<string, (args: string[]) => Promise<{ table: string; res
   density: runDensityBenchmark,
   throughput: runThroughputBenchmark,
   api: runControlPlaneBenchmark,
+  load: runLoadBenchmark,
 };
 
 const [name = 'sync', ...args] = process.argv.slice(2);
