@@ -20,7 +20,12 @@ import { generationHistory } from '../../orchestration/inspect.js';
 import { restoreGeneration } from '../../orchestration/restore.js';
 import { actorOf } from './plugin.js';
 
-const BUNDLE_LIMIT = 256 * 1024 * 1024;
+/**
+ * A bundle of every generation the vault keeps (20 of the TPM state, about 10 KiB each, and 20 of a UEFI
+ * variable store, about 540 KiB each) is about 15 MiB as base64: twice that bounds what one import may make
+ * the service parse and hold.
+ */
+const BUNDLE_LIMIT = 32 * 1024 * 1024;
 type ByVm = { Params: Static<typeof VmParams> };
 
 export function registerVaultRoutes(app: FastifyInstance, cp: ControlPlane): void {
