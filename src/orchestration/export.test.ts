@@ -20,7 +20,7 @@ describe('export', () => {
     await startVtpm(t.cp, vm, alice);
     await t.local.guestWrites(vm, Buffer.from('second'));
     await t.local.guestWrites(vm, Buffer.from('third'));
-    const payload = readBundle(await exportVtpm(t.cp, vm, { passphrase, generations: 2 }, alice), passphrase);
+    const payload = await readBundle(await exportVtpm(t.cp, vm, { passphrase, generations: 2 }, alice), passphrase);
     assert.equal(payload.vm, vm);
     assert.deepEqual(
       payload.generations.map((g) => [g.kind, g.generation, g.data.toString()]),

@@ -37,7 +37,7 @@ function specIn(payload: BundlePayload): TpmSpec {
 
 export async function importVtpm(cp: ControlPlane, request: ImportRequest, actor: Principal): Promise<VtpmView> {
   return withKeptSecrets(async (keep) => {
-    const payload = readBundle(request.bundle, request.passphrase);
+    const payload = await readBundle(request.bundle, request.passphrase);
     keep(payload.secret);
     const vm = normalizeVm(request.vm ?? payload.vm);
     const spec = specIn(payload);

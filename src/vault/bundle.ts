@@ -10,7 +10,7 @@
  * Layout: "VTPMBNDL" | header length (uint32 BE) | header JSON | sealed payload.
  * The passphrase travels separately from the file (see docs/vault.md).
  */
-import { randomBytes, scryptSync } from 'node:crypto';
+import { randomBytes, scrypt } from 'node:crypto';
 import { IntegrityError, InvalidArgumentError } from '../errors.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
 import { withWipedSync } from '../keys/wiped.js';
@@ -58,18 +58,19 @@ function checkPassphrase(passphrase: string): void {
     throw new InvalidArgumentError('passphrase', `at least ${MIN_PASSPHRASE} characters`);
 }
 
-function deriveKey(passphrase: string, header: Header): Buffer {
-  return scryptSync(passphrase, Buffer.from(header.salt, 'base64'), KEY_BYTES, {
-    N: header.n,
-    r: header.r,
-    p: header.p,
-    maxmem: 256 * header.n * header.r,
-  });
+/** On libuv's thread pool: 32 MiB and a tenth of a second of work per bundle must not hold up every other request. */
+function deriveKey(passphrase: string, header: Header): Promise<Buffer> {
+  const options = { N: header.n, r: header.r, p: header.p, maxmem: 256 * header.n * header.r };
+  return new Promise((resolve, reject) =>
+    scrypt(passphrase, Buffer.from(header.salt, 'base64'), KEY_BYTES, options, (error, key) =>
+      error ? reject(error) : resolve(key),
+    ),
+  );
 }
 
 const b64 = (b: Buffer) => b.toString('base64');
 
-export function writeBundle(payload: BundlePayload, passphrase: string): Buffer {
+export async function writeBundle(payload: BundlePayload, passphrase: string): Promise<Buffer> {
   checkPassphrase(passphrase);
   const header: Header = {
     format: FORMAT,
@@ -90,7 +91,7 @@ export function writeBundle(payload: BundlePayload, passphrase: string): Buffer 
       generations: payload.generations.map((g) => ({ ...g, data: b64(g.data) })),
     }),
   );
-  const sealed = withWipedSync(deriveKey(passphrase, header), (key) => seal(key, plaintext, headerText));
+  const sealed = withWipedSync(await deriveKey(passphrase, header), (key) => seal(key, plaintext, headerText));
   const length = Buffer.alloc(4);
   length.writeUInt32BE(Buffer.byteLength(headerText));
   return Buffer.concat([MAGIC, length, Buffer.from(headerText), sealed]);
@@ -100,7 +101,7 @@ function damaged(reason: string): IntegrityError {
   return new IntegrityError(`the bundle is not a readable vtpm-manager export: ${reason}`, { reason });
 }
 
-export function readBundle(bundle: Buffer, passphrase: string): BundlePayload {
+export async function readBundle(bundle: Buffer, passphrase: string): Promise<BundlePayload> {
   if (bundle.length < MAGIC.length + 4 || !bundle.subarray(0, MAGIC.length).equals(MAGIC))
     throw damaged('it does not start with the bundle signature');
   const headerLength = bundle.readUInt32BE(MAGIC.length);
@@ -121,7 +122,7 @@ export function readBundle(bundle: Buffer, passphrase: string): BundlePayload {
   ) {
     throw damaged(`format ${String(header.format)} with KDF ${String(header.kdf)} is not supported`);
   }
-  const plaintext = withWipedSync(deriveKey(passphrase, header), (key) => {
+  const plaintext = withWipedSync(await deriveKey(passphrase, header), (key) => {
     try {
       return open(key, bundle.subarray(headerEnd), headerText, 'the bundle');
     } catch {
