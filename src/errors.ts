@@ -137,6 +137,12 @@ export class UnreachableError extends VtpmError {
   readonly status = 503;
 }
 
+/** Too many failed authentications from one address: the caller waits before it tries again. */
+export class TooManyRequestsError extends VtpmError {
+  readonly code = 'too_many_requests';
+  readonly status = 429;
+}
+
 export class InternalError extends VtpmError {
   readonly code = 'internal';
   readonly status = 500;
@@ -164,5 +170,6 @@ export const EXIT_CODES: Readonly<Record<string, number>> = {
   rollback_detected: 6,
   host_setup: 6,
   unreachable: 7,
+  too_many_requests: 7,
   internal: 1,
 };

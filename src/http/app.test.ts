@@ -95,3 +95,17 @@ describe('isolation between projects', () => {
     assert.equal(JSON.stringify(events).includes('p2'), false, "no event alice sees names bob's project");
   });
 });
+
+describe('unauthenticated traffic', () => {
+  it('is throttled per address after many failures, while a valid token still passes', async () => {
+    let last = 0;
+    for (let i = 0; i < 60; i += 1) {
+      last = (await app.inject({ method: 'GET', url: '/v1/vtpms', headers: bearer('vtpm_wrong') })).statusCode;
+    }
+    assert.equal(last, 429);
+    const bare = await app.inject({ method: 'GET', url: '/v1/vtpms' });
+    assert.equal(bare.statusCode, 429);
+    assert.equal(bare.json().error.code, 'too_many_requests');
+    assert.equal((await app.inject({ method: 'GET', url: '/v1/vtpms', headers: bearer(token) })).statusCode, 200);
+  });
+});

@@ -13,6 +13,7 @@ import { authenticate } from '../../auth/tokens.js';
 import { UnauthenticatedError } from '../../errors.js';
 import type { ControlPlane } from '../../orchestration/control-plane.js';
 import { handleNotFound } from '../error-handler.js';
+import { AuthThrottle } from './auth-throttle.js';
 import { registerHostRoutes } from './host-routes.js';
 import { registerIdentityRoutes } from './identity-routes.js';
 import { registerVaultRoutes } from './vault-routes.js';
@@ -48,10 +49,15 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
   app.decorateRequest('vtpmProject', null);
   app.setNotFoundHandler(handleNotFound);
 
+  const throttle = new AuthThrottle();
   app.addHook('onRequest', async (request) => {
     const token = bearerToken(request.headers.authorization);
+    // A valid token always passes; an address that keeps failing gets no further than this.
+    if (!token) throttle.check(request.ip);
     const actor = token ? await authenticate(cp.store, token) : undefined;
     if (!actor) {
+      throttle.check(request.ip);
+      throttle.failed(request.ip);
       throw new UnauthenticatedError(
         'missing, unknown, expired or revoked API token: ' +
           "pass --token, set VTPM_TOKEN, or point --data-dir at the server's data directory",
@@ -74,7 +80,8 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
 
   // Recorded before the answer leaves: nothing acknowledged goes unrecorded.
   app.addHook('onSend', async (request, reply, payload) => {
-    if (request.method === 'GET') return payload;
+    // A throttled request is not recorded one by one: a flood must not grow the audit log without bound.
+    if (request.method === 'GET' || request.failureCode === 'too_many_requests') return payload;
     const params = (request.params ?? {}) as Record<string, string | undefined>;
     const vm = vmOf(request);
     // A create's vTPM exists only afterwards.
