@@ -1,14 +1,28 @@
-import { chmod } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { chmod, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sqliteDialect } from './sqlite/sqlite-dialect.js';
 import { Store } from './store.js';
 
-/** Opens the embedded SQLite store in the data directory. */
+/**
+ * Opens the embedded SQLite store in the data directory. SQLite gives its
+ * `-wal` and `-shm` files the database file's mode, so the file is made 0600
+ * before SQLite first opens it; the journal files of a database made by an
+ * earlier version, which may be wider, are narrowed too.
+ */
 export async function openEmbeddedStore(dataDir: string): Promise<Store> {
   const path = join(dataDir, 'vtpm.sqlite');
-  const store = await Store.open(sqliteDialect(path));
-  await chmod(path, 0o600);
-  return store;
+  await (await open(path, constants.O_RDWR | constants.O_CREAT, 0o600)).close();
+  for (const file of [path, `${path}-wal`, `${path}-shm`]) await narrow(file);
+  return Store.open(sqliteDialect(path));
+}
+
+async function narrow(path: string): Promise<void> {
+  try {
+    await chmod(path, 0o600);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
 }
 
 export { Store } from './store.js';

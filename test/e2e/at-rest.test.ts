@@ -148,6 +148,9 @@ describe('encryption at rest', () => {
       assert.equal(await mode(join(context.service.dataDir, dir)), 0o700, dir);
     assert.equal(await mode(join(context.service.dataDir, 'admin.token')), 0o600);
     assert.equal(await mode(join(context.service.dataDir, 'keys', 'master.key')), 0o600);
+    // SQLite gives the WAL and shared-memory files the database's mode; they hold rows before a checkpoint.
+    for (const file of ['vtpm.sqlite', 'vtpm.sqlite-wal', 'vtpm.sqlite-shm'])
+      assert.equal(await mode(join(context.service.dataDir, file)), 0o600, `${file} is not 0600`);
     assert.equal(await mode(join(context.service.dataDir, 'tpm', vm)), 0o700);
     for (const file of await readdir(join(context.service.dataDir, 'tpm', vm))) {
       assert.equal(await mode(join(context.service.dataDir, 'tpm', vm, file)), 0o600, `${file} is not 0600`);
