@@ -8,6 +8,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HostSetupError, NotFoundError, UnreachableError } from '../errors.js';
+import { childEnvironment } from '../swtpm/run-program.js';
 
 const VIRSH_TIMEOUT_MS = 60_000;
 
@@ -22,7 +23,7 @@ export class Virsh {
       execFile(
         'virsh',
         ['-c', this.uri, ...args],
-        { timeout: VIRSH_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 },
+        { timeout: VIRSH_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024, env: childEnvironment() },
         (error, stdout, stderr) => {
           if (!error) return resolve(stdout);
           if ((error as NodeJS.ErrnoException).code === 'ENOENT')

@@ -5,6 +5,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { TRAITS, type TpmModel, type TpmVersion } from '../tpm-spec/tpm-spec.js';
+import { childEnvironment } from './run-program.js';
 
 const exec = promisify(execFile);
 
@@ -16,7 +17,7 @@ export interface HostCapabilities {
 
 async function output(program: string, args: string[]): Promise<string | null> {
   try {
-    const { stdout, stderr } = await exec(program, args, { timeout: 15_000 });
+    const { stdout, stderr } = await exec(program, args, { timeout: 15_000, env: childEnvironment() });
     return stdout + stderr;
   } catch {
     return null;

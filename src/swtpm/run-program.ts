@@ -8,6 +8,20 @@ import { EmulatorError, HostSetupError } from '../errors.js';
 
 export const KEY_FD = 3;
 
+/**
+ * The environment of every program the product runs: the service's own,
+ * without any of vtpm-manager's variables (`VTPM_TOKEN`, `VTPM_PKCS11_PIN`,
+ * `VTPM_BUNDLE_PASSPHRASE`, ...), which none of those programs reads and a
+ * long-lived, guest-facing swtpm must not hold. PATH, locale, HOME and the
+ * programs' own variables pass; `extra` adds what one run needs.
+ */
+export function childEnvironment(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [name, value] of Object.entries(process.env))
+    if (!name.toUpperCase().startsWith('VTPM_') && value !== undefined) env[name] = value;
+  return { ...env, ...extra };
+}
+
 export interface ProgramResult {
   stdout: string;
   stderr: string;
@@ -53,7 +67,7 @@ export function spawnSwtpm(args: string[], options: { logFile: string; pipeFds: 
   ) as Array<'ignore' | 'pipe' | number>;
   let child: ChildProcess;
   try {
-    child = spawn('swtpm', args, { stdio, detached: options.detached ?? false });
+    child = spawn('swtpm', args, { stdio, env: childEnvironment(), detached: options.detached ?? false });
   } finally {
     closeSync(logFd);
   }
@@ -78,7 +92,7 @@ export function runProgram(program: string, args: string[], options: RunOptions 
   return new Promise((resolve, reject) => {
     const [command, commandArgs] = options.lowPriority ? ['nice', ['-n', '19', program, ...args]] : [program, args];
     const child = spawn(command, commandArgs, {
-      env: { ...process.env, ...options.env },
+      env: childEnvironment(options.env),
       stdio: [
         options.stdin === undefined ? 'ignore' : 'pipe',
         'pipe',
