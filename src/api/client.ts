@@ -13,6 +13,7 @@ import {
   type ErrorDetails,
 } from '../errors.js';
 import { adminTokenPath } from '../auth/admin-token-path.js';
+import { readOwnerOnlyFile } from '../keys/files.js';
 
 /** An error the server reported, carrying the server's own code and status. */
 export class RemoteError extends VtpmError {
@@ -28,7 +29,10 @@ export class RemoteError extends VtpmError {
 
 export interface ClientOptions {
   url: string;
+  /** A token already read (the libvirt hook's); otherwise `tokenFile`, VTPM_TOKEN, then the data directory's. */
   token?: string | undefined;
+  /** --token-file: a file only its owner can read, holding the API token. */
+  tokenFile?: string | undefined;
   dataDir: string;
   /** Per request; the default suits interactive use, the libvirt hook sets its own. */
   timeoutMs?: number | undefined;
@@ -78,10 +82,13 @@ export class ApiClient {
     private readonly ca: Buffer | undefined,
   ) {}
 
-  /** The token comes from --token, VTPM_TOKEN, or the server's data directory, in that order. */
+  /** The token comes from `token`, --token-file, VTPM_TOKEN, or the server's data directory, in that order. */
   static async connect(options: ClientOptions): Promise<ApiClient> {
     const token =
       options.token ||
+      (options.tokenFile !== undefined
+        ? (await readOwnerOnlyFile(options.tokenFile, '--token-file', 'the API token')).trim()
+        : undefined) ||
       process.env.VTPM_TOKEN ||
       (await readFile(adminTokenPath(options.dataDir), 'utf8').then(
         (t) => t.trim(),

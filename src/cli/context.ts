@@ -1,11 +1,11 @@
 /** What every client command shares: the global options, the API client, output. */
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 import { ApiClient } from '../api/client.js';
 import { defaultDataDir, defaultUrl } from './defaults.js';
 
 export interface GlobalOptions {
   url: string;
-  token: string | undefined;
+  tokenFile: string | undefined;
   dataDir: string;
   caFile: string | undefined;
   json: boolean;
@@ -13,17 +13,37 @@ export interface GlobalOptions {
 
 interface ClientFlags {
   url?: string;
-  token?: string;
+  tokenFile?: string;
   dataDir?: string;
   caFile?: string;
   json?: boolean;
 }
 
-/** Options every command understands, before or after the command name. */
-export function withClientOptions(command: Command): Command {
+/**
+ * Options every command understands, before or after the command name. The
+ * token is never an argument (every local user's `ps` shows those): it comes
+ * from --token-file, VTPM_TOKEN or the data directory's admin.token. A command
+ * whose --token-file means a token of its own (`vtpm agent`'s, the hook's)
+ * passes `ownTokenFile`.
+ */
+export function withClientOptions(command: Command, options: { ownTokenFile?: boolean } = {}): Command {
+  command.option('--url <url>', 'control plane URL (env VTPM_URL; default http://127.0.0.1:7390)');
+  // --token is gone (before 1.0): say what replaced it rather than "unknown option".
+  command.addOption(new Option('--token <token>').hideHelp());
+  command.hook('preAction', (_, action) => {
+    if (action.optsWithGlobals<{ token?: string }>().token !== undefined)
+      action.error(
+        "error: --token is no longer accepted (every local user's ps shows it): " +
+          'put the token in a file only you can read and pass --token-file FILE, or set VTPM_TOKEN',
+        { exitCode: 2, code: 'vtpm.tokenOnCommandLine' },
+      );
+  });
+  if (!options.ownTokenFile)
+    command.option(
+      '--token-file <file>',
+      'file (owner-only) holding the API token (or env VTPM_TOKEN; default: <data-dir>/admin.token)',
+    );
   return command
-    .option('--url <url>', 'control plane URL (env VTPM_URL; default http://127.0.0.1:7390)')
-    .option('--token <token>', 'API token (env VTPM_TOKEN; default: <data-dir>/admin.token)')
     .option('--data-dir <dir>', 'data directory (env VTPM_DATA_DIR)')
     .option(
       '--ca-file <pem>',
@@ -36,7 +56,7 @@ export function globals(command: Command): GlobalOptions {
   const flags = command.optsWithGlobals<ClientFlags>();
   return {
     url: flags.url ?? defaultUrl(),
-    token: flags.token,
+    tokenFile: flags.tokenFile,
     dataDir: flags.dataDir ?? defaultDataDir(),
     caFile: flags.caFile,
     json: flags.json === true,
@@ -47,7 +67,7 @@ export async function client(command: Command): Promise<ApiClient> {
   const options = globals(command);
   return ApiClient.connect({
     url: options.url,
-    token: options.token,
+    tokenFile: options.tokenFile,
     dataDir: options.dataDir,
     caFile: options.caFile,
   });

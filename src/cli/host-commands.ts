@@ -68,7 +68,7 @@ export function registerHostCommands(program: Command): void {
       );
     });
 
-  withClientOptions(program.command('agent'))
+  withClientOptions(program.command('agent'), { ownTokenFile: true })
     .description("run this host's agent for a control plane on another host (register it first: vtpm host add)")
     .requiredOption('--control-plane <url>', "the control plane's URL (vtpm serve)")
     .requiredOption('--token-file <path>', 'file (owner-only) with the agent token `vtpm host add` printed')

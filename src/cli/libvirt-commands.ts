@@ -71,7 +71,7 @@ async function libvirtState(swtpmDir: string, domain: Domain): Promise<{ version
 export function registerLibvirtCommands(program: Command): void {
   const libvirt = program.command('libvirt').description('use vtpm-manager from libvirt: hook, attach, adopt');
 
-  withClientOptions(libvirt.command('install-hook'))
+  withClientOptions(libvirt.command('install-hook'), { ownTokenFile: true })
     .description(
       "install libvirt's qemu hook, which starts a domain's vTPM before QEMU and stops it after " +
         '(restart libvirtd afterwards)',

@@ -53,7 +53,7 @@ after(async () => {
   await rm(workDir, { recursive: true, force: true });
 });
 
-const as = (user: string, ...args: string[]) => service.json<VtpmJson>('--token', tokens[user]!, ...args);
+const as = (user: string, ...args: string[]) => service.jsonAs<VtpmJson>(tokens[user]!, ...args);
 
 async function poolHolds(version: string): Promise<void> {
   const deadline = Date.now() + 60_000;
@@ -64,7 +64,7 @@ async function poolHolds(version: string): Promise<void> {
 }
 
 async function boot(vm: string): Promise<GuestReport> {
-  const started = await service.json<StartedJson>('--token', tokens.alice!, 'start', vm);
+  const started = await service.jsonAs<StartedJson>(tokens.alice!, 'start', vm);
   const report = await bootGuest({ kernel, initramfs, qemuArgs: started.qemu_args, commandSet: 'nv' });
   await service.waitForStatus(vm, 'stopped');
   return report;
@@ -122,7 +122,7 @@ describe('the Barbican key manager', () => {
         );
         assert.equal((await service.json<VtpmJson>('show', vm)).status, 'running');
 
-        const refused = await service.cli('--token', tokens.alice!, 'create', '--vm', refusedVm, '--version', '2.0');
+        const refused = await service.cliAs(tokens.alice!, 'create', '--vm', refusedVm, '--version', '2.0');
         assert.equal(refused.code, 6, refused.stderr);
         assert.match(
           refused.stderr,
@@ -164,9 +164,7 @@ describe('the Barbican key manager', () => {
         `every vTPM's secret and the CA's two passwords are stored anew (${rotated.rewrapped})`,
       );
       const after = await barbican.secrets('p1');
-      const aliceVtpms = (await service.json<VtpmJson[]>('--token', tokens.alice!, 'list')).map(
-        (vtpm) => `vtpm-${vtpm.vm}`,
-      );
+      const aliceVtpms = (await service.jsonAs<VtpmJson[]>(tokens.alice!, 'list')).map((vtpm) => `vtpm-${vtpm.vm}`);
       assert.deepEqual(
         after.map((secret) => secret.name).sort(),
         aliceVtpms.sort(),

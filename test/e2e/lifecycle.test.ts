@@ -102,7 +102,7 @@ describe('the API', () => {
       assert.equal(response.status, 401);
       assert.equal(((await response.json()) as { error: { code: string } }).error.code, 'unauthenticated');
     }
-    const result = await context.service.cli('list', '--token', 'vtpm_wrong');
+    const result = await context.service.cliAs('vtpm_wrong', 'list');
     assert.equal(result.code, EXIT.unauthenticated);
   });
 

@@ -67,7 +67,7 @@ const context = serviceForFile(
 
 /** Runs the CLI as a user; remembers failures, whose messages are scanned for secrets later. */
 async function as(user: string, ...args: string[]): Promise<CliResult> {
-  const result = await context.service.cli('--token', tokens[user]!, ...args);
+  const result = await context.service.cliAs(tokens[user]!, ...args);
   if (result.code !== 0) failures.push(result);
   return result;
 }

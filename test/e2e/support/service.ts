@@ -76,9 +76,19 @@ export class ServiceUnderTest {
   }
 
   cli(...args: string[]): Promise<CliResult> {
+    return this.run(undefined, args);
+  }
+
+  /** Runs a command with another user's token, handed over in VTPM_TOKEN (never on the command line). */
+  cliAs(token: string, ...args: string[]): Promise<CliResult> {
+    return this.run(token, args);
+  }
+
+  private run(token: string | undefined, args: string[]): Promise<CliResult> {
     return new Promise((resolve) => {
-      const env = { ...process.env, VTPM_URL: this.url, VTPM_DATA_DIR: this.dataDir };
-      delete (env as NodeJS.ProcessEnv).VTPM_TOKEN;
+      const env: NodeJS.ProcessEnv = { ...process.env, VTPM_URL: this.url, VTPM_DATA_DIR: this.dataDir };
+      delete env.VTPM_TOKEN;
+      if (token !== undefined) env.VTPM_TOKEN = token;
       execFile(process.execPath, [CLI, ...args], { env }, (error, stdout, stderr) => {
         resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
       });
@@ -87,7 +97,15 @@ export class ServiceUnderTest {
 
   /** Runs a command with --json and returns the parsed document; fails the test on a non-zero exit. */
   async json<T>(...args: string[]): Promise<T> {
-    const result = await this.cli('--json', ...args);
+    return this.parsed<T>(await this.cli('--json', ...args), args);
+  }
+
+  /** `json` with another user's token, in VTPM_TOKEN. */
+  async jsonAs<T>(token: string, ...args: string[]): Promise<T> {
+    return this.parsed<T>(await this.cliAs(token, '--json', ...args), args);
+  }
+
+  private parsed<T>(result: CliResult, args: string[]): T {
     assert.equal(result.code, 0, `vtpm ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
     return JSON.parse(result.stdout) as T;
   }
