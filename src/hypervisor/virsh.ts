@@ -4,8 +4,7 @@
  * and speaks whatever transport the connection URI names.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HostSetupError, NotFoundError, UnreachableError } from '../errors.js';
 import { childEnvironment } from '../swtpm/run-program.js';
@@ -18,15 +17,26 @@ const LIBVIRT_SECRETS_DIR = '/etc/libvirt/secrets';
 export class Virsh {
   constructor(private readonly uri: string = DEFAULT_LIBVIRT_URI) {}
 
-  private run(args: string[]): Promise<string> {
+  /**
+   * Runs virsh. `input`, when given, is what virsh reads from /dev/stdin, so
+   * that secrets are never written to a file for it. Node gives a child a
+   * socket as its standard input, which /dev/stdin cannot open (ENXIO), so a
+   * `cat` in front turns it into a pipe.
+   */
+  private run(args: string[], input?: string): Promise<string> {
+    const virshArgs = ['-c', this.uri, ...args];
+    const [program, argv] =
+      input === undefined ? ['virsh', virshArgs] : ['sh', ['-c', 'cat | virsh "$@"', 'sh', ...virshArgs]];
     return new Promise((resolve, reject) => {
-      execFile(
-        'virsh',
-        ['-c', this.uri, ...args],
+      const child = execFile(
+        program,
+        argv,
         { timeout: VIRSH_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024, env: childEnvironment() },
         (error, stdout, stderr) => {
           if (!error) return resolve(stdout);
-          if ((error as NodeJS.ErrnoException).code === 'ENOENT')
+          // ENOENT: not on PATH; 127: the shell in front of it did not find it.
+          const code = (error as { code?: unknown }).code;
+          if (code === 'ENOENT' || code === 127)
             return reject(new HostSetupError('virsh is not installed on this host (Debian package libvirt-clients)'));
           const message = (stderr || error.message)
             .trim()
@@ -40,6 +50,9 @@ export class Virsh {
           reject(new HostSetupError(`virsh ${args[0]} failed: ${message}`, { uri: this.uri }));
         },
       );
+      // An early exit closes the pipe; its status says why, so the pipe's own error is not reported.
+      child.stdin?.on('error', () => undefined);
+      child.stdin?.end(input);
     });
   }
 
@@ -52,14 +65,13 @@ export class Virsh {
     return (await this.run(['domstate', domain])).trim();
   }
 
+  /**
+   * Defines (or redefines) a domain. The XML came from `dumpxml --security-info`
+   * and may carry graphics passwords, so it goes through virsh's standard
+   * input and never touches a file.
+   */
   async define(xml: string): Promise<void> {
-    const dir = await mkdtemp(join(tmpdir(), 'vtpm-virsh-'));
-    try {
-      await writeFile(join(dir, 'domain.xml'), xml, { mode: 0o600 });
-      await this.run(['define', join(dir, 'domain.xml')]);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    await this.run(['define', '/dev/stdin'], xml);
   }
 
   /**
