@@ -70,7 +70,7 @@ export function registerHostCommands(program: Command): void {
 
   withClientOptions(program.command('agent'), { ownTokenFile: true })
     .description("run this host's agent for a control plane on another host (register it first: vtpm host add)")
-    .requiredOption('--control-plane <url>', "the control plane's URL (vtpm serve)")
+    .requiredOption('--control-plane <url>', "the control plane's URL, https://HOST:7390 (http only on loopback)")
     .requiredOption('--token-file <path>', 'file (owner-only) with the agent token `vtpm host add` printed')
     .option('--name <name>', 'the host name registered with vtpm host add', hostname())
     .option('--listen <host:port>', 'address the agent API listens on', DEFAULT_AGENT_LISTEN)

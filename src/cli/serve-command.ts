@@ -49,7 +49,10 @@ export function registerServeCommand(program: Command, packageVersion: string): 
       wholeNumber('--pool-refill-pause'),
       0,
     )
-    .option('--barbican-url <url>', "with --key-manager barbican: Barbican's endpoint, e.g. http://barbican:9311")
+    .option(
+      '--barbican-url <url>',
+      "with --key-manager barbican: Barbican's endpoint, https://barbican:9311 (http only on loopback)",
+    )
     .option(
       '--pkcs11-module <path>',
       "with --key-manager pkcs11: the HSM's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so",

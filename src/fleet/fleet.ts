@@ -10,12 +10,12 @@ import type { HostAgent, HostDescription } from '../agent/host-agent.js';
 import { RemoteHostAgent } from '../agent/remote/remote-host-agent.js';
 import { ApiClient } from '../api/client.js';
 import type { HostView, RegisteredHost } from '../api/hosts.js';
+import { requireSecureUrl } from '../api/secure-url.js';
 import { StateConflictError, UnauthenticatedError } from '../errors.js';
 import type { KeyManager } from '../keys/key-manager.js';
 import { withSecret, withWiped } from '../keys/wiped.js';
 import { DEPLOYMENT_PROJECT, type Store } from '../store/index.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
-import { checkAgentUrl } from './agent-url.js';
 import { chooseHost } from './scheduler.js';
 
 const agentToken = (secret: Buffer) => secret.toString('base64url');
@@ -104,7 +104,7 @@ export class Fleet {
         host: name,
       });
     }
-    const agentUrl = checkAgentUrl(url);
+    const agentUrl = requireSecureUrl('url', url, "the host agent's API (vTPM keys travel to it)").origin;
     return withWiped(randomBytes(32), async (secret) => {
       const { store, keys } = this.options;
       const ref = await keys.storeSecret(`vtpm-host-agent-${name}`, { project: DEPLOYMENT_PROJECT }, secret);

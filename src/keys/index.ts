@@ -13,7 +13,7 @@ export interface KeyManagerOptions {
   dataDir: string;
   /** local: seal the master key to this TPM. */
   hostTpm?: HostTpmOptions | undefined;
-  /** barbican: its API endpoint, e.g. http://barbican:9311 */
+  /** barbican: its API endpoint, e.g. https://barbican:9311 (http only on loopback) */
   barbicanUrl?: string | undefined;
   pkcs11?: Pkcs11Settings | undefined;
 }
@@ -39,7 +39,7 @@ export async function openKeyManager(options: KeyManagerOptions): Promise<KeyMan
       if (!options.barbicanUrl)
         throw new InvalidArgumentError(
           '--barbican-url',
-          "Barbican's endpoint (e.g. http://barbican:9311) with --key-manager barbican",
+          "Barbican's endpoint (e.g. https://barbican:9311) with --key-manager barbican",
         );
       return new BarbicanKeyManager(options.barbicanUrl.replace(/\/+$/, ''));
     case 'pkcs11': {

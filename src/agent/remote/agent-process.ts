@@ -9,6 +9,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ApiClient } from '../../api/client.js';
+import { requireSecureUrl } from '../../api/secure-url.js';
 import { readOwnerOnlyFile } from '../../keys/files.js';
 import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../host-setup.js';
 import { LocalHostAgent } from '../local-host-agent.js';
@@ -36,6 +37,8 @@ export interface RunningAgent {
 }
 
 export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
+  // State, keys and the agent token travel to the control plane.
+  requireSecureUrl('--control-plane', options.controlPlane, "the control plane's API (vTPM state travels to it)");
   const { host, port } = parseListen(options.listen);
   const https = options.tls && (await readTls(options.tls));
   // The agent token is a credential: refused from a file others may read.

@@ -10,6 +10,7 @@
  * References name the project and the secret: barbican:<project>:<uuid>.
  */
 import { randomBytes } from 'node:crypto';
+import { requireSecureUrl } from '../../api/secure-url.js';
 import { InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES } from '../aead.js';
 import type { KeyManager, SecretOwner } from '../key-manager.js';
@@ -21,7 +22,13 @@ export class BarbicanKeyManager implements KeyManager {
   readonly kind = 'barbican';
   readonly ownerScoped = true;
 
-  constructor(private readonly endpoint: string) {}
+  private readonly endpoint: string;
+
+  /** Refuses, before any connection, an endpoint raw swtpm keys would reach in cleartext. */
+  constructor(endpoint: string) {
+    const url = requireSecureUrl('--barbican-url', endpoint, "Barbican's endpoint (vTPM secrets travel to it)");
+    this.endpoint = url.href.replace(/\/+$/, '');
+  }
 
   private async call(
     method: string,
