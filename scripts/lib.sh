@@ -11,8 +11,9 @@ SERVICE_PACKAGES=(swtpm swtpm-tools qemu-system-x86 ovmf tpm2-tools libtss2-tcti
 # initramfs built by the tests, to boot real guests in seconds; libvirt (daemon, QEMU driver,
 # virsh), whose libvirtd the libvirt tests start; the swtpm TCTI, through which tpm2-tools reach
 # the swtpm that stands in for a host's TPM; OpenStack Barbican, which the Barbican tests run;
-# SoftHSM2, the HSM the PKCS#11 tests use.
-TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libtss2-tcti-swtpm0 barbican-api softhsm2)
+# SoftHSM2, the HSM the PKCS#11 tests use; strace, under which a unit test checks that key files
+# are written durably (src/keys/files.test.ts).
+TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libtss2-tcti-swtpm0 barbican-api softhsm2 strace)
 
 NODE_MINIMUM=20.19.0
 

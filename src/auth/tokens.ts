@@ -4,8 +4,9 @@
  * (0600) so that the CLI on that machine finds it without configuration.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { adminTokenPath } from './admin-token-path.js';
+import { writeFileAtomically } from '../keys/files.js';
 import { DEPLOYMENT_PROJECT, type Store, type TokenRecord } from '../store/index.js';
 import type { Principal, Role } from './policy.js';
 
@@ -47,9 +48,7 @@ export async function ensureAdminToken(store: Store, dataDir: string): Promise<{
   }
   await store.identity.revokeTokensOf(ADMIN_USER);
   const { token } = await issueToken(store, ADMIN_USER, null);
-  const temporary = `${path}.tmp-${process.pid}`;
-  await writeFile(temporary, token + '\n', { mode: 0o600 });
-  await rename(temporary, path);
+  await writeFileAtomically(path, Buffer.from(`${token}\n`));
   return { path, created: true };
 }
 

@@ -1,18 +1,76 @@
 /** File helpers for key material and credentials kept in files. */
-import { access, open as openFile, readFile, rename, stat } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { access, mkdir, open as openFile, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 
-/** Written to a temporary file, synced, then renamed over: a crash never leaves half a key. */
+/**
+ * Durable once it resolves, and never half written: the content goes to a new
+ * 0600 file beside `path`, which is synced, renamed over `path`, and then the
+ * directory is synced, without which a power loss can undo the rename. Whatever
+ * `path` held before is replaced, never overwritten in place.
+ */
 export async function writeFileAtomically(path: string, content: Buffer): Promise<void> {
-  const temporary = `${path}.tmp-${process.pid}`;
-  const handle = await openFile(temporary, 'w', 0o600);
+  const temporary = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  // 'wx': a file of that name (a symbolic link, another writer's) is an error, not something to write through.
+  const handle = await openFile(temporary, 'wx', 0o600);
   try {
-    await handle.writeFile(content);
+    try {
+      await handle.writeFile(content);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temporary, path);
+  } catch (error) {
+    await unlink(temporary).catch(() => undefined);
+    throw error;
+  }
+  await syncDirectory(dirname(path));
+}
+
+/** Makes the names created, renamed or removed in `dir` durable. */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await openFile(dir, 'r');
+  try {
     await handle.sync();
   } finally {
     await handle.close();
   }
-  await rename(temporary, path);
+}
+
+/** `mkdir -p` whose new directories survive a power loss: the parent of each one it created is synced. */
+export async function makeDirectoryDurably(path: string, mode: number): Promise<void> {
+  const first = await mkdir(path, { recursive: true, mode });
+  if (first === undefined) return;
+  const stop = dirname(first);
+  for (let dir = path; dir !== stop; ) {
+    dir = dirname(dir);
+    await syncDirectory(dir);
+  }
+}
+
+/**
+ * Destroys a file of key material that nothing refers to any more: its bytes
+ * are overwritten with random ones and synced, then the file is removed and
+ * the removal made durable. Only for a file no longer referenced: overwriting
+ * a key still in use would lose everything sealed under it.
+ */
+export async function destroyFile(path: string): Promise<void> {
+  const handle = await openFile(path, 'r+').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw error;
+  });
+  if (!handle) return;
+  try {
+    const { size } = await handle.stat();
+    await handle.write(randomBytes(size), 0, size, 0);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await unlink(path);
+  await syncDirectory(dirname(path));
 }
 
 export const fileExists = (path: string) =>

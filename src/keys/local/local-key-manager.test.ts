@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { link, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -63,5 +63,32 @@ describe('local key manager rotation', () => {
       const sealed = await readFile(join(dataDir, 'keys', 'secrets', ref.slice('local:'.length)));
       assert.doesNotThrow(() => open(next, sealed, ref, 'x'), `${ref} is under the new key`);
     }
+  });
+
+  it('finishes a promotion interrupted before the rename: the old key kept a second name', async () => {
+    const { dataDir, refs, values } = await withSecrets(2);
+    const keysDir = join(dataDir, 'keys');
+    const next = randomBytes(32);
+    await writeFile(join(keysDir, 'master.next.key'), next, { mode: 0o600 });
+    await link(join(keysDir, 'master.key'), join(keysDir, 'master.retired.key'));
+
+    const keys = await LocalKeyManager.open(dataDir);
+    for (const [i, ref] of refs.entries()) assert.deepEqual(await keys.readSecret(ref), values[i]);
+    await keys.close();
+    assert.deepEqual(await masterOf(dataDir), next);
+    assert.deepEqual((await readdir(keysDir)).sort(), ['master.key', 'secrets']);
+  });
+
+  it('destroys an old master key left after the rename, and keeps the current one', async () => {
+    const { dataDir, refs, values } = await withSecrets(2);
+    const keysDir = join(dataDir, 'keys');
+    const current = await masterOf(dataDir);
+    await writeFile(join(keysDir, 'master.retired.key'), randomBytes(32), { mode: 0o600 });
+
+    const keys = await LocalKeyManager.open(dataDir);
+    for (const [i, ref] of refs.entries()) assert.deepEqual(await keys.readSecret(ref), values[i]);
+    await keys.close();
+    assert.deepEqual(await masterOf(dataDir), current);
+    assert.deepEqual((await readdir(keysDir)).sort(), ['master.key', 'secrets']);
   });
 });

@@ -9,13 +9,13 @@
  * 0600 file in the data directory, which a copy carries along.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
+import { readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES, open, seal } from '../aead.js';
 import type { KeyManager, RotationReport } from '../key-manager.js';
 import type { HostTpmOptions } from './host-tpm.js';
-import { fileExists, isTemporary, writeFileAtomically } from '../files.js';
+import { fileExists, isTemporary, makeDirectoryDurably, syncDirectory, writeFileAtomically } from '../files.js';
 import { wipe, withWiped } from '../wiped.js';
 import { FileMasterKeys, TpmMasterKeys, type MasterKeyStore } from './master-keys.js';
 
@@ -37,7 +37,7 @@ export class LocalKeyManager implements KeyManager {
   static async open(dataDir: string, hostTpm?: HostTpmOptions): Promise<LocalKeyManager> {
     const keysDir = join(dataDir, 'keys');
     const secretsDir = join(keysDir, 'secrets');
-    await mkdir(secretsDir, { recursive: true, mode: 0o700 });
+    await makeDirectoryDurably(secretsDir, 0o700);
     if (!hostTpm && (await fileExists(join(keysDir, 'master.tpm')))) {
       throw new KeyManagerError(
         "this data directory's master key is sealed to a TPM: " +
@@ -54,6 +54,7 @@ export class LocalKeyManager implements KeyManager {
     // A rotation that was interrupted is finished before anything else.
     const next = await keys.load('master.next');
     if (next) await manager.rewrapAll(next);
+    else await keys.destroyRetired();
     return manager;
   }
 
@@ -131,6 +132,8 @@ export class LocalKeyManager implements KeyManager {
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
     }
+    // A removal a power loss could undo would bring the secret, and the state it unlocks, back.
+    await syncDirectory(this.secretsDir);
   }
 
   async close(): Promise<void> {

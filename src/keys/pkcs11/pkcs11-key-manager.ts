@@ -13,11 +13,11 @@
  * is under, so a resumed rotation knows what is left to do.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdir, readdir, unlink } from 'node:fs/promises';
+import { readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IntegrityError, InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES } from '../aead.js';
-import { isTemporary, readIfExists, writeFileAtomically } from '../files.js';
+import { isTemporary, makeDirectoryDurably, readIfExists, syncDirectory, writeFileAtomically } from '../files.js';
 import type { KeyManager, RotationReport } from '../key-manager.js';
 import { withWiped } from '../wiped.js';
 import { Pkcs11Token, type Pkcs11TokenOptions, type TokenKey } from './token.js';
@@ -54,7 +54,7 @@ export class Pkcs11KeyManager implements KeyManager {
 
   static async open(dataDir: string, options: Pkcs11Options): Promise<Pkcs11KeyManager> {
     const dir = join(dataDir, 'keys', 'pkcs11');
-    await mkdir(join(dir, 'secrets'), { recursive: true, mode: 0o700 });
+    await makeDirectoryDurably(join(dir, 'secrets'), 0o700);
     const token = Pkcs11Token.open(options);
     try {
       const keys = token.findKeys(options.keyLabel);
@@ -178,6 +178,8 @@ export class Pkcs11KeyManager implements KeyManager {
     await unlink(this.pathOf(ref)).catch((error: NodeJS.ErrnoException) => {
       if (error.code !== 'ENOENT') throw error;
     });
+    // A removal a power loss could undo would bring the secret, and the state it unlocks, back.
+    await syncDirectory(join(this.dir, 'secrets'));
   }
 
   async close(): Promise<void> {
