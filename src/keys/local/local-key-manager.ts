@@ -16,6 +16,7 @@ import { KEY_BYTES, open, seal } from '../aead.js';
 import type { KeyManager, RotationReport } from '../key-manager.js';
 import type { HostTpmOptions } from './host-tpm.js';
 import { fileExists, isTemporary, makeDirectoryDurably, syncDirectory, writeFileAtomically } from '../files.js';
+import { RotationGate } from '../rotation-gate.js';
 import { wipe, withWiped } from '../wiped.js';
 import { FileMasterKeys, TpmMasterKeys, type MasterKeyStore } from './master-keys.js';
 
@@ -25,7 +26,8 @@ const REF_PATTERN = /^local:[0-9a-f-]{36}$/;
 export class LocalKeyManager implements KeyManager {
   readonly kind = 'local';
   readonly ownerScoped = false;
-  /** While a rotation rewraps the secrets, everything else waits for it. */
+  /** A rotation waits for the stores, reads and deletes under way, and those that start meanwhile wait for it. */
+  private readonly gate = new RotationGate();
   private rotation: Promise<RotationReport> | undefined;
 
   private constructor(
@@ -60,11 +62,13 @@ export class LocalKeyManager implements KeyManager {
 
   /** A new master key; every secret is re-sealed under it (its value unchanged), then the old key is destroyed. */
   rotate(): Promise<RotationReport> {
-    this.rotation ??= (async () => {
-      const next = randomBytes(KEY_BYTES);
-      await this.keys.save('master.next', next);
-      return this.rewrapAll(next);
-    })().finally(() => (this.rotation = undefined));
+    this.rotation ??= this.gate
+      .alone(async () => {
+        const next = randomBytes(KEY_BYTES);
+        await this.keys.save('master.next', next);
+        return this.rewrapAll(next);
+      })
+      .finally(() => (this.rotation = undefined));
     return this.rotation;
   }
 
@@ -105,15 +109,19 @@ export class LocalKeyManager implements KeyManager {
     return this.storeSecret('', undefined, randomBytes(KEY_BYTES));
   }
 
-  async storeSecret(_label: string, _owner: unknown, secret: Buffer): Promise<string> {
-    await this.rotation;
-    const ref = `${REF_PREFIX}${randomUUID()}`;
-    await writeFileAtomically(this.pathOf(ref), seal(this.masterKey, secret, ref));
-    return ref;
+  storeSecret(_label: string, _owner: unknown, secret: Buffer): Promise<string> {
+    return this.gate.shared(async () => {
+      const ref = `${REF_PREFIX}${randomUUID()}`;
+      await writeFileAtomically(this.pathOf(ref), seal(this.masterKey, secret, ref));
+      return ref;
+    });
   }
 
-  async readSecret(ref: string): Promise<Buffer> {
-    await this.rotation;
+  readSecret(ref: string): Promise<Buffer> {
+    return this.gate.shared(() => this.readSealed(ref));
+  }
+
+  private async readSealed(ref: string): Promise<Buffer> {
     let sealed: Buffer;
     try {
       sealed = await readFile(this.pathOf(ref));
@@ -125,8 +133,11 @@ export class LocalKeyManager implements KeyManager {
     return open(this.masterKey, sealed, ref, `secret ${ref}`);
   }
 
-  async deleteSecret(ref: string): Promise<void> {
-    await this.rotation;
+  deleteSecret(ref: string): Promise<void> {
+    return this.gate.shared(() => this.removeSealed(ref));
+  }
+
+  private async removeSealed(ref: string): Promise<void> {
     try {
       await unlink(this.pathOf(ref));
     } catch (error) {
@@ -136,9 +147,9 @@ export class LocalKeyManager implements KeyManager {
     await syncDirectory(this.secretsDir);
   }
 
-  async close(): Promise<void> {
-    await this.rotation;
-    wipe(this.masterKey);
+  /** Once what is under way has finished. */
+  close(): Promise<void> {
+    return this.gate.alone(async () => wipe(this.masterKey));
   }
 }
 

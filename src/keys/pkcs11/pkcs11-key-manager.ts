@@ -19,6 +19,7 @@ import { IntegrityError, InvalidArgumentError, KeyManagerError } from '../../err
 import { KEY_BYTES } from '../aead.js';
 import { isTemporary, makeDirectoryDurably, readIfExists, syncDirectory, writeFileAtomically } from '../files.js';
 import type { KeyManager, RotationReport } from '../key-manager.js';
+import { RotationGate } from '../rotation-gate.js';
 import { withWiped } from '../wiped.js';
 import { Pkcs11Token, type Pkcs11TokenOptions, type TokenKey } from './token.js';
 
@@ -42,7 +43,8 @@ interface KekState {
 export class Pkcs11KeyManager implements KeyManager {
   readonly kind = 'pkcs11';
   readonly ownerScoped = false;
-  /** While a rotation rewraps the secrets, everything else waits for it. */
+  /** A rotation waits for the stores, reads and deletes under way, and those that start meanwhile wait for it. */
+  private readonly gate = new RotationGate();
   private rotation: Promise<RotationReport> | undefined;
 
   private constructor(
@@ -95,11 +97,13 @@ export class Pkcs11KeyManager implements KeyManager {
    * A new KEK in the token; every secret is re-wrapped under it (its value unchanged), then the old KEK is destroyed.
    */
   rotate(): Promise<RotationReport> {
-    this.rotation ??= (async () => {
-      const next = this.token.generateKey(this.keyLabel);
-      await writeState(this.dir, { current: this.current.id.toString('hex'), next: next.id.toString('hex') });
-      return this.rewrapAll(next);
-    })().finally(() => (this.rotation = undefined));
+    this.rotation ??= this.gate
+      .alone(async () => {
+        const next = this.token.generateKey(this.keyLabel);
+        await writeState(this.dir, { current: this.current.id.toString('hex'), next: next.id.toString('hex') });
+        return this.rewrapAll(next);
+      })
+      .finally(() => (this.rotation = undefined));
     return this.rotation;
   }
 
@@ -159,22 +163,27 @@ export class Pkcs11KeyManager implements KeyManager {
     return this.storeSecret('', undefined, randomBytes(KEY_BYTES));
   }
 
-  async storeSecret(_label: string, _owner: unknown, secret: Buffer): Promise<string> {
-    await this.rotation;
-    const ref = `${REF_PREFIX}${randomUUID()}`;
-    await writeFileAtomically(this.pathOf(ref), this.wrap(this.current, secret, ref));
-    return ref;
+  storeSecret(_label: string, _owner: unknown, secret: Buffer): Promise<string> {
+    return this.gate.shared(async () => {
+      const ref = `${REF_PREFIX}${randomUUID()}`;
+      await writeFileAtomically(this.pathOf(ref), this.wrap(this.current, secret, ref));
+      return ref;
+    });
   }
 
-  async readSecret(ref: string): Promise<Buffer> {
-    await this.rotation;
-    const wrapped = await readIfExists(this.pathOf(ref));
-    if (!wrapped) throw new KeyManagerError(`secret ${ref} does not exist in the PKCS#11 key manager`, { ref });
-    return this.unwrap(wrapped, ref);
+  readSecret(ref: string): Promise<Buffer> {
+    return this.gate.shared(async () => {
+      const wrapped = await readIfExists(this.pathOf(ref));
+      if (!wrapped) throw new KeyManagerError(`secret ${ref} does not exist in the PKCS#11 key manager`, { ref });
+      return this.unwrap(wrapped, ref);
+    });
   }
 
-  async deleteSecret(ref: string): Promise<void> {
-    await this.rotation;
+  deleteSecret(ref: string): Promise<void> {
+    return this.gate.shared(() => this.removeWrapped(ref));
+  }
+
+  private async removeWrapped(ref: string): Promise<void> {
     await unlink(this.pathOf(ref)).catch((error: NodeJS.ErrnoException) => {
       if (error.code !== 'ENOENT') throw error;
     });
@@ -182,9 +191,9 @@ export class Pkcs11KeyManager implements KeyManager {
     await syncDirectory(join(this.dir, 'secrets'));
   }
 
-  async close(): Promise<void> {
-    await this.rotation;
-    this.token.close();
+  /** Once what is under way has finished. */
+  close(): Promise<void> {
+    return this.gate.alone(async () => this.token.close());
   }
 }
 
