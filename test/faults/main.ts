@@ -3,10 +3,11 @@
  * processes under continuous state changes (see scenario.ts for what is
  * injected and checked). Bounded to a few minutes by default; `--soak` (or
  * VTPM_FAULTS_SOAK=1) runs for hours, `--duration SECONDS` sets the budget,
- * `--seed N` (or VTPM_FAULTS_SEED) replays a run's choices. Exits non-zero
+ * `--seed N` (or VTPM_FAULTS_SEED) replays a run's choices, `--only KIND,...`
+ * restricts the faults. Exits non-zero
  * when any invariant was violated.
  */
-import { emptyFigures, FAULT_KINDS, Scenario } from './scenario.js';
+import { emptyFigures, FAULT_KINDS, type FaultKind, Scenario } from './scenario.js';
 import { Prng } from './prng.js';
 
 const BOUNDED_BUDGET_MS = 150_000;
@@ -14,7 +15,7 @@ const SOAK_BUDGET_MS = 4 * 3600_000;
 /** A scenario's set-up, fault phase and checks take about this much beyond its fault phase. */
 const SCENARIO_OVERHEAD_MS = 25_000;
 
-function options(argv: string[]): { soak: boolean; seed: number; budgetMs: number } {
+function options(argv: string[]): { soak: boolean; seed: number; budgetMs: number; kinds: FaultKind[] } {
   const value = (name: string) => {
     const at = argv.indexOf(name);
     return at >= 0 ? argv[at + 1] : undefined;
@@ -26,7 +27,10 @@ function options(argv: string[]): { soak: boolean; seed: number; budgetMs: numbe
   const duration = value('--duration');
   const budgetMs = duration === undefined ? (soak ? SOAK_BUDGET_MS : BOUNDED_BUDGET_MS) : Number(duration) * 1000;
   if (!(budgetMs > 0)) throw new Error(`--duration: seconds, not ${duration}`);
-  return { soak, seed, budgetMs };
+  const only = value('--only')?.split(',') ?? [...FAULT_KINDS];
+  const unknown = only.filter((k) => !(FAULT_KINDS as readonly string[]).includes(k));
+  if (unknown.length > 0) throw new Error(`--only: fault kinds among ${FAULT_KINDS.join(', ')}, not ${unknown}`);
+  return { soak, seed, budgetMs, kinds: only as FaultKind[] };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -35,7 +39,7 @@ function percentile(sorted: number[], p: number): number {
 }
 
 async function main(): Promise<number> {
-  const { soak, seed, budgetMs } = options(process.argv.slice(2));
+  const { soak, seed, budgetMs, kinds } = options(process.argv.slice(2));
   const log = (line: string) => process.stdout.write(`${line}\n`);
   log(`faults: seed ${seed} (replay with --seed ${seed})${soak ? ', soak' : ''}, budget ${budgetMs / 1000} s`);
   log(
@@ -56,7 +60,7 @@ async function main(): Promise<number> {
     if (faultPhaseMs < 8_000 && index > 1) break;
     const name = `scenario ${index}`;
     log(`${name}: fault phase ${Math.round(Math.max(faultPhaseMs, 8_000) / 1000)} s`);
-    const scenario = new Scenario(name, prng, figures, log);
+    const scenario = new Scenario(name, prng, figures, log, kinds);
     await scenario.run(Math.max(faultPhaseMs, 8_000));
     if (scenario.violations.length === 0) passed += 1;
     else failed.push({ name, violations: scenario.violations });

@@ -84,17 +84,16 @@ export class Scenario {
     private readonly prng: Prng,
     private readonly figures: Figures,
     private readonly log: (line: string) => void,
+    private readonly kinds: readonly FaultKind[] = FAULT_KINDS,
   ) {}
 
   private violation(message: string, vm?: string): void {
     this.violations.push(message);
     this.log(`  VIOLATION: ${message}`);
     if (vm === undefined) return;
-    const lines = this.servesRun
-      .flatMap((serve) => serve.log.split('\n'))
-      .filter((line) => line.includes(vm))
-      .slice(-6);
-    for (const line of lines) this.log(`    serve log: ${line.slice(0, 400)}`);
+    const lines = this.servesRun.flatMap((serve) => serve.log.split('\n')).filter((line) => line.includes(vm));
+    for (const line of lines.length > 6 ? [...lines.slice(0, 3), '...', ...lines.slice(-3)] : lines)
+      this.log(`    serve log: ${line.slice(0, 400)}`);
   }
 
   private get serve(): Serve | undefined {
@@ -120,13 +119,10 @@ export class Scenario {
       const until = Date.now() + faultPhaseMs;
       while (Date.now() < until) {
         await delay(this.prng.int(300, 2500));
-        const kind = this.prng.weighted<FaultKind>({
-          'kill-serve': 3,
-          'kill-swtpm': 4,
-          'keys-away': 1,
-          'keys-away-restart': 1,
-          'second-serve': 1,
-        });
+        const weights = { 'kill-serve': 3, 'kill-swtpm': 4, 'keys-away': 1, 'keys-away-restart': 1, 'second-serve': 1 };
+        const kind = this.prng.weighted<FaultKind>(
+          Object.fromEntries(this.kinds.map((k) => [k, weights[k]])) as Record<FaultKind, number>,
+        );
         this.figures.faults[kind] += 1;
         this.log(`  fault ${kind}`);
         await this.inject(kind);
@@ -478,7 +474,7 @@ export class Scenario {
 
 function firstLine(text: string): string {
   const lines = text.trim().split('\n');
-  return (lines.find((l) => /error|refus|lock|already/i.test(l)) ?? lines.at(-1) ?? '').slice(0, 200);
+  return (lines.find((l) => l.startsWith('vtpm:')) ?? lines.at(-1) ?? '').slice(0, 200);
 }
 
 /** A UUID drawn from the scenario's PRNG, so that a replay uses the same VMs. */
