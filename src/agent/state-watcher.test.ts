@@ -52,7 +52,8 @@ describe('StateWatcher', () => {
     const taken: WatchedReport[] = [];
     let failures = 2;
     const w = watcher(async (report) => {
-      if (failures-- > 0) throw new UnreachableError('control plane away');
+      // The answer was lost: the control plane may have taken it.
+      if (failures-- > 0) throw new Error('connection reset');
       taken.push(report);
     }, Buffer.from('initial'));
     w.start();
@@ -102,5 +103,27 @@ describe('StateWatcher', () => {
     await mkdir(missing);
     await swtpmWrites('seen by polling', missing);
     await until(() => taken.includes('seen by polling'), 'the polled change');
+  });
+});
+
+describe('StateWatcher after taking over a running swtpm', () => {
+  it('a first report that did not arrive names no predecessor when retried, and a refusal is never named', async () => {
+    await swtpmWrites('changed before the control plane listened');
+    const sent: WatchedReport[] = [];
+    let calls = 0;
+    const w = watcher(async (report) => {
+      calls += 1;
+      sent.push(report);
+      if (calls === 1) throw new UnreachableError('not listening yet');
+      if (calls === 2) throw new StateConflictError('refused once');
+    });
+    await w.check().catch(() => undefined);
+    await w.check();
+    await swtpmWrites('later');
+    await w.check();
+    assert.deepEqual(
+      sent.map((r) => r.after),
+      [[], [], []],
+    );
   });
 });

@@ -57,6 +57,8 @@ export class StateWatcher {
   private reporting: Promise<void> = Promise.resolve();
   /** The digest of the state the control plane took last. */
   private acknowledged: string | undefined;
+  /** The last state refused: not reported again until the file changes. */
+  private refused: string | undefined;
   private unsure: string[] = [];
   private stopped = false;
   private retryMs = RETRY_FIRST_MS;
@@ -111,17 +113,21 @@ export class StateWatcher {
       throw error;
     }
     const digest = digestOf(data);
-    if (digest === this.acknowledged) return;
-    const after = [...(this.acknowledged === undefined ? [] : [this.acknowledged]), ...this.unsure];
+    if (digest === this.acknowledged || digest === this.refused) return;
+    // Without a state known to be taken (a swtpm taken over after a restart) the lineage is unknown: none is named.
+    const after = this.acknowledged === undefined ? [] : [this.acknowledged, ...this.unsure];
     try {
       await this.report({ data, final, after });
     } catch (error) {
       if (isRefusal(error)) {
+        // Not taken, so never named as a predecessor; only not sent again while the file holds it.
         this.events.refused(error as VtpmError);
-        this.settle(digest);
+        this.refused = digest;
+        this.retryMs = RETRY_FIRST_MS;
         return;
       }
-      if (!this.unsure.includes(digest)) this.unsure = [...this.unsure, digest].slice(-UNSURE_KEPT);
+      const notSent = error instanceof VtpmError && error.code === 'unreachable';
+      if (!notSent && !this.unsure.includes(digest)) this.unsure = [...this.unsure, digest].slice(-UNSURE_KEPT);
       this.events.failed(error, this.retryMs);
       if (!final) this.soon(this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
@@ -132,6 +138,7 @@ export class StateWatcher {
 
   private settle(digest: string): void {
     this.acknowledged = digest;
+    this.refused = undefined;
     this.unsure = [];
     this.retryMs = RETRY_FIRST_MS;
   }

@@ -73,8 +73,13 @@ async function reconcileOne(cp: ControlPlane, record: VtpmRecord, instance: stri
   await cp.fleet.resyncAfterRestart(record.host, record.vm);
 }
 
+/** A key that cannot be read now (the key manager away) is read when the vTPM's next report comes. */
 async function holdVaultKey(cp: ControlPlane, record: VtpmRecord): Promise<void> {
-  cp.vaultKeys.hold(record.vm, await withSecret(cp.keys, record.secret_ref, vaultKeyFrom));
+  try {
+    cp.vaultKeys.hold(record.vm, await withSecret(cp.keys, record.secret_ref, vaultKeyFrom));
+  } catch (error) {
+    cp.logger.warn({ vm: record.vm, err: error }, 'the vault key could not be read at start-up; it is read on demand');
+  }
 }
 
 /**
