@@ -47,7 +47,8 @@ import {
 } from './host-agent.js';
 import { hasConnectedPeer } from './socket-peers.js';
 import { prepareHostDirectories, type SystemGroup, type SystemUser } from './host-directories.js';
-import { StateWatcher, type WatchedFile } from './state-watcher.js';
+import type { StateWatcher } from './state-watcher.js';
+import { watchVtpm } from './vtpm-watchers.js';
 
 export interface LocalHostAgentOptions {
   dataDir: string;
@@ -166,20 +167,6 @@ export class LocalHostAgent implements HostAgent {
     await Promise.all(this.changeListeners.map((listener) => listener(change)));
   }
 
-  private watcher(vm: string, id: string, kind: StateKind, target: WatchedFile, initial?: Buffer): StateWatcher {
-    const log = this.options.logger;
-    return new StateWatcher(
-      target,
-      ({ data, final, after }) => this.reportChange({ vm, kind, data, final, instance: id, after }),
-      {
-        refused: (error) => log.warn({ vm, kind, code: error.code, msg: error.message }, 'a state report was refused'),
-        failed: (error, retryInMs) => log.warn({ vm, kind, err: error, retryInMs }, 'a state report failed; retrying'),
-        watchFailed: (error) => log.warn({ vm, kind, err: error }, 'file-system notifications failed; polling'),
-      },
-      initial,
-    );
-  }
-
   private track(
     vm: string,
     instance: SwtpmInstance,
@@ -188,33 +175,16 @@ export class LocalHostAgent implements HostAgent {
     withNvram: boolean,
     initial: { tpm?: Buffer; nvram?: Buffer } = {},
   ): void {
-    const nvram = this.devicePaths(vm).nvram;
-    const watchers = [
-      this.watcher(
-        vm,
-        id,
-        'tpm',
-        {
-          dir: this.paths(vm).stateDir,
-          file: stateFile,
-          matches: (name) => name.toLowerCase().endsWith('.permall'),
-          debounceMs: 5,
-        },
-        initial.tpm,
-      ),
-      // QEMU writes the variable store in place, a few blocks at a time: a longer pause folds one update.
-      ...(withNvram
-        ? [
-            this.watcher(
-              vm,
-              id,
-              'nvram',
-              { dir: join(nvram, '..'), file: `${vm}.fd`, matches: (name) => name === `${vm}.fd`, debounceMs: 50 },
-              initial.nvram,
-            ),
-          ]
-        : []),
-    ];
+    const watchers = watchVtpm({
+      vm,
+      instance: id,
+      stateDir: this.paths(vm).stateDir,
+      stateFile,
+      nvram: withNvram ? this.devicePaths(vm).nvram : undefined,
+      initial,
+      report: (change) => this.reportChange(change),
+      logger: this.options.logger,
+    });
     const exitReported = instance.exited.then(async ({ code, signal }) => {
       if (this.instances.get(vm) !== tracked) return;
       try {
