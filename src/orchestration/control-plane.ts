@@ -10,6 +10,7 @@ import type { KeyManager } from '../keys/key-manager.js';
 import type { ProvisioningPool } from '../pool/provisioning-pool.js';
 import type { Store } from '../store/index.js';
 import type { StateVault } from '../vault/state-vault.js';
+import { BackgroundRetries, type RetryTiming } from './background-retries.js';
 import { KeyedLock } from './keyed-lock.js';
 import { MigrationsUnderWay } from './migrations-under-way.js';
 import { VaultKeyRing } from './vault-key-ring.js';
@@ -26,10 +27,18 @@ export interface ControlPlane {
   readonly locks: KeyedLock;
   readonly vaultKeys: VaultKeyRing;
   readonly migrations: MigrationsUnderWay;
+  /** Work owed that failed once and is tried again until it succeeds (see reconcile). */
+  readonly retries: BackgroundRetries;
 }
 
-export type ControlPlaneParts = Omit<ControlPlane, 'locks' | 'vaultKeys' | 'migrations'>;
+export type ControlPlaneParts = Omit<ControlPlane, 'locks' | 'vaultKeys' | 'migrations' | 'retries'>;
 
-export function controlPlane(parts: ControlPlaneParts): ControlPlane {
-  return { ...parts, locks: new KeyedLock(), vaultKeys: new VaultKeyRing(), migrations: new MigrationsUnderWay() };
+export function controlPlane(parts: ControlPlaneParts, retryTiming?: RetryTiming): ControlPlane {
+  return {
+    ...parts,
+    locks: new KeyedLock(),
+    vaultKeys: new VaultKeyRing(),
+    migrations: new MigrationsUnderWay(),
+    retries: new BackgroundRetries(retryTiming),
+  };
 }

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import { migrateVtpm } from './migrate.js';
 import { reconcile } from './reconcile.js';
+import { startVtpm } from './start.js';
 import type { FakeHostAgent } from './testing/fake-host-agent.js';
 import { alice, type TestControlPlane } from './testing/control-plane-harness.js';
 import { generations, newest, row, runningVtpm, stoppedVtpm, openWithSecondHost } from './testing/fixtures.js';
@@ -70,6 +72,33 @@ describe('reconcile', () => {
     ]);
     assert.deepEqual((await newest(t, vm)).data, Buffer.from('left while the control plane was down'));
     assert.equal(t.cp.vaultKeys.get(vm), undefined);
+  });
+
+  it('the key manager away while the state a guest left is taken: stopping, no start, taken by a retry', async () => {
+    const vm = await runningVtpm(t);
+    t.keys.failNext('readSecret', 2);
+    const cp = await t.restart(async () => {
+      t.local.working.set(vm, { tpm: Buffer.from('left while the control plane was down') });
+      await t.local.exits(vm);
+    });
+    await reconcile(cp);
+    assert.equal((await row(t, vm)).status, 'stopping');
+    await assert.rejects(startVtpm(cp, vm, alice), { code: 'state_conflict' });
+    assert.equal(t.local.working.get(vm)?.tpm?.toString(), 'left while the control plane was down');
+    for (let waited = 0; (await row(t, vm)).status === 'stopping' && waited < 5000; waited += 20) await delay(20);
+    assert.equal((await row(t, vm)).status, 'stopped');
+    assert.deepEqual((await generations(t, vm))[0], ['tpm', 2, 'stop']);
+    assert.deepEqual((await newest(t, vm)).data, Buffer.from('left while the control plane was down'));
+  });
+
+  it("a running vTPM whose changes can't be reported at start-up: reconcile goes on, it stays running", async () => {
+    const vm = await runningVtpm(t);
+    const other = await stoppedVtpm(t);
+    await t.cp.store.vtpms.update(other, { status: 'running' });
+    t.local.failNext('resync');
+    await reconcile(await t.restart());
+    assert.equal((await row(t, vm)).status, 'running');
+    assert.equal((await row(t, other)).status, 'stopped');
   });
 
   it('a running vTPM whose working copy is the head: stopped, no new generation', async () => {

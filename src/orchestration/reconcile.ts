@@ -59,8 +59,14 @@ async function reconcileOne(cp: ControlPlane, record: VtpmRecord, instance: stri
   const isRunning = instance !== undefined;
   // Only a vTPM that was running can have state the vault has not seen; a `starting` one may
   // still hold an older working copy (from before a restore, say), which must not come back.
-  if (!isRunning && (record.status === 'running' || record.status === 'stopping'))
-    await recoverWorkingState(cp, record);
+  if (!isRunning && (record.status === 'running' || record.status === 'stopping')) {
+    try {
+      await recoverWorkingState(cp, record);
+    } catch (error) {
+      await owePendingState(cp, record, error);
+      return;
+    }
+  }
   const status = isRunning ? 'running' : 'stopped';
   // The swtpm the guest talks to is the launch that counts (a row from before launches had ids has none).
   if (record.status !== status || (isRunning && record.instance !== instance)) {
@@ -70,7 +76,37 @@ async function reconcileOne(cp: ControlPlane, record: VtpmRecord, instance: stri
   if (!isRunning) return;
   // Changes made while the control plane was down are committed now.
   await holdVaultKey(cp, record);
-  await cp.fleet.resyncAfterRestart(record.host, record.vm);
+  // A report that fails (the key manager away) is retried by its host's watcher; start-up goes on.
+  await cp.fleet
+    .resyncAfterRestart(record.host, record.vm)
+    .catch((error: unknown) =>
+      cp.logger.warn({ vm: record.vm, err: error }, 'what changed while the control plane was down is not taken yet'),
+    );
+}
+
+/**
+ * The state a guest left could not be taken (the key manager away, say): the vTPM stays `stopping`, so that
+ * no start replaces that working copy with the vault's older head, until a retry takes it.
+ */
+async function owePendingState(cp: ControlPlane, record: VtpmRecord, error: unknown): Promise<void> {
+  cp.logger.error(
+    { vm: record.vm, host: record.host, err: error },
+    'the state a guest left while the control plane was down could not be taken; the vTPM cannot start ' +
+      'until it is (retried)',
+  );
+  if (record.status !== 'stopping') await cp.store.vtpms.update(record.vm, { status: 'stopping', socket: null });
+  cp.retries.schedule(
+    `recover ${record.vm}`,
+    () =>
+      cp.locks.run(record.vm, async () => {
+        const current = await cp.store.vtpms.get(record.vm);
+        if (current?.status !== 'stopping' || current.host !== record.host) return;
+        await recoverWorkingState(cp, current);
+        await cp.store.vtpms.update(record.vm, { status: 'stopped' }, ['stopping']);
+        cp.logger.info({ vm: record.vm }, 'the state a guest left while the control plane was down is taken');
+      }),
+    (retryError) => cp.logger.warn({ vm: record.vm, err: retryError }, 'the state a guest left is still not taken'),
+  );
 }
 
 /** A key that cannot be read now (the key manager away) is read when the vTPM's next report comes. */

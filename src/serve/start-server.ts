@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../agent/host-setup.js';
+import { type DataDirLock, lockDataDir } from '../agent/data-dir-lock.js';
 import { LocalHostAgent } from '../agent/local-host-agent.js';
 import { AuditLog } from '../audit/audit-log.js';
 import { AuditedKeyManager } from '../audit/audited-key-manager.js';
@@ -77,10 +78,20 @@ async function checkScratchDir(path: string, logger: Logger): Promise<void> {
 }
 
 export async function startServer(options: ServeOptions): Promise<RunningServer> {
+  await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+  const lock = await lockDataDir(options.dataDir, 'vtpm serve');
+  try {
+    return await startLocked(options, lock);
+  } catch (error) {
+    lock.release();
+    throw error;
+  }
+}
+
+async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<RunningServer> {
   const { logger } = options;
   const { host, port } = parseListen(options.listen);
   const https = options.tls && (await readTls(options.tls));
-  await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
   const store = await openEmbeddedStore(options.dataDir);
   // A scratch directory of its own per process: two services on one host never share one.
   const scratchDir = join(options.scratchDir, `vtpm-${process.pid}-${randomBytes(4).toString('hex')}`);
@@ -166,11 +177,13 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     adminTokenCreated: admin.created,
     async close() {
       await app.close();
+      await cp.retries.close();
       await pool?.close();
       await agent.close();
       await keys.close();
       await store.close();
       await rm(scratchDir, { recursive: true, force: true });
+      lock.release();
     },
   };
 }

@@ -15,7 +15,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import Sqlite from 'better-sqlite3';
 import { bootGuest, buildInitramfs, findKernel, launchGuest, resetCountOf } from './support/guest.js';
-import { CLI, serviceForFile, type StartedJson, type VtpmJson } from './support/service.js';
+import { CLI, serveRefusal, serviceForFile, type StartedJson, type VtpmJson } from './support/service.js';
 
 const context = serviceForFile('vtpm-life');
 
@@ -92,6 +92,15 @@ describe('the vtpm command', () => {
     };
     const { stdout } = await promisify(execFile)(CLI, ['--version']);
     assert.equal(stdout.trim(), version);
+  });
+});
+
+describe('the data directory', () => {
+  it('a second vtpm serve on it refuses to start, naming the one that holds it', async () => {
+    const before = await listed();
+    const refusal = await serveRefusal(context.service.dataDir, []);
+    assert.match(refusal, /data directory .* is in use by another process \(vtpm serve, pid \d+\)/);
+    assert.deepEqual(await listed(), before, 'the first vtpm serve still answers, its vTPMs unchanged');
   });
 });
 

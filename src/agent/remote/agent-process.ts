@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { ApiClient } from '../../api/client.js';
 import { requireSecureUrl } from '../../api/secure-url.js';
 import { readOwnerOnlyFile } from '../../keys/files.js';
+import { type DataDirLock, lockDataDir } from '../data-dir-lock.js';
 import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../host-setup.js';
 import { LocalHostAgent } from '../local-host-agent.js';
 import { buildAgentApi, reportIn } from './agent-server.js';
@@ -39,14 +40,31 @@ export interface RunningAgent {
 export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   // State, keys and the agent token travel to the control plane.
   requireSecureUrl('--control-plane', options.controlPlane, "the control plane's API (vTPM state travels to it)");
-  const { host, port } = parseListen(options.listen);
-  const https = options.tls && (await readTls(options.tls));
+  // A bad --listen is refused before anything is opened.
+  parseListen(options.listen);
   // The agent token is a credential: refused from a file others may read.
   const token = (
     await readOwnerOnlyFile(options.tokenFile, '--token-file', 'the token `vtpm host add` printed')
   ).trim();
   const controlPlane = await ApiClient.withToken({ url: options.controlPlane, token, caFile: options.caFile });
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+  const lock = await lockDataDir(options.dataDir, 'vtpm agent');
+  try {
+    return await startLocked(options, controlPlane, token, lock);
+  } catch (error) {
+    lock.release();
+    throw error;
+  }
+}
+
+async function startLocked(
+  options: AgentOptions,
+  controlPlane: ApiClient,
+  token: string,
+  lock: DataDirLock,
+): Promise<RunningAgent> {
+  const { host, port } = parseListen(options.listen);
+  const https = options.tls && (await readTls(options.tls));
   const scratchDir = join(options.scratchDir, `vtpm-agent-${process.pid}-${randomBytes(4).toString('hex')}`);
   const agent = await LocalHostAgent.open({
     dataDir: options.dataDir,
@@ -69,6 +87,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       await app.close();
       await agent.close();
       await rm(scratchDir, { recursive: true, force: true });
+      lock.release();
     },
   };
 }

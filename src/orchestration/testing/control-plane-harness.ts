@@ -19,6 +19,9 @@ import { type ControlPlane, controlPlane } from '../control-plane.js';
 import { ingestExit, ingestStateChange } from '../state-ingest.js';
 import { FakeHostAgent } from './fake-host-agent.js';
 
+/** Retries of owed work come at once in tests. */
+const QUICK_RETRIES = { firstPauseMs: 10, longestPauseMs: 50 };
+
 type KeyCall = 'createSecret' | 'storeSecret' | 'readSecret' | 'deleteSecret';
 
 /** The local key manager, able to fail on demand. */
@@ -151,7 +154,7 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
   };
   await fleet.describeAll();
   const opened: TestControlPlane = {
-    cp: wire(controlPlane(parts)),
+    cp: wire(controlPlane(parts, QUICK_RETRIES)),
     keys,
     local,
     dataDir,
@@ -160,13 +163,15 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
     },
     async restart(whileDown) {
       await opened.settle();
+      await opened.cp.retries.close();
       for (const agent of agents) await agent.close();
       await whileDown?.();
-      opened.cp = wire(controlPlane(parts));
+      opened.cp = wire(controlPlane(parts, QUICK_RETRIES));
       return opened.cp;
     },
     async close() {
       await opened.settle();
+      await opened.cp.retries.close();
       await keys.close();
       await store.close();
       await rm(dataDir, { recursive: true, force: true });
