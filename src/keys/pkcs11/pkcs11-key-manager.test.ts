@@ -5,6 +5,7 @@
  * the data directory opens nothing with another token or a wrong PIN.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { cp, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -186,7 +187,51 @@ describe('PKCS#11 key manager (SoftHSM2)', () => {
       }
     },
   );
+
+  it('a token that stops answering fails calls by the deadline, never stalls the event loop, and comes back', async () => {
+    const { dataDir, options, refs, values } = await withSecrets(1);
+    const keys = await Pkcs11KeyManager.open(dataDir, { ...options, callDeadlineMs: 500 });
+    try {
+      // SoftHSM2 takes a POSIX lock on the token's files for each operation and waits for it: held by another
+      // process, the module's call blocks as a network HSM that stopped answering does.
+      const holder = await holdTokenFiles(hsm.tokens);
+      let ticks = 0;
+      const ticker = setInterval(() => (ticks += 1), 10);
+      try {
+        await assert.rejects(keys.readSecret(refs[0]!), /key manager unavailable: .* did not answer within 500 ms/);
+        await assert.rejects(keys.createSecret(), /key manager unavailable/);
+      } finally {
+        clearInterval(ticker);
+        await holder.release();
+      }
+      assert.ok(ticks >= 20, `the event loop ran while the token hung (${ticks} ticks of 10 ms in about 1 s)`);
+      assert.deepEqual(await keys.readSecret(refs[0]!), values[0]);
+    } finally {
+      await keys.close();
+    }
+  });
 });
+
+/** Another process holding every file of every token under `tokens` locked (fcntl, as SoftHSM2 locks them). */
+async function holdTokenFiles(tokens: string): Promise<{ release(): Promise<void> }> {
+  const script = [
+    'import fcntl, glob, select, sys',
+    `files = [open(p, 'r+') for p in glob.glob(${JSON.stringify(`${tokens}/*/*`)})]`,
+    'for f in files: fcntl.lockf(f, fcntl.LOCK_EX)',
+    "print('held', flush=True)",
+    // Let go after 5 s at most: a blocked event loop cannot tell it to, and the test then fails rather than hangs.
+    'select.select([sys.stdin], [], [], 5)',
+  ].join('\n');
+  const holder = spawn('python3', ['-c', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  await new Promise((resolve) => holder.stdout.once('data', resolve));
+  return {
+    async release() {
+      const exited = new Promise((resolve) => holder.once('exit', resolve));
+      holder.stdin.end();
+      await exited;
+    },
+  };
+}
 
 describe('PKCS#11 key manager: a rotation among other operations', () => {
   // Three rounds, the rotation starting after a different number of stores each time.

@@ -21,7 +21,8 @@ import { isTemporary, makeDirectoryDurably, readIfExists, syncDirectory, writeFi
 import type { KeyManager, RotationReport } from '../key-manager.js';
 import { RotationGate } from '../rotation-gate.js';
 import { withWiped } from '../wiped.js';
-import { Pkcs11Token, type Pkcs11TokenOptions, type TokenKey } from './token.js';
+import type { Pkcs11TokenOptions, TokenKey } from './token.js';
+import { TokenThread } from './token-thread.js';
 
 const REF_PREFIX = 'pkcs11:';
 const REF_PATTERN = /^pkcs11:[0-9a-f-]{36}$/;
@@ -31,6 +32,8 @@ const KEY_ID_BYTES = 16;
 export interface Pkcs11Options extends Pkcs11TokenOptions {
   /** CKA_LABEL of this installation's key-encryption keys in the token. */
   keyLabel: string;
+  /** How long a call may wait for the token before it fails as "key manager unavailable". */
+  callDeadlineMs?: number;
 }
 
 interface KekState {
@@ -49,7 +52,7 @@ export class Pkcs11KeyManager implements KeyManager {
 
   private constructor(
     private readonly dir: string,
-    private readonly token: Pkcs11Token,
+    private readonly token: TokenThread,
     private readonly keyLabel: string,
     private current: TokenKey,
   ) {}
@@ -57,9 +60,10 @@ export class Pkcs11KeyManager implements KeyManager {
   static async open(dataDir: string, options: Pkcs11Options): Promise<Pkcs11KeyManager> {
     const dir = join(dataDir, 'keys', 'pkcs11');
     await makeDirectoryDurably(join(dir, 'secrets'), 0o700);
-    const token = Pkcs11Token.open(options);
+    const { keyLabel: _, callDeadlineMs, ...tokenOptions } = options;
+    const token = await TokenThread.open(tokenOptions, callDeadlineMs);
     try {
-      const keys = token.findKeys(options.keyLabel);
+      const keys = await token.findKeys(options.keyLabel);
       let state = await readState(dir);
       if (!state) {
         if (keys.length > 0) {
@@ -69,7 +73,7 @@ export class Pkcs11KeyManager implements KeyManager {
               'give this one its own --pkcs11-key-label',
           );
         }
-        const first = token.generateKey(options.keyLabel);
+        const first = await token.generateKey(options.keyLabel);
         keys.push(first);
         state = { current: first.id.toString('hex') };
         await writeState(dir, state);
@@ -88,7 +92,7 @@ export class Pkcs11KeyManager implements KeyManager {
       if (state.next) await manager.rewrapAll(find(state.next, 'next'));
       return manager;
     } catch (error) {
-      token.close();
+      await token.close();
       throw error;
     }
   }
@@ -99,7 +103,7 @@ export class Pkcs11KeyManager implements KeyManager {
   rotate(): Promise<RotationReport> {
     this.rotation ??= this.gate
       .alone(async () => {
-        const next = this.token.generateKey(this.keyLabel);
+        const next = await this.token.generateKey(this.keyLabel);
         await writeState(this.dir, { current: this.current.id.toString('hex'), next: next.id.toString('hex') });
         return this.rewrapAll(next);
       })
@@ -119,23 +123,25 @@ export class Pkcs11KeyManager implements KeyManager {
         already += 1;
         continue;
       }
-      await withWiped(this.unwrap(wrapped, ref), (secret) =>
-        writeFileAtomically(this.pathOf(ref), this.wrap(next, secret, ref)),
+      await withWiped(await this.unwrap(wrapped, ref), async (secret) =>
+        writeFileAtomically(this.pathOf(ref), await this.wrap(next, secret, ref)),
       );
       rewrapped += 1;
     }
     await writeState(this.dir, { current: next.id.toString('hex') });
     // Old KEKs, and any a crash left behind before kek.json named it, go now that nothing is under them.
-    for (const key of this.token.findKeys(this.keyLabel)) if (!key.id.equals(next.id)) this.token.destroy(key);
+    for (const key of await this.token.findKeys(this.keyLabel))
+      if (!key.id.equals(next.id)) await this.token.destroy(key);
     this.current = next;
     return { kind: this.kind, rewrapped, already_rewrapped: already };
   }
 
-  private wrap(key: TokenKey, secret: Buffer, ref: string): Buffer {
-    return Buffer.concat([Buffer.from([FORMAT_VERSION]), key.id, this.token.encrypt(key, secret, Buffer.from(ref))]);
+  private async wrap(key: TokenKey, secret: Buffer, ref: string): Promise<Buffer> {
+    const sealed = await this.token.encrypt(key, secret, Buffer.from(ref));
+    return Buffer.concat([Buffer.from([FORMAT_VERSION]), key.id, sealed]);
   }
 
-  private unwrap(wrapped: Buffer, ref: string): Buffer {
+  private async unwrap(wrapped: Buffer, ref: string): Promise<Buffer> {
     const keyId = keyIdOf(wrapped, ref);
     if (!keyId.equals(this.current.id)) {
       throw new IntegrityError(
@@ -144,7 +150,7 @@ export class Pkcs11KeyManager implements KeyManager {
         { ref },
       );
     }
-    const secret = this.token.decrypt(this.current, wrapped.subarray(1 + KEY_ID_BYTES), Buffer.from(ref));
+    const secret = await this.token.decrypt(this.current, wrapped.subarray(1 + KEY_ID_BYTES), Buffer.from(ref));
     if (!secret)
       throw new IntegrityError(
         `secret ${ref} failed authentication in the token: it was altered, or belongs to something else`,
@@ -166,7 +172,7 @@ export class Pkcs11KeyManager implements KeyManager {
   storeSecret(_label: string, _owner: unknown, secret: Buffer): Promise<string> {
     return this.gate.shared(async () => {
       const ref = `${REF_PREFIX}${randomUUID()}`;
-      await writeFileAtomically(this.pathOf(ref), this.wrap(this.current, secret, ref));
+      await writeFileAtomically(this.pathOf(ref), await this.wrap(this.current, secret, ref));
       return ref;
     });
   }
@@ -193,7 +199,7 @@ export class Pkcs11KeyManager implements KeyManager {
 
   /** Once what is under way has finished. */
   close(): Promise<void> {
-    return this.gate.alone(async () => this.token.close());
+    return this.gate.alone(() => this.token.close());
   }
 }
 
