@@ -188,7 +188,7 @@ describe('PKCS#11 key manager (SoftHSM2)', () => {
     },
   );
 
-  it('a token that stops answering fails calls by the deadline, never stalls the event loop, and comes back', async () => {
+  it('a token that stops answering fails calls by the deadline, never stalls the event loop, comes back', async () => {
     const { dataDir, options, refs, values } = await withSecrets(1);
     const keys = await Pkcs11KeyManager.open(dataDir, { ...options, callDeadlineMs: 500 });
     try {
