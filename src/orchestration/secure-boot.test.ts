@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { StateConflictError } from '../errors.js';
+import { VtpmRepository } from '../store/repositories/vtpms.js';
 import { setSecureBoot } from './secure-boot.js';
 import { startVtpm } from './start.js';
 import { stopVtpm } from './stop.js';
@@ -31,6 +32,27 @@ describe('secure boot', () => {
     assert.deepEqual((await newest(t, vm, 'nvram')).data, fresh);
     await startVtpm(t.cp, vm, alice);
     assert.deepEqual(t.local.working.get(vm)?.nvram, fresh);
+  });
+
+  it('a failure before the setting is stored changes nothing: the old variable store and setting stay', async () => {
+    const vm = await stoppedVtpm(t, { uefi: true });
+    await startVtpm(t.cp, vm, alice);
+    await t.local.guestWrites(vm, Buffer.from('enrolled keys'), 'nvram');
+    await stopVtpm(t.cp, vm, alice);
+    await t.settle();
+    const before = await generations(t, vm);
+    const update = VtpmRepository.prototype.update;
+    VtpmRepository.prototype.update = async () => {
+      throw new Error('the database went away (injected)');
+    };
+    try {
+      await assert.rejects(setSecureBoot(t.cp, vm, true, alice), /injected/);
+    } finally {
+      VtpmRepository.prototype.update = update;
+    }
+    assert.equal((await row(t, vm)).secure_boot, false);
+    assert.deepEqual(await generations(t, vm), before);
+    assert.deepEqual((await newest(t, vm, 'nvram')).data, Buffer.from('enrolled keys'));
   });
 
   it('refuses a running vTPM, and changes nothing', async () => {

@@ -1,7 +1,7 @@
 /**
  * Secure boot on or off for a UEFI guest. Either way the variable store's
  * generations are deleted and a fresh default takes their place (oVirt's
- * semantics: its secure-boot data goes with the setting).
+ * semantics: its secure-boot data goes with the setting), in one transaction.
  */
 import type { VtpmView } from '../api/vtpms.js';
 import type { Principal } from '../auth/policy.js';
@@ -27,11 +27,16 @@ export async function setSecureBoot(
     }
     if (current.secure_boot === secureBoot) return toVtpmView(current);
     const fresh = await cp.fleet.manufacturer.defaultVariableStore(secureBoot);
-    await withVaultKey(cp.keys, current.secret_ref, async (vaultKey) => {
-      await cp.vault.forget(current.vm, 'nvram');
-      await cp.vault.commit(current.vm, 'nvram', vaultKey, fresh, 'create');
-    });
-    const updated = await cp.store.vtpms.update(current.vm, { secure_boot: secureBoot }, ['stopped']);
+    // The setting and the variable store change together: a crash between them would boot the guest with
+    // one setting's firmware and the other's variables (or with no variable store at all).
+    const updated = await withVaultKey(cp.keys, current.secret_ref, (vaultKey) =>
+      cp.store.transaction(async (store) => {
+        const vault = cp.vault.within(store);
+        await vault.forget(current.vm, 'nvram');
+        await vault.commit(current.vm, 'nvram', vaultKey, fresh, 'create');
+        return store.vtpms.update(current.vm, { secure_boot: secureBoot }, ['stopped']);
+      }),
+    );
     cp.logger.info({ vm: current.vm, secureBoot }, 'secure boot changed; variable store reset');
     return toVtpmView(updated ?? current);
   });

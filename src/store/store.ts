@@ -29,7 +29,7 @@ export class Store {
 
   private constructor(
     private readonly db: Kysely<Database>,
-    dialect: StoreDialect,
+    private readonly dialect: StoreDialect,
   ) {
     this.vtpms = new VtpmRepository(db, dialect);
     this.generations = new GenerationRepository(db);
@@ -46,6 +46,11 @@ export class Store {
     const db = new Kysely<Database>({ dialect: dialect.kysely });
     await migrateToLatest(db as Kysely<unknown>);
     return new Store(db, dialect);
+  }
+
+  /** Runs `work` on repositories whose every statement is part of one transaction: all of it lands, or none. */
+  transaction<T>(work: (store: Store) => Promise<T>): Promise<T> {
+    return this.db.transaction().execute((trx) => work(new Store(trx, this.dialect)));
   }
 
   async close(): Promise<void> {

@@ -135,6 +135,11 @@ export class StateVault {
     return newest;
   }
 
+  /** This vault over `store`, a transaction's (Store.transaction): its commits land with the rest of it. */
+  within(store: Store): StateVault {
+    return new StateVault(store, this.retention);
+  }
+
   history(vm: string): Promise<GenerationSummary[]> {
     return this.store.generations.list(vm);
   }

@@ -1,6 +1,7 @@
 /** The audit log's rows; hashing and verifying the chain is src/audit's business. */
 import type { Kysely } from 'kysely';
 import type { AuditEvent, AuditRow, Database } from '../schema.js';
+import { atomically } from './atomically.js';
 
 export interface AuditFilter {
   afterSeq?: number;
@@ -20,7 +21,7 @@ export class AuditRepository {
    * serialises appends on SQLite (one writer); PostgreSQL will need a lock here.
    */
   async append(seal: (previousHash: string) => AuditRow): Promise<AuditEvent> {
-    return this.db.transaction().execute(async (trx) => {
+    return atomically(this.db, async (trx) => {
       const last = await trx
         .selectFrom('audit_events')
         .select('hash')

@@ -10,6 +10,7 @@ import type {
   StateHead,
   StateKind,
 } from '../schema.js';
+import { atomically } from './atomically.js';
 
 // A copy: drivers may hand out views of a reused buffer, and the vault zeroes what it opens.
 const decodeGeneration = (row: Selectable<StateGenerationTable>): GenerationRecord => ({
@@ -36,7 +37,7 @@ export class GenerationRepository {
    * the same number. Returns false when the head had moved.
    */
   async append(row: NewGeneration): Promise<boolean> {
-    return this.db.transaction().execute(async (trx) => {
+    return atomically(this.db, async (trx) => {
       const head = await trx
         .selectFrom('state_heads')
         .select('generation')
@@ -110,7 +111,7 @@ export class GenerationRepository {
 
   /** Deletes the generations and head of a VM, of one kind or all. */
   async forget(vm: string, kind?: StateKind): Promise<void> {
-    await this.db.transaction().execute(async (trx) => {
+    await atomically(this.db, async (trx) => {
       for (const table of ['state_generations', 'state_heads'] as const) {
         let query = trx.deleteFrom(table).where('vm', '=', vm);
         if (kind !== undefined) query = query.where('kind', '=', kind);

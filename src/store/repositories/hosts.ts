@@ -2,6 +2,7 @@
 import type { Kysely, Selectable } from 'kysely';
 import { now } from '../clock.js';
 import type { Database, HostRecord, HostTable } from '../schema.js';
+import { atomically } from './atomically.js';
 
 const decodeHost = (row: Selectable<HostTable>): HostRecord => ({
   ...row,
@@ -17,7 +18,7 @@ export class HostRepository {
    * reports in. Returns the previous credential's reference, if any.
    */
   async registerRemote(name: string, agentUrl: string, agentSecretRef: string): Promise<string | undefined> {
-    return this.db.transaction().execute(async (trx) => {
+    return atomically(this.db, async (trx) => {
       const previous = await trx
         .selectFrom('hosts')
         .select('agent_secret_ref')

@@ -4,6 +4,7 @@ import { AlreadyExistsError } from '../../errors.js';
 import { now } from '../clock.js';
 import type { StoreDialect } from '../dialect.js';
 import type { ApiTokenTable, Database, TokenRecord, UserRecord, UserTable } from '../schema.js';
+import { atomically } from './atomically.js';
 
 // Comma-separated in one column: role names never contain a comma, and a join table would buy nothing.
 const decodeUser = (row: Selectable<UserTable>): UserRecord => ({ ...row, roles: row.roles.split(',') });
@@ -49,7 +50,7 @@ export class IdentityRepository {
 
   /** Deletes the user and revokes its tokens, in one transaction. */
   async deleteUser(name: string): Promise<boolean> {
-    return this.db.transaction().execute(async (trx) => {
+    return atomically(this.db, async (trx) => {
       await revokeTokensOf(trx, name);
       const deleted = await trx.deleteFrom('users').where('name', '=', name).executeTakeFirst();
       return deleted.numDeletedRows > 0n;

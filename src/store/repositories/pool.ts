@@ -4,6 +4,7 @@ import { now } from '../clock.js';
 import type { StoreDialect } from '../dialect.js';
 import type { Database, NewVtpm, PoolEntry, PoolEntryTable } from '../schema.js';
 import { VtpmRepository } from './vtpms.js';
+import { atomically } from './atomically.js';
 
 const decodePoolEntry = (row: Selectable<PoolEntryTable>): PoolEntry => ({
   id: row.id,
@@ -50,7 +51,7 @@ export class PoolRepository {
    * cannot be inserted (AlreadyExistsError) leaves the entry in the pool.
    */
   async claim(version: string, vtpm: (entry: PoolEntry) => NewVtpm): Promise<PoolEntry | undefined> {
-    return this.db.transaction().execute(async (trx) => {
+    return atomically(this.db, async (trx) => {
       const row = await trx
         .selectFrom('pool_entries')
         .selectAll()

@@ -6,6 +6,7 @@
 import type { Kysely } from 'kysely';
 import { now } from '../clock.js';
 import type { Database } from '../schema.js';
+import { atomically } from './atomically.js';
 
 /** Where secrets the deployment owns (the CA's passwords, the pool's) are kept: the admin user's project. */
 export const DEPLOYMENT_PROJECT = 'admin';
@@ -74,7 +75,7 @@ export class SecretRepository {
 
   /** Points every use of `oldRef` at `newRef`, in one transaction; returns how many uses moved. */
   async replaceRef(oldRef: string, newRef: string): Promise<number> {
-    return this.db.transaction().execute(async (trx) => {
+    return atomically(this.db, async (trx) => {
       const moved = await Promise.all([
         trx.updateTable('vtpms').set({ secret_ref: newRef }).where('secret_ref', '=', oldRef).executeTakeFirst(),
         trx.updateTable('pool_entries').set({ secret_ref: newRef }).where('secret_ref', '=', oldRef).executeTakeFirst(),
