@@ -14,13 +14,19 @@ beforeEach(async () => {
 });
 afterEach(() => t.close());
 
+/** A stopped UEFI vTPM whose guest wrote its variable store. */
+async function uefiVtpmWithEnrolledKeys(): Promise<string> {
+  const vm = await stoppedVtpm(t, { uefi: true });
+  await startVtpm(t.cp, vm, alice);
+  await t.local.guestWrites(vm, Buffer.from('enrolled keys'), 'nvram');
+  await stopVtpm(t.cp, vm, alice);
+  await t.settle();
+  return vm;
+}
+
 describe('secure boot', () => {
   it("turned on: the variable store's generations give way to a fresh default, the TPM's stay", async () => {
-    const vm = await stoppedVtpm(t, { uefi: true });
-    await startVtpm(t.cp, vm, alice);
-    await t.local.guestWrites(vm, Buffer.from('enrolled keys'), 'nvram');
-    await stopVtpm(t.cp, vm, alice);
-    await t.settle();
+    const vm = await uefiVtpmWithEnrolledKeys();
     const view = await setSecureBoot(t.cp, vm, true, alice);
     assert.equal(view.secure_boot, true);
     assert.equal((await row(t, vm)).secure_boot, true);
@@ -35,11 +41,7 @@ describe('secure boot', () => {
   });
 
   it('a failure before the setting is stored changes nothing: the old variable store and setting stay', async () => {
-    const vm = await stoppedVtpm(t, { uefi: true });
-    await startVtpm(t.cp, vm, alice);
-    await t.local.guestWrites(vm, Buffer.from('enrolled keys'), 'nvram');
-    await stopVtpm(t.cp, vm, alice);
-    await t.settle();
+    const vm = await uefiVtpmWithEnrolledKeys();
     const before = await generations(t, vm);
     const update = VtpmRepository.prototype.update;
     VtpmRepository.prototype.update = async () => {
