@@ -6,12 +6,13 @@
  * its directory is synced; a file written in place can be lost half written.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { execFile, spawnSync } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
+import { removeLeftoverTemporaries } from './files.js';
 
 const run = promisify(execFile);
 const TRACED = 'openat,close,fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat';
@@ -191,5 +192,24 @@ describe('durable writes of key material, traced', () => {
     const removal = trace.find((e) => e.kind === 'unlink' && e.path.endsWith(refs.gone.slice('local:'.length)));
     assert.ok(removal, 'the deleted secret was unlinked');
     assert.ok(syncedAfter(removal, join(root, 'keys', 'secrets')), 'the secrets directory synced after the removal');
+  });
+});
+
+describe('leftovers of writes a crash interrupted', () => {
+  it("are removed, while a live process's write under way and other files stay", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vtpm-leftovers-'));
+    try {
+      const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']).stdout.toString();
+      const names = {
+        left: `secret-a.tmp-${dead}-0a1b2c3d4e5f`,
+        underWay: `secret-b.tmp-${process.pid}-0a1b2c3d4e5f`,
+        kept: 'secret-c',
+      };
+      for (const name of Object.values(names)) await writeFile(join(dir, name), 'sealed');
+      await removeLeftoverTemporaries(dir);
+      assert.deepEqual((await readdir(dir)).sort(), [names.kept, names.underWay].sort());
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

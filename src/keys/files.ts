@@ -1,7 +1,7 @@
 /** File helpers for key material and credentials kept in files. */
 import { randomBytes } from 'node:crypto';
-import { access, mkdir, open as openFile, readFile, rename, stat, unlink } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { access, mkdir, open as openFile, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 
 /**
@@ -81,6 +81,28 @@ export const fileExists = (path: string) =>
 
 /** A temporary file left by an interrupted writeFileAtomically. */
 export const isTemporary = (name: string) => name.includes('.tmp-');
+
+/**
+ * Removes what writeFileAtomically left in `dir` when its process died between writing and renaming: without
+ * this, each crash would leave a file behind for good. A file of a live process is its write under way.
+ */
+export async function removeLeftoverTemporaries(dir: string): Promise<void> {
+  for (const name of await readdir(dir)) {
+    const pid = Number(/\.tmp-(\d+)-[0-9a-f]+$/.exec(name)?.[1]);
+    if (!pid || isAlive(pid)) continue;
+    await unlink(join(dir, name)).catch(() => undefined);
+  }
+}
+
+function isAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 export async function readIfExists(path: string): Promise<Buffer | undefined> {
   return readFile(path).catch((error: NodeJS.ErrnoException) => {

@@ -16,6 +16,7 @@ import { AuditedKeyManager } from '../audit/audited-key-manager.js';
 import { ensureAdminToken } from '../auth/tokens.js';
 import { Fleet } from '../fleet/fleet.js';
 import { buildHttpApi } from '../http/app.js';
+import { removeLeftoverTemporaries } from '../keys/files.js';
 import { openKeyManager, type Pkcs11Settings } from '../keys/index.js';
 import { finishSecretReplacements, rotateByReplacement } from '../keys/rotation-by-replacement.js';
 import { controlPlane } from '../orchestration/control-plane.js';
@@ -80,6 +81,7 @@ async function checkScratchDir(path: string, logger: Logger): Promise<void> {
 export async function startServer(options: ServeOptions): Promise<RunningServer> {
   await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
   const lock = await lockDataDir(options.dataDir, 'vtpm serve');
+  await removeLeftoverTemporaries(options.dataDir);
   try {
     return await startLocked(options, lock);
   } catch (error) {

@@ -15,7 +15,14 @@ import { InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES, open, seal } from '../aead.js';
 import type { KeyManager, RotationReport } from '../key-manager.js';
 import type { HostTpmOptions } from './host-tpm.js';
-import { fileExists, isTemporary, makeDirectoryDurably, syncDirectory, writeFileAtomically } from '../files.js';
+import {
+  fileExists,
+  isTemporary,
+  makeDirectoryDurably,
+  removeLeftoverTemporaries,
+  syncDirectory,
+  writeFileAtomically,
+} from '../files.js';
 import { RotationGate } from '../rotation-gate.js';
 import { wipe, withWiped } from '../wiped.js';
 import { FileMasterKeys, TpmMasterKeys, type MasterKeyStore } from './master-keys.js';
@@ -40,6 +47,7 @@ export class LocalKeyManager implements KeyManager {
     const keysDir = join(dataDir, 'keys');
     const secretsDir = join(keysDir, 'secrets');
     await makeDirectoryDurably(secretsDir, 0o700);
+    for (const dir of [keysDir, secretsDir]) await removeLeftoverTemporaries(dir);
     if (!hostTpm && (await fileExists(join(keysDir, 'master.tpm')))) {
       throw new KeyManagerError(
         "this data directory's master key is sealed to a TPM: " +

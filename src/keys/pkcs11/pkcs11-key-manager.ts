@@ -17,7 +17,14 @@ import { readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IntegrityError, InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES } from '../aead.js';
-import { isTemporary, makeDirectoryDurably, readIfExists, syncDirectory, writeFileAtomically } from '../files.js';
+import {
+  isTemporary,
+  makeDirectoryDurably,
+  readIfExists,
+  removeLeftoverTemporaries,
+  syncDirectory,
+  writeFileAtomically,
+} from '../files.js';
 import type { KeyManager, RotationReport } from '../key-manager.js';
 import { RotationGate } from '../rotation-gate.js';
 import { withWiped } from '../wiped.js';
@@ -60,6 +67,7 @@ export class Pkcs11KeyManager implements KeyManager {
   static async open(dataDir: string, options: Pkcs11Options): Promise<Pkcs11KeyManager> {
     const dir = join(dataDir, 'keys', 'pkcs11');
     await makeDirectoryDurably(join(dir, 'secrets'), 0o700);
+    for (const leftovers of [dir, join(dir, 'secrets')]) await removeLeftoverTemporaries(leftovers);
     const { keyLabel: _, callDeadlineMs, ...tokenOptions } = options;
     const token = await TokenThread.open(tokenOptions, callDeadlineMs);
     try {
