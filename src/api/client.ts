@@ -14,6 +14,7 @@ import {
 } from '../errors.js';
 import { adminTokenPath } from '../auth/admin-token-path.js';
 import { readOwnerOnlyFile } from '../keys/files.js';
+import { requireSecureUrl } from './secure-url.js';
 
 /** An error the server reported, carrying the server's own code and status. */
 export class RemoteError extends VtpmError {
@@ -94,6 +95,8 @@ export class ApiClient {
         (t) => t.trim(),
         () => undefined,
       ));
+    // The token is a credential: it goes nowhere in the clear, off this machine.
+    if (token) requireSecureUrl('--url', options.url, "vtpm serve's API (the API token travels to it)");
     const caFile = options.caFile ?? process.env.VTPM_CA_FILE;
     const ca = caFile
       ? await readFile(caFile).catch(() => {

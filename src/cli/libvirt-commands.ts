@@ -19,6 +19,7 @@ import { RemoteError, type ApiClient } from '../api/client.js';
 import { withWiped } from '../keys/wiped.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir } from './defaults.js';
+import { readOwnerOnlyFile } from '../keys/files.js';
 
 const DEFAULT_HOOKS_DIR = '/etc/libvirt/hooks';
 const DEFAULT_SWTPM_DIR = '/var/lib/libvirt/swtpm';
@@ -87,6 +88,8 @@ export function registerLibvirtCommands(program: Command): void {
     .action(
       async (options: { hooksDir: string; host: string; runDir?: string; tokenFile?: string }, command: Command) => {
         const { url, dataDir, caFile } = globals(command);
+        // Refused now, not at the first `virsh start`: the hook reads the token only from an owner-only file.
+        if (options.tokenFile) await readOwnerOnlyFile(options.tokenFile, '--token-file', "the hook's API token");
         const path = await hookPath(options.hooksDir);
         await mkdir(dirname(path), { recursive: true, mode: 0o755 });
         await writeFile(

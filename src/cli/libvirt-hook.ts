@@ -6,12 +6,12 @@
  *
  * Called as: qemu DOMAIN OPERATION SUB-OPERATION EXTRA, domain XML on stdin.
  */
-import { readFile } from 'node:fs/promises';
 import { text } from 'node:stream/consumers';
 import { VtpmError } from '../errors.js';
 import { parseDomain } from '../hypervisor/libvirt-domain.js';
 import { HOOK_TIMEOUT_MS, hookAction, hookMayAct } from '../hypervisor/libvirt-hook.js';
 import { ApiClient, RemoteError } from '../api/client.js';
+import { readOwnerOnlyFile } from '../keys/files.js';
 import { defaultDataDir, defaultRunDir, defaultUrl } from './defaults.js';
 
 async function main(): Promise<number> {
@@ -38,7 +38,9 @@ async function main(): Promise<number> {
   if (!action) return 0;
   const timeoutMs = Number(process.env.VTPM_HOOK_TIMEOUT_MS) || HOOK_TIMEOUT_MS;
   const tokenFile = process.env.VTPM_TOKEN_FILE;
-  const token = tokenFile ? (await readFile(tokenFile, 'utf8')).trim() : undefined;
+  const token = tokenFile
+    ? (await readOwnerOnlyFile(tokenFile, 'VTPM_TOKEN_FILE', "the hook's API token")).trim()
+    : undefined;
   const api = await ApiClient.connect({ url: defaultUrl(), dataDir, timeoutMs, token });
   const path = `/v1/vtpms/${encodeURIComponent(action.vm)}`;
   const what = `the vTPM of libvirt domain ${domainName} (VM ${action.vm})`;
