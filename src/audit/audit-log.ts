@@ -30,6 +30,8 @@ export interface RequestContext {
   vm?: string | undefined;
   /** The project of the vTPM the request is about, when it exists. */
   project?: string | undefined;
+  /** Secrets this request has read, and that are recorded already: one request's reads of one secret are one event. */
+  secretsRead?: Set<string>;
 }
 export const requestContext = new AsyncLocalStorage<RequestContext>();
 

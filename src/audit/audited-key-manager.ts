@@ -33,7 +33,11 @@ export class AuditedKeyManager implements KeyManager {
   async readSecret(ref: string): Promise<Buffer> {
     try {
       const secret = await this.keys.readSecret(ref);
-      await this.recordSecret('secret.read', ref, 'ok');
+      const read = requestContext.getStore()?.secretsRead;
+      if (!read?.has(ref)) {
+        await this.recordSecret('secret.read', ref, 'ok');
+        read?.add(ref);
+      }
       return secret;
     } catch (error) {
       await this.recordSecret('secret.read', ref, (error as { code?: string }).code ?? 'failed');

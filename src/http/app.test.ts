@@ -55,9 +55,23 @@ describe('the HTTP API', () => {
     const shown = await app.inject({ method: 'GET', url: `/v1/vtpms/${vm}`, headers: bearer(token) });
     assert.equal(shown.json().vm, vm);
     const [event] = await t.cp.audit.list({ vm, limit: 10 });
-    assert.equal(event?.operation, 'POST /v1/vtpms');
+    assert.equal(event?.operation, 'vtpm.create');
+    assert.equal(event?.detail.route, 'POST /v1/vtpms');
     assert.equal(event?.project, 'p1');
     assert.equal(event?.result, 'ok');
+  });
+
+  it('records operations by name, and a path no route serves as unrouted', async () => {
+    const vm = randomUUID();
+    await app.inject({ method: 'POST', url: '/v1/vtpms', headers: bearer(token), payload: { vm, version: '2.0' } });
+    await app.inject({ method: 'POST', url: `/v1/vtpms/${vm}/start`, headers: bearer(token) });
+    const events = await t.cp.audit.list({ vm, limit: 100 });
+    const operations = events.map((e) => e.operation).reverse();
+    assert.deepEqual(operations, ['vtpm.create', 'vtpm.start']);
+    await app.inject({ method: 'DELETE', url: `/v1/no/such/route/${vm}`, headers: bearer(token) });
+    const [unrouted] = await t.cp.audit.list({ limit: 1 });
+    assert.equal(unrouted?.operation, 'request.unrouted');
+    assert.equal(unrouted?.detail.route, undefined, 'a made-up path is not written to the log');
   });
 
   it("refuses an agent's report without its host's token, and a user's token there", async () => {

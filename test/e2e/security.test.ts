@@ -189,9 +189,9 @@ describe('the audit log', () => {
     >('root', 'events', '--vm', vmUser, '--limit', '1000');
     const has = (actor: string, operation: string, result: string) =>
       events.some((e) => e.actor === actor && e.operation === operation && e.result === result);
-    assert.ok(has('alice', 'POST /v1/vtpms', 'ok'), 'the create');
-    assert.ok(has('bob', 'POST /v1/vtpms/:vm/start', 'not_found'), "bob's refused start");
-    assert.ok(has('root', 'POST /v1/vtpms/:vm/start', 'forbidden'), "the admin's refused start");
+    assert.ok(has('alice', 'vtpm.create', 'ok'), 'the create');
+    assert.ok(has('bob', 'vtpm.start', 'not_found'), "bob's refused start");
+    assert.ok(has('root', 'vtpm.start', 'forbidden'), "the admin's refused start");
     assert.ok(has('alice', 'secret.read', 'ok'), 'the secret read at creation');
     assert.ok(events.every((e) => e.vm === vmUser && e.project === 'p1'));
     const operatorEvents = await jsonAs<Array<{ actor: string; operation: string }>>(

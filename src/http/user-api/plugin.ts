@@ -13,6 +13,7 @@ import { authenticate } from '../../auth/tokens.js';
 import { UnauthenticatedError } from '../../errors.js';
 import type { ControlPlane } from '../../orchestration/control-plane.js';
 import { handleNotFound } from '../error-handler.js';
+import { auditedOperation, changesState, requireAuditName } from './audited-operations.js';
 import { AuthThrottle } from './auth-throttle.js';
 import { registerHostRoutes } from './host-routes.js';
 import { registerIdentityRoutes } from './identity-routes.js';
@@ -49,6 +50,10 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
   app.decorateRequest('vtpmProject', null);
   app.setNotFoundHandler(handleNotFound);
 
+  app.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) requireAuditName(method, route.url);
+  });
+
   const throttle = new AuthThrottle();
   app.addHook('onRequest', async (request) => {
     const token = bearerToken(request.headers.authorization);
@@ -74,26 +79,28 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
     const creating = CREATING_ROUTES.has(request.routeOptions.url ?? '') ? principal : undefined;
     void requestAudit.projectOf(vm, creating).then((project) => {
       request.vtpmProject = project ?? null;
-      requestContext.run({ principal, vm, project }, done);
+      requestContext.run({ principal, vm, project, secretsRead: new Set() }, done);
     });
   });
 
   // Recorded before the answer leaves: nothing acknowledged goes unrecorded.
   app.addHook('onSend', async (request, reply, payload) => {
     // A throttled request is not recorded one by one: a flood must not grow the audit log without bound.
-    if (request.method === 'GET' || request.failureCode === 'too_many_requests') return payload;
+    if (!changesState(request.method) || request.failureCode === 'too_many_requests') return payload;
     const params = (request.params ?? {}) as Record<string, string | undefined>;
     const vm = vmOf(request);
     // A create's vTPM exists only afterwards.
     const project = request.vtpmProject ?? (await requestAudit.projectOf(vm, undefined));
     await requestAudit.record(
       {
-        operation: `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`,
+        operation: auditedOperation(request.method, request.routeOptions.url),
         vm,
         project,
         result: request.failureCode ?? (reply.statusCode < 400 ? 'ok' : `http_${reply.statusCode}`),
         detail: {
           status: reply.statusCode,
+          // The route template only: a path a caller made up goes no further than `request.unrouted`.
+          ...(request.routeOptions.url !== undefined && { route: `${request.method} ${request.routeOptions.url}` }),
           ...(params.name !== undefined && { user: params.name }),
           ...(params.id !== undefined && { token: params.id }),
         },
