@@ -24,7 +24,7 @@ const OPERATIONS: Readonly<Record<string, string>> = {
 };
 
 /** A request to a path no route serves. */
-export const UNROUTED = 'request.unrouted';
+const UNROUTED = 'request.unrouted';
 
 export function changesState(method: string): boolean {
   return method !== 'GET' && method !== 'HEAD' && method !== 'OPTIONS';
