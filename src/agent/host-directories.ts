@@ -16,6 +16,8 @@ export interface SystemUser {
 export interface SystemGroup {
   name: string;
   gid: number;
+  /** What to change instead when QEMU cannot reach the directories (the setting this group came from). */
+  remedy?: string | undefined;
 }
 
 /**
@@ -83,7 +85,7 @@ export async function prepareHostDirectories(dirs: HostDirectories): Promise<voi
     const qemu = {
       gid: group.gid,
       description: `QEMU, in group ${group.name},`,
-      remedy: 'leave out --qemu-group and run QEMU as root',
+      remedy: group.remedy ?? 'run QEMU as root and pass --qemu-group root',
     };
     for (const dir of [dirs.runDir, nvramDir]) await requireTraversable(dirname(dir), qemu);
   }

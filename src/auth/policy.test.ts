@@ -17,6 +17,7 @@ const principals: Record<string, Principal> = {
   admin: { name: 'root', project: 'ops', roles: ['admin'] },
   operator: { name: 'oscar', project: 'ops', roles: ['vtpm-operator'] },
   'admin+operator': { name: 'olga', project: 'ops', roles: ['admin', 'vtpm-operator'] },
+  'libvirt-hook': { name: 'libvirt-hook@host-a', project: 'ops', roles: ['libvirt-hook'] },
 };
 
 /** The target each principal's own project holds, and two of another project's. */
@@ -50,6 +51,12 @@ const vtpmTable: Record<string, Record<string, Record<string, Decision>>> = {
     own: { read: A, operate: A, export: A, delete: A },
     'other, user mode': { read: A, operate: F, export: F, delete: A },
     'other, deployment mode': { read: A, operate: A, export: F, delete: A },
+  },
+  // These targets name no host: operations that do not act on one (restore, secure boot) are not a hook's.
+  'libvirt-hook': {
+    own: { read: A, operate: F, export: F, delete: F },
+    'other, user mode': { read: H, operate: H, export: H, delete: H },
+    'other, deployment mode': { read: A, operate: F, export: F, delete: F },
   },
 };
 
@@ -98,6 +105,17 @@ const deploymentTable: Record<string, Record<string, Decision>> = {
     'audit-read': A,
     'audit-verify': A,
   },
+  'libvirt-hook': {
+    create: F,
+    list: F,
+    hosts: F,
+    'hosts-register': F,
+    pool: F,
+    users: F,
+    keys: F,
+    'audit-read': F,
+    'audit-verify': F,
+  },
 };
 
 describe('policy: every role x operation on a vTPM', () => {
@@ -134,5 +152,23 @@ describe('policy: enforcement', () => {
       () => enforceOnVtpm(principals.admin!, 'operate', targets('ops')['other, user mode']!),
       (error: unknown) => error instanceof ForbiddenError && /secret is bound to project p2/.test(error.message),
     );
+  });
+
+  it('confines a libvirt hook to operations on its own host, and says so', () => {
+    const hook = principals['libvirt-hook']!;
+    const own = { ...targets('ops').own!, host: 'host-a' };
+    assert.equal(decideOnVtpm(hook, 'operate', own), 'allow');
+    assert.equal(decideOnVtpm(hook, 'operate', { ...targets('ops')['other, deployment mode']!, host: 'host-a' }), A);
+    assert.equal(decideOnVtpm(hook, 'delete', own), 'forbid');
+    assert.throws(
+      () => enforceOnVtpm(hook, 'operate', { ...own, host: 'host-b' }),
+      (error: unknown) =>
+        error instanceof ForbiddenError &&
+        /only starts and stops vTPMs on its own host \(host-a\), not on host-b/.test(error.message),
+    );
+    // The role without a hook's name is confined to no host at all.
+    const misnamed = { name: 'mallory', project: 'ops', roles: ['libvirt-hook'] as const };
+    assert.equal(decideOnVtpm(misnamed, 'operate', { ...own, host: '' }), 'forbid');
+    assert.equal(decideOnVtpm({ ...misnamed, roles: ['libvirt-hook', 'admin'] }, 'operate', own), 'forbid');
   });
 });

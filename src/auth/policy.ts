@@ -11,11 +11,17 @@
  *   is `deployment`, the mode in which the owner lets the deployment use the
  *   secret (Nova's hw:tpm_secret_security). A vTPM in `user` mode is usable by
  *   its own project only, whoever asks; nobody but its project can export it.
+ * - libvirt-hook: the qemu hook of one host (user `libvirt-hook@HOST`, made by
+ *   `vtpm libvirt install-hook`): may read, and start, stop and prepare
+ *   migrations of, its project's vTPMs and other projects' whose secret
+ *   security lets the service use the secret (`host`, `deployment`); an
+ *   operation only where it names the host it acts on and that host is its
+ *   own (so not restore or secure boot). Nothing else, on the deployment either.
  */
 import { ForbiddenError, NotFoundError } from '../errors.js';
 import type { SecretSecurity } from '../tpm-spec/secret-security.js';
 
-export const ROLES = ['member', 'admin', 'vtpm-operator'] as const;
+export const ROLES = ['member', 'admin', 'vtpm-operator', 'libvirt-hook'] as const;
 export type Role = (typeof ROLES)[number];
 
 /** Operations on one vTPM. */
@@ -46,6 +52,17 @@ export interface VtpmTarget {
   vm: string;
   project: string;
   secretSecurity: SecretSecurity;
+  /** The host the operation acts on, when it acts on one (start, stop, a migration's destination). */
+  host?: string | undefined;
+}
+
+const HOOK_ROLE = 'libvirt-hook';
+const HOOK_USER_PREFIX = `${HOOK_ROLE}@`;
+
+/** The one host a principal's operations are confined to: a libvirt hook's own. */
+function hostScopeOf(principal: Principal): string | undefined {
+  if (!has(principal, HOOK_ROLE)) return undefined;
+  return principal.name.startsWith(HOOK_USER_PREFIX) ? principal.name.slice(HOOK_USER_PREFIX.length) : '';
 }
 
 export type Decision = 'allow' | 'forbid' | 'hide';
@@ -53,6 +70,12 @@ export type Decision = 'allow' | 'forbid' | 'hide';
 const has = (principal: Principal, role: Role) => principal.roles.includes(role);
 
 export function decideOnVtpm(principal: Principal, operation: VtpmOperation, target: VtpmTarget): Decision {
+  const scope = hostScopeOf(principal);
+  if (scope !== undefined) {
+    if (target.project !== principal.project && target.secretSecurity === 'user') return 'hide';
+    if (operation === 'read') return 'allow';
+    return operation === 'operate' && scope !== '' && target.host === scope ? 'allow' : 'forbid';
+  }
   if (target.project === principal.project) return 'allow';
   const admin = has(principal, 'admin');
   const delegated = has(principal, 'vtpm-operator') && target.secretSecurity === 'deployment';
@@ -69,6 +92,7 @@ export function decideOnVtpm(principal: Principal, operation: VtpmOperation, tar
 }
 
 export function decideOnDeployment(principal: Principal, operation: DeploymentOperation): Decision {
+  if (hostScopeOf(principal) !== undefined) return 'forbid';
   switch (operation) {
     case 'create':
     case 'list':
@@ -95,12 +119,16 @@ export function enforceOnVtpm(principal: Principal, operation: VtpmOperation, ta
   const decision = decideOnVtpm(principal, operation, target);
   if (decision === 'hide') throw new NotFoundError('vTPM for VM', target.vm);
   if (decision === 'forbid') {
+    const scope = hostScopeOf(principal);
     const why =
-      target.secretSecurity === 'user'
-        ? `its secret is bound to project ${target.project} (secret security "user")`
-        : operation === 'operate'
-          ? 'this needs the vtpm-operator role'
-          : `only project ${target.project} may ${operation} it`;
+      scope !== undefined
+        ? `a libvirt hook only starts and stops vTPMs on its own host (${scope || 'none'})` +
+          (target.host === undefined ? '' : `, not on ${target.host}`)
+        : target.secretSecurity === 'user'
+          ? `its secret is bound to project ${target.project} (secret security "user")`
+          : operation === 'operate'
+            ? 'this needs the vtpm-operator role'
+            : `only project ${target.project} may ${operation} it`;
     throw new ForbiddenError(`${principal.name} may not ${operation} the vTPM of VM ${target.vm}: ${why}`, {
       vm: target.vm,
       operation,
@@ -119,6 +147,10 @@ export function enforceOnDeployment(principal: Principal, operation: DeploymentO
             ? 'register hosts'
             : operation.replace('-', ' ');
     const role = operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin';
-    throw new ForbiddenError(`${principal.name} may not ${action}: this needs the ${role} role`, { operation });
+    const why =
+      hostScopeOf(principal) === undefined
+        ? `this needs the ${role} role`
+        : 'a libvirt hook only starts and stops vTPMs on its own host';
+    throw new ForbiddenError(`${principal.name} may not ${action}: ${why}`, { operation });
   }
 }

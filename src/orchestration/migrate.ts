@@ -22,7 +22,7 @@ import { attachmentOf, conflict, firmwareOf, specOf, toVtpmView, withVtpm } from
 export type MigrationOutcome = 'completed' | 'abandoned';
 
 export async function migrateVtpm(cp: ControlPlane, vm: string, to: string, actor: Principal): Promise<Migration> {
-  return withVtpm(cp, vm, actor, 'operate', async (current) => {
+  return withVtpm(cp, vm, actor, { operation: 'operate', host: to }, async (current) => {
     const prepared = (r: VtpmRecord): Migration => ({ ...toVtpmView(r), ...attachmentOf(cp, r, to), from: r.host, to });
     if (current.status === 'migrating' && current.migrating_to === to) return prepared(current);
     if (current.status !== 'running') {

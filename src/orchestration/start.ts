@@ -40,7 +40,7 @@ export async function startVtpm(
   actor: Principal,
   scope: HostScope = {},
 ): Promise<Started> {
-  return withVtpm(cp, vm, actor, 'operate', async (current) => {
+  return withVtpm(cp, vm, actor, { operation: 'operate', host: scope.host }, async (current) => {
     if (current.status === 'migrating' && scope.host !== undefined && scope.host === current.migrating_to) {
       return { ...toVtpmView(current), ...attachmentOf(cp, current, scope.host) };
     }

@@ -18,7 +18,7 @@ export async function stopVtpm(
   actor: Principal,
   scope: HostScope = {},
 ): Promise<VtpmView> {
-  return withVtpm(cp, vm, actor, 'operate', async (current) => {
+  return withVtpm(cp, vm, actor, { operation: 'operate', host: scope.host }, async (current) => {
     if (current.status === 'migrating') {
       // The swtpm exits settle a migration: the destination's QEMU leaving abandons it, the source's completes it.
       if (scope.host === undefined) {

@@ -62,11 +62,15 @@ export function toVtpmView(record: VtpmRecord): VtpmView {
   };
 }
 
+/** An operation that acts on a host (start, stop, a migration's destination) names it: a libvirt hook's need it. */
+type OnHost = { operation: VtpmOperation; host: string | undefined };
+
 /** The vTPM, if the actor may do `operation` to it; another project's vTPM it may not see is reported as missing. */
-export async function loadVtpm(cp: ControlPlane, vm: string, actor: Principal, operation: VtpmOperation) {
+export async function loadVtpm(cp: ControlPlane, vm: string, actor: Principal, operation: VtpmOperation | OnHost) {
   const record = await cp.store.vtpms.get(normalizeVm(vm));
   if (!record) throw new NotFoundError('vTPM for VM', vm);
-  enforceOnVtpm(actor, operation, targetOf(record));
+  const onHost = typeof operation === 'string' ? { operation, host: undefined } : operation;
+  enforceOnVtpm(actor, onHost.operation, { ...targetOf(record), host: onHost.host });
   return record;
 }
 
@@ -75,7 +79,7 @@ export async function withVtpm<T>(
   cp: ControlPlane,
   vm: string,
   actor: Principal,
-  operation: VtpmOperation,
+  operation: VtpmOperation | OnHost,
   change: (current: VtpmRecord) => Promise<T>,
 ): Promise<T> {
   const record = await loadVtpm(cp, vm, actor, operation);
