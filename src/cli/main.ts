@@ -78,8 +78,8 @@ withClientOptions(program.command('list'))
     const { vtpms } = await (await client(command)).request<VtpmList>('GET', '/v1/vtpms');
     emit(command, vtpms, () =>
       table(
-        vtpms.map(({ vm, version, model, status, host }) => ({ vm, version, model, status, host })),
-        ['vm', 'version', 'model', 'status', 'host'],
+        vtpms.map(({ vm, project, version, model, status, host }) => ({ vm, project, version, model, status, host })),
+        ['vm', 'project', 'version', 'model', 'status', 'host'],
       ),
     );
   });

@@ -110,6 +110,9 @@ describe('projects and roles', () => {
   it("an admin sees every project's vTPMs but cannot use a secret bound to its owner", async () => {
     const listed = await listedBy('root');
     assert.ok(listed.includes(vmUser) && listed.includes(vmDeployment));
+    const table = (await as('root', 'list')).stdout.split('\n');
+    assert.match(table[0] ?? '', /^VM +PROJECT +VERSION/, "the admin's list has a project column");
+    assert.match(table.find((line) => line.startsWith(vmUser)) ?? '', new RegExp(`^${vmUser} +p1 `));
     const start = await as('root', 'start', vmUser);
     assert.equal(start.code, EXIT.forbidden, start.stderr);
     assert.match(start.stderr, /secret is bound to project p1/);
