@@ -88,6 +88,8 @@ interface Tracked {
 export class LocalHostAgent implements HostAgent {
   readonly hostName: string;
   private readonly instances = new Map<string, Tracked>();
+  /** Launches that exited while no agent watched them, whose last state and exit are being reported. */
+  private readonly departed = new Map<string, StateWatcher[]>();
   private readonly exitListeners: Array<(exit: VtpmExit) => void> = [];
   private readonly changeListeners: Array<(change: StateChange) => Promise<void>> = [];
 
@@ -138,16 +140,26 @@ export class LocalHostAgent implements HostAgent {
 
   /** swtpm processes outlive a restart of the service; take back those still serving their socket. */
   private async adoptSurvivors(): Promise<void> {
-    for (const file of await readdir(this.options.runDir)) {
-      const vm = /^(.+)\.pid$/.exec(file)?.[1];
+    // A swtpm that exits by itself removes its pid file; the launch's id, the agent's, stays.
+    const launches = (await readdir(this.options.runDir)).map((file) => /^(.+)\.(pid|instance)$/.exec(file)?.[1]);
+    for (const vm of new Set(launches)) {
       if (vm === undefined) continue;
       const instance = await adoptSwtpm(this.paths(vm));
-      const stateFile = instance && (await readdir(this.paths(vm).stateDir)).find((f) => f.endsWith('.permall'));
+      const states = await readdir(this.paths(vm).stateDir).catch(() => []);
+      const stateFile = states.find((f) => f.endsWith('.permall'));
+      const recorded = (await readFile(this.instanceFile(vm), 'utf8').catch(() => '')).trim();
+      const withNvram = existsSync(this.devicePaths(vm).nvram);
       if (instance && stateFile) {
         // A swtpm started before launches had ids gets one now; the control plane learns it from running().
-        const id = (await readFile(this.instanceFile(vm), 'utf8').catch(() => '')).trim() || (await this.recordId(vm));
+        const id = recorded || (await this.recordId(vm));
         this.options.logger.info({ vm, pid: instance.pid, instance: id }, 'adopted running swtpm');
-        this.track(vm, instance, id, stateFile, existsSync(this.devicePaths(vm).nvram));
+        this.track(vm, instance, id, stateFile, withNvram);
+      } else if (stateFile && recorded) {
+        // Its last state is only in the working copy, and nobody told the control plane it stopped.
+        this.options.logger.info({ vm, instance: recorded }, 'swtpm exited while no agent watched it');
+        const watchers = this.watch(vm, recorded, stateFile, withNvram);
+        this.departed.set(vm, watchers);
+        void this.reportExit(vm, recorded, watchers, { code: null, signal: null }, () => this.departed.delete(vm));
       } else {
         await this.removeRuntimeFiles(vm);
       }
@@ -167,15 +179,14 @@ export class LocalHostAgent implements HostAgent {
     await Promise.all(this.changeListeners.map((listener) => listener(change)));
   }
 
-  private track(
+  private watch(
     vm: string,
-    instance: SwtpmInstance,
     id: string,
     stateFile: string,
     withNvram: boolean,
     initial: { tpm?: Buffer; nvram?: Buffer } = {},
-  ): void {
-    const watchers = watchVtpm({
+  ): StateWatcher[] {
+    return watchVtpm({
       vm,
       instance: id,
       stateDir: this.paths(vm).stateDir,
@@ -185,24 +196,49 @@ export class LocalHostAgent implements HostAgent {
       report: (change) => this.reportChange(change),
       logger: this.options.logger,
     });
-    const exitReported = instance.exited.then(async ({ code, signal }) => {
-      if (this.instances.get(vm) !== tracked) return;
-      try {
-        // Until the final state is taken the exit is not reported: the vTPM must not count as stopped.
-        for (const watcher of watchers) await watcher.close();
-      } catch (error) {
-        this.options.logger.error({ vm, err: error }, 'the agent let go before the final state was reported');
-        return;
-      }
-      this.instances.delete(vm);
-      await this.removeRuntimeFiles(vm);
-      const level = code === 0 || code === null ? 'info' : 'warn';
-      this.options.logger[level]({ vm, code, signal, instance: id }, 'swtpm exited');
-      for (const listener of this.exitListeners) listener({ vm, code, signal, instance: id });
-    });
+  }
+
+  private track(
+    vm: string,
+    instance: SwtpmInstance,
+    id: string,
+    stateFile: string,
+    withNvram: boolean,
+    initial: { tpm?: Buffer; nvram?: Buffer } = {},
+  ): void {
+    const watchers = this.watch(vm, id, stateFile, withNvram, initial);
+    const exitReported = instance.exited.then((exit) =>
+      this.instances.get(vm) === tracked
+        ? this.reportExit(vm, id, watchers, exit, () => this.instances.delete(vm))
+        : undefined,
+    );
     const tracked: Tracked = { instance, id, watchers, exitReported };
     this.instances.set(vm, tracked);
     for (const watcher of watchers) watcher.start();
+  }
+
+  /**
+   * Until the final state is taken the exit is not reported: the vTPM must not count as stopped. `forget`
+   * lets go of the launch before its runtime files go.
+   */
+  private async reportExit(
+    vm: string,
+    id: string,
+    watchers: StateWatcher[],
+    { code, signal }: Awaited<SwtpmInstance['exited']>,
+    forget: () => void,
+  ): Promise<void> {
+    try {
+      for (const watcher of watchers) await watcher.close();
+    } catch (error) {
+      this.options.logger.error({ vm, err: error }, 'the agent let go before the final state was reported');
+      return;
+    }
+    forget();
+    await this.removeRuntimeFiles(vm);
+    const level = code === 0 || code === null ? 'info' : 'warn';
+    this.options.logger[level]({ vm, code, signal, instance: id }, 'swtpm exited');
+    for (const listener of this.exitListeners) listener({ vm, code, signal, instance: id });
   }
 
   private async removeRuntimeFiles(vm: string): Promise<void> {
@@ -259,6 +295,10 @@ export class LocalHostAgent implements HostAgent {
   async start(request: StartRequest): Promise<RunningVtpm> {
     if (this.instances.has(request.vm))
       throw new StateConflictError(`vTPM ${request.vm} is already running on ${this.hostName}`, { vm: request.vm });
+    if (this.departed.has(request.vm))
+      throw new StateConflictError(`the last state of vTPM ${request.vm} on ${this.hostName} is still being reported`, {
+        vm: request.vm,
+      });
     const paths = this.paths(request.vm);
     const nvramPath = this.devicePaths(request.vm).nvram;
     const stateFile = stateFileName(request.spec);
@@ -393,6 +433,8 @@ export class LocalHostAgent implements HostAgent {
     this.exitListeners.length = 0;
     this.changeListeners.length = 0;
     for (const { watchers } of this.instances.values()) for (const watcher of watchers) watcher.abandonReports();
+    for (const watchers of this.departed.values()) for (const watcher of watchers) watcher.abandonReports();
     this.instances.clear();
+    this.departed.clear();
   }
 }
