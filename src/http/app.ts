@@ -12,7 +12,7 @@ import { ErrorBody } from '../api/errors.js';
 import { Vtpm } from '../api/vtpms.js';
 import type { ControlPlane } from '../orchestration/control-plane.js';
 import { agentApi } from './agent-api/plugin.js';
-import { useProductErrors } from './error-handler.js';
+import { handleClientError, handleFrameworkError, useProductErrors } from './error-handler.js';
 import { userApi } from './user-api/plugin.js';
 
 export interface HttpOptions {
@@ -28,6 +28,8 @@ export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstanc
   const app = Fastify({
     loggerInstance: options.logger as FastifyBaseLogger,
     bodyLimit: BODY_LIMIT,
+    frameworkErrors: handleFrameworkError,
+    clientErrorHandler: handleClientError,
     ...(options.https && { https: options.https }),
   }) as unknown as FastifyInstance;
 

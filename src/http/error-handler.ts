@@ -4,6 +4,8 @@
  * and code, schema failures name the field, anything else is a 500 whose
  * details stay in the log.
  */
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { InternalError, InvalidArgumentError, NotFoundError, VtpmError } from '../errors.js';
 
@@ -58,6 +60,41 @@ function handleError(error: FastifyError, request: FastifyRequest, reply: Fastif
   if (failure.status >= 500) request.log.error({ code: failure.code, msg: failure.message }, 'request failed');
   request.failureCode = failure.code;
   void reply.status(failure.status).send({ error: failure.toJSON() });
+}
+
+/**
+ * What fastify's router refuses before any route or hook runs (a URL
+ * component that does not decode, a path parameter over the length limit):
+ * fastify hands it here instead of answering in a shape of its own.
+ */
+export function handleFrameworkError(error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  handleError(error, request, reply);
+}
+
+/**
+ * What Node's HTTP parser refuses before fastify sees a request (headers
+ * over the size limit, bytes that are not HTTP, a request that takes too
+ * long to arrive): answered on the socket, in the product's shape, and the
+ * connection closed, since the parser cannot read on from there.
+ */
+export function handleClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, failure] =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, new InvalidArgumentError('headers', 'request headers of at most 16 KiB')]
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, new InvalidArgumentError('request', 'a request that arrives in time')]
+        : [400, new InvalidArgumentError('request', 'a well-formed HTTP/1.1 request')];
+  // The answer to a HEAD request has no body; the parser got far enough to say when it is one.
+  const head = (error as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString() === 'HEAD ';
+  const body = head ? '' : JSON.stringify({ error: failure.toJSON() });
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
 }
 
 export function handleNotFound(request: FastifyRequest, reply: FastifyReply): void {
