@@ -25,16 +25,29 @@ export abstract class VtpmError extends Error {
   }
 }
 
+const SHOWN_CHARACTERS = 120;
+
+/**
+ * A received value as an error shows it: short, and never a structure of the caller's making, which can
+ * be nested deeper than anything can serialise.
+ */
+function shown(received: unknown): unknown {
+  if (typeof received === 'string')
+    return received.length > SHOWN_CHARACTERS ? `${received.slice(0, SHOWN_CHARACTERS)}...` : received;
+  if (received === null || typeof received === 'number' || typeof received === 'boolean') return received;
+  return Array.isArray(received) ? '(an array)' : `(${typeof received === 'object' ? 'an object' : typeof received})`;
+}
+
 /** A field of a request has a value that is not accepted. */
 export class InvalidArgumentError extends VtpmError {
   readonly code = 'invalid_argument';
   readonly status = 400;
   constructor(field: string, expected: string, received?: unknown) {
-    const shown = received === undefined ? '' : ` (got ${JSON.stringify(received)})`;
-    super(`${field}: expected ${expected}${shown}`, {
+    const value = received === undefined ? undefined : shown(received);
+    super(`${field}: expected ${expected}${value === undefined ? '' : ` (got ${JSON.stringify(value)})`}`, {
       field,
       expected,
-      ...(received === undefined ? {} : { received }),
+      ...(value === undefined ? {} : { received: value }),
     });
   }
 }

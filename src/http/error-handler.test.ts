@@ -86,3 +86,30 @@ describe('requests refused before any route runs', () => {
     }
   });
 });
+
+describe('values an error cannot print whole', () => {
+  it('a body nested deeper than anything serialises is a 400 naming the field, not a 500', async () => {
+    const depth = 100_000;
+    const response = await app.inject({
+      method: 'POST',
+      url: '/v1/vtpms/6f1c2a0e-9b7d-4c3e-8f21-0a1b2c3d4e5f/start',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      payload: '['.repeat(depth) + ']'.repeat(depth),
+    });
+    assert.equal(response.statusCode, 400, response.body);
+    assert.equal(response.json().error.code, 'invalid_argument');
+    assert.match(response.json().error.message, /^body: /);
+  });
+
+  it('a long value is shown cut short', async () => {
+    const response = await app.inject({
+      method: 'POST',
+      url: '/v1/vtpms',
+      headers: { authorization: `Bearer ${token}` },
+      payload: { vm: 'b'.repeat(50_000), version: '2.0' },
+    });
+    assert.equal(response.statusCode, 400);
+    assert.match(response.json().error.message, /^vm: /);
+    assert.ok(response.body.length < 1000, `${response.body.length} characters`);
+  });
+});
