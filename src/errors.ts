@@ -132,6 +132,16 @@ export class IntegrityError extends VtpmError {
   readonly status = 500;
 }
 
+/**
+ * A bundle handed in for import cannot be imported: it is damaged, truncated, of another format, sealed
+ * under another passphrase, or does not describe a vTPM. It is the caller's input, so a 4xx; the
+ * service's own stored data failing the same way is an IntegrityError.
+ */
+export class InvalidBundleError extends VtpmError {
+  readonly code = 'invalid_bundle';
+  readonly status = 422;
+}
+
 /** The newest stored generation is older than the newest acknowledged one: someone rolled the state back. */
 export class RollbackError extends VtpmError {
   readonly code = 'rollback_detected';
@@ -180,6 +190,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = {
   emulator_failed: 6,
   key_manager_failed: 6,
   integrity_failed: 6,
+  invalid_bundle: 6,
   rollback_detected: 6,
   host_setup: 6,
   unreachable: 7,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { before, describe, it } from 'node:test';
-import { IntegrityError, InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, InvalidBundleError } from '../errors.js';
 import { readBundle, writeBundle, type BundlePayload } from './bundle.js';
 
 const passphrase = 'correct horse battery staple';
@@ -40,19 +40,55 @@ describe('export bundles', () => {
   it('refuse a wrong passphrase', async () => {
     await assert.rejects(
       readBundle(bundle, 'not the passphrase!'),
-      (e: unknown) => e instanceof IntegrityError && /passphrase is wrong/.test(e.message),
+      (e: unknown) => e instanceof InvalidBundleError && /passphrase is wrong/.test(e.message),
     );
   });
   it('refuse a truncated file', async () => {
     for (const length of [3, 20, bundle.length - 1, bundle.length - 100]) {
-      await assert.rejects(readBundle(bundle.subarray(0, length), passphrase), IntegrityError);
+      await assert.rejects(readBundle(bundle.subarray(0, length), passphrase), InvalidBundleError);
     }
   });
   it('refuse any flipped byte, in the header or the payload', async () => {
     for (const at of [0, 9, 14, 40, bundle.length - 1, Math.floor(bundle.length / 2)]) {
       const flipped = Buffer.from(bundle);
       flipped[at]! ^= 0x02;
-      await assert.rejects(readBundle(flipped, passphrase), IntegrityError, `flip at ${at}`);
+      await assert.rejects(readBundle(flipped, passphrase), InvalidBundleError, `flip at ${at}`);
+    }
+  });
+  it("are the caller's input: refusing one is a 4xx, not the service's failure", () => {
+    assert.equal(new InvalidBundleError('x').status, 422);
+  });
+  it("refuse KDF parameters other than the format's before deriving anything", async () => {
+    const headerLength = bundle.readUInt32BE(8);
+    const header = JSON.parse(bundle.subarray(12, 12 + headerLength).toString());
+    for (const costly of [{ n: 2 ** 20 }, { r: 4096 }, { p: 1000 }, { n: 3 }, { salt: 7 }, null]) {
+      const text = Buffer.from(JSON.stringify(costly && { ...header, ...costly }));
+      const length = Buffer.alloc(4);
+      length.writeUInt32BE(text.length);
+      const altered = Buffer.concat([bundle.subarray(0, 8), length, text, bundle.subarray(12 + headerLength)]);
+      await assert.rejects(
+        readBundle(altered, passphrase),
+        (e: unknown) => e instanceof InvalidBundleError && /header is not one this version understands/.test(e.message),
+        JSON.stringify(costly),
+      );
+    }
+  });
+  it('refuse an authenticated bundle that does not describe a vTPM', async () => {
+    const tpm = payload.generations[0]!;
+    for (const content of [
+      { version: '9.9' },
+      { model: '../../tpm' },
+      { secret: randomBytes(16) },
+      { generations: [{ ...tpm, kind: '../evil' }] },
+      { generations: [{ ...tpm, generation: -1 }] },
+      { generations: payload.generations.filter((g) => g.kind !== 'tpm') },
+    ]) {
+      const sealed = await writeBundle({ ...payload, ...content } as BundlePayload, passphrase);
+      await assert.rejects(
+        readBundle(sealed, passphrase),
+        (e: unknown) => e instanceof InvalidBundleError,
+        JSON.stringify(content).slice(0, 80),
+      );
     }
   });
   it('refuse a short passphrase when writing', async () => {

@@ -11,9 +11,12 @@
  * The passphrase travels separately from the file (see docs/vault.md).
  */
 import { randomBytes, scrypt } from 'node:crypto';
-import { IntegrityError, InvalidArgumentError } from '../errors.js';
+import { type TSchema, Type } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import { InvalidArgumentError, InvalidBundleError } from '../errors.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
 import { withWipedSync } from '../keys/wiped.js';
+import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
 
 const MAGIC = Buffer.from('VTPMBNDL');
 const FORMAT = 1;
@@ -97,8 +100,62 @@ export async function writeBundle(payload: BundlePayload, passphrase: string): P
   return Buffer.concat([MAGIC, length, Buffer.from(headerText), sealed]);
 }
 
-function damaged(reason: string): IntegrityError {
-  return new IntegrityError(`the bundle is not a readable vtpm-manager export: ${reason}`, { reason });
+function damaged(reason: string): InvalidBundleError {
+  return new InvalidBundleError(`the bundle is not a readable vtpm-manager export: ${reason}`, { reason });
+}
+
+const Base64 = Type.String({ pattern: '^[A-Za-z0-9+/]*={0,2}$' });
+const literals = (values: readonly string[]): TSchema => Type.Union(values.map((value) => Type.Literal(value)));
+
+/**
+ * The header of the one format there is: its KDF parameters are this format's, not the file's, so a
+ * bundle cannot make the service spend more memory or time than an export of its own costs.
+ */
+const HeaderSchema = Type.Object({
+  format: Type.Literal(FORMAT),
+  kdf: Type.Literal('scrypt'),
+  n: Type.Literal(SCRYPT.N),
+  r: Type.Literal(SCRYPT.r),
+  p: Type.Literal(SCRYPT.p),
+  salt: Base64,
+  vm: Type.String(),
+  created_at: Type.String(),
+});
+
+/**
+ * What an authenticated bundle must hold. Authentication proves only that whoever sealed it knew the
+ * passphrase, and the caller chooses both: the content is input like any other.
+ */
+const PayloadSchema = Type.Object({
+  vm: Type.String(),
+  project: Type.String(),
+  version: literals(TPM_VERSIONS),
+  model: literals(TPM_MODELS),
+  firmware: Type.String(),
+  secure_boot: Type.Boolean(),
+  secret: Type.String({ pattern: '^[A-Za-z0-9+/]{43}=$', description: '32 bytes' }),
+  ek_certificates: Type.Array(Type.Object({ key_type: Type.String(), der: Base64 })),
+  generations: Type.Array(
+    Type.Object({
+      kind: literals(['tpm', 'nvram']),
+      generation: Type.Integer({ minimum: 1 }),
+      reason: Type.String(),
+      created_at: Type.String(),
+      data: Base64,
+    }),
+  ),
+});
+
+function parsed<T>(text: string, schema: TSchema, what: string): T {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw damaged(`its ${what} is not JSON`);
+  }
+  const [first] = Value.Errors(schema, value);
+  if (first) throw damaged(`its ${what} is not one this version understands (${first.path || '/'}: ${first.message})`);
+  return value as T;
 }
 
 export async function readBundle(bundle: Buffer, passphrase: string): Promise<BundlePayload> {
@@ -108,41 +165,28 @@ export async function readBundle(bundle: Buffer, passphrase: string): Promise<Bu
   const headerEnd = MAGIC.length + 4 + headerLength;
   if (headerLength > 4096 || headerEnd > bundle.length) throw damaged('it is truncated');
   const headerText = bundle.subarray(MAGIC.length + 4, headerEnd).toString();
-  let header: Header;
-  try {
-    header = JSON.parse(headerText) as Header;
-  } catch {
-    throw damaged('its header is damaged');
-  }
-  if (
-    header.format !== FORMAT ||
-    header.kdf !== 'scrypt' ||
-    ![header.n, header.r, header.p].every(Number.isInteger) ||
-    header.n > 2 ** 20
-  ) {
-    throw damaged(`format ${String(header.format)} with KDF ${String(header.kdf)} is not supported`);
-  }
+  const header = parsed<Header>(headerText, HeaderSchema, 'header');
   const plaintext = withWipedSync(await deriveKey(passphrase, header), (key) => {
     try {
       return open(key, bundle.subarray(headerEnd), headerText, 'the bundle');
     } catch {
-      throw new IntegrityError(
+      throw new InvalidBundleError(
         'the bundle failed authentication: the passphrase is wrong, or the file was truncated or altered',
       );
     }
   });
-  const parsed = JSON.parse(plaintext.toString()) as Omit<
-    BundlePayload,
-    'secret' | 'ek_certificates' | 'generations'
-  > & {
-    secret: string;
-    ek_certificates: Array<{ key_type: string; der: string }>;
-    generations: Array<Omit<BundleGeneration, 'data'> & { data: string }>;
-  };
+  const payload = parsed<
+    Omit<BundlePayload, 'secret' | 'ek_certificates' | 'generations'> & {
+      secret: string;
+      ek_certificates: Array<{ key_type: string; der: string }>;
+      generations: Array<Omit<BundleGeneration, 'data'> & { data: string }>;
+    }
+  >(plaintext.toString(), PayloadSchema, 'content');
+  if (!payload.generations.some((g) => g.kind === 'tpm')) throw damaged('it holds no TPM state');
   return {
-    ...parsed,
-    secret: Buffer.from(parsed.secret, 'base64'),
-    ek_certificates: parsed.ek_certificates.map((c) => ({ key_type: c.key_type, der: Buffer.from(c.der, 'base64') })),
-    generations: parsed.generations.map((g) => ({ ...g, data: Buffer.from(g.data, 'base64') })),
+    ...payload,
+    secret: Buffer.from(payload.secret, 'base64'),
+    ek_certificates: payload.ek_certificates.map((c) => ({ key_type: c.key_type, der: Buffer.from(c.der, 'base64') })),
+    generations: payload.generations.map((g) => ({ ...g, data: Buffer.from(g.data, 'base64') })),
   };
 }

@@ -170,3 +170,41 @@ export function hostileJson(known: readonly string[] = []): fc.Arbitrary<unknown
     { arbitrary: fc.constant(Array.from({ length: 20_000 }, (_, i) => i)), weight: 1 },
   );
 }
+
+type Path = Array<string | number>;
+
+function pathsOf(value: unknown, depth: number, at: Path = []): Path[] {
+  if (depth === 0 || value === null || typeof value !== 'object') return [at];
+  const children = Array.isArray(value) ? value.map((_, i) => i) : Object.keys(value);
+  return [at, ...children.flatMap((key) => pathsOf((value as Record<string, unknown>)[key], depth - 1, [...at, key]))];
+}
+
+function edited(
+  value: unknown,
+  path: Path,
+  edit: (parent: Record<string | number, unknown>, key: string | number) => void,
+) {
+  const copy = structuredClone(value) as Record<string | number, unknown>;
+  let parent = copy;
+  for (const key of path.slice(0, -1)) parent = parent[key] as Record<string | number, unknown>;
+  edit(parent, path.at(-1)!);
+  return copy;
+}
+
+/** `value` with one place in its tree replaced by a hostile value, removed, or given a sibling nobody expects. */
+export function mutatedJson(value: unknown, known: readonly string[] = []): fc.Arbitrary<unknown> {
+  const inner = pathsOf(value, 4).filter((path) => path.length > 0);
+  if (inner.length === 0) return hostileJson(known);
+  const path = fc.constantFrom(...inner);
+  return fc.oneof(
+    fc.tuple(path, hostileJson(known)).map(([p, bad]) => edited(value, p, (parent, key) => (parent[key] = bad))),
+    path.map((p) =>
+      edited(value, p, (parent, key) =>
+        Array.isArray(parent) ? parent.splice(Number(key), 1) : delete parent[key as string],
+      ),
+    ),
+    fc
+      .tuple(path, hostileString(known), hostileJson(known))
+      .map(([p, name, extra]) => edited(value, p.slice(0, -1).concat(name), (parent, key) => (parent[key] = extra))),
+  );
+}
