@@ -6,7 +6,6 @@
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import pino from 'pino';
-import { startAgent } from '../agent/remote/agent-process.js';
 import type { HostList, PoolStatus, RegisteredHost } from '../api/hosts.js';
 import type { Migration } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
@@ -112,6 +111,8 @@ export function registerHostCommands(program: Command): void {
           { level: options.logLevel, base: { service: 'vtpm-agent', host: options.name } },
           pino.destination(2),
         );
+        // Loaded here, not at the top: every other command would pay for loading the agent's server.
+        const { startAgent } = await import('../agent/remote/agent-process.js');
         const agent = await startAgent({
           name: options.name,
           dataDir,

@@ -4,7 +4,6 @@ import { Option } from 'commander';
 import pino from 'pino';
 import { InvalidArgumentError } from '../errors.js';
 import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS, PIN_ENVIRONMENT, PKCS11_DEFAULTS } from '../keys/index.js';
-import { startServer } from '../serve/start-server.js';
 import { globals, withClientOptions } from './context.js';
 import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
 import { positiveInteger, wholeNumber } from './parsers.js';
@@ -120,6 +119,8 @@ export function registerServeCommand(program: Command, packageVersion: string): 
       ) => {
         const { dataDir } = globals(command);
         const logger = pino({ level: options.logLevel, base: { service: 'vtpm' } }, pino.destination(2));
+        // Loaded here, not at the top: every other command would pay for loading the whole server.
+        const { startServer } = await import('../serve/start-server.js');
         const server = await startServer({
           dataDir,
           listen: options.listen,
