@@ -176,7 +176,7 @@ export class InternalError extends VtpmError {
 
 /**
  * Exit codes of the CLI, one per error code, so that scripts can branch on them.
- * 1 stays for anything unexpected; 2 is what commander uses for usage errors.
+ * 1 stays for anything unexpected; 2 is invalid input, usage errors included.
  */
 export const EXIT_CODES: Readonly<Record<string, number>> = {
   invalid_argument: 2,

@@ -5,7 +5,7 @@
  * document on stdout; failures exit with a code per error kind (see EXIT_CODES).
  */
 import { readFileSync } from 'node:fs';
-import { Command, Option } from 'commander';
+import { Command, type CommanderError, Option } from 'commander';
 import type { Attachment, EkCertificate, Started, VtpmList, VtpmView } from '../api/vtpms.js';
 import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
 import { SECRET_SECURITY_MODES } from '../tpm-spec/secret-security.js';
@@ -23,12 +23,23 @@ const packageVersion = (
   JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }
 ).version;
 
+/**
+ * What commander refuses (an unknown option or command, a missing or extra argument, a value outside
+ * the choices) is a usage error, exit 2 as the README documents; commander's own default, 1, is the
+ * code of an unexpected error. Help and --version exit 0.
+ */
+function usageExit(error: CommanderError): never {
+  process.exit(error.exitCode === 0 ? 0 : EXIT_CODES.invalid_argument);
+}
+
 // Positional options: `vtpm create --version 2.0` is the TPM version, `vtpm --version` the program's.
+// Set before any command is added: each command takes its settings from its parent when it is made.
 const program = withClientOptions(new Command('vtpm'))
   .description('vtpm-manager: virtual TPMs for virtual machine fleets')
   .version(packageVersion)
   .enablePositionalOptions()
   .showHelpAfterError()
+  .exitOverride(usageExit)
   .configureOutput({ outputError: (text, write) => write(text) });
 
 registerServeCommand(program, packageVersion);

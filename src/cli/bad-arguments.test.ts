@@ -1,0 +1,48 @@
+/**
+ * Whatever the CLI's parser refuses is a usage error, exit code 2 as the
+ * README's table says, with the parser's message: scripts tell it from an
+ * unexpected failure (1). Help and --version are no error. Runs the real
+ * `vtpm`; none of these reaches a server.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
+
+function vtpm(...args: string[]): Promise<{ code: number; stderr: string }> {
+  const env = { ...process.env, VTPM_URL: 'http://127.0.0.1:9' };
+  return new Promise((resolve) =>
+    execFile(process.execPath, [CLI, ...args], { env }, (error, _stdout, stderr) =>
+      resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stderr }),
+    ),
+  );
+}
+
+describe('usage errors', () => {
+  it('exit 2 with the parser message, for every kind the parser refuses', async () => {
+    const refused: Array<[string[], RegExp]> = [
+      [['no-such-command'], /unknown command 'no-such-command'/],
+      [['show'], /missing required argument 'vm'/],
+      [['show', 'a', 'b'], /too many arguments/],
+      [['list', '--no-such-option'], /unknown option '--no-such-option'/],
+      [['create'], /required option '--vm <uuid>' not specified/],
+      [['create', '--vm', 'x', '--version', '3.0'], /Allowed choices are 1.2, 2.0/],
+      [['restore', 'x', '--generation', 'abc'], /--generation takes a whole number/],
+      [['export', 'x', '--out'], /argument missing/],
+      [['libvirt', 'no-such-subcommand'], /unknown command/],
+      [['libvirt'], /Usage: vtpm libvirt/],
+    ];
+    for (const [args, message] of refused) {
+      const result = await vtpm(...args);
+      assert.equal(result.code, 2, `vtpm ${args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, message);
+    }
+  });
+
+  it('help and --version exit 0', async () => {
+    for (const args of [['--help'], ['create', '--help'], ['libvirt', 'attach', '--help'], ['--version']])
+      assert.equal((await vtpm(...args)).code, 0, args.join(' '));
+  });
+});
