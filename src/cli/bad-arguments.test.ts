@@ -1,12 +1,16 @@
 /**
  * Whatever the CLI's parser refuses is a usage error, exit code 2 as the
  * README's table says, with the parser's message: scripts tell it from an
- * unexpected failure (1). Help and --version are no error. Runs the real
+ * unexpected failure (1). Help and --version are no error. A file an
+ * argument names that cannot be read is invalid input too. Runs the real
  * `vtpm`; none of these reaches a server.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { describe, it } from 'node:test';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
@@ -44,5 +48,35 @@ describe('usage errors', () => {
   it('help and --version exit 0', async () => {
     for (const args of [['--help'], ['create', '--help'], ['libvirt', 'attach', '--help'], ['--version']])
       assert.equal((await vtpm(...args)).code, 0, args.join(' '));
+  });
+});
+
+describe('files that arguments name', () => {
+  let dir: string | undefined;
+  after(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('missing, a directory or a device that never ends: exit 2 naming the argument, at once', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'vtpm-bad-arguments-'));
+    const passphrase = join(dir, 'passphrase');
+    await writeFile(passphrase, 'a long enough bundle passphrase\n');
+    const missing = join(dir, 'missing');
+    const refused: Array<[string[], RegExp]> = [
+      [['import', missing, '--passphrase-file', passphrase], /^vtpm: file: expected a readable file holding a bundle/],
+      [['import', dir, '--passphrase-file', passphrase], /^vtpm: file: expected a regular file/],
+      [['import', '/dev/zero', '--passphrase-file', passphrase], /^vtpm: file: expected a regular file/],
+      [['import', passphrase, '--passphrase-file', missing], /^vtpm: --passphrase-file: expected a readable file/],
+      [['import', passphrase, '--passphrase-file', '/dev/zero'], /^vtpm: --passphrase-file: expected a regular file/],
+      [
+        ['export', 'x', '--out', join(dir, 'out'), '--passphrase-file', dir],
+        /^vtpm: --passphrase-file: expected a regular/,
+      ],
+    ];
+    for (const [args, message] of refused) {
+      const result = await vtpm(...args);
+      assert.equal(result.code, 2, `vtpm ${args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, message);
+    }
   });
 });

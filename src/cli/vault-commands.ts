@@ -1,15 +1,22 @@
 /** `vtpm history`, `restore`, `export`, `import`: a vTPM's generations in the vault, and bundles. */
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import type { GenerationView, Restored, VtpmView } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
 import { client, emit, vmPath, withClientOptions } from './context.js';
 import { showVtpm, table } from './output.js';
-import { positiveInteger } from './parsers.js';
+import { positiveInteger, readArgumentFile } from './parsers.js';
+
+/** The API takes a bundle as base64 in a request of at most 32 MiB. */
+const BUNDLE_FILE_LIMIT = 24 * 1024 * 1024;
+const PASSPHRASE_FILE_LIMIT = 64 * 1024;
 
 /** The bundle passphrase never goes on a command line, where `ps` would show it. */
 async function bundlePassphrase(file: string | undefined): Promise<string> {
-  if (file !== undefined) return (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+  if (file !== undefined) {
+    const content = await readArgumentFile(file, '--passphrase-file', 'the passphrase', PASSPHRASE_FILE_LIMIT);
+    return content.toString('utf8').replace(/\r?\n$/, '');
+  }
   const fromEnv = process.env.VTPM_BUNDLE_PASSPHRASE;
   if (fromEnv) return fromEnv;
   throw new InvalidArgumentError(
@@ -79,7 +86,14 @@ export function registerVaultCommands(program: Command): void {
           generations: options.generations,
         });
         const bytes = Buffer.from(bundle, 'base64');
-        await writeFile(options.out, bytes, { mode: 0o600 });
+        await writeFile(options.out, bytes, { mode: 0o600 }).catch((error: NodeJS.ErrnoException) => {
+          if (!['ENOENT', 'ENOTDIR', 'EISDIR', 'EACCES', 'EROFS'].includes(error.code ?? '')) throw error;
+          throw new InvalidArgumentError(
+            '--out',
+            'a file that can be written, in a directory that exists',
+            options.out,
+          );
+        });
         emit(
           command,
           { vm, out: options.out, bytes: bytes.length },
@@ -95,7 +109,7 @@ export function registerVaultCommands(program: Command): void {
     .option('--passphrase-file <file>', 'file holding the passphrase (or set VTPM_BUNDLE_PASSPHRASE)')
     .action(async (file: string, options: { vm?: string; passphraseFile?: string }, command: Command) => {
       const passphrase = await bundlePassphrase(options.passphraseFile);
-      const bundle = (await readFile(file)).toString('base64');
+      const bundle = (await readArgumentFile(file, 'file', 'a bundle', BUNDLE_FILE_LIMIT)).toString('base64');
       const imported = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms/import', {
         bundle,
         passphrase,
