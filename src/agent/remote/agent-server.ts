@@ -29,6 +29,11 @@ export interface AgentServerOptions {
 
 const RETRY_MAX_MS = 5_000;
 const digest = (token: string) => createHash('sha256').update(token).digest();
+/**
+ * 4xx answers that are no decision on the report: the control plane does not know this host's token yet (its
+ * key manager was away when it started), timed out, or throttles.
+ */
+const NOT_DECIDED = new Set([401, 408, 429]);
 
 /**
  * Sends one report until the control plane takes it; a refusal
@@ -40,7 +45,7 @@ async function deliver(controlPlane: ApiClient, logger: Logger, path: string, bo
       await controlPlane.request('POST', path, body);
       return;
     } catch (error) {
-      if (error instanceof RemoteError && error.status < 500) {
+      if (error instanceof RemoteError && error.status < 500 && !NOT_DECIDED.has(error.status)) {
         logger.warn({ path, code: error.code, msg: error.message }, 'the control plane refused a report');
         return;
       }
