@@ -59,6 +59,9 @@ export interface VtpmTarget {
 const HOOK_ROLE = 'libvirt-hook';
 const HOOK_USER_PREFIX = `${HOOK_ROLE}@`;
 
+/** The user a host's libvirt hook acts as. */
+export const libvirtHookUser = (host: string): string => `${HOOK_USER_PREFIX}${host}`;
+
 /** The one host a principal's operations are confined to: a libvirt hook's own. */
 function hostScopeOf(principal: Principal): string | undefined {
   if (!has(principal, HOOK_ROLE)) return undefined;

@@ -3,15 +3,25 @@
  * into libvirtd's domain lifecycle; attach gives a domain a vtpm-manager TPM;
  * adopt takes over the TPM libvirt's own emulator backend created.
  */
-import { chmod, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { constants, existsSync } from 'node:fs';
+import { access, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline/promises';
+import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import type { Attachment, VtpmView } from '../api/vtpms.js';
-import { HostSetupError, NotFoundError, StateConflictError } from '../errors.js';
+import type { Attachment, VtpmList, VtpmView } from '../api/vtpms.js';
+import {
+  HostSetupError,
+  InvalidArgumentError,
+  NotFoundError,
+  SpecConflictError,
+  StateConflictError,
+} from '../errors.js';
 import { parseDomain, withTpmElement, type Domain } from '../hypervisor/libvirt-domain.js';
-import { HOOK_MARKER, HOOK_TIMEOUT_MS, hookScript } from '../hypervisor/libvirt-hook.js';
+import { installHookScript, uninstallHookScripts } from '../hypervisor/hook-files.js';
+import { disagreements } from '../hypervisor/libvirt-check.js';
+import { HOOK_PROGRAM, HOOK_TIMEOUT_MS, hookScript } from '../hypervisor/libvirt-hook.js';
+import { libvirtHookUser } from '../auth/policy.js';
 import { DEFAULT_LIBVIRT_URI, Virsh } from '../hypervisor/virsh.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
 import { stateFileName } from '../swtpm/state-file.js';
@@ -19,20 +29,13 @@ import { RemoteError, type ApiClient } from '../api/client.js';
 import { withWiped } from '../keys/wiped.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir } from './defaults.js';
-import { readOwnerOnlyFile } from '../keys/files.js';
+import { writeFileAtomically } from '../keys/files.js';
+import { DEPLOYMENT_PROJECT } from '../store/repositories/secrets.js';
 
 const DEFAULT_HOOKS_DIR = '/etc/libvirt/hooks';
 const DEFAULT_SWTPM_DIR = '/var/lib/libvirt/swtpm';
-const HOOK_ENTRY = fileURLToPath(new URL('./libvirt-hook.js', import.meta.url));
 
 const connectOption = () => new Option('--connect <uri>', 'libvirt connection URI').default(DEFAULT_LIBVIRT_URI);
-
-/** libvirt's own hook if it is free or already ours; otherwise one beside other hooks in qemu.d (libvirt 6.5+). */
-async function hookPath(hooksDir: string): Promise<string> {
-  const main = join(hooksDir, 'qemu');
-  const existing = await readFile(main, 'utf8').catch(() => undefined);
-  return existing === undefined || existing.includes(HOOK_MARKER) ? main : join(hooksDir, 'qemu.d', 'vtpm-manager');
-}
 
 async function existingVtpm(api: ApiClient, vm: string): Promise<VtpmView | undefined> {
   try {
@@ -69,54 +72,174 @@ async function libvirtState(swtpmDir: string, domain: Domain): Promise<{ version
   };
 }
 
+const HOOK_TOKEN_FILE = 'libvirt-hook.token';
+
+/**
+ * A program of this package as npm installed it (a link in a directory on PATH, which an upgrade replaces),
+ * so that the hook never names a path inside a checkout or a versioned package directory.
+ */
+async function installedProgram(name: string): Promise<string> {
+  for (const dir of (process.env.PATH ?? '').split(delimiter).filter((d) => isAbsolute(d))) {
+    const candidate = join(dir, name);
+    if (
+      await access(candidate, constants.X_OK).then(
+        () => true,
+        () => false,
+      )
+    )
+      return candidate;
+  }
+  throw new HostSetupError(
+    `${name} is not on PATH: the hook runs the installed vtpm-manager, not a checkout; ` +
+      'install it first (npm install -g . in the checkout, or npm install -g vtpm-manager-VERSION.tgz)',
+  );
+}
+
+/** The hook's own user (created on first use) gets a new token; those it had before are revoked once it is written. */
+async function issueHookToken(api: ApiClient, host: string, tokenFile: string): Promise<void> {
+  const user = libvirtHookUser(host);
+  let issued: { token: string; token_id: number };
+  try {
+    issued = await api.request('POST', '/v1/users', {
+      name: user,
+      project: DEPLOYMENT_PROJECT,
+      roles: ['libvirt-hook'],
+    });
+  } catch (error) {
+    if (!(error instanceof RemoteError && error.code === 'already_exists')) throw error;
+    issued = await api.request('POST', `/v1/users/${encodeURIComponent(user)}/tokens`, {});
+  }
+  await withWiped(Buffer.from(`${issued.token}\n`), async (token) => {
+    await mkdir(dirname(tokenFile), { recursive: true, mode: 0o700 });
+    await writeFileAtomically(tokenFile, token);
+  });
+  await revokeHookTokens(api, host, issued.token_id);
+}
+
+async function revokeHookTokens(api: ApiClient, host: string, keep?: number): Promise<void> {
+  const user = libvirtHookUser(host);
+  const { tokens } = await api.request<{ tokens: Array<{ id: number; revoked_at: string | null }> }>(
+    'GET',
+    `/v1/tokens?user=${encodeURIComponent(user)}`,
+  );
+  for (const token of tokens.filter((t) => t.id !== keep && t.revoked_at === null))
+    await api.request('DELETE', `/v1/tokens/${token.id}`);
+}
+
+/** An existing vTPM is used as it is: a different version or model asked for is refused, not ignored. */
+function requireSameSpec(domain: string, existing: VtpmView, asked: { version?: string; model?: string }): void {
+  for (const field of ['version', 'model'] as const) {
+    const wanted = asked[field];
+    if (wanted !== undefined && wanted !== existing[field])
+      throw new SpecConflictError(
+        `libvirt domain ${domain} already has vTPM ${existing.vm} with TPM ${field} ${existing[field]}, ` +
+          `not the ${wanted} asked for: attach it without --${field}, or delete the vTPM ` +
+          `(vtpm delete ${existing.vm}: its state is lost) and attach again`,
+        [
+          { source: `vTPM ${existing.vm}`, key: field, value: existing[field] },
+          { source: `--${field}`, key: field, value: wanted },
+        ],
+      );
+  }
+}
+
+/** A destructive step goes ahead only when the operator says so: on a terminal by answering, in a script by --yes. */
+async function confirm(question: string, yes: boolean): Promise<void> {
+  if (yes) return;
+  if (!process.stdin.isTTY || !process.stderr.isTTY)
+    throw new InvalidArgumentError('--yes', `a confirmation: ${question} (no terminal to ask on: pass --yes)`);
+  const prompt = createInterface({ input: process.stdin, output: process.stderr });
+  const answer = await prompt.question(`${question} [y/N] `).finally(() => prompt.close());
+  if (!/^y(es)?$/i.test(answer.trim())) throw new InvalidArgumentError('confirmation', 'yes', answer.trim() || 'no');
+}
+
+/** How to restart libvirtd here: systemd's command only where systemd runs the host. */
+function restartHint(): string {
+  return existsSync('/run/systemd/system')
+    ? 'restart it (systemctl restart libvirtd)'
+    : 'restart libvirtd (this host does not run systemd: stop the running libvirtd and start it again, ' +
+        'e.g. service libvirtd restart)';
+}
+
 export function registerLibvirtCommands(program: Command): void {
   const libvirt = program.command('libvirt').description('use vtpm-manager from libvirt: hook, attach, adopt');
 
-  withClientOptions(libvirt.command('install-hook'), { ownTokenFile: true })
+  withClientOptions(libvirt.command('install-hook'))
     .description(
-      "install libvirt's qemu hook, which starts a domain's vTPM before QEMU and stops it after " +
-        '(restart libvirtd afterwards)',
+      "install libvirt's qemu hook, which starts a domain's vTPM before QEMU and stops it after, " +
+        'with a token of its own that may do only that, on this host (restart libvirtd afterwards)',
     )
     .option('--hooks-dir <dir>', "libvirt's hooks directory", DEFAULT_HOOKS_DIR)
     .option('--host <name>', "this host's name as vtpm-manager knows it (vtpm hosts)", hostname())
     .option('--run-dir <dir>', "where this host's agent puts vTPM sockets (default <data-dir>/run)")
     .option(
-      '--token-file <path>',
-      "on a host other than the control plane's: a file (owner-only) with the API token the hook uses " +
-        '(default: <data-dir>/admin.token)',
+      '--hook-token-file <path>',
+      "where the hook's own token is written, owner-only (default <data-dir>/libvirt-hook.token)",
     )
+    .option('--replace', "replace another vtpm-manager deployment's hook (it is kept as a backup)")
     .action(
-      async (options: { hooksDir: string; host: string; runDir?: string; tokenFile?: string }, command: Command) => {
+      async (
+        options: { hooksDir: string; host: string; runDir?: string; hookTokenFile?: string; replace?: boolean },
+        command: Command,
+      ) => {
         const { url, dataDir, caFile } = globals(command);
-        // Refused now, not at the first `virsh start`: the hook reads the token only from an owner-only file.
-        if (options.tokenFile) await readOwnerOnlyFile(options.tokenFile, '--token-file', "the hook's API token");
-        const path = await hookPath(options.hooksDir);
-        await mkdir(dirname(path), { recursive: true, mode: 0o755 });
-        await writeFile(
-          path,
-          hookScript({
-            node: process.execPath,
-            entry: HOOK_ENTRY,
-            url,
-            dataDir,
-            socketDir: resolve(options.runDir ?? defaultRunDir(dataDir)),
-            host: options.host,
-            timeoutMs: HOOK_TIMEOUT_MS,
-            caFile: caFile ?? process.env.VTPM_CA_FILE,
-            tokenFile: options.tokenFile,
-          }),
-          { mode: 0o755 },
-        );
-        await chmod(path, 0o755);
-        emit(
-          command,
-          { hook: path },
-          () =>
-            `installed ${path}\nlibvirtd looks for hooks when it starts: ` +
-            'restart it (systemctl restart libvirtd) for the hook to take effect',
+        const program = await installedProgram(HOOK_PROGRAM);
+        const tokenFile = resolve(options.hookTokenFile ?? join(dataDir, HOOK_TOKEN_FILE));
+        const settings = {
+          program,
+          nodeDir: dirname(process.execPath),
+          url,
+          dataDir: resolve(dataDir),
+          socketDir: resolve(options.runDir ?? defaultRunDir(dataDir)),
+          host: options.host,
+          timeoutMs: HOOK_TIMEOUT_MS,
+          caFile: caFile ?? process.env.VTPM_CA_FILE,
+          tokenFile,
+        };
+        const deployment = { url, dataDir: settings.dataDir };
+        // The token is issued only once the hook may be written: a refused install leaves nothing behind.
+        const installed = await installHookScript(options.hooksDir, deployment, options.replace === true, async () => {
+          await issueHookToken(await client(command), options.host, tokenFile);
+          return hookScript(settings);
+        });
+        emit(command, { hook: installed.path, backup: installed.backup ?? null, token_file: tokenFile, program }, () =>
+          [
+            `installed ${installed.path}, which runs ${program} as ${libvirtHookUser(options.host)} ` +
+              `(token in ${tokenFile})`,
+            ...(installed.backup ? [`the hook it replaced is kept in ${installed.backup}`] : []),
+            `libvirtd looks for hooks when it starts: ${restartHint()} for the hook to take effect`,
+          ].join('\n'),
         );
       },
     );
+
+  withClientOptions(libvirt.command('uninstall-hook'))
+    .description("remove this deployment's qemu hook (and revoke its token); other hooks stay")
+    .option('--hooks-dir <dir>', "libvirt's hooks directory", DEFAULT_HOOKS_DIR)
+    .option('--host <name>', "this host's name as vtpm-manager knows it (vtpm hosts)", hostname())
+    .action(async (options: { hooksDir: string; host: string }, command: Command) => {
+      const { url, dataDir } = globals(command);
+      const removed = await uninstallHookScripts(options.hooksDir, { url, dataDir: resolve(dataDir) });
+      for (const file of removed.tokenFiles) await rm(file, { force: true });
+      const revoked = await revokeHookTokens(await client(command), options.host).then(
+        () => undefined,
+        (error: unknown) => (error instanceof Error ? error.message : String(error)),
+      );
+      emit(
+        command,
+        { removed: removed.removed, left_alone: removed.leftAlone, token_revoked: revoked === undefined },
+        () =>
+          [
+            `removed ${removed.removed.join(', ')}`,
+            ...removed.leftAlone.map((path) => `left ${path} alone: it is not this deployment's`),
+            revoked === undefined
+              ? `revoked the tokens of ${libvirtHookUser(options.host)}`
+              : `could not revoke the tokens of ${libvirtHookUser(options.host)} (${revoked}): ` +
+                `vtpm token list --user ${libvirtHookUser(options.host)}, then vtpm token revoke ID`,
+            `libvirtd still calls the hooks it found when it started: ${restartHint()} now`,
+          ].join('\n'),
+      );
+    });
 
   withClientOptions(libvirt.command('attach'))
     .description(
@@ -150,6 +273,7 @@ export function registerLibvirtCommands(program: Command): void {
             { domain: domain.name },
           );
         }
+        if (existing) requireSameSpec(domain.name, existing, options);
         const vtpm =
           existing ??
           (await api.request<VtpmView>('POST', '/v1/vtpms', {
@@ -165,6 +289,67 @@ export function registerLibvirtCommands(program: Command): void {
           () =>
             `libvirt domain ${domain.name} now uses vTPM ${vtpm.vm} ` +
             `(TPM ${vtpm.version}, ${vtpm.model})${existing ? ', which already existed' : ''}`,
+        );
+      },
+    );
+
+  withClientOptions(libvirt.command('check'))
+    .description(
+      "list libvirt domains whose vTPM is missing, and this host's vTPMs whose domain is gone " +
+        '(--prune deletes those vTPMs)',
+    )
+    .option('--host <name>', "this host's name as vtpm-manager knows it (vtpm hosts)", hostname())
+    .option('--run-dir <dir>', "where this host's agent puts vTPM sockets (default <data-dir>/run)")
+    .option('--prune', 'delete the stopped vTPMs whose domain is gone: their state is crypto-erased, for good')
+    .option('--yes', 'with --prune: do not ask (scripts); without a terminal --prune needs it')
+    .addOption(connectOption())
+    .action(
+      async (
+        options: { host: string; runDir?: string; prune?: boolean; yes?: boolean; connect: string },
+        command: Command,
+      ) => {
+        const { dataDir } = globals(command);
+        const api = await client(command);
+        const { vtpms } = await api.request<VtpmList>('GET', '/v1/vtpms');
+        const found = disagreements(await new Virsh(options.connect).domains(), vtpms, {
+          name: options.host,
+          socketDir: resolve(options.runDir ?? defaultRunDir(dataDir)),
+        });
+        // A running vTPM may serve a QEMU started without libvirt: never pruned.
+        const prunable = found.missingDomain.filter((v) => v.status === 'stopped');
+        const pruned: string[] = [];
+        if (options.prune && prunable.length > 0) {
+          await confirm(
+            `delete ${prunable.length} vTPM(s) whose libvirt domain is gone ` +
+              `(${prunable.map((v) => v.vm).join(', ')})? Their state is crypto-erased and cannot be recovered.`,
+            options.yes === true,
+          );
+          for (const vtpm of prunable) {
+            await api.request('DELETE', vmPath(vtpm.vm));
+            pruned.push(vtpm.vm);
+          }
+        }
+        emit(
+          command,
+          {
+            domains_without_vtpm: found.missingVtpm.map((d) => ({ domain: d.name, vm: d.uuid })),
+            vtpms_without_domain: found.missingDomain.map((v) => ({ vm: v.vm, status: v.status })),
+            pruned,
+          },
+          () =>
+            [
+              ...found.missingVtpm.map(
+                (d) => `libvirt domain ${d.name} uses vTPM ${d.uuid}, which does not exist: its next start fails`,
+              ),
+              ...found.missingDomain.map(
+                (v) =>
+                  `vTPM ${v.vm} (${v.status}) has no libvirt domain on ${options.host}` +
+                  (pruned.includes(v.vm) ? ': deleted' : v.status === 'stopped' ? '' : ': in use, not pruned'),
+              ),
+              ...(found.missingVtpm.length + found.missingDomain.length === 0
+                ? [`libvirt and vtpm-manager agree on ${options.host}`]
+                : []),
+            ].join('\n'),
         );
       },
     );

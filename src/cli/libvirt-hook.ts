@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 /**
- * Entry point of libvirt's qemu hook (see hypervisor/libvirt-hook.ts). Kept
- * apart from the `vtpm` command so that it loads only what it needs: libvirtd
- * waits for it on every domain operation.
+ * Entry point of libvirt's qemu hook (see hypervisor/libvirt-hook.ts), the
+ * package's `vtpm-libvirt-hook` program. Kept apart from the `vtpm` command
+ * so that it loads only what it needs: libvirtd waits for it.
  *
  * Called as: qemu DOMAIN OPERATION SUB-OPERATION EXTRA, domain XML on stdin.
  */
@@ -38,6 +38,7 @@ async function main(): Promise<number> {
   if (!action) return 0;
   const timeoutMs = Number(process.env.VTPM_HOOK_TIMEOUT_MS) || HOOK_TIMEOUT_MS;
   const tokenFile = process.env.VTPM_TOKEN_FILE;
+  // A hook of an older install has no token of its own and uses the data directory's admin token.
   const token = tokenFile
     ? (await readOwnerOnlyFile(tokenFile, 'VTPM_TOKEN_FILE', "the hook's API token")).trim()
     : undefined;

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { disagreements } from './libvirt-check.js';
 import { InvalidArgumentError } from '../errors.js';
 import { parseDomain, usesVtpmManager, withTpmElement } from './libvirt-domain.js';
 import { hookAction, hookMayAct } from './libvirt-hook.js';
@@ -103,4 +104,27 @@ describe('libvirt hook decisions', () => {
       assert.equal(hookAction(operation, sub, theirs, RUN_DIR), undefined);
     });
   }
+});
+
+describe('libvirt and vtpm-manager disagreeing', () => {
+  const socketDir = '/var/lib/vtpm/run';
+  const uses = (name: string, uuid: string) => ({
+    name,
+    uuid,
+    tpm: { model: 'tpm-tis', backend: 'external', socket: `${socketDir}/${uuid}.sock` },
+  });
+  it("lists domains whose vTPM is missing and this host's vTPMs whose domain is gone", () => {
+    const domains = [uses('web-1', 'u1'), uses('web-2', 'u2'), { name: 'plain', uuid: 'u3' }];
+    const vtpms = [
+      { vm: 'u1', host: 'a' },
+      { vm: 'u4', host: 'a' },
+      { vm: 'u5', host: 'b' },
+    ];
+    const found = disagreements(domains, vtpms, { name: 'a', socketDir });
+    assert.deepEqual(
+      found.missingVtpm.map((d) => d.name),
+      ['web-2'],
+    );
+    assert.deepEqual(found.missingDomain, [{ vm: 'u4', host: 'a' }], "another host's vTPM is not this host's to judge");
+  });
 });

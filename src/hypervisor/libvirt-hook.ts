@@ -12,6 +12,7 @@
  * `prepare` fails the domain's start with the hook's message, which libvirt
  * shows to the user (virsh start) and writes to its log.
  */
+import { dirname } from 'node:path';
 import type { Domain } from './libvirt-domain.js';
 import { usesVtpmManager } from './libvirt-domain.js';
 
@@ -34,37 +35,83 @@ export function hookAction(operation: string, subOperation: string, domain: Doma
   return kind && usesVtpmManager(domain, socketDir) ? { kind, vm: domain.uuid } : undefined;
 }
 
-export const HOOK_MARKER = '# vtpm-manager libvirt hook';
+const HOOK_MARKER = '# vtpm-manager libvirt hook';
 
 /** How long the hook waits for the control plane on each call: libvirtd waits for the hook. */
 export const HOOK_TIMEOUT_MS = 10_000;
 
-/**
- * The hook script: a shell line that runs the hook entry point under this very Node, with the service's coordinates.
- */
-export function hookScript(options: {
-  node: string;
-  entry: string;
+/** The program the hook script runs: the package's own bin, installed beside `vtpm` (npm's bin directory). */
+export const HOOK_PROGRAM = 'vtpm-libvirt-hook';
+
+/** What libvirtd's PATH holds under systemd; the hook's own directories go first. */
+const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+const quote = (value: string) => `'${value.replaceAll("'", "'\\''")}'`;
+
+export interface HookSettings {
+  /** The installed hook program (a bin link that upgrades replace), never a path inside a checkout. */
+  program: string;
+  /** Where `node` was found at install, for the program's `#!/usr/bin/env node`. */
+  nodeDir: string;
   url: string;
   dataDir: string;
   socketDir: string;
   host: string;
   timeoutMs: number;
   caFile?: string | undefined;
-  tokenFile?: string | undefined;
-}): string {
-  const quote = (value: string) => `'${value.replaceAll("'", "'\\''")}'`;
-  const caFileSetting = options.caFile ? ` VTPM_CA_FILE=${quote(options.caFile)}` : '';
-  const tokenFileSetting = options.tokenFile ? ` VTPM_TOKEN_FILE=${quote(options.tokenFile)}` : '';
+  tokenFile: string;
+}
+
+/**
+ * The hook script. Calls the hook never acts on return before Node starts. If the program is gone (vtpm-manager
+ * uninstalled, or the checkout npm linked it from moved), only the starts of domains that use a vtpm-manager
+ * socket fail, with a message saying so; every other domain is left alone.
+ */
+export function hookScript(options: HookSettings): string {
+  const settings = [
+    `VTPM_URL=${quote(options.url)}`,
+    `VTPM_DATA_DIR=${quote(options.dataDir)}`,
+    `VTPM_HOOK_SOCKET_DIR=${quote(options.socketDir)}`,
+    `VTPM_HOOK_HOST=${quote(options.host)}`,
+    `VTPM_HOOK_TIMEOUT_MS=${options.timeoutMs}`,
+    ...(options.caFile ? [`VTPM_CA_FILE=${quote(options.caFile)}`] : []),
+    `VTPM_TOKEN_FILE=${quote(options.tokenFile)}`,
+  ];
+  const acting = Object.keys(ACTIONS)
+    .map((call) => `'${call}'`)
+    .join('|');
   return [
     '#!/bin/sh',
     HOOK_MARKER,
-    '# Installed by `vtpm libvirt install-hook`: starts the vTPM of a domain whose <tpm> is a',
-    '# vtpm-manager socket before QEMU starts, and stops it once QEMU has gone.',
-    `VTPM_URL=${quote(options.url)} VTPM_DATA_DIR=${quote(options.dataDir)} ` +
-      `VTPM_HOOK_SOCKET_DIR=${quote(options.socketDir)} VTPM_HOOK_HOST=${quote(options.host)} \\`,
-    `VTPM_HOOK_TIMEOUT_MS=${options.timeoutMs}${caFileSetting}${tokenFileSetting} \\`,
-    `exec ${quote(options.node)} ${quote(options.entry)} "$@"`,
+    '# Installed by `vtpm libvirt install-hook`, removed by `vtpm libvirt uninstall-hook`: starts the vTPM of a',
+    '# domain whose <tpm> is a vtpm-manager socket before QEMU starts, and stops it once QEMU has gone.',
+    `case "$2 $3" in ${acting}) ;; *) exec cat >/dev/null ;; esac`,
+    `export PATH=${quote(`${dirname(options.program)}:${options.nodeDir}`)}:${SYSTEM_PATH}`,
+    ...settings.map((setting) => `export ${setting}`),
+    `program=${quote(options.program)}`,
+    'if [ ! -x "$program" ]; then',
+    '  xml=$(cat)',
+    '  case "$xml" in *"$VTPM_HOOK_SOCKET_DIR/"*) ;; *) exit 0 ;; esac',
+    '  echo "vtpm-manager: cannot act for libvirt domain $1: $program is gone (vtpm-manager uninstalled or moved):' +
+      ' install vtpm-manager again (npm install -g), or remove this hook (vtpm libvirt uninstall-hook)" >&2',
+    '  [ "$2" = release ] && exit 0',
+    '  exit 1',
+    'fi',
+    'exec "$program" "$@"',
     '',
   ].join('\n');
+}
+
+/** The deployment an installed vtpm-manager hook serves, read back from its script; undefined for another hook. */
+export function hookOwner(script: string): { url: string; dataDir: string; tokenFile?: string } | undefined {
+  if (!script.includes(HOOK_MARKER)) return undefined;
+  const setting = (name: string) => {
+    const value = new RegExp(`${name}='((?:[^']|'\\\\'')*)'`).exec(script)?.[1];
+    return value?.replaceAll("'\\''", "'");
+  };
+  return {
+    url: setting('VTPM_URL') ?? '',
+    dataDir: setting('VTPM_DATA_DIR') ?? '',
+    ...(setting('VTPM_TOKEN_FILE') !== undefined && { tokenFile: setting('VTPM_TOKEN_FILE') }),
+  };
 }

@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HostSetupError, NotFoundError, UnreachableError } from '../errors.js';
 import { childEnvironment } from '../swtpm/run-program.js';
+import { parseDomain, type Domain } from './libvirt-domain.js';
 
 const VIRSH_TIMEOUT_MS = 60_000;
 
@@ -59,6 +60,21 @@ export class Virsh {
   /** The persistent definition (what the next start uses). */
   domainXml(domain: string): Promise<string> {
     return this.run(['dumpxml', '--inactive', '--security-info', domain]);
+  }
+
+  /** Every defined domain's persistent definition, running or not. */
+  async domains(): Promise<Domain[]> {
+    const uuids = (await this.run(['list', '--all', '--uuid'])).split('\n').map((line) => line.trim());
+    const domains: Domain[] = [];
+    for (const uuid of uuids.filter(Boolean)) {
+      // Undefined since it was listed: it is simply not there any more.
+      const xml = await this.run(['dumpxml', '--inactive', uuid]).catch((error: unknown) => {
+        if (error instanceof NotFoundError) return undefined;
+        throw error;
+      });
+      if (xml !== undefined) domains.push(parseDomain(xml));
+    }
+    return domains;
   }
 
   async domainState(domain: string): Promise<string> {

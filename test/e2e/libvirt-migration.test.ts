@@ -24,6 +24,7 @@ import {
   domainXml,
   domainState,
   ensureLibvirtd,
+  installVtpmCommands,
   QEMU_GROUP,
   restartLibvirtd,
   untilShutOff,
@@ -56,6 +57,7 @@ const context = serviceForFile(
       // The guest's TPM commands run after the migration: on the second host.
       append: 'vtpm.set=nv vtpm.delay=25',
     };
+    await installVtpmCommands(workDir);
     await service.json('libvirt', 'install-hook', '--hooks-dir', HOOKS_DIR);
     await restartLibvirtd();
 
@@ -64,9 +66,9 @@ const context = serviceForFile(
     const runDir = join(service.dataDir, 'run');
     const runDirB = join(hostBDir, 'run');
     await mkdir(runDirB, { recursive: true });
-    // Host B's hook has a token file of its own, as on a machine without the control plane's data directory.
-    const hookToken = join(hostBDir, 'hook.token');
-    await writeFile(hookToken, await readFile(join(service.dataDir, 'admin.token')), { mode: 0o600 });
+    // Host B has no control plane data directory: the admin's token, handed over, makes host B's hook its own.
+    const adminToken = join(hostBDir, 'admin.token');
+    await writeFile(adminToken, await readFile(join(service.dataDir, 'admin.token')), { mode: 0o600 });
     hostB = await NamespacedLibvirtHost.start(join(hostBDir, 'libvirt'), REMOTE, { [runDir]: runDirB }, async () => {
       await exec(process.execPath, [
         CLI,
@@ -83,7 +85,7 @@ const context = serviceForFile(
         '--data-dir',
         join(hostBDir, 'no-data-dir'),
         '--token-file',
-        hookToken,
+        adminToken,
       ]);
     });
     agentB = await AgentUnderTest.start(service, join(hostBDir, 'agent'), REMOTE, {

@@ -1,14 +1,19 @@
 /**
- * vtpm-manager under a real libvirtd: the qemu hook starts and stops vTPMs
- * around `virsh start` / `virsh destroy`, a domain is given a vTPM with
- * `vtpm libvirt attach`, a start with the control plane down fails fast with
- * a message naming vtpm-manager, and a TPM created by libvirt's own emulator
- * backend is adopted with its EK certificate and NV contents unchanged.
+ * vtpm-manager under a real libvirtd with Debian's defaults (QEMU as
+ * libvirt-qemu) and `vtpm serve` with its own: the qemu hook, installed
+ * beside a hook of the site's own, starts and stops vTPMs around `virsh
+ * start` / `virsh destroy` as the host's hook identity; a domain is given a
+ * vTPM with `vtpm libvirt attach`; `vtpm libvirt check` finds what libvirt
+ * and vtpm-manager disagree on; a start with the control plane down fails
+ * fast with a message naming vtpm-manager; and a TPM created by libvirt's own
+ * emulator backend is adopted with its EK certificate and NV contents
+ * unchanged.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { copyFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -16,7 +21,7 @@ import { buildInitramfs, findKernel, GUEST_NV_DATA, responseCode, responsesOf } 
 import {
   domainXml,
   ensureLibvirtd,
-  QEMU_GROUP,
+  installVtpmCommands,
   restartLibvirtd,
   untilShutOff,
   virsh,
@@ -27,6 +32,10 @@ import { serviceForFile, type VtpmJson } from './support/service.js';
 
 const exec = promisify(execFile);
 const HOOKS_DIR = '/etc/libvirt/hooks';
+/** A hook of the site's own, which vtpm-manager's must not replace: it notes every call. */
+const SITE_HOOK = join(HOOKS_DIR, 'qemu');
+const SITE_HOOK_LOG = `/tmp/vtpm-site-hook-${process.pid}.log`;
+const siteHook = `#!/bin/sh\ncat >/dev/null\necho "$1 $2 $3" >> ${SITE_HOOK_LOG}\n`;
 let kernel = '';
 let initramfs = '';
 const defined: string[] = [];
@@ -40,14 +49,24 @@ const context = serviceForFile(
     kernel = join(workDir, 'vmlinuz');
     await copyFile(await findKernel(), kernel);
     initramfs = await buildInitramfs(workDir);
-    const installed = await service.json<{ hook: string }>('libvirt', 'install-hook', '--hooks-dir', HOOKS_DIR);
-    assert.equal(installed.hook, join(HOOKS_DIR, 'qemu'));
+    const bin = await installVtpmCommands(workDir);
+    await mkdir(HOOKS_DIR, { recursive: true });
+    await writeFile(SITE_HOOK, siteHook, { mode: 0o755 });
+    const installed = await service.json<{ hook: string; program: string }>(
+      'libvirt',
+      'install-hook',
+      '--hooks-dir',
+      HOOKS_DIR,
+    );
+    assert.equal(installed.hook, join(HOOKS_DIR, 'qemu.d', 'vtpm-manager'), 'beside the hook of the site');
+    assert.equal(installed.program, join(bin, 'vtpm-libvirt-hook'), 'the installed program, not the checkout');
+    assert.equal(await readFile(SITE_HOOK, 'utf8'), siteHook);
     await restartLibvirtd();
   },
   async () => {
-    // QEMU runs as libvirt's unprivileged user, as on any libvirt host: the vTPM sockets are shared with its group.
     await ensureLibvirtd();
-    return ['--pool-size', '0', '--qemu-group', QEMU_GROUP];
+    // No --qemu-group: QEMU runs as libvirt's unprivileged user, and the service finds its group in qemu.conf.
+    return ['--pool-size', '0'];
   },
 );
 
@@ -58,7 +77,9 @@ after(async () => {
   }
   for (const secret of secrets) await virsh('secret-undefine', secret).catch(() => undefined);
   // A hook libvirtd knows of must stay executable while it runs: remove it, then restart libvirtd.
-  await rm(join(HOOKS_DIR, 'qemu'), { force: true });
+  await rm(join(HOOKS_DIR, 'qemu.d', 'vtpm-manager'), { force: true });
+  await rm(SITE_HOOK, { force: true });
+  await rm(SITE_HOOK_LOG, { force: true });
   await restartLibvirtd();
 });
 
@@ -96,6 +117,18 @@ describe('libvirt hook and attach', () => {
 
       await virsh('start', domain.name);
       assert.equal(await vtpmStatus(domain.uuid), 'running', 'the hook started the vTPM before QEMU');
+      const socket = await stat(join(context.service.dataDir, 'run', `${domain.uuid}.sock`));
+      assert.equal(socket.gid, Number((await exec('getent', ['group', 'libvirt-qemu'])).stdout.split(':')[2]));
+      const events = await context.service.json<Array<{ actor: string; operation: string }>>(
+        'events',
+        '--vm',
+        domain.uuid,
+      );
+      assert.ok(
+        events.some((e) => e.actor === `libvirt-hook@${hostname()}` && /start/.test(e.operation)),
+        `the start is the hook's, not the admin's: ${JSON.stringify(events)}`,
+      );
+      assert.match(await readFile(SITE_HOOK_LOG, 'utf8'), new RegExp(`${domain.name} prepare begin`));
       const firstConsole = await waitForConsole(domain, 'VTPM-HOLDING');
       assert.match(firstConsole, /VTPM-DEVICES .*\/dev\/tpm0/);
       const first = responsesOf(firstConsole);
@@ -117,6 +150,51 @@ describe('libvirt hook and attach', () => {
       await virsh('destroy', domain.name);
     },
   );
+
+  it("refuses to attach with a spec other than the existing vTPM's, naming both", async () => {
+    const domain = testDomain(`vtpm-respec-${process.pid}`);
+    await define(domain);
+    await context.service.json('libvirt', 'attach', domain.name, '--version', '2.0');
+    const refused = await context.service.cli('libvirt', 'attach', domain.name, '--version', '1.2');
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /TPM version 2\.0, not the 1\.2 asked for/);
+    const model = await context.service.cli('libvirt', 'attach', domain.name, '--model', 'tpm-crb');
+    assert.equal(model.code, 2, model.stderr);
+    assert.match(model.stderr, /TPM model tpm-tis, not the tpm-crb asked for/);
+    assert.equal((await context.service.json<VtpmJson>('show', domain.uuid)).version, '2.0');
+    await context.service.json('libvirt', 'attach', domain.name, '--version', '2.0');
+  });
+
+  it('check lists a domain whose vTPM is gone and a vTPM whose domain is gone; --prune needs --yes', async () => {
+    const kept = testDomain(`vtpm-check-kept-${process.pid}`);
+    const undefined_ = testDomain(`vtpm-check-gone-${process.pid}`);
+    for (const domain of [kept, undefined_]) {
+      await define(domain);
+      await context.service.json('libvirt', 'attach', domain.name, '--version', '2.0');
+    }
+    await context.service.json('delete', kept.uuid);
+    await virsh('undefine', undefined_.name);
+    const found = await context.service.json<{
+      domains_without_vtpm: Array<{ domain: string }>;
+      vtpms_without_domain: Array<{ vm: string }>;
+    }>('libvirt', 'check');
+    assert.ok(
+      found.domains_without_vtpm.some((d) => d.domain === kept.name),
+      JSON.stringify(found),
+    );
+    assert.ok(
+      found.vtpms_without_domain.some((v) => v.vm === undefined_.uuid),
+      JSON.stringify(found),
+    );
+
+    const unconfirmed = await context.service.cli('libvirt', 'check', '--prune');
+    assert.equal(unconfirmed.code, 2, unconfirmed.stderr);
+    assert.match(unconfirmed.stderr, /pass --yes/);
+    assert.equal(await vtpmStatus(undefined_.uuid), 'stopped', 'nothing deleted without a confirmation');
+    const pruned = await context.service.json<{ pruned: string[] }>('libvirt', 'check', '--prune', '--yes');
+    assert.ok(pruned.pruned.includes(undefined_.uuid));
+    assert.equal((await context.service.cli('show', undefined_.uuid)).code, 3);
+  });
 
   it('refuses to attach to a domain that has a TPM, unless --replace', async () => {
     const domain = testDomain(`vtpm-has-tpm-${process.pid}`, {
@@ -198,6 +276,25 @@ describe("adopting a TPM from libvirt's emulator backend", () => {
     assert.match(refused.stderr, /has no TPM; only a TPM of libvirt's emulator backend can be adopted/);
     const missing = await context.service.cli('libvirt', 'adopt', `no-such-domain-${process.pid}`);
     assert.equal(missing.code, 3, missing.stderr);
+  });
+});
+
+describe('uninstall-hook', () => {
+  it("removes its own hook and revokes its token; the site's hook stays", async () => {
+    const tokenFile = join(context.service.dataDir, 'libvirt-hook.token');
+    const token = (await readFile(tokenFile, 'utf8')).trim();
+    assert.equal((await context.service.cliAs(token, 'show', randomUUID())).code, 3, 'the hook token works');
+    const removed = await context.service.json<{ removed: string[]; left_alone: string[] }>(
+      'libvirt',
+      'uninstall-hook',
+      '--hooks-dir',
+      HOOKS_DIR,
+    );
+    assert.deepEqual(removed.removed, [join(HOOKS_DIR, 'qemu.d', 'vtpm-manager')]);
+    assert.deepEqual(removed.left_alone, [SITE_HOOK]);
+    assert.equal(await readFile(SITE_HOOK, 'utf8'), siteHook);
+    assert.equal((await context.service.cliAs(token, 'show', randomUUID())).code, 5, 'its token is revoked');
+    await context.service.json('libvirt', 'install-hook', '--hooks-dir', HOOKS_DIR);
   });
 });
 

@@ -2,15 +2,18 @@
  * A real libvirtd for the tests, started without systemd as on these machines
  * (the test setup installs libvirt-daemon, libvirt-daemon-driver-qemu and
  * libvirt-clients): QEMU runs as libvirt's unprivileged libvirt-qemu user,
- * as Debian's libvirt does, with libvirt's DAC ownership handling and no
- * AppArmor profile (not every test machine has AppArmor).
+ * Debian's default (qemu.conf leaves user and group unset), with libvirt's
+ * DAC ownership handling and no AppArmor profile (not every test machine has
+ * AppArmor).
  *
  * Domains boot the test guest (Debian cloud kernel + busybox initramfs) with
  * software emulation; the guest's serial console goes to a file.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { delimiter, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { setTimeout as delay } from 'node:timers/promises';
 
@@ -18,9 +21,29 @@ const exec = promisify(execFile);
 const LIBVIRT_URI = 'qemu:///system';
 const QEMU_CONF = '/etc/libvirt/qemu.conf';
 export const QEMU_GROUP = 'libvirt-qemu';
-const TEST_SETTINGS = ['user = "libvirt-qemu"', `group = "${QEMU_GROUP}"`, 'security_driver = "none"'];
+const TEST_SETTINGS = ['security_driver = "none"'];
 /** What earlier versions of these tests wrote, taken out again. */
-const FORMER_SETTINGS = ['user = "root"', 'group = "root"'];
+const FORMER_SETTINGS = ['user = "root"', 'group = "root"', 'user = "libvirt-qemu"', 'group = "libvirt-qemu"'];
+
+/**
+ * The vtpm commands as `npm install -g` leaves them: links in a bin directory on PATH to the package's
+ * programs, executable. The hook names the link, never the package's files.
+ */
+export async function installVtpmCommands(dir: string): Promise<string> {
+  const bin = join(dir, 'bin');
+  await mkdir(bin, { recursive: true });
+  for (const [name, file] of Object.entries(PROGRAMS)) {
+    const target = fileURLToPath(new URL(`../../../src/cli/${file}`, import.meta.url));
+    await chmod(target, 0o755);
+    await symlink(target, join(bin, name)).catch((error: { code?: string }) => {
+      if (error.code !== 'EEXIST') throw error;
+    });
+  }
+  process.env.PATH = `${bin}${delimiter}${process.env.PATH ?? ''}`;
+  return bin;
+}
+
+const PROGRAMS = { vtpm: 'main.js', 'vtpm-libvirt-hook': 'libvirt-hook.js' };
 
 export async function virsh(...args: string[]): Promise<string> {
   return (await exec('virsh', ['-c', LIBVIRT_URI, ...args], { timeout: 120_000 })).stdout;
