@@ -7,13 +7,12 @@
  * passphrase) but whose content is anything at all must not be a 5xx either.
  */
 import assert from 'node:assert/strict';
-import { scryptSync } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { open, seal } from '../../src/keys/aead.js';
 import type { VtpmJson } from '../e2e/support/service.js';
+import { errorCodeOf, openBundle } from './support/bundle-file.js';
 import { damaging } from './support/bytes.js';
 import { startFuzzService } from './support/fuzz-service.js';
 import { CANARY, mutatedJson } from './support/hostile.js';
@@ -41,13 +40,6 @@ async function importing(body: unknown): Promise<{ status: number; text: string 
   return { status: response.status, text: await response.text() };
 }
 
-const errorCodeOf = (text: string): string | undefined => {
-  const parsed = JSON.parse(text) as { error?: { code?: unknown; message?: unknown } };
-  return typeof parsed.error?.code === 'string' && typeof parsed.error.message === 'string'
-    ? parsed.error.code
-    : undefined;
-};
-
 const vtpmCount = async () =>
   (
     (await (await fetch(`${service.url}/v1/vtpms`, { headers: { authorization: `Bearer ${token}` } })).json()) as {
@@ -55,19 +47,7 @@ const vtpmCount = async () =>
     }
   ).vtpms.length;
 
-/** The bundle's parts, to seal content of the test's choosing under the same header and passphrase. */
-const headerEnd = 12 + bundle.readUInt32BE(8);
-const headerText = bundle.subarray(12, headerEnd).toString();
-const header = JSON.parse(headerText) as { n: number; r: number; p: number; salt: string };
-const key = scryptSync(PASSPHRASE, Buffer.from(header.salt, 'base64'), 32, {
-  N: header.n,
-  r: header.r,
-  p: header.p,
-  maxmem: 256 * header.n * header.r,
-});
-const content = JSON.parse(open(key, bundle.subarray(headerEnd), headerText, 'the bundle').toString()) as unknown;
-const sealed = (value: unknown) =>
-  Buffer.concat([bundle.subarray(0, headerEnd), seal(key, Buffer.from(JSON.stringify(value) ?? 'null'), headerText)]);
+const { content, sealed } = openBundle(bundle, PASSPHRASE);
 
 describe('import bundles fuzzed byte by byte', () => {
   it('refuses every damaged bundle through the API with a 4xx invalid_bundle, and imports nothing', async () => {
