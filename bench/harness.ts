@@ -10,6 +10,7 @@ import { startServer, type RunningServer } from '../src/serve/start-server.js';
 import { handOver, KEY_FD } from '../src/swtpm/run-program.js';
 import { SWTPM_KEY_OPTION } from '../src/swtpm/state-key.js';
 import { socketAccepts } from '../src/swtpm/tpm-socket.js';
+import { DEFAULT_RETENTION } from '../src/vault/retention.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
@@ -70,7 +71,7 @@ export async function serveInProcess(dataDir: string, poolSize: number): Promise
     runDir: join(dataDir, 'run'),
     scratchDir: '/dev/shm',
     keyManager: 'local',
-    retention: 20,
+    retention: DEFAULT_RETENTION,
     poolSize,
     logger: pino({ level: 'warn' }, pino.destination(2)),
     version: 'bench',

@@ -22,6 +22,7 @@ import { sqliteDialect } from '../src/store/sqlite/sqlite-dialect.js';
 import { StateVault, vaultKeyFrom } from '../src/vault/state-vault.js';
 import { benchRoot, inBatches, serveInProcess } from './harness.js';
 import { summarize, table, type Summary } from './stats.js';
+import { DEFAULT_RETENTION } from '../src/vault/retention.js';
 
 const SCALES = [1, 50, 200];
 const DURATION_MS = 10_000;
@@ -86,7 +87,7 @@ async function notificationAnchor(root: string, count: number): Promise<Summary>
 
 async function commitThroughput(root: string): Promise<{ vault: number; anchor: number }> {
   const store = await Store.open(sqliteDialect(join(root, 'throughput.sqlite')));
-  const vault = new StateVault(store, 20);
+  const vault = new StateVault(store, DEFAULT_RETENTION);
   const key = vaultKeyFrom(randomBytes(32));
   const vm = randomUUID();
   let started = performance.now();

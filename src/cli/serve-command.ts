@@ -4,6 +4,7 @@ import { Option } from 'commander';
 import pino from 'pino';
 import { InvalidArgumentError } from '../errors.js';
 import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS, PIN_ENVIRONMENT, PKCS11_DEFAULTS } from '../keys/index.js';
+import { DEFAULT_RETENTION } from '../vault/retention.js';
 import { globals, withClientOptions } from './context.js';
 import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
 import { positiveInteger, wholeNumber } from './parsers.js';
@@ -35,7 +36,18 @@ export function registerServeCommand(program: Command, packageVersion: string): 
     .addOption(
       new Option('--key-manager <kind>', 'key manager backend').choices([...KEY_MANAGER_KINDS]).default('local'),
     )
-    .option('--retention <count>', 'state generations kept per vTPM', positiveInteger('--retention'), 20)
+    .option(
+      '--retention <count>',
+      'newest state generations kept per vTPM',
+      positiveInteger('--retention'),
+      DEFAULT_RETENTION.newest,
+    )
+    .option(
+      '--retention-days <days>',
+      "beyond those, each day's last generation kept for this many days (0: none)",
+      wholeNumber('--retention-days'),
+      DEFAULT_RETENTION.days,
+    )
     .option(
       '--pool-size <count>',
       'TPMs of each version manufactured ahead of demand (0: off)',
@@ -99,6 +111,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
           scratchDir: string;
           keyManager: string;
           retention: number;
+          retentionDays: number;
           poolSize: number;
           poolRefillPause: number;
           swtpmUser?: string;
@@ -127,7 +140,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
           runDir: options.runDir ?? defaultRunDir(dataDir),
           scratchDir: options.scratchDir,
           keyManager: options.keyManager,
-          retention: options.retention,
+          retention: { newest: options.retention, days: options.retentionDays },
           poolSize: options.poolSize,
           poolRefillPauseMs: options.poolRefillPause,
           swtpmUser: options.swtpmUser,

@@ -5,7 +5,7 @@
  */
 import type { Principal } from '../auth/policy.js';
 import { withSecret, withWiped } from '../keys/wiped.js';
-import type { StateKind, VtpmRecord } from '../store/index.js';
+import { STATE_KINDS, type VtpmRecord } from '../store/index.js';
 import { type BundleGeneration, writeBundle } from '../vault/bundle.js';
 import { openEkCertificates } from '../vault/ek-certificates.js';
 import { vaultKeyFrom } from '../vault/state-vault.js';
@@ -52,7 +52,7 @@ export async function exportVtpm(
 async function chosenGenerations(cp: ControlPlane, record: VtpmRecord, request: ExportRequest, vaultKey: Buffer) {
   const generations: BundleGeneration[] = [];
   const history = await cp.vault.history(record.vm);
-  for (const kind of ['tpm', 'nvram'] as StateKind[]) {
+  for (const kind of STATE_KINDS) {
     if (!(await cp.vault.newest(record.vm, kind, vaultKey))) continue;
     const chosen = history
       .filter((g) => g.kind === kind)

@@ -101,12 +101,12 @@ describe('reconcile', () => {
     assert.equal((await row(t, other)).status, 'stopped');
   });
 
-  it('a running vTPM whose working copy is the head: stopped, no new generation', async () => {
+  it("a running vTPM whose working copy is the head: stopped, no new generation, the head the run's last", async () => {
     const vm = await runningVtpm(t);
     await t.local.guestWrites(vm, Buffer.from('reported'));
     await reconcile(await t.restart(() => t.local.exits(vm)));
     assert.equal((await row(t, vm)).status, 'stopped');
-    assert.deepEqual((await generations(t, vm))[0], ['tpm', 2, 'sync']);
+    assert.deepEqual((await generations(t, vm))[0], ['tpm', 2, 'stop']);
   });
 
   it('a starting vTPM that does not run: stopped, its older working copy not committed', async () => {

@@ -19,7 +19,7 @@ describe('restore', () => {
     assert.equal(restored.generation, 3);
     assert.deepEqual(await generations(t, vm), [
       ['tpm', 3, 'restore'],
-      ['tpm', 2, 'sync'],
+      ['tpm', 2, 'stop'],
       ['tpm', 1, 'create'],
     ]);
     assert.deepEqual((await newest(t, vm)).data, manufactured);

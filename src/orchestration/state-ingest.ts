@@ -129,5 +129,6 @@ export async function ingestExit(cp: ControlPlane, host: string, exit: VtpmExit)
     await settleMigration(cp, record, destination, 'abandoned');
   }
   cp.vaultKeys.drop(exit.vm);
+  await cp.vault.endRun(exit.vm);
   await cp.store.vtpms.update(exit.vm, { status: 'stopped', socket: null }, ['running', 'stopping']);
 }

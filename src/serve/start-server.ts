@@ -25,6 +25,7 @@ import { ingestExit, ingestStateChange } from '../orchestration/state-ingest.js'
 import { ProvisioningPool } from '../pool/provisioning-pool.js';
 import { openEmbeddedStore } from '../store/index.js';
 import { CertificateAuthority } from '../swtpm/certificate-authority.js';
+import type { RetentionPolicy } from '../vault/retention.js';
 import { StateVault } from '../vault/state-vault.js';
 import { caPasswords } from './ca-passwords.js';
 
@@ -34,8 +35,8 @@ export interface ServeOptions {
   runDir: string;
   scratchDir: string;
   keyManager: string;
-  /** How many generations of each vTPM's state the vault keeps. */
-  retention: number;
+  /** Which generations of each vTPM's state the vault keeps. */
+  retention: RetentionPolicy;
   /** TPMs of each version kept manufactured ahead of demand; 0 turns the pool off. */
   poolSize: number;
   /** Pause after each background manufacture, in ms (0: none). */

@@ -26,6 +26,7 @@ async function narrow(path: string): Promise<void> {
 }
 
 export { Store } from './store.js';
+export { STATE_KINDS } from './schema.js';
 export { DEPLOYMENT_PROJECT, SECRET_SETTINGS, type SecretUse } from './repositories/secrets.js';
 export type {
   AuditEvent,

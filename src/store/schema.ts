@@ -95,7 +95,8 @@ interface SettingTable {
   value: string;
 }
 
-export type StateKind = 'tpm' | 'nvram';
+export const STATE_KINDS = ['tpm', 'nvram'] as const;
+export type StateKind = (typeof STATE_KINDS)[number];
 export type GenerationReason = 'create' | 'sync' | 'stop' | 'restore' | 'import' | 'adopt';
 
 /** One encrypted copy of a vTPM's state; see src/vault for what binds it. */

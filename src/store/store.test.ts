@@ -240,15 +240,15 @@ for (const dialect of DIALECTS) {
         ]);
       });
 
-      it('prunes the generations up to a number, of one kind only', async () => {
+      it('removes the generations it is given, of one kind only', async () => {
         for (const n of [1, 2, 3, 4]) await store.generations.append(generation('vm-1', n));
         await store.generations.append(generation('vm-1', 1, { kind: 'nvram' }));
-        await store.generations.prune('vm-1', 'tpm', 2);
+        await store.generations.remove('vm-1', 'tpm', [1, 3]);
         const kept = (await store.generations.list('vm-1')).map((g) => [g.kind, g.generation]);
         assert.deepEqual(kept, [
           ['nvram', 1],
           ['tpm', 4],
-          ['tpm', 3],
+          ['tpm', 2],
         ]);
         assert.deepEqual(await store.generations.head('vm-1', 'tpm'), { generation: 4, digest: 'd4' });
       });

@@ -19,7 +19,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'vault-test-'));
   store = await Store.open(sqliteDialect(join(dir, 'db.sqlite')));
   raw = new Sqlite(join(dir, 'db.sqlite'));
-  vault = new StateVault(store, 5);
+  vault = new StateVault(store, { newest: 5, days: 0 });
 });
 
 after(async () => {
@@ -72,11 +72,15 @@ describe('StateVault', () => {
     );
   });
 
-  it('does not commit a sync that changes nothing', async () => {
+  it('does not commit a sync that changes nothing; a stop that changes nothing marks the head the last', async () => {
     const { vm, key, states } = await vmWith(2);
     assert.equal(await vault.commit(vm, 'tpm', key, states[1]!, 'sync'), undefined);
     assert.equal(await vault.commit(vm, 'tpm', key, states[1]!, 'stop'), undefined);
+    const [head] = await vault.history(vm);
+    assert.deepEqual([head?.generation, head?.reason], [2, 'stop']);
     assert.equal(await vault.commit(vm, 'tpm', key, states[0]!, 'restore'), 3);
+    assert.equal(await vault.commit(vm, 'tpm', key, states[0]!, 'stop'), undefined);
+    assert.equal((await vault.history(vm))[0]?.reason, 'restore', 'only a sync generation is marked');
   });
 
   it('keeps only the newest generations of the retention', async () => {

@@ -14,7 +14,14 @@ import { createHash, hkdfSync, randomBytes } from 'node:crypto';
 import { IntegrityError, NotFoundError, RollbackError, StateConflictError } from '../errors.js';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
 import { withWipedSync } from '../keys/wiped.js';
-import type { GenerationReason, GenerationSummary, StateKind, Store } from '../store/index.js';
+import {
+  type GenerationReason,
+  type GenerationSummary,
+  STATE_KINDS,
+  type StateKind,
+  type Store,
+} from '../store/index.js';
+import { generationsToPrune, type RetentionPolicy } from './retention.js';
 
 /** The previous digest of generation 1. */
 const GENESIS = '0'.repeat(64);
@@ -41,7 +48,7 @@ export interface StateGeneration {
 export class StateVault {
   constructor(
     private readonly store: Store,
-    private readonly retention: number,
+    private readonly retention: RetentionPolicy,
   ) {}
 
   /**
@@ -62,7 +69,11 @@ export class StateVault {
   ): Promise<number | undefined> {
     const head = await this.store.generations.head(vm, kind);
     const digest = digestOf(data);
-    if (head?.digest === digest && (reason === 'sync' || reason === 'stop')) return undefined;
+    if (head?.digest === digest && (reason === 'sync' || reason === 'stop')) {
+      // A guest that stopped after its last change: that generation is the run's last, and says so.
+      if (reason === 'stop') await this.store.generations.markStopped(vm, kind, head.generation);
+      return undefined;
+    }
     if (head && follows && follows.length > 0 && !follows.includes(head.digest)) {
       throw new StateConflictError(
         `a report of VM ${vm}'s ${kind} state follows none of what the vault holds (head: generation ` +
@@ -93,9 +104,22 @@ export class StateVault {
         { vm, kind, generation },
       );
     }
-    // Retention: the newest `retention` generations stay.
-    if (generation > this.retention) await this.store.generations.prune(vm, kind, generation - this.retention);
+    if (generation > this.retention.newest) await this.prune(vm, kind);
     return generation;
+  }
+
+  /** A run of the vTPM ended: the newest generation of each kind, if a `sync`, is marked `stop`. */
+  async endRun(vm: string): Promise<void> {
+    for (const kind of STATE_KINDS) {
+      const head = await this.store.generations.head(vm, kind);
+      if (head) await this.store.generations.markStopped(vm, kind, head.generation);
+    }
+  }
+
+  private async prune(vm: string, kind: StateKind): Promise<void> {
+    const generations = (await this.store.generations.list(vm)).filter((g) => g.kind === kind);
+    const prune = generationsToPrune(generations, this.retention, new Date());
+    if (prune.length > 0) await this.store.generations.remove(vm, kind, prune);
   }
 
   /** Opens one generation, checking everything that binds it. */

@@ -113,6 +113,8 @@ describe('the state vault', () => {
       assert.ok(synced && !exited, 'no sync generation was committed while the guest ran');
       const first = await guest.report;
       await context.service.waitForStatus(vm, 'stopped');
+      const [last] = (await history(vm)).filter((g) => g.kind === 'tpm');
+      assert.equal(last?.reason, 'stop', "the run's last generation says it ended there");
 
       await rm(join(context.service.dataDir, 'tpm', vm), { recursive: true, force: true });
       const second = await boot(vm);

@@ -140,7 +140,7 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
   const parts = {
     store,
     keys,
-    vault: new StateVault(store, 20),
+    vault: new StateVault(store, { newest: 20, days: 0 }),
     fleet,
     audit: new AuditLog(store),
     pool: undefined,

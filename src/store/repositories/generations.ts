@@ -99,13 +99,25 @@ export class GenerationRepository {
       .execute();
   }
 
-  /** Deletes the generations of a kind numbered `upTo` or lower. */
-  async prune(vm: string, kind: StateKind, upTo: number): Promise<void> {
+  /** The reason of a `sync` generation becomes `stop`: the run it was taken in ended with it. */
+  async markStopped(vm: string, kind: StateKind, generation: number): Promise<void> {
+    await this.db
+      .updateTable('state_generations')
+      .set({ reason: 'stop' })
+      .where('vm', '=', vm)
+      .where('kind', '=', kind)
+      .where('generation', '=', generation)
+      .where('reason', '=', 'sync')
+      .execute();
+  }
+
+  /** Deletes these generations of a kind (retention's choice; never the head). */
+  async remove(vm: string, kind: StateKind, generations: readonly number[]): Promise<void> {
     await this.db
       .deleteFrom('state_generations')
       .where('vm', '=', vm)
       .where('kind', '=', kind)
-      .where('generation', '<=', upTo)
+      .where('generation', 'in', generations)
       .execute();
   }
 
