@@ -3,14 +3,15 @@
  * tries each until it is taken. An answer that is not the control plane's
  * decision on the report, such as "who are you?" from a control plane that
  * could not read this host's token yet (its key manager away at start-up),
- * is tried again: only a refusal of the report itself drops it.
+ * is tried again. A refusal of the report itself goes back to the state
+ * watcher as one, so that the refused state is never named as a predecessor.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { after, describe, it } from 'node:test';
 import pino from 'pino';
-import { ApiClient } from '../../api/client.js';
+import { ApiClient, RemoteError } from '../../api/client.js';
 import type { StateChange } from '../host-agent.js';
 import type { LocalHostAgent } from '../local-host-agent.js';
 import { buildAgentApi } from './agent-server.js';
@@ -74,14 +75,14 @@ describe('vtpm agent reporting a state change', () => {
     assert.equal(controlPlane.seen.length, 4, 'sent until the control plane took it');
   });
 
-  it('drops a report the control plane refuses (the state is not this launch to report)', async () => {
+  it('passes a refusal on to the watcher, which never names a refused state as one the vault holds', async () => {
     const controlPlane = await controlPlaneAnswering([409]);
     servers.push(controlPlane.server);
     const { agent, report } = agentReporting();
     const client = await ApiClient.withToken({ url: controlPlane.url, token: 'host-b-token' });
     await buildAgentApi({ agent, token: 'host-b-token', controlPlane: client, logger: pino({ level: 'silent' }) });
 
-    await report(change());
-    assert.equal(controlPlane.seen.length, 1);
+    await assert.rejects(report(change()), (error: unknown) => error instanceof RemoteError && error.status === 409);
+    assert.equal(controlPlane.seen.length, 1, 'not sent again');
   });
 });

@@ -36,19 +36,23 @@ const digest = (token: string) => createHash('sha256').update(token).digest();
 const NOT_DECIDED = new Set([401, 408, 429]);
 
 /**
- * Sends one report until the control plane takes it; a refusal
- * (4xx) is logged and dropped, as the control plane decided.
+ * Sends one report until the control plane takes it, or refuses it (a 4xx that decides on it), which is
+ * thrown: a refused state change must not count as taken (its watcher then names it as a predecessor).
  */
+/** Sends a report whose refusal the control plane decided: logged and dropped. */
+async function deliverOrDrop(controlPlane: ApiClient, logger: Logger, path: string, body: unknown): Promise<void> {
+  await deliver(controlPlane, logger, path, body).catch((error: RemoteError) =>
+    logger.warn({ path, code: error.code, msg: error.message }, 'the control plane refused a report'),
+  );
+}
+
 async function deliver(controlPlane: ApiClient, logger: Logger, path: string, body: unknown): Promise<void> {
   for (let wait = 100; ; wait = Math.min(wait * 2, RETRY_MAX_MS)) {
     try {
       await controlPlane.request('POST', path, body);
       return;
     } catch (error) {
-      if (error instanceof RemoteError && error.status < 500 && !NOT_DECIDED.has(error.status)) {
-        logger.warn({ path, code: error.code, msg: error.message }, 'the control plane refused a report');
-        return;
-      }
+      if (error instanceof RemoteError && error.status < 500 && !NOT_DECIDED.has(error.status)) throw error;
       logger.warn({ path, err: error, retryInMs: wait }, 'the control plane did not take a report; retrying');
       await new Promise((resolve) => setTimeout(resolve, wait));
     }
@@ -143,7 +147,7 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
   agent.onStateChange((change) =>
     deliver(controlPlane, logger, reportPath(agent.hostName, 'state-changes'), toWire(change)),
   );
-  agent.onExit((exit) => void deliver(controlPlane, logger, reportPath(agent.hostName, 'exits'), exit));
+  agent.onExit((exit) => void deliverOrDrop(controlPlane, logger, reportPath(agent.hostName, 'exits'), exit));
   return app;
 }
 
@@ -152,5 +156,5 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
  * capabilities, where its sockets are); retried until taken.
  */
 export async function reportIn(controlPlane: ApiClient, agent: LocalHostAgent, logger: Logger): Promise<void> {
-  await deliver(controlPlane, logger, reportPath(agent.hostName, 'hello'), await agent.describe());
+  await deliverOrDrop(controlPlane, logger, reportPath(agent.hostName, 'hello'), await agent.describe());
 }
