@@ -19,6 +19,8 @@ import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import { chooseHost } from './scheduler.js';
 
 const agentToken = (secret: Buffer) => secret.toString('base64url');
+const CONNECT_RETRY_FIRST_MS = 500;
+const CONNECT_RETRY_LONGEST_MS = 30_000;
 const digest = (token: string) => createHash('sha256').update(token).digest();
 
 interface RemoteHost {
@@ -66,29 +68,55 @@ export class Fleet {
 
   /**
    * Connects to every registered remote host's agent (at start-up); one that does not answer is used once it
-   * reports in.
+   * reports in. One whose token the key manager cannot give now (it is away) is connected once it can; its
+   * agent's reports are not authenticated until then, and the agent tries them again.
    */
   async connectRegistered(): Promise<void> {
     for (const host of await this.options.store.hosts.list()) {
-      if (!host.agent_url || !host.agent_secret_ref) continue;
-      const token = await withSecret(this.options.keys, host.agent_secret_ref, agentToken);
-      await this.connect(host.name, host.agent_url, token);
+      if (host.agent_url && host.agent_secret_ref)
+        await this.connectRegisteredHost(host.name, host.agent_url, host.agent_secret_ref, CONNECT_RETRY_FIRST_MS);
     }
+  }
+
+  private async connectRegisteredHost(name: string, url: string, ref: string, pauseMs: number): Promise<void> {
+    // Registered again meanwhile: that connection, with its new token, stands.
+    if (this.remotes.has(name)) return;
+    let token: string;
+    try {
+      token = await withSecret(this.options.keys, ref, agentToken);
+    } catch (error) {
+      this.options.logger.warn(
+        { host: name, err: error, retryInMs: pauseMs },
+        "a remote host's agent token could not be read; the host is connected once it can be",
+      );
+      const next = Math.min(pauseMs * 2, CONNECT_RETRY_LONGEST_MS);
+      const retry = () =>
+        this.connectRegisteredHost(name, url, ref, next).catch((failure: unknown) =>
+          this.options.logger.error({ host: name, err: failure }, 'a remote host could not be connected'),
+        );
+      setTimeout(retry, pauseMs).unref();
+      return;
+    }
+    const agent = await this.connect(name, url, token);
+    // Connected after start-up: describeAll has gone by, and the agent may have reported in long ago.
+    if (pauseMs > CONNECT_RETRY_FIRST_MS) await this.describe(agent);
   }
 
   /** Records every connected host's traits and capabilities, as its agent describes them. */
   async describeAll(): Promise<void> {
-    for (const agent of this.connected()) {
-      try {
-        const { name, traits, capabilities } = await agent.describe();
-        await this.options.store.hosts.upsert({ name, traits, capabilities });
-      } catch (error) {
-        if (this.inProcess.has(agent.hostName)) throw error;
-        this.options.logger.warn(
-          { host: agent.hostName, err: error },
-          'a remote agent did not answer; it is used again once it reports in',
-        );
-      }
+    for (const agent of this.connected()) await this.describe(agent);
+  }
+
+  private async describe(agent: HostAgent): Promise<void> {
+    try {
+      const { name, traits, capabilities } = await agent.describe();
+      await this.options.store.hosts.upsert({ name, traits, capabilities });
+    } catch (error) {
+      if (this.inProcess.has(agent.hostName)) throw error;
+      this.options.logger.warn(
+        { host: agent.hostName, err: error },
+        'a remote agent did not answer; it is used again once it reports in',
+      );
     }
   }
 
@@ -117,9 +145,11 @@ export class Fleet {
     });
   }
 
-  private async connect(name: string, url: string, token: string): Promise<void> {
+  private async connect(name: string, url: string, token: string): Promise<RemoteHostAgent> {
     const client = await ApiClient.withToken({ url, token, caFile: this.options.agentCaFile });
-    this.remotes.set(name, { agent: new RemoteHostAgent(name, client), tokenDigest: digest(token) });
+    const agent = new RemoteHostAgent(name, client);
+    this.remotes.set(name, { agent, tokenDigest: digest(token) });
+    return agent;
   }
 
   /** Refuses a report that does not carry `host`'s agent token (compared in constant time). */
