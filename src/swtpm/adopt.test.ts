@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
-import { IntegrityError } from '../errors.js';
+import { InvalidArgumentError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import { adoptState } from './adopt.js';
 import { handOver, KEY_FD, runProgram } from './run-program.js';
@@ -178,8 +178,24 @@ describe("adopting a TPM state written by libvirt's swtpm", () => {
         stateKey: randomBytes(32),
         scratchRoot: root,
       }),
-      (error: unknown) => error instanceof IntegrityError && /given secret/.test(error.message),
+      (error: unknown) =>
+        error instanceof InvalidArgumentError && /^state: .*opens with the given secret/.test(error.message),
     );
+  });
+
+  it("refuses what is no swtpm state at all as the caller's bad input (a 4xx), for either version", async () => {
+    for (const version of ['1.2', '2.0'] as const) {
+      await assert.rejects(
+        adoptState({
+          spec: { version, model: 'tpm-tis' },
+          state: randomBytes(3000),
+          stateKey: randomBytes(32),
+          scratchRoot: root,
+        }),
+        (error: unknown) => error instanceof InvalidArgumentError && error.status === 400,
+        version,
+      );
+    }
   });
 
   it('refuses an encrypted state when no secret is given', async () => {
@@ -190,7 +206,7 @@ describe("adopting a TPM state written by libvirt's swtpm", () => {
         stateKey: randomBytes(32),
         scratchRoot: root,
       }),
-      (error: unknown) => error instanceof IntegrityError && /secret is needed/.test(error.message),
+      (error: unknown) => error instanceof InvalidArgumentError && /encrypted one needs its secret/.test(error.message),
     );
   });
 });

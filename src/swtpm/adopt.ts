@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { EmulatorError, IntegrityError } from '../errors.js';
+import { EmulatorError, InvalidArgumentError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { EkCertificate } from './manufacture.js';
 import { handOver, runProgram, spawnSwtpm } from './run-program.js';
@@ -124,14 +124,15 @@ export async function adoptState(options: AdoptOptions): Promise<AdoptedTpm> {
     running.push(source);
     // swtpm hands out its permanent state only from an initialised
     // TPM; initialising does not start it (no TPM2_Startup).
-    await ioctl(source, '-i').catch((error: unknown) => {
-      throw new IntegrityError(
+    // The state is the caller's (another manager's file): one that does not open is bad input, a 4xx.
+    await ioctl(source, '-i').catch(() => {
+      throw new InvalidArgumentError(
+        'state',
         options.sourcePassphrase
-          ? 'the TPM state cannot be opened with the given secret ' +
-              '(wrong secret, or not a swtpm state of this TPM version)'
-          : 'the TPM state cannot be opened ' +
-              '(encrypted, so its secret is needed, or not a swtpm state of this TPM version)',
-        { cause: String(error) },
+          ? `a swtpm state of TPM ${options.spec.version} that opens with the given secret ` +
+              "(the secret is wrong, or the state is not one of this TPM version's)"
+          : `a swtpm state of TPM ${options.spec.version} that opens without a secret ` +
+              "(an encrypted one needs its secret, or the state is not one of this TPM version's)",
       );
     });
     const blob = join(scratch, 'permanent.blob');

@@ -45,6 +45,7 @@ async function exchange(request: FuzzRequest, route: string): Promise<void> {
   const answer = await send(service.url, request, identities.authorization(request.credential));
   counts.add('requests sent');
   counts.add(answer.status < 400 ? 'accepted' : 'refused');
+  counts.add(`answered ${answer.status}`);
   const problem = fault(request, answer);
   assert.equal(problem, undefined, `${route}: ${problem}\n  request: ${describeRequest(request)}`);
   if (answer.status < 400 && request.method !== 'GET' && request.method !== 'HEAD') await identities.heal();

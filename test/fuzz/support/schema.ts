@@ -24,6 +24,7 @@ export interface JsonSchema {
   const?: unknown;
   pattern?: string;
   format?: string;
+  description?: string;
   minLength?: number;
   maxLength?: number;
   minimum?: number;
@@ -39,6 +40,11 @@ export interface SchemaContext {
   refs: ReadonlyMap<string, JsonSchema>;
   /** Real values of the service under test (UUIDs, names), which reach deeper than random ones. */
   known: readonly string[];
+  /**
+   * Every string that can be a known value is one: a request whose every field names something real
+   * gets past the checks of each field, into the operation (an adopt of real swtpm work, say).
+   */
+  onlyKnown?: boolean;
 }
 
 const DEPTH = 4;
@@ -56,6 +62,22 @@ function resolve(schema: JsonSchema, context: SchemaContext): JsonSchema {
 const typesOf = (schema: JsonSchema): string[] =>
   schema.type === undefined ? [] : Array.isArray(schema.type) ? schema.type : [schema.type];
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * Values a field's description suggests: the known UUIDs when it speaks of a UUID, else the words that
+ * look like values ("TPM version: 1.2 or 2.0" gives 1.2 and 2.0; "tpm-tis (default) or tpm-crb"), else
+ * all its words ("bios (default) or uefi"). The document says what a field takes; a generator that reads
+ * it gets past each field's check as often as a caller who read it would.
+ */
+function hinted(schema: JsonSchema, known: readonly string[]): string[] {
+  const description = schema.description ?? '';
+  if (/\bUUID\b/i.test(description)) return known.filter((k) => UUID.test(k));
+  const words = [...new Set(description.match(/[A-Za-z0-9][\w.:@-]*[A-Za-z0-9]|\d/g) ?? [])];
+  const valueLike = words.filter((word) => /[\d:_-]|\w\.\w/.test(word));
+  return valueLike.length > 0 ? valueLike : words;
+}
+
 function conformingString(schema: JsonSchema, context: SchemaContext): fc.Arbitrary<string> {
   const minLength = schema.minLength ?? 0;
   const maxLength = Math.min(schema.maxLength ?? 48, Math.max(minLength, 48));
@@ -63,6 +85,7 @@ function conformingString(schema: JsonSchema, context: SchemaContext): fc.Arbitr
     value.length >= minLength &&
     value.length <= (schema.maxLength ?? Number.MAX_SAFE_INTEGER) &&
     (schema.pattern === undefined || new RegExp(schema.pattern, 'u').test(value));
+  const hints = hinted(schema, context.known).filter(fits);
   const known = context.known.filter(fits);
   const generated =
     schema.format === 'uuid'
@@ -70,7 +93,12 @@ function conformingString(schema: JsonSchema, context: SchemaContext): fc.Arbitr
       : schema.pattern !== undefined
         ? fc.stringMatching(new RegExp(schema.pattern)).filter(fits)
         : fc.string({ minLength, maxLength });
-  return known.length > 0 ? fc.oneof(fc.constantFrom(...known), generated) : generated;
+  const pool = hints.length > 0 ? hints : known;
+  if (context.onlyKnown) return pool.length > 0 ? fc.constantFrom(...pool) : generated;
+  return fc.oneof(
+    ...[hints, known].filter((values) => values.length > 0).map((values) => fc.constantFrom(...values)),
+    generated,
+  );
 }
 
 function conformingNumber(schema: JsonSchema, integer: boolean): fc.Arbitrary<number> {
