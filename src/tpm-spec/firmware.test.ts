@@ -11,12 +11,15 @@ describe('resolveFirmware', () => {
     assert.deepEqual(resolveFirmware({ firmware: 'uefi' }), { type: 'uefi', secureBoot: false });
     assert.deepEqual(resolveFirmware({ firmware: 'uefi', secureBoot: true }), { type: 'uefi', secureBoot: true });
   });
-  it("takes Nova's image and flavor keys; secure boot implies UEFI", () => {
+  it("takes Nova's image and flavor keys", () => {
     assert.deepEqual(resolveFirmware({ image: { hw_firmware_type: 'uefi', os_secure_boot: 'required' } }), {
       type: 'uefi',
       secureBoot: true,
     });
-    assert.deepEqual(resolveFirmware({ flavor: { 'os:secure_boot': 'required' } }), { type: 'uefi', secureBoot: true });
+    assert.deepEqual(
+      resolveFirmware({ flavor: { 'os:secure_boot': 'required' }, image: { hw_firmware_type: 'uefi' } }),
+      { type: 'uefi', secureBoot: true },
+    );
     assert.deepEqual(resolveFirmware({ image: { hw_firmware_type: 'uefi', os_secure_boot: 'optional' } }), {
       type: 'uefi',
       secureBoot: false,
@@ -32,7 +35,22 @@ describe('resolveFirmware', () => {
       () => resolveFirmware({ flavor: { 'os:secure_boot': 'required' }, image: { os_secure_boot: 'disabled' } }),
       /flavor os:secure_boot=required vs image os_secure_boot=disabled/,
     );
-    assert.throws(() => resolveFirmware({ firmware: 'bios', secureBoot: true }), /secure boot needs UEFI/);
+  });
+  it('secure boot never picks the firmware by itself: without UEFI it is refused, naming both sides', () => {
+    assert.throws(
+      () => resolveFirmware({ firmware: 'bios', secureBoot: true }),
+      (e: unknown) =>
+        e instanceof SpecConflictError &&
+        e.message.startsWith('secure boot (--secure-boot) needs UEFI firmware, but --firmware bios asks for BIOS'),
+    );
+    assert.throws(
+      () => resolveFirmware({ flavor: { 'os:secure_boot': 'required' }, image: { hw_firmware_type: 'bios' } }),
+      /secure boot \(flavor os:secure_boot=required\) needs UEFI firmware, but image hw_firmware_type=bios asks/,
+    );
+    assert.throws(
+      () => resolveFirmware({ secureBoot: true }),
+      /no firmware was named and the default is BIOS: add --firmware uefi or image hw_firmware_type=uefi/,
+    );
   });
   it('refuses unknown values, naming the field', () => {
     assert.throws(

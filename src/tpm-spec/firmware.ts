@@ -69,15 +69,28 @@ export function resolveFirmware(request: FirmwareRequest): Firmware {
     );
   }
   const secureBoot = claims[0]?.on ?? false;
-  const type = (request.firmware ?? fromImage ?? (secureBoot ? 'uefi' : 'bios')) as FirmwareType;
+  const type = (request.firmware ?? fromImage ?? 'bios') as FirmwareType;
   if (secureBoot && type !== 'uefi') {
-    throw new SpecConflictError('secure boot needs UEFI firmware, but BIOS was requested', [
-      {
-        source: request.firmware ? 'request' : 'image',
-        key: request.firmware ? 'firmware' : 'hw_firmware_type',
-        value: type,
-      },
-    ]);
+    const asked = claims
+      .filter((c) => c.on)
+      .map((c) => (c.source === 'request' ? '--secure-boot' : `${c.source} ${c.key}=${c.value}`));
+    const firmwareSource =
+      request.firmware !== undefined
+        ? { source: 'request', key: 'firmware', value: type, said: `--firmware ${type}` }
+        : fromImage !== undefined
+          ? { source: 'image', key: 'hw_firmware_type', value: type, said: `image hw_firmware_type=${type}` }
+          : undefined;
+    // As Nova does, secure boot does not pick the firmware by itself: BIOS is the default, and a silent switch
+    // would boot the guest on other firmware than the image was made for.
+    throw new SpecConflictError(
+      `secure boot (${asked.join(', ')}) needs UEFI firmware, but ` +
+        (firmwareSource ? `${firmwareSource.said} asks for BIOS` : 'no firmware was named and the default is BIOS') +
+        ': add --firmware uefi or image hw_firmware_type=uefi',
+      [
+        ...claims.filter((c) => c.on).map(({ source, key, value }) => ({ source, key, value })),
+        ...(firmwareSource ? [{ source: firmwareSource.source, key: firmwareSource.key, value: type }] : []),
+      ],
+    );
   }
   return { type, secureBoot };
 }

@@ -169,4 +169,20 @@ describe('resolveTpmSpec: explicit options', () => {
     );
     assert.deepEqual(claims.model, []);
   });
+
+  it('refuses a key of ours spelled as the other source spells it, which would be ignored', () => {
+    assert.throws(
+      () => resolveTpmSpec({ flavor: { hw_tpm_version: '1.2' } }),
+      (e: unknown) =>
+        e instanceof InvalidArgumentError &&
+        e.message.startsWith('flavor.hw_tpm_version: expected a flavor extra spec (hw:tpm_version); ') &&
+        e.message.includes('hw_tpm_version is an image property: pass it with --image'),
+    );
+    assert.throws(
+      () => resolveTpmSpec({ version: '2.0', image: { 'hw:tpm_model': 'tpm-crb' } }),
+      /image.hw:tpm_model: expected an image property \(hw_tpm_model\); hw:tpm_model is a flavor extra spec/,
+    );
+    assert.throws(() => resolveTpmSpec({ version: '2.0', flavor: { os_secure_boot: 'required' } }), /with --image/);
+    assert.throws(() => resolveTpmSpec({ version: '2.0', image: { 'os:secure_boot': 'required' } }), /with --flavor/);
+  });
 });

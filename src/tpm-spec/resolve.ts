@@ -42,6 +42,11 @@ export interface ResolvedSpec {
 const describe = (c: SpecClaim): string =>
   c.source === 'request' ? `--${c.key} ${c.value}` : `${c.source} ${c.key}=${c.value}`;
 
+/** Nova spells a flavor's extra specs with a colon and an image's properties with an underscore. */
+const FLAVOR_SPELLING = /^(hw|os):/;
+const IMAGE_SPELLING = /^(hw|os)_/;
+const asImageKey = (flavorKey: string) => flavorKey.replace(':', '_');
+
 function rejectUnknownTpmKeys(properties: Record<string, string>, source: 'flavor' | 'image'): void {
   const keys = source === 'flavor' ? FLAVOR_KEYS : IMAGE_KEYS;
   const prefix = source === 'flavor' ? 'hw:tpm_' : 'hw_tpm_';
@@ -49,6 +54,35 @@ function rejectUnknownTpmKeys(properties: Record<string, string>, source: 'flavo
   for (const key of Object.keys(properties)) {
     if (key.startsWith(prefix) && !known.includes(key)) {
       throw new InvalidArgumentError(`${source}.${key}`, `a known TPM key (${known.join(', ')})`, key);
+    }
+  }
+}
+
+/**
+ * A key of ours spelled as the other source spells it (`--flavor hw_tpm_version=1.2`) would be ignored
+ * without a word: the request would get a TPM other than the one asked for.
+ */
+function rejectOtherSourcesSpelling(request: SpecRequest): void {
+  const flavorKeys = [...Object.values(FLAVOR_KEYS), SECRET_SECURITY_FLAVOR_KEY, 'os:secure_boot'];
+  const imageKeys = [...Object.values(IMAGE_KEYS), 'os_secure_boot', 'hw_firmware_type'];
+  for (const key of Object.keys(request.flavor ?? {})) {
+    if (IMAGE_SPELLING.test(key) && imageKeys.includes(key)) {
+      const flavorKey = flavorKeys.find((k) => asImageKey(k) === key);
+      throw new InvalidArgumentError(
+        `flavor.${key}`,
+        `a flavor extra spec${flavorKey ? ` (${flavorKey})` : ''}; ${key} is an image property: pass it with --image`,
+        key,
+      );
+    }
+  }
+  for (const key of Object.keys(request.image ?? {})) {
+    if (FLAVOR_SPELLING.test(key) && flavorKeys.includes(key)) {
+      const imageKey = imageKeys.find((k) => k === asImageKey(key));
+      throw new InvalidArgumentError(
+        `image.${key}`,
+        `an image property${imageKey ? ` (${imageKey})` : ''}; ${key} is a flavor extra spec: pass it with --flavor`,
+        key,
+      );
     }
   }
 }
@@ -81,6 +115,7 @@ function agree(attribute: 'version' | 'model', claims: SpecClaim[]): string | un
 }
 
 export function resolveTpmSpec(request: SpecRequest): ResolvedSpec {
+  rejectOtherSourcesSpelling(request);
   if (request.flavor) rejectUnknownTpmKeys(request.flavor, 'flavor');
   if (request.image) rejectUnknownTpmKeys(request.image, 'image');
 

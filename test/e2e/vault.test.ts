@@ -300,6 +300,15 @@ describe('UEFI guests', () => {
       '--secure-boot',
     );
     assert.equal(conflict.code, 2);
-    assert.match(conflict.stderr, /secure boot needs UEFI firmware/);
+    assert.match(
+      conflict.stderr,
+      /secure boot \(--secure-boot\) needs UEFI firmware, but --firmware bios asks for BIOS/,
+    );
+    const unnamed = await context.service.cli('create', '--vm', randomUUID(), '--version', '2.0', '--secure-boot');
+    assert.equal(unnamed.code, 2, 'secure boot does not switch the default BIOS to UEFI by itself');
+    assert.match(unnamed.stderr, /no firmware was named and the default is BIOS: add --firmware uefi/);
+    const misspelled = await context.service.cli('create', '--vm', randomUUID(), '--flavor', 'hw_tpm_version=1.2');
+    assert.equal(misspelled.code, 2);
+    assert.match(misspelled.stderr, /hw_tpm_version is an image property: pass it with --image/);
   });
 });
