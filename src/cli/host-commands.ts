@@ -5,13 +5,13 @@
  */
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
-import pino from 'pino';
 import type { HostList, PoolStatus, RegisteredHost } from '../api/hosts.js';
 import type { Migration } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir, defaultScratchDir } from './defaults.js';
 import { fields, table } from './output.js';
+import { processLogger } from './logger.js';
 
 const DEFAULT_AGENT_LISTEN = '127.0.0.1:7391';
 
@@ -107,10 +107,7 @@ export function registerHostCommands(program: Command): void {
         const { dataDir, caFile } = globals(command);
         if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
           throw new InvalidArgumentError('--tls-cert', 'to come with --tls-key');
-        const logger = pino(
-          { level: options.logLevel, base: { service: 'vtpm-agent', host: options.name } },
-          pino.destination(2),
-        );
+        const logger = processLogger(options.logLevel, { service: 'vtpm-agent', host: options.name });
         // Loaded here, not at the top: every other command would pay for loading the agent's server.
         const { startAgent } = await import('../agent/remote/agent-process.js');
         const agent = await startAgent({

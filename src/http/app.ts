@@ -5,7 +5,7 @@
  * schemas that validate requests (src/api).
  */
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import { AGENT_API } from '../agent/remote/wire.js';
 import { ErrorBody } from '../api/errors.js';
@@ -27,6 +27,8 @@ const BODY_LIMIT = 1024 * 1024;
 export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: options.logger as FastifyBaseLogger,
+    // One line per request, at debug (below): fastify's two per request at info drown what operators need.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
     frameworkErrors: handleFrameworkError,
     clientErrorHandler: handleClientError,
@@ -44,6 +46,17 @@ export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstanc
   app.addSchema(ErrorBody);
   app.addSchema(Vtpm);
   useProductErrors(app);
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.debug(
+      {
+        method: request.method,
+        route: request.routeOptions.url ?? null,
+        status: reply.statusCode,
+        ms: reply.elapsedTime,
+      },
+      'request',
+    );
+  });
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }));

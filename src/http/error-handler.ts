@@ -57,7 +57,7 @@ function failureOf(error: FastifyError, request: FastifyRequest): VtpmError {
 
 function handleError(error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
   const failure = failureOf(error, request);
-  if (failure.status >= 500) request.log.error({ code: failure.code, msg: failure.message }, 'request failed');
+  if (failure.status >= 500) request.log.error({ code: failure.code, reason: failure.message }, 'request failed');
   request.failureCode = failure.code;
   void reply.status(failure.status).send({ error: failure.toJSON() });
 }

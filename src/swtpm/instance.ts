@@ -12,6 +12,7 @@ import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import { handOver, KEY_FD, spawnSwtpm } from './run-program.js';
 import { SWTPM_KEY_OPTION, stateKeyMaterial } from './state-key.js';
 import { socketAccepts } from './tpm-socket.js';
+import { describeExit, noteInVtpmLog, rotateVtpmLog } from './vtpm-log.js';
 
 export interface InstancePaths {
   stateDir: string;
@@ -60,6 +61,8 @@ export async function launchSwtpm(
   confinement: Confinement,
 ): Promise<SwtpmInstance> {
   await rm(paths.socket, { force: true });
+  await rotateVtpmLog(paths.logFile);
+  await noteInVtpmLog(paths.logFile, `starting swtpm (TPM ${spec.version})`);
   const { child, failure: spawnFailure } = spawnSwtpm(
     [
       'socket',
@@ -80,7 +83,10 @@ export async function launchSwtpm(
   );
   const exited = new Promise<ExitInfo>((resolve) =>
     child.once('exit', (code: number | null, signal: NodeJS.Signals | null) => resolve({ code, signal })),
-  );
+  ).then(async (exit) => {
+    await noteInVtpmLog(paths.logFile, describeExit(exit));
+    return exit;
+  });
   handOver(child, KEY_FD, stateKeyMaterial(stateKey));
   child.unref();
 
@@ -96,7 +102,10 @@ export async function launchSwtpm(
         { log: paths.logFile },
       );
     }
-    if (await socketAccepts(paths.socket)) return { pid: child.pid!, exited };
+    if (await socketAccepts(paths.socket)) {
+      await noteInVtpmLog(paths.logFile, `swtpm ready, pid ${child.pid}`);
+      return { pid: child.pid!, exited };
+    }
     await Promise.race([
       delay(Date.now() - launched < READY_FAST_WINDOW_MS ? READY_FAST_POLL_MS : READY_POLL_MS),
       spawnFailure,
@@ -146,7 +155,11 @@ export async function adoptSwtpm(paths: InstancePaths): Promise<SwtpmInstance | 
       }
     }, ADOPTED_POLL_MS);
     timer.unref();
+  }).then(async (exit) => {
+    await noteInVtpmLog(paths.logFile, describeExit(exit));
+    return exit;
   });
+  await noteInVtpmLog(paths.logFile, `swtpm pid ${pid} taken over by a restarted service`);
   return { pid, exited };
 }
 

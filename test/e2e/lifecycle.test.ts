@@ -229,6 +229,15 @@ describe('lifecycle', () => {
     });
     await context.service.waitForStatus(vm, 'stopped');
     assert.ok(resetCountOf(third.responses.readclock!) > resetCountOf(first.responses.readclock!));
+
+    // The vTPM's own log tells its three runs apart, with times; swtpm's own lines hold no TPM traffic.
+    const log = await readFile(join(context.service.dataDir, 'log', `${vm}.log`), 'utf8');
+    const ours = log.split('\n').filter((line) => / vtpm-manager: /.test(line));
+    assert.equal(ours.filter((line) => line.endsWith('starting swtpm (TPM 2.0)')).length, 3, log);
+    assert.equal(ours.filter((line) => / vtpm-manager: swtpm ready, pid \d+$/.test(line)).length, 3, log);
+    assert.equal(ours.filter((line) => / vtpm-manager: swtpm exited/.test(line)).length, 3, log);
+    assert.ok(ours.every((line) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /.test(line)), log);
+    assert.doesNotMatch(log, /Cmd: length/, 'no TPM or control command is dumped');
   });
 
   it('delete destroys the secret and the state (crypto-erase)', async () => {

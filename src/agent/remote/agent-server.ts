@@ -42,7 +42,7 @@ const NOT_DECIDED = new Set([401, 408, 429]);
 /** Sends a report whose refusal the control plane decided: logged and dropped. */
 async function deliverOrDrop(controlPlane: ApiClient, logger: Logger, path: string, body: unknown): Promise<void> {
   await deliver(controlPlane, logger, path, body).catch((error: RemoteError) =>
-    logger.warn({ path, code: error.code, msg: error.message }, 'the control plane refused a report'),
+    logger.warn({ path, code: error.code, reason: error.message }, 'the control plane refused a report'),
   );
 }
 
