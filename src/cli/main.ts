@@ -73,9 +73,16 @@ withClientOptions(program.command('create'))
       },
       command: Command,
     ) => {
-      const { secureBoot, secretSecurity, ...rest } = options;
+      // The create's own options only (undefined ones are left out of the JSON): the command's options
+      // also hold --url, --json and the like, which the API refuses as fields it does not have.
+      const { vm, version, model, flavor, image, firmware, secureBoot, secretSecurity } = options;
       const created = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms', {
-        ...rest,
+        vm,
+        version,
+        model,
+        flavor,
+        image,
+        firmware,
         ...(secureBoot && { secure_boot: true }),
         ...(secretSecurity && { secret_security: secretSecurity }),
       });

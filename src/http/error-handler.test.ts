@@ -113,3 +113,16 @@ describe('values an error cannot print whole', () => {
     assert.ok(response.body.length < 1000, `${response.body.length} characters`);
   });
 });
+
+describe('fields a body schema does not have', () => {
+  it('are refused naming the field, not dropped in silence', async () => {
+    const response = await app.inject({
+      method: 'POST',
+      url: '/v1/vtpms',
+      headers: { authorization: `Bearer ${token}` },
+      payload: { vm: '6f1c2a0e-9b7d-4c3e-8f21-0a1b2c3d4e5f', version: '2.0', secure_bot: true },
+    });
+    assert.equal(response.statusCode, 400, response.body);
+    assert.match(response.json().error.message, /^secure_bot: expected no such field/);
+  });
+});

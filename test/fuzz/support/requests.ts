@@ -254,7 +254,7 @@ export function requestsFor(operation: Operation, context: SchemaContext): fc.Ar
     { arbitrary: fc.constantFrom(...OTHER_TYPES), weight: 2 },
     { arbitrary: fc.constant(undefined), weight: 1 },
   );
-  return fc
+  const fuzzed = fc
     .record({
       method,
       path: pathOf(operation, context),
@@ -270,6 +270,34 @@ export function requestsFor(operation: Operation, context: SchemaContext): fc.Ar
       contentType: body.body === undefined ? undefined : rest.contentType,
       body: body.body,
       bodyKind: body.kind,
+    }));
+  const unknown = unknownFieldRequest(operation, context);
+  return unknown ? fc.oneof({ arbitrary: fuzzed, weight: 7 }, { arbitrary: unknown, weight: 1 }) : fuzzed;
+}
+
+/**
+ * A request that would succeed as far as the generator can make one (an admin's, real values everywhere)
+ * but for one field its body's schema does not have: the one request that must be refused whoever sends
+ * it, since a field dropped in silence (a misspelt `secure_bot`) is a request done otherwise than asked.
+ */
+function unknownFieldRequest(operation: Operation, context: SchemaContext): fc.Arbitrary<FuzzRequest> | undefined {
+  const body = operation.body;
+  if (body?.additionalProperties !== false) return undefined;
+  const real = { ...context, onlyKnown: true };
+  return fc
+    .tuple(
+      pathOf(operation, real),
+      conforming(body, real),
+      hostileString(context.known).filter((key) => !(key in (body.properties ?? {}))),
+      hostileJson(context.known),
+    )
+    .map(([path, value, key, extra]) => ({
+      method: operation.method,
+      path,
+      credential: 'admin' as const,
+      contentType: 'application/json',
+      body: Buffer.from(JSON.stringify({ ...(value as object), [key]: extra })),
+      bodyKind: 'unknown field',
     }));
 }
 
@@ -319,6 +347,8 @@ export function fault(request: FuzzRequest, answer: Answer): string | undefined 
   if (answer.status === 0) return `stalled: ${answer.text}`;
   if (answer.status >= 500) return `answered ${answer.status}: ${answer.text.slice(0, 400)}`;
   if (answer.ms > DEADLINE_MS) return `took ${Math.round(answer.ms)} ms`;
+  if (request.bodyKind === 'unknown field' && answer.status < 400)
+    return `accepted a body with a field its schema does not have (${answer.status})`;
   if (answer.status < 400 || request.method === 'HEAD' || answer.contentType === 'reset') return undefined;
   let parsed: unknown;
   try {
