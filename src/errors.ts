@@ -65,7 +65,7 @@ export class UnauthenticatedError extends VtpmError {
   readonly code = 'unauthenticated';
   readonly status = 401;
   constructor(
-    message = 'missing or invalid API token: pass --token, set VTPM_TOKEN, ' +
+    message = 'missing or invalid API token: pass --token-file, set VTPM_TOKEN, ' +
       "or point --data-dir at the server's data directory",
   ) {
     super(message);

@@ -16,7 +16,8 @@ import { fileURLToPath } from 'node:url';
 const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
 
 function vtpm(...args: string[]): Promise<{ code: number; stderr: string }> {
-  const env = { ...process.env, VTPM_URL: 'http://127.0.0.1:9' };
+  const base = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('VTPM_')));
+  const env = { ...base, VTPM_URL: 'http://127.0.0.1:9' };
   return new Promise((resolve) =>
     execFile(process.execPath, [CLI, ...args], { env }, (error, _stdout, stderr) =>
       resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stderr }),
@@ -48,6 +49,15 @@ describe('usage errors', () => {
   it('help and --version exit 0', async () => {
     for (const args of [['--help'], ['create', '--help'], ['libvirt', 'attach', '--help'], ['--version']])
       assert.equal((await vtpm(...args)).code, 0, args.join(' '));
+  });
+});
+
+describe('a missing token', () => {
+  it('is exit 5 with a hint that names only what the CLI takes (--token-file, not the removed --token)', async () => {
+    const result = await vtpm('list', '--data-dir', '/nonexistent');
+    assert.equal(result.code, 5, result.stderr);
+    assert.match(result.stderr, /--token-file/);
+    assert.doesNotMatch(result.stderr, /--token[^-]/);
   });
 });
 

@@ -65,7 +65,7 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
       throttle.failed(request.ip);
       throw new UnauthenticatedError(
         'missing, unknown, expired or revoked API token: ' +
-          "pass --token, set VTPM_TOKEN, or point --data-dir at the server's data directory",
+          "pass --token-file, set VTPM_TOKEN, or point --data-dir at the server's data directory",
       );
     }
     request.actor = actor;
