@@ -47,6 +47,7 @@ const RETRY_MAX_MS = 5_000;
 const POLL_MS = 1_000;
 /** Reports whose answer was lost, remembered as possible predecessors; more than this and the oldest go. */
 const UNSURE_KEPT = 8;
+const SENT_KEPT = 1024;
 
 const isRefusal = (error: unknown) => error instanceof VtpmError && error.status < 500;
 
@@ -60,6 +61,11 @@ export class StateWatcher {
   /** The last state refused: not reported again until the file changes. */
   private refused: string | undefined;
   private unsure: string[] = [];
+  /**
+   * Every state sent since the one taken last that may have been taken, beyond the few a report names: the
+   * vault's refusal of a stale report names its head, which may be one of them.
+   */
+  private sent: string[] = [];
   private stopped = false;
   private retryMs = RETRY_FIRST_MS;
   private readonly abandon = new AbortController();
@@ -119,6 +125,12 @@ export class StateWatcher {
     try {
       await this.report({ data, final, after });
     } catch (error) {
+      const head = (error as VtpmError).details?.head;
+      if (isRefusal(error) && typeof head === 'string' && this.sent.includes(head)) {
+        // The vault took one of these, its answer lost, that this report no longer named: reported anew after it.
+        this.settle(head);
+        return this.reportOnce(final);
+      }
       if (isRefusal(error)) {
         // Not taken, so never named as a predecessor; only not sent again while the file holds it.
         this.events.refused(error as VtpmError);
@@ -127,7 +139,10 @@ export class StateWatcher {
         return;
       }
       const notSent = error instanceof VtpmError && error.code === 'unreachable';
-      if (!notSent && !this.unsure.includes(digest)) this.unsure = [...this.unsure, digest].slice(-UNSURE_KEPT);
+      if (!notSent && !this.unsure.includes(digest)) {
+        this.unsure = [...this.unsure, digest].slice(-UNSURE_KEPT);
+        this.sent = [...this.sent, digest].slice(-SENT_KEPT);
+      }
       this.events.failed(error, this.retryMs);
       if (!final) this.soon(this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
@@ -140,6 +155,7 @@ export class StateWatcher {
     this.acknowledged = digest;
     this.refused = undefined;
     this.unsure = [];
+    this.sent = [];
     this.retryMs = RETRY_FIRST_MS;
   }
 

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { StateConflictError } from '../errors.js';
+import { digestOf } from '../vault/state-vault.js';
 import { migrateVtpm } from './migrate.js';
 import { startVtpm } from './start.js';
 import { ingestExit, ingestStateChange } from './state-ingest.js';
@@ -145,6 +146,18 @@ describe('state ingest: nothing a host reports is answered before it is in the v
     await assert.rejects(t.local.send(first), StateConflictError);
     assert.deepEqual((await newest(t, vm)).data, Buffer.from('second'));
     assert.equal((await generations(t, vm)).length, 3);
+  });
+
+  it("a stale report's refusal names the vault's head, which its host may have sent and no longer names", async () => {
+    const vm = await runningVtpm(t);
+    await t.local.guestWrites(vm, Buffer.from('first'));
+    const first = t.local.reported.at(-1)!;
+    await t.local.guestWrites(vm, Buffer.from('second'));
+    await assert.rejects(
+      t.local.send(first),
+      (error: unknown) =>
+        error instanceof StateConflictError && error.details.head === digestOf(Buffer.from('second')),
+    );
   });
 
   it('a report sent again after its answer was lost is taken once', async () => {

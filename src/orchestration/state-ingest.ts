@@ -84,8 +84,18 @@ export async function commitChange(
     }
   } catch (error) {
     cp.logger.error({ vm: change.vm, err: error }, 'a reported state was not committed; the host keeps its copy');
+    if (error instanceof StateConflictError && follows !== undefined) throw await namingHead(cp, change, error);
     throw error;
   }
+}
+
+/**
+ * A stale report's refusal names the vault's head: the host may have sent that state itself, its answer lost,
+ * and no longer name it among the few a report names; it then follows it (see StateWatcher).
+ */
+async function namingHead(cp: ControlPlane, change: StateChange, refusal: StateConflictError): Promise<Error> {
+  const head = await cp.store.generations.head(change.vm, change.kind).catch(() => undefined);
+  return head ? new StateConflictError(refusal.message, { ...refusal.details, head: head.digest }) : refusal;
 }
 
 /**
