@@ -120,6 +120,13 @@ export const ImportBody = Type.Object(
     bundle: Type.String({ description: 'the bundle, base64' }),
     passphrase: Type.String(),
     vm: Type.Optional(Type.String({ description: 'import under this VM UUID instead of the exported one' })),
+    original: Type.Optional(
+      Type.Union([Type.Literal('clone'), Type.Literal('move')], {
+        description:
+          "when the bundle's VM still has its vTPM here: clone keeps both (two VMs share one EK), " +
+          'move crypto-erases the original once the import is done; without it such an import is refused',
+      }),
+    ),
   },
   { additionalProperties: false },
 );

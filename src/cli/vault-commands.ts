@@ -1,6 +1,6 @@
 /** `vtpm history`, `restore`, `export`, `import`: a vTPM's generations in the vault, and bundles. */
 import { writeFile } from 'node:fs/promises';
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 import type { GenerationView, Restored, VtpmView } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
 import { client, emit, vmPath, withClientOptions } from './context.js';
@@ -107,14 +107,32 @@ export function registerVaultCommands(program: Command): void {
     .argument('<file>', 'bundle written by vtpm export')
     .option('--vm <uuid>', 'import under this VM UUID instead of the exported one')
     .option('--passphrase-file <file>', 'file holding the passphrase (or set VTPM_BUNDLE_PASSPHRASE)')
-    .action(async (file: string, options: { vm?: string; passphraseFile?: string }, command: Command) => {
-      const passphrase = await bundlePassphrase(options.passphraseFile);
-      const bundle = (await readArgumentFile(file, 'file', 'a bundle', BUNDLE_FILE_LIMIT)).toString('base64');
-      const imported = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms/import', {
-        bundle,
-        passphrase,
-        ...(options.vm && { vm: options.vm }),
-      });
-      emit(command, imported, () => showVtpm(imported));
-    });
+    .addOption(
+      new Option('--move', "when the bundle's VM still has its vTPM here: crypto-erase it once imported").conflicts(
+        'clone',
+      ),
+    )
+    .option('--clone', "when the bundle's VM still has its vTPM here: keep both (the two VMs share one EK)")
+    .action(
+      async (
+        file: string,
+        options: { vm?: string; passphraseFile?: string; move?: boolean; clone?: boolean },
+        command: Command,
+      ) => {
+        const passphrase = await bundlePassphrase(options.passphraseFile);
+        const bundle = (await readArgumentFile(file, 'file', 'a bundle', BUNDLE_FILE_LIMIT)).toString('base64');
+        const original = options.move ? 'move' : options.clone ? 'clone' : undefined;
+        const imported = await (await client(command)).request<VtpmView>('POST', '/v1/vtpms/import', {
+          bundle,
+          passphrase,
+          ...(options.vm && { vm: options.vm }),
+          ...(original && { original }),
+        });
+        if (original === 'clone')
+          process.stderr.write(
+            'vtpm: warning: two VMs now have one TPM identity (the same EK); attestation cannot tell them apart\n',
+          );
+        emit(command, imported, () => showVtpm(imported));
+      },
+    );
 }

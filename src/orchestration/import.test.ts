@@ -43,7 +43,7 @@ describe('import', () => {
   it('recreates the vTPM under another VM UUID: its generations, its secret, its EK certificates', async () => {
     const { source, bundle } = await exported();
     const vm = randomUUID();
-    const imported = await importVtpm(t.cp, { bundle, passphrase, vm }, alice);
+    const imported = await importVtpm(t.cp, { bundle, passphrase, vm, original: 'clone' }, alice);
     assert.equal(imported.status, 'stopped');
     assert.equal(imported.firmware, 'uefi');
     assert.deepEqual(await generations(t, vm), [
@@ -64,7 +64,7 @@ describe('import', () => {
     const sourceRef = (await row(t, source)).secret_ref;
     const vm = randomUUID();
     failVaultCommit(2);
-    await assert.rejects(importVtpm(t.cp, { bundle, passphrase, vm }, alice), /vault unavailable/);
+    await assert.rejects(importVtpm(t.cp, { bundle, passphrase, vm, original: 'clone' }, alice), /vault unavailable/);
     assert.equal(await t.cp.store.vtpms.get(vm), undefined);
     assert.deepEqual(await t.cp.vault.history(vm), []);
     assert.deepEqual(await t.keys.held(), [sourceRef]);
@@ -79,7 +79,7 @@ describe('import', () => {
     const vm = randomUUID();
     failVaultCommit(1);
     t.keys.failNext('deleteSecret');
-    await assert.rejects(importVtpm(t.cp, { bundle, passphrase, vm }, alice), /vault unavailable/);
+    await assert.rejects(importVtpm(t.cp, { bundle, passphrase, vm, original: 'clone' }, alice), /vault unavailable/);
     assert.equal((await row(t, vm)).status, 'deleting');
   });
 
@@ -87,7 +87,10 @@ describe('import', () => {
     const { source, bundle } = await exported();
     const vm = randomUUID();
     t.keys.failNext('storeSecret');
-    await assert.rejects(importVtpm(t.cp, { bundle, passphrase, vm }, alice), /key manager unavailable/);
+    await assert.rejects(
+      importVtpm(t.cp, { bundle, passphrase, vm, original: 'clone' }, alice),
+      /key manager unavailable/,
+    );
     assert.equal(await t.cp.store.vtpms.get(vm), undefined);
     assert.deepEqual(await t.keys.held(), [(await row(t, source)).secret_ref]);
   });
@@ -102,6 +105,39 @@ describe('import', () => {
     assert.deepEqual(await t.cp.vault.history(source), history);
     assert.equal(t.keys.made.length, made, 'no secret was stored');
     assert.equal((await t.cp.store.vtpms.list()).length, 1);
+  });
+
+  it('refuses a bundle whose VM still has its vTPM here under another VM, naming --move and --clone', async () => {
+    const { bundle } = await exported();
+    const vm = randomUUID();
+    const made = t.keys.made.length;
+    await assert.rejects(importVtpm(t.cp, { bundle, passphrase, vm }, alice), {
+      code: 'state_conflict',
+      message: /would give two VMs one TPM identity \(the same EK\)\. Pass --move .* or --clone/,
+    });
+    assert.equal(await t.cp.store.vtpms.get(vm), undefined);
+    assert.equal(t.keys.made.length, made, 'no secret was stored');
+  });
+
+  it('--move imports under the new VM, then crypto-erases the original', async () => {
+    const { source, bundle } = await exported();
+    const sourceRef = (await row(t, source)).secret_ref;
+    const sourceNewest = (await newest(t, source)).data;
+    const vm = randomUUID();
+    await importVtpm(t.cp, { bundle, passphrase, vm, original: 'move' }, alice);
+    assert.deepEqual((await newest(t, vm)).data, sourceNewest);
+    assert.equal(await t.cp.store.vtpms.get(source), undefined);
+    assert.equal(await t.keys.holds(sourceRef), false, "the original's secret is gone");
+    assert.deepEqual(await t.cp.vault.history(source), []);
+  });
+
+  it('--move of a running original is refused, and nothing is imported', async () => {
+    const { source, bundle } = await exported();
+    await startVtpm(t.cp, source, alice);
+    const vm = randomUUID();
+    await assert.rejects(importVtpm(t.cp, { bundle, passphrase, vm, original: 'move' }, alice), /stop it before/);
+    assert.equal(await t.cp.store.vtpms.get(vm), undefined);
+    assert.equal((await row(t, source)).status, 'running');
   });
 
   it('refuses a wrong passphrase before anything is made', async () => {

@@ -120,6 +120,28 @@ describe('export and import', () => {
     assert.equal(again.code, 4, 'a second import under the same UUID is a conflict');
   });
 
+  it('on the deployment that still has the original: refused, unless --clone (with a warning) or --move', async () => {
+    const vm = randomUUID();
+    await context.service.json('create', '--vm', vm, '--version', '2.0');
+    const bundle = await exported(vm, 'bundle-same-deployment');
+    const here = (...args: string[]) =>
+      context.service.cli('import', bundle, '--passphrase-file', passphraseFile, ...args);
+    const [refusedVm, cloneVm, movedVm] = [randomUUID(), randomUUID(), randomUUID()];
+    const refused = await here('--vm', refusedVm);
+    assert.equal(refused.code, 4);
+    assert.match(refused.stderr, /two VMs one TPM identity \(the same EK\)\. Pass --move .* or --clone/);
+    assert.equal((await context.service.cli('show', refusedVm)).code, 3, 'nothing was imported');
+    const cloned = await here('--vm', cloneVm, '--clone');
+    assert.equal(cloned.code, 0, cloned.stderr);
+    assert.match(cloned.stderr, /warning: two VMs now have one TPM identity/);
+    assert.ok((await ekModulus(context.service, cloneVm)).equals(await ekModulus(context.service, vm)));
+    assert.equal((await here('--vm', randomUUID(), '--clone', '--move')).code, 2, '--clone and --move conflict');
+    const moved = await here('--vm', movedVm, '--move');
+    assert.equal(moved.code, 0, moved.stderr);
+    assert.equal((await context.service.cli('show', vm)).code, 3, 'the original is gone');
+    assert.equal((await context.service.json<VtpmJson>('show', movedVm)).status, 'stopped');
+  });
+
   it('refuses truncated, altered and wrongly unlocked bundles, and imports nothing', async () => {
     const vm = randomUUID();
     await context.service.json('create', '--vm', vm, '--version', '2.0');

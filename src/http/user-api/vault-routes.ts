@@ -91,10 +91,10 @@ export function registerVaultRoutes(app: FastifyInstance, cp: ControlPlane): voi
       },
     },
     async (request, reply) => {
-      const { bundle, passphrase, vm } = request.body;
+      const { bundle, passphrase, vm, original } = request.body;
       const imported = await importVtpm(
         cp,
-        { bundle: Buffer.from(bundle, 'base64'), passphrase, vm },
+        { bundle: Buffer.from(bundle, 'base64'), passphrase, vm, original },
         actorOf(request),
       );
       return reply.status(201).send(imported);
