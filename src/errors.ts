@@ -142,6 +142,36 @@ export class InvalidBundleError extends VtpmError {
   readonly status = 422;
 }
 
+/**
+ * A deployment backup cannot be restored: it is damaged, truncated, of another format, or sealed under
+ * another passphrase. Like a bundle, it is the caller's input.
+ */
+export class InvalidBackupError extends VtpmError {
+  readonly code = 'invalid_backup';
+  readonly status = 422;
+}
+
+/**
+ * The database's schema is newer than this program knows: a newer version migrated it (a downgrade). Running
+ * on a schema it does not understand could lose what the newer version stored, so this version stops.
+ */
+export class SchemaTooNewError extends VtpmError {
+  readonly code = 'schema_too_new';
+  readonly status = 500;
+  constructor(
+    where: string,
+    found: { version: number; migration: string },
+    known: { version: number; migration: string },
+  ) {
+    super(
+      `${where} has schema version ${found.version} (${found.migration}), newer than this vtpm-manager knows ` +
+        `(version ${known.version}, ${known.migration}): a newer version ran on it. Run that version again, ` +
+        'or restore the backup taken before the upgrade (docs/operations.md, "Upgrade and rollback")',
+      { found, known },
+    );
+  }
+}
+
 /** The newest stored generation is older than the newest acknowledged one: someone rolled the state back. */
 export class RollbackError extends VtpmError {
   readonly code = 'rollback_detected';
@@ -191,6 +221,8 @@ export const EXIT_CODES: Readonly<Record<string, number>> = {
   key_manager_failed: 6,
   integrity_failed: 6,
   invalid_bundle: 6,
+  invalid_backup: 6,
+  schema_too_new: 6,
   rollback_detected: 6,
   host_setup: 6,
   unreachable: 7,

@@ -18,9 +18,14 @@ export interface DataDirLock {
   release(): void;
 }
 
+const LOCK_FILE = 'process.lock';
+const HOLDER_FILE = 'process.pid';
+/** The lock's own files in the data directory, SQLite's journal of the lock file among them. */
+export const LOCK_FILES: readonly string[] = [LOCK_FILE, `${LOCK_FILE}-journal`, HOLDER_FILE];
+
 export async function lockDataDir(dataDir: string, what: string): Promise<DataDirLock> {
-  const lockFile = join(dataDir, 'process.lock');
-  const holderFile = join(dataDir, 'process.pid');
+  const lockFile = join(dataDir, LOCK_FILE);
+  const holderFile = join(dataDir, HOLDER_FILE);
   closeSync(openSync(lockFile, 'a', 0o600));
   const db = new Database(lockFile, { timeout: 0 });
   try {

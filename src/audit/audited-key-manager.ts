@@ -2,7 +2,7 @@
  * A key manager that records every read and deletion of a secret, and every
  * rotation, in the audit log, as the principal of the request under way.
  */
-import type { KeyManager, RotationReport, SecretOwner } from '../keys/key-manager.js';
+import type { KeyFile, KeyManager, RotationReport, SecretOwner } from '../keys/key-manager.js';
 import { requestContext, type AuditLog } from './audit-log.js';
 
 /** A key manager that records every read of a secret in the audit log, as the request's principal. */
@@ -75,6 +75,11 @@ export class AuditedKeyManager implements KeyManager {
       await this.audit.record({ operation: 'keys.rotate', result: (error as { code?: string }).code ?? 'failed' });
       throw error;
     }
+  }
+
+  /** A backend without files of its own in the data directory gives a backup none. */
+  backup<T>(work: (files: KeyFile[]) => Promise<T>): Promise<T> {
+    return this.keys.backup ? this.keys.backup(work) : work([]);
   }
 
   close(): Promise<void> {

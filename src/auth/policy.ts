@@ -37,6 +37,7 @@ export const DEPLOYMENT_OPERATIONS = [
   'pool',
   'users',
   'keys',
+  'backup',
   'audit-read',
   'audit-verify',
 ] as const;
@@ -106,6 +107,7 @@ export function decideOnDeployment(principal: Principal, operation: DeploymentOp
       return has(principal, 'admin') || has(principal, 'vtpm-operator') ? 'allow' : 'forbid';
     case 'users':
     case 'keys':
+    case 'backup':
     case 'audit-verify':
     case 'hosts-register':
       return has(principal, 'admin') ? 'allow' : 'forbid';
@@ -148,7 +150,9 @@ export function enforceOnDeployment(principal: Principal, operation: DeploymentO
           ? 'rotate keys'
           : operation === 'hosts-register'
             ? 'register hosts'
-            : operation.replace('-', ' ');
+            : operation === 'backup'
+              ? 'back up the deployment'
+              : operation.replace('-', ' ');
     const role = operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin';
     const why =
       hostScopeOf(principal) === undefined

@@ -6,17 +6,10 @@
 import { constants, existsSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { createInterface } from 'node:readline/promises';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import type { Attachment, VtpmList, VtpmView } from '../api/vtpms.js';
-import {
-  HostSetupError,
-  InvalidArgumentError,
-  NotFoundError,
-  SpecConflictError,
-  StateConflictError,
-} from '../errors.js';
+import { HostSetupError, NotFoundError, SpecConflictError, StateConflictError } from '../errors.js';
 import { parseDomain, withTpmElement, type Domain } from '../hypervisor/libvirt-domain.js';
 import { installHookScript, uninstallHookScripts } from '../hypervisor/hook-files.js';
 import { disagreements } from '../hypervisor/libvirt-check.js';
@@ -27,6 +20,7 @@ import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
 import { stateFileName } from '../swtpm/state-file.js';
 import { RemoteError, type ApiClient } from '../api/client.js';
 import { withWiped } from '../keys/wiped.js';
+import { confirm } from './confirm.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir } from './defaults.js';
 import { writeFileAtomically } from '../keys/files.js';
@@ -141,16 +135,6 @@ function requireSameSpec(domain: string, existing: VtpmView, asked: { version?: 
         ],
       );
   }
-}
-
-/** A destructive step goes ahead only when the operator says so: on a terminal by answering, in a script by --yes. */
-async function confirm(question: string, yes: boolean): Promise<void> {
-  if (yes) return;
-  if (!process.stdin.isTTY || !process.stderr.isTTY)
-    throw new InvalidArgumentError('--yes', `a confirmation: ${question} (no terminal to ask on: pass --yes)`);
-  const prompt = createInterface({ input: process.stdin, output: process.stderr });
-  const answer = await prompt.question(`${question} [y/N] `).finally(() => prompt.close());
-  if (!/^y(es)?$/i.test(answer.trim())) throw new InvalidArgumentError('confirmation', 'yes', answer.trim() || 'no');
 }
 
 /** How to restart libvirtd here: systemd's command only where systemd runs the host. */

@@ -10,6 +10,7 @@ import type { Attachment, EkCertificate, Started, VtpmList, VtpmView } from '../
 import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
 import { SECRET_SECURITY_MODES } from '../tpm-spec/secret-security.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
+import { registerBackupCommands } from './backup-commands.js';
 import { client, emit, vmPath, withClientOptions } from './context.js';
 import { registerHostCommands } from './host-commands.js';
 import { registerIdentityCommands } from './identity-commands.js';
@@ -201,6 +202,7 @@ registerVaultCommands(program);
 registerLibvirtCommands(program);
 registerIdentityCommands(program);
 registerHostCommands(program);
+registerBackupCommands(program);
 
 function fail(error: unknown): never {
   const json = process.argv.includes('--json');

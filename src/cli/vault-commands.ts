@@ -12,7 +12,7 @@ const BUNDLE_FILE_LIMIT = 24 * 1024 * 1024;
 const PASSPHRASE_FILE_LIMIT = 64 * 1024;
 
 /** The bundle passphrase never goes on a command line, where `ps` would show it. */
-async function bundlePassphrase(file: string | undefined): Promise<string> {
+export async function bundlePassphrase(file: string | undefined): Promise<string> {
   if (file !== undefined) {
     const content = await readArgumentFile(file, '--passphrase-file', 'the passphrase', PASSPHRASE_FILE_LIMIT);
     return content.toString('utf8').replace(/\r?\n$/, '');

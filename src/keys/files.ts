@@ -104,6 +104,15 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/**
+ * The files of `dir`, each named by its path under `base`, for a backup: not its temporaries, nor hidden files
+ * (locks).
+ */
+export async function filesOf(dir: string, base: string): Promise<Array<{ path: string; data: Buffer }>> {
+  const names = (await readdir(dir)).filter((name) => !isTemporary(name) && !name.startsWith('.')).sort();
+  return Promise.all(names.map(async (name) => ({ path: join(base, name), data: await readFile(join(dir, name)) })));
+}
+
 export async function readIfExists(path: string): Promise<Buffer | undefined> {
   return readFile(path).catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return undefined;

@@ -61,6 +61,11 @@ export async function openKeyManager(options: KeyManagerOptions): Promise<KeyMan
   }
 }
 
+/** The file that holds the master key in plaintext under these options (local, not sealed to a TPM), if one does. */
+export function plaintextMasterKeyFile(options: KeyManagerOptions): string | undefined {
+  return options.kind === 'local' && !options.hostTpm ? LocalKeyManager.plaintextKeyFile(options.dataDir) : undefined;
+}
+
 export type { KeyManager, RotationReport } from './key-manager.js';
 export { DEFAULT_HOST_TPM } from './local/host-tpm.js';
 export { PIN_ENVIRONMENT } from './pkcs11/pin.js';

@@ -18,6 +18,13 @@ export interface RotationReport {
   already_rewrapped: number;
 }
 
+/** A file the key manager keeps in the data directory, as a backup of the deployment holds it. */
+export interface KeyFile {
+  /** Relative to the data directory. */
+  path: string;
+  data: Buffer;
+}
+
 export interface KeyManager {
   /** Short name of the backend, for `vtpm hosts` and logs. */
   readonly kind: string;
@@ -45,5 +52,11 @@ export interface KeyManager {
    * the old one (src/control/secret-rotation.ts).
    */
   rotate?(): Promise<RotationReport>;
+  /**
+   * Runs `work` with the files a restored data directory needs to open this backend's secrets, while no secret
+   * is stored, read, deleted or rotated: what `work` copies meanwhile (the database) agrees with them. Absent
+   * where the secrets are not in the data directory (Barbican's).
+   */
+  backup?<T>(work: (files: KeyFile[]) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }

@@ -23,6 +23,8 @@ export interface ControlPlane {
   readonly audit: AuditLog;
   readonly pool: ProvisioningPool | undefined;
   readonly logger: Logger;
+  /** The control plane's own data directory (its database, key files and CA, which a backup copies). */
+  readonly dataDir: string;
   /** One VM's operations run one at a time. */
   readonly locks: KeyedLock;
   readonly vaultKeys: VaultKeyRing;

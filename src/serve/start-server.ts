@@ -17,7 +17,7 @@ import { ensureAdminToken } from '../auth/tokens.js';
 import { Fleet } from '../fleet/fleet.js';
 import { buildHttpApi } from '../http/app.js';
 import { removeLeftoverTemporaries } from '../keys/files.js';
-import { openKeyManager, type Pkcs11Settings } from '../keys/index.js';
+import { openKeyManager, type Pkcs11Settings, plaintextMasterKeyFile } from '../keys/index.js';
 import { finishSecretReplacements, rotateByReplacement } from '../keys/rotation-by-replacement.js';
 import { controlPlane } from '../orchestration/control-plane.js';
 import { reconcile } from '../orchestration/reconcile.js';
@@ -95,7 +95,9 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
   const { logger } = options;
   const { host, port } = parseListen(options.listen);
   const https = options.tls && (await readTls(options.tls));
-  const store = await openEmbeddedStore(options.dataDir);
+  const store = await openEmbeddedStore(options.dataDir, (migration) =>
+    logger.info({ migration }, 'database migration applied'),
+  );
   // A scratch directory of its own per process: two services on one host never share one.
   const scratchDir = join(options.scratchDir, `vtpm-${process.pid}-${randomBytes(4).toString('hex')}`);
   await checkScratchDir(scratchDir, logger);
@@ -113,6 +115,13 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
     await rm(scratchDir, { recursive: true, force: true });
     throw error;
   });
+  const plaintextKey = plaintextMasterKeyFile(keyManager);
+  if (plaintextKey !== undefined)
+    logger.warn(
+      { file: plaintextKey },
+      'the master key is in plaintext on disk: whoever reads it reads every vTPM; ' +
+        'start with --seal-to-tpm (the host TPM seals it), or use --key-manager pkcs11',
+    );
   const keys = new AuditedKeyManager(opened, audit, (audited) => rotateByReplacement(store, audited));
   await finishSecretReplacements(store, keys);
   const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
@@ -147,7 +156,7 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
     manufacturer: agent,
     agentCaFile: options.agentCaFile,
   });
-  const cp = controlPlane({ store, keys, vault, fleet, audit, pool, logger: controlLogger });
+  const cp = controlPlane({ store, keys, vault, fleet, audit, pool, logger: controlLogger, dataDir: options.dataDir });
   agent.onStateChange((change) => ingestStateChange(cp, agent.hostName, change));
   agent.onExit((exit) => {
     ingestExit(cp, agent.hostName, exit).catch((error: unknown) =>

@@ -10,12 +10,15 @@ import { Store } from './store.js';
  * before SQLite first opens it; the journal files of a database made by an
  * earlier version, which may be wider, are narrowed too.
  */
-export async function openEmbeddedStore(dataDir: string): Promise<Store> {
-  const path = join(dataDir, 'vtpm.sqlite');
+export async function openEmbeddedStore(dataDir: string, onMigration?: (migration: string) => void): Promise<Store> {
+  const path = embeddedDatabase(dataDir);
   await (await open(path, constants.O_RDWR | constants.O_CREAT, 0o600)).close();
   for (const file of [path, `${path}-wal`, `${path}-shm`]) await narrow(file);
-  return Store.open(sqliteDialect(path));
+  return Store.open(sqliteDialect(path), onMigration);
 }
+
+/** The embedded database's file in a data directory. */
+export const embeddedDatabase = (dataDir: string) => join(dataDir, 'vtpm.sqlite');
 
 async function narrow(path: string): Promise<void> {
   try {
@@ -26,6 +29,7 @@ async function narrow(path: string): Promise<void> {
 }
 
 export { Store } from './store.js';
+export { requireKnownSchema } from './migrations.js';
 export { STATE_KINDS } from './schema.js';
 export { DEPLOYMENT_PROJECT, SECRET_SETTINGS, type SecretUse } from './repositories/secrets.js';
 export type {

@@ -2,7 +2,8 @@
  * Schema migrations, in order. Written with the portable subset of the
  * schema builder so that the same list serves SQLite and PostgreSQL.
  */
-import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
+import { DEFAULT_MIGRATION_TABLE, type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
+import { SchemaTooNewError } from '../errors.js';
 
 const migrations: Record<string, Migration> = {
   '0001_initial': {
@@ -181,8 +182,32 @@ const migrations: Record<string, Migration> = {
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
-export async function migrateToLatest(db: Kysely<unknown>): Promise<void> {
+/** A migration's name starts with its schema version, 0001 up. */
+const versionOf = (migration: string) => ({ version: Number.parseInt(migration, 10), migration });
+
+/**
+ * Refuses a database that has run migrations this program does not have: a newer version's. kysely's
+ * Migrator would refuse too, as "corrupted migrations", which names neither version.
+ */
+export function requireKnownSchema(applied: readonly string[], where: string): void {
+  const unknown = applied.filter((name) => !(name in migrations)).sort();
+  if (unknown.length === 0) return;
+  const newest = Object.keys(migrations).sort().at(-1)!;
+  throw new SchemaTooNewError(where, versionOf(unknown.at(-1)!), versionOf(newest));
+}
+
+/** Brings the schema to the latest migration; `onApplied` hears of each one run, in order. */
+export async function migrateToLatest(db: Kysely<unknown>, onApplied?: (migration: string) => void): Promise<void> {
+  const tables = await db.introspection.getTables({ withInternalKyselyTables: true });
+  if (tables.some((table) => table.name === DEFAULT_MIGRATION_TABLE)) {
+    const rows = await sql<{ name: string }>`select name from ${sql.table(DEFAULT_MIGRATION_TABLE)}`.execute(db);
+    requireKnownSchema(
+      rows.rows.map((row) => row.name),
+      'the database',
+    );
+  }
   const { error, results } = await new Migrator({ db, provider }).migrateToLatest();
+  for (const result of results ?? []) if (result.status === 'Success') onApplied?.(result.migrationName);
   if (error) {
     const failed = results?.find((r) => r.status === 'Error')?.migrationName ?? 'unknown';
     throw new Error(`database migration ${failed} failed: ${error instanceof Error ? error.message : String(error)}`);

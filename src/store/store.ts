@@ -41,10 +41,13 @@ export class Store {
     this.settings = new SettingRepository(db);
   }
 
-  /** Opens the database and brings its schema to the latest migration. */
-  static async open(dialect: StoreDialect): Promise<Store> {
+  /** Opens the database and brings its schema to the latest migration, telling `onMigration` of each one run. */
+  static async open(dialect: StoreDialect, onMigration?: (migration: string) => void): Promise<Store> {
     const db = new Kysely<Database>({ dialect: dialect.kysely });
-    await migrateToLatest(db as Kysely<unknown>);
+    await migrateToLatest(db as Kysely<unknown>, onMigration).catch(async (error: unknown) => {
+      await db.destroy();
+      throw error;
+    });
     return new Store(db, dialect);
   }
 

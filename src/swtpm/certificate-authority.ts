@@ -8,8 +8,12 @@
  * only in a private scratch directory on a memory file system, for the few
  * hundred milliseconds that swtpm_setup runs.
  */
+import { spawn } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { HostSetupError } from '../errors.js';
+import { fileExists, filesOf } from '../keys/files.js';
+import { childEnvironment } from './run-program.js';
 
 export interface CaPasswords {
   signing: string;
@@ -63,5 +67,35 @@ export class CertificateAuthority {
       { mode: 0o600 },
     );
     return { setupConfigPath, env: { SWTPM_ROOTCA_PASSWORD: root } };
+  }
+}
+
+/** swtpm_localca's lock in its state directory, which it holds (flock) while it issues a certificate. */
+const LOCALCA_LOCK = '.lock.swtpm-localca';
+
+/**
+ * The CA's files as swtpm_localca leaves them between two certificates (its serial number file and, on first use,
+ * its keys and certificates, are never caught half written), each named by its path under `base`; none while
+ * the CA does not exist yet. The lock is taken through flock(1), as Node has no flock of its own.
+ */
+export async function authorityFiles(dir: string, base: string): Promise<Array<{ path: string; data: Buffer }>> {
+  if (!(await fileExists(dir))) return [];
+  const holder = spawn('flock', ['--exclusive', join(dir, LOCALCA_LOCK), 'sh', '-c', 'echo locked; exec cat'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: childEnvironment(),
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let errors = '';
+      holder.stderr.on('data', (chunk: Buffer) => (errors += chunk.toString()));
+      holder.stdout.once('data', () => resolve());
+      holder.once('error', (error) => reject(new HostSetupError(`flock(1) could not run: ${error.message}`)));
+      holder.once('exit', (code) =>
+        reject(new HostSetupError(`flock(1) could not lock the CA in ${dir} (exit ${code}): ${errors.trim()}`)),
+      );
+    });
+    return await filesOf(dir, base);
+  } finally {
+    holder.stdin.end();
   }
 }

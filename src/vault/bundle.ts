@@ -21,8 +21,8 @@ import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
 const MAGIC = Buffer.from('VTPMBNDL');
 const FORMAT = 1;
 const MIN_PASSPHRASE = 12;
-/** 2^15 x 8 x 128 bytes = 32 MiB of memory per guess. */
-const SCRYPT = { N: 2 ** 15, r: 8, p: 1 };
+/** 2^15 x 8 x 128 bytes = 32 MiB of memory per guess. Deployment backups (src/backup) are sealed the same way. */
+export const SCRYPT = { N: 2 ** 15, r: 8, p: 1 };
 
 export interface BundleGeneration {
   kind: string;
@@ -56,13 +56,16 @@ interface Header {
   created_at: string;
 }
 
-function checkPassphrase(passphrase: string): void {
+/** What a sealed file's header says of the key derivation. */
+export type KdfParameters = Pick<Header, 'n' | 'r' | 'p' | 'salt'>;
+
+export function checkPassphrase(passphrase: string): void {
   if (passphrase.length < MIN_PASSPHRASE)
     throw new InvalidArgumentError('passphrase', `at least ${MIN_PASSPHRASE} characters`);
 }
 
 /** On libuv's thread pool: 32 MiB and a tenth of a second of work per bundle must not hold up every other request. */
-function deriveKey(passphrase: string, header: Header): Promise<Buffer> {
+export function deriveKey(passphrase: string, header: KdfParameters): Promise<Buffer> {
   const options = { N: header.n, r: header.r, p: header.p, maxmem: 256 * header.n * header.r };
   return new Promise((resolve, reject) =>
     scrypt(passphrase, Buffer.from(header.salt, 'base64'), KEY_BYTES, options, (error, key) =>

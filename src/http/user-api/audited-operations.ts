@@ -17,6 +17,7 @@ const OPERATIONS: Readonly<Record<string, string>> = {
   'POST /v1/vtpms/import': 'vtpm.import',
   'POST /v1/hosts': 'host.add',
   'POST /v1/keys/rotate': 'keys.rotate.request',
+  'POST /v1/backup': 'deployment.backup',
   'POST /v1/users': 'user.create',
   'DELETE /v1/users/:name': 'user.delete',
   'POST /v1/users/:name/tokens': 'token.create',

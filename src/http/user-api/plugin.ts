@@ -15,6 +15,7 @@ import type { ControlPlane } from '../../orchestration/control-plane.js';
 import { handleNotFound } from '../error-handler.js';
 import { auditedOperation, changesState, requireAuditName } from './audited-operations.js';
 import { AuthThrottle } from './auth-throttle.js';
+import { registerBackupRoutes } from './backup-routes.js';
 import { registerHostRoutes } from './host-routes.js';
 import { registerIdentityRoutes } from './identity-routes.js';
 import { registerVaultRoutes } from './vault-routes.js';
@@ -114,4 +115,5 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
   registerVaultRoutes(app, cp);
   registerHostRoutes(app, cp);
   registerIdentityRoutes(app, cp);
+  registerBackupRoutes(app, cp);
 };

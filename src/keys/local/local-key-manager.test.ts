@@ -130,3 +130,36 @@ describe('local key manager: a rotation among other operations', () => {
       await reopened.close();
     });
 });
+
+describe('local key manager backup', () => {
+  it('gives the master key and every secret file, and nothing stores, reads or rotates until it is done', async () => {
+    const { dataDir, refs } = await withSecrets(2);
+    const keys = await LocalKeyManager.open(dataDir);
+    const events: string[] = [];
+    let release = () => {};
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const backup = keys.backup(async (files) => {
+      events.push('backup');
+      assert.deepEqual(
+        files.map((f) => f.path),
+        ['keys/master.key', ...refs.map((ref) => `keys/secrets/${ref.slice('local:'.length)}`).sort()],
+      );
+      assert.deepEqual(files[0]!.data, await masterOf(dataDir));
+      await held;
+      return files[0]!.data;
+    });
+    const rotation = keys.rotate().then(() => events.push('rotate'));
+    const read = keys.readSecret(refs[0]!).then(() => events.push('read'));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(events, ['backup'], 'the rotation and the read wait for the backup');
+    release();
+    const master = await backup;
+    await Promise.all([rotation, read]);
+    assert.equal(events[0], 'backup');
+    assert.ok(
+      master.every((byte) => byte === 0),
+      "the backup's copy of the master key is zeroed once it is done",
+    );
+    await keys.close();
+  });
+});

@@ -13,10 +13,11 @@ import { readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES, open, seal } from '../aead.js';
-import type { KeyManager, RotationReport } from '../key-manager.js';
+import type { KeyFile, KeyManager, RotationReport } from '../key-manager.js';
 import type { HostTpmOptions } from './host-tpm.js';
 import {
   fileExists,
+  filesOf,
   isTemporary,
   makeDirectoryDurably,
   removeLeftoverTemporaries,
@@ -27,6 +28,10 @@ import { RotationGate } from '../rotation-gate.js';
 import { wipe, withWiped } from '../wiped.js';
 import { FileMasterKeys, TpmMasterKeys, type MasterKeyStore } from './master-keys.js';
 
+/** Under the data directory. */
+const KEYS_DIR = 'keys';
+/** Where FileMasterKeys keeps the master key when it is not sealed to a TPM. */
+const PLAINTEXT_MASTER_KEY = join(KEYS_DIR, 'master.key');
 const REF_PREFIX = 'local:';
 const REF_PATTERN = /^local:[0-9a-f-]{36}$/;
 
@@ -43,8 +48,13 @@ export class LocalKeyManager implements KeyManager {
     private masterKey: Buffer,
   ) {}
 
+  /** The master key's file when it is not sealed to a TPM: whoever reads it reads every vTPM. */
+  static plaintextKeyFile(dataDir: string): string {
+    return join(dataDir, PLAINTEXT_MASTER_KEY);
+  }
+
   static async open(dataDir: string, hostTpm?: HostTpmOptions): Promise<LocalKeyManager> {
-    const keysDir = join(dataDir, 'keys');
+    const keysDir = join(dataDir, KEYS_DIR);
     const secretsDir = join(keysDir, 'secrets');
     await makeDirectoryDurably(secretsDir, 0o700);
     for (const dir of [keysDir, secretsDir]) await removeLeftoverTemporaries(dir);
@@ -153,6 +163,20 @@ export class LocalKeyManager implements KeyManager {
     }
     // A removal a power loss could undo would bring the secret, and the state it unlocks, back.
     await syncDirectory(this.secretsDir);
+  }
+
+  /**
+   * The master key itself goes into the backup as the plaintext key file even when it is sealed to
+   * this host's TPM, which no other host has: the backup is the way back after this host is lost. A restored
+   * directory started with --seal-to-tpm seals it to its own host's TPM and removes the file.
+   */
+  backup<T>(work: (files: KeyFile[]) => Promise<T>): Promise<T> {
+    return this.gate.alone(async () => {
+      const secrets = await filesOf(this.secretsDir, join(KEYS_DIR, 'secrets'));
+      return withWiped(Buffer.from(this.masterKey), (master) =>
+        work([{ path: PLAINTEXT_MASTER_KEY, data: master }, ...secrets]),
+      );
+    });
   }
 
   /** Once what is under way has finished. */

@@ -13,11 +13,12 @@
  * is under, so a resumed rotation knows what is left to do.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readdir, unlink } from 'node:fs/promises';
+import { readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IntegrityError, InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES } from '../aead.js';
 import {
+  filesOf,
   isTemporary,
   makeDirectoryDurably,
   readIfExists,
@@ -25,12 +26,14 @@ import {
   syncDirectory,
   writeFileAtomically,
 } from '../files.js';
-import type { KeyManager, RotationReport } from '../key-manager.js';
+import type { KeyFile, KeyManager, RotationReport } from '../key-manager.js';
 import { RotationGate } from '../rotation-gate.js';
 import { withWiped } from '../wiped.js';
 import type { Pkcs11TokenOptions, TokenKey } from './token.js';
 import { TokenThread } from './token-thread.js';
 
+/** Under the data directory. */
+const KEYS_DIR = join('keys', 'pkcs11');
 const REF_PREFIX = 'pkcs11:';
 const REF_PATTERN = /^pkcs11:[0-9a-f-]{36}$/;
 const FORMAT_VERSION = 1;
@@ -65,7 +68,7 @@ export class Pkcs11KeyManager implements KeyManager {
   ) {}
 
   static async open(dataDir: string, options: Pkcs11Options): Promise<Pkcs11KeyManager> {
-    const dir = join(dataDir, 'keys', 'pkcs11');
+    const dir = join(dataDir, KEYS_DIR);
     await makeDirectoryDurably(join(dir, 'secrets'), 0o700);
     for (const leftovers of [dir, join(dir, 'secrets')]) await removeLeftoverTemporaries(leftovers);
     const { keyLabel: _, callDeadlineMs, ...tokenOptions } = options;
@@ -203,6 +206,20 @@ export class Pkcs11KeyManager implements KeyManager {
     });
     // A removal a power loss could undo would bring the secret, and the state it unlocks, back.
     await syncDirectory(join(this.dir, 'secrets'));
+  }
+
+  /**
+   * The wrapped secrets and kek.json, which names the key-encryption key they are under. That key never
+   * leaves the token, so a backup opens nothing without this HSM (or one it was replicated to); a rotation
+   * destroys the old key, so the backups taken before it open nothing at all.
+   */
+  backup<T>(work: (files: KeyFile[]) => Promise<T>): Promise<T> {
+    return this.gate.alone(async () =>
+      work([
+        { path: join(KEYS_DIR, 'kek.json'), data: await readFile(join(this.dir, 'kek.json')) },
+        ...(await filesOf(join(this.dir, 'secrets'), join(KEYS_DIR, 'secrets'))),
+      ]),
+    );
   }
 
   /** Once what is under way has finished. */

@@ -145,6 +145,7 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
     audit: new AuditLog(store),
     pool: undefined,
     logger,
+    dataDir,
   };
   const pending = new Set<Promise<void>>();
   const agents = [local, ...others];
