@@ -4,7 +4,9 @@
  * it has its last state reported, then its exit, as that launch's, so that
  * the vTPM ends stopped with that state in the vault rather than running
  * forever (and its state overwritten by the vault's older head at the next
- * start).
+ * start). The report names the states the agent before had recorded as the
+ * ones the control plane may hold, so that a copy of it replayed later is
+ * refused as stale.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -31,16 +33,25 @@ async function deadPid(): Promise<number> {
   return child.pid!;
 }
 
-/** What a launch of swtpm leaves in the agent's directories once it has gone. */
-async function leftBehind(dataDir: string, runDir: string, how: 'killed' | 'exited'): Promise<StateChange> {
+/**
+ * What a launch of swtpm leaves in the agent's directories once it has gone; `lineage`: the states its
+ * agent recorded as those the control plane may hold.
+ */
+async function leftBehind(
+  dataDir: string,
+  runDir: string,
+  how: 'killed' | 'exited',
+  lineage: string[] = [],
+): Promise<StateChange> {
   const change = {
     vm: randomUUID(),
     kind: 'tpm' as const,
     data: Buffer.from(`the state swtpm wrote last, then it was ${how}`),
     final: true,
     instance: randomUUID(),
-    after: [],
+    after: lineage,
   };
+  if (lineage.length > 0) await writeFile(join(runDir, `${change.vm}.tpm.lineage`), `${lineage.join('\n')}\n`);
   await mkdir(join(dataDir, 'tpm', change.vm), { recursive: true });
   await writeFile(join(dataDir, 'tpm', change.vm, 'tpm2-00.permall'), change.data);
   await writeFile(join(runDir, `${change.vm}.instance`), `${change.instance}\n`);
@@ -55,7 +66,8 @@ describe('LocalHostAgent after a restart', () => {
     dirs.push(dir);
     const [dataDir, runDir] = [join(dir, 'data'), join(dir, 'run')];
     await mkdir(runDir, { recursive: true });
-    const gone = [await leftBehind(dataDir, runDir, 'killed'), await leftBehind(dataDir, runDir, 'exited')];
+    const recorded = ['a', 'b'].map((c) => c.repeat(64));
+    const gone = [await leftBehind(dataDir, runDir, 'killed', recorded), await leftBehind(dataDir, runDir, 'exited')];
 
     const agent = await LocalHostAgent.open({
       dataDir,
@@ -82,7 +94,7 @@ describe('LocalHostAgent after a restart', () => {
             { vm, instance, ...change },
             { vm, code: null, signal: null, instance },
           ],
-          'its last state, then its exit, as that launch',
+          'its last state, following what its agent had recorded, then its exit, as that launch',
         );
         assert.equal(existsSync(join(runDir, `${vm}.instance`)), false, 'its runtime files are gone');
         assert.equal(existsSync(join(dataDir, 'tpm', vm, 'tpm2-00.permall')), true, 'its working copy stays');

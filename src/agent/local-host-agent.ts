@@ -47,6 +47,7 @@ import {
 } from './host-agent.js';
 import { hasConnectedPeer } from './socket-peers.js';
 import { prepareHostDirectories, type SystemGroup, type SystemUser } from './host-directories.js';
+import { freshLineage, type Lineage, openLineage } from './lineage.js';
 import type { StateWatcher } from './state-watcher.js';
 import { watchVtpm } from './vtpm-watchers.js';
 
@@ -138,6 +139,18 @@ export class LocalHostAgent implements HostAgent {
     return join(this.options.runDir, `${vm}.instance`);
   }
 
+  private lineageFile(vm: string, kind: StateKind): string {
+    return join(this.options.runDir, `${vm}.${kind}.lineage`);
+  }
+
+  /** What an earlier agent recorded of a launch's reports. */
+  private async recordedLineage(vm: string): Promise<Record<StateKind, Lineage>> {
+    return {
+      tpm: await openLineage(this.lineageFile(vm, 'tpm')),
+      nvram: await openLineage(this.lineageFile(vm, 'nvram')),
+    };
+  }
+
   /** swtpm processes outlive a restart of the service; take back those still serving their socket. */
   private async adoptSurvivors(): Promise<void> {
     // A swtpm that exits by itself removes its pid file; the launch's id, the agent's, stays.
@@ -149,15 +162,16 @@ export class LocalHostAgent implements HostAgent {
       const stateFile = states.find((f) => f.endsWith('.permall'));
       const recorded = (await readFile(this.instanceFile(vm), 'utf8').catch(() => '')).trim();
       const withNvram = existsSync(this.devicePaths(vm).nvram);
+      const lineage = await this.recordedLineage(vm);
       if (instance && stateFile) {
         // A swtpm started before launches had ids gets one now; the control plane learns it from running().
         const id = recorded || (await this.recordId(vm));
         this.options.logger.info({ vm, pid: instance.pid, instance: id }, 'adopted running swtpm');
-        this.track(vm, instance, id, stateFile, withNvram);
+        this.track(vm, instance, id, stateFile, withNvram, lineage);
       } else if (stateFile && recorded) {
         // Its last state is only in the working copy, and nobody told the control plane it stopped.
         this.options.logger.info({ vm, instance: recorded }, 'swtpm exited while no agent watched it');
-        const watchers = this.watch(vm, recorded, stateFile, withNvram);
+        const watchers = this.watch(vm, recorded, stateFile, withNvram, lineage);
         this.departed.set(vm, watchers);
         void this.reportExit(vm, recorded, watchers, { code: null, signal: null }, () => this.departed.delete(vm));
       } else {
@@ -184,6 +198,7 @@ export class LocalHostAgent implements HostAgent {
     id: string,
     stateFile: string,
     withNvram: boolean,
+    lineage: Record<StateKind, Lineage>,
     initial: { tpm?: Buffer; nvram?: Buffer } = {},
   ): StateWatcher[] {
     return watchVtpm({
@@ -193,6 +208,7 @@ export class LocalHostAgent implements HostAgent {
       stateFile,
       nvram: withNvram ? this.devicePaths(vm).nvram : undefined,
       initial,
+      lineage,
       report: (change) => this.reportChange(change),
       logger: this.options.logger,
     });
@@ -204,9 +220,10 @@ export class LocalHostAgent implements HostAgent {
     id: string,
     stateFile: string,
     withNvram: boolean,
+    lineage: Record<StateKind, Lineage>,
     initial: { tpm?: Buffer; nvram?: Buffer } = {},
   ): void {
-    const watchers = this.watch(vm, id, stateFile, withNvram, initial);
+    const watchers = this.watch(vm, id, stateFile, withNvram, lineage, initial);
     const exitReported = instance.exited.then((exit) =>
       this.instances.get(vm) === tracked
         ? this.reportExit(vm, id, watchers, exit, () => this.instances.delete(vm))
@@ -246,6 +263,7 @@ export class LocalHostAgent implements HostAgent {
     await rm(socket, { force: true });
     await rm(pidFile, { force: true });
     await rm(this.instanceFile(vm), { force: true });
+    for (const kind of ['tpm', 'nvram'] as const) await rm(this.lineageFile(vm, kind), { force: true });
   }
 
   async describe(): Promise<HostDescription> {
@@ -322,7 +340,11 @@ export class LocalHostAgent implements HostAgent {
       process.kill(instance.pid, 'SIGTERM');
       throw error;
     }
-    this.track(request.vm, instance, id, stateFile, request.nvram !== undefined, {
+    const lineage = {
+      tpm: freshLineage(this.lineageFile(request.vm, 'tpm')),
+      nvram: freshLineage(this.lineageFile(request.vm, 'nvram')),
+    };
+    this.track(request.vm, instance, id, stateFile, request.nvram !== undefined, lineage, {
       tpm: request.state,
       ...(request.nvram && { nvram: request.nvram }),
     });

@@ -7,6 +7,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { StateConflictError, UnreachableError } from '../errors.js';
 import { digestOf } from '../vault/state-vault.js';
+import type { Lineage } from './lineage.js';
 import { StateWatcher, type WatchedReport } from './state-watcher.js';
 
 let dir: string;
@@ -28,14 +29,19 @@ async function swtpmWrites(content: string, into = dir): Promise<void> {
   await rename(join(into, 'tpm2-00.permall.tmp'), join(into, 'tpm2-00.permall'));
 }
 
-function watcher(report: (r: WatchedReport) => Promise<void>, initial?: Buffer, watched = dir): StateWatcher {
+function watcher(
+  report: (r: WatchedReport) => Promise<void>,
+  initial?: Buffer,
+  watched = dir,
+  lineage?: Lineage,
+): StateWatcher {
   const target = {
     dir: watched,
     file: 'tpm2-00.permall',
     matches: (n: string) => n.endsWith('.permall'),
     debounceMs: 5,
   };
-  const created = new StateWatcher(target, report, events, initial);
+  const created = new StateWatcher(target, report, events, initial, lineage);
   watchers.push(created);
   return created;
 }
@@ -125,6 +131,36 @@ describe('StateWatcher after taking over a running swtpm', () => {
       sent.map((r) => r.after),
       [[], [], []],
     );
+  });
+
+  it('names what the agent before it recorded, and records before each report what the vault may hold', async () => {
+    const [taken, lost] = ['taken before the crash', 'sent, its answer lost'].map((t) => digestOf(Buffer.from(t)));
+    const records: string[][] = [];
+    const lineage: Lineage = { known: [taken!, lost!], record: async (digests) => void records.push([...digests]) };
+    await swtpmWrites('changed while no agent watched');
+    const sent: string[][] = [];
+    let calls = 0;
+    const w = watcher(
+      async (report) => {
+        sent.push(report.after);
+        calls += 1;
+        if (calls === 1) throw new Error('connection reset');
+      },
+      undefined,
+      dir,
+      lineage,
+    );
+    await w.check().catch(() => undefined);
+    await w.check();
+    await swtpmWrites('later');
+    await w.check();
+    const changed = digestOf(Buffer.from('changed while no agent watched'));
+    assert.deepEqual(sent, [[taken, lost], [taken, lost, changed], [changed]]);
+    assert.deepEqual(records, [
+      [taken, lost, changed],
+      [taken, lost, changed],
+      [changed, digestOf(Buffer.from('later'))],
+    ]);
   });
 
   it('follows the head the vault names in a refusal when it is a state it sent, however many tries ago', async () => {

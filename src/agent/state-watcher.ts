@@ -10,7 +10,9 @@
  * control plane takes it or refuses it: the file holds the state meanwhile,
  * and each try reads it afresh, so a newer change replaces an older one that
  * was never taken. Each report names what it follows (`after`): the state the
- * control plane took last, and any sent since whose answer was lost.
+ * control plane took last, and any sent since whose answer was lost; before it
+ * is sent, these and it are recorded in the launch's lineage (lineage.ts), for
+ * an agent that takes over after a crash.
  */
 import { type FSWatcher, watch } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -18,6 +20,7 @@ import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { VtpmError } from '../errors.js';
 import { digestOf } from '../vault/state-vault.js';
+import type { Lineage } from './lineage.js';
 
 export interface WatchedFile {
   dir: string;
@@ -70,13 +73,25 @@ export class StateWatcher {
   private retryMs = RETRY_FIRST_MS;
   private readonly abandon = new AbortController();
 
+  /**
+   * `initial`: what the host started swtpm with; without it, what an agent before this one recorded in
+   * `lineage` is what the first report follows.
+   */
   constructor(
     private readonly target: WatchedFile,
     private readonly report: (report: WatchedReport) => Promise<void>,
     private readonly events: WatcherEvents,
     initial?: Buffer,
+    private readonly lineage?: Lineage,
   ) {
-    this.acknowledged = initial && digestOf(initial);
+    if (initial) {
+      this.acknowledged = digestOf(initial);
+      lineage?.record([this.acknowledged]).catch(() => undefined);
+    } else if (lineage && lineage.known.length > 0) {
+      this.acknowledged = lineage.known[0];
+      this.sent = lineage.known.slice(1, 1 + SENT_KEPT);
+      this.unsure = this.sent.slice(-UNSURE_KEPT);
+    }
   }
 
   start(): void {
@@ -120,8 +135,11 @@ export class StateWatcher {
     }
     const digest = digestOf(data);
     if (digest === this.acknowledged || digest === this.refused) return;
-    // Without a state known to be taken (a swtpm taken over after a restart) the lineage is unknown: none is named.
+    // Without a state known to be taken (a swtpm taken over with no lineage recorded) none is named.
     const after = this.acknowledged === undefined ? [] : [this.acknowledged, ...this.unsure];
+    // Whatever the control plane holds once this is sent is among these; an unknown lineage stays unknown.
+    if (after.length > 0)
+      await this.lineage?.record([after[0]!, ...this.sent, ...(this.sent.includes(digest) ? [] : [digest])]);
     try {
       await this.report({ data, final, after });
     } catch (error) {
@@ -148,6 +166,7 @@ export class StateWatcher {
       this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
       throw error;
     }
+    if (after.length === 0) await this.lineage?.record([digest]);
     this.settle(digest);
   }
 

@@ -6,6 +6,7 @@ import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
 import type { StateKind } from '../store/index.js';
 import type { StateChange } from './host-agent.js';
+import type { Lineage } from './lineage.js';
 import { StateWatcher, type WatchedFile } from './state-watcher.js';
 
 export interface WatchedVtpm {
@@ -18,6 +19,8 @@ export interface WatchedVtpm {
   nvram?: string | undefined;
   /** What the host started it with: not reported again. */
   initial: { tpm?: Buffer; nvram?: Buffer };
+  /** What each kind's reports follow, kept for an agent that takes over after a crash. */
+  lineage: Record<StateKind, Lineage>;
   report(change: StateChange): Promise<void>;
   logger: Logger;
 }
@@ -36,6 +39,7 @@ export function watchVtpm(vtpm: WatchedVtpm): StateWatcher[] {
         watchFailed: (error) => logger.warn({ vm, kind, err: error }, 'file-system notifications failed; polling'),
       },
       vtpm.initial[kind],
+      vtpm.lineage[kind],
     );
   const tpm = watcher('tpm', {
     dir: vtpm.stateDir,
