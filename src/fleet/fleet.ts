@@ -20,7 +20,7 @@ import { chooseHost } from './scheduler.js';
 
 const agentToken = (secret: Buffer) => secret.toString('base64url');
 const CONNECT_RETRY_FIRST_MS = 500;
-const CONNECT_RETRY_LONGEST_MS = 30_000;
+const CONNECT_RETRY_LONGEST_MS = 5_000;
 const digest = (token: string) => createHash('sha256').update(token).digest();
 
 interface RemoteHost {
