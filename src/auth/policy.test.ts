@@ -39,17 +39,17 @@ const vtpmTable: Record<string, Record<string, Record<string, Decision>>> = {
   },
   admin: {
     own: { read: A, operate: A, export: A, delete: A },
-    'other, user mode': { read: A, operate: F, export: F, delete: A },
-    'other, deployment mode': { read: A, operate: F, export: F, delete: A },
+    'other, user mode': { read: A, operate: F, export: F, delete: F },
+    'other, deployment mode': { read: A, operate: F, export: F, delete: F },
   },
   operator: {
     own: { read: A, operate: A, export: A, delete: A },
     'other, user mode': { read: H, operate: H, export: H, delete: H },
-    'other, deployment mode': { read: A, operate: A, export: F, delete: F },
+    'other, deployment mode': { read: A, operate: A, export: F, delete: A },
   },
   'admin+operator': {
     own: { read: A, operate: A, export: A, delete: A },
-    'other, user mode': { read: A, operate: F, export: F, delete: A },
+    'other, user mode': { read: A, operate: F, export: F, delete: F },
     'other, deployment mode': { read: A, operate: A, export: F, delete: A },
   },
   // These targets name no host: operations that do not act on one (restore, secure boot) are not a hook's.

@@ -4,13 +4,14 @@
  * Roles, held by users in a project:
  * - member: everything on its own project's vTPMs; nothing else exists for it
  *   (another project's vTPM answers "not found", so nothing leaks).
- * - admin: sees every vTPM, may delete any, and runs the deployment (users,
- *   hosts, pool, the audit log). It cannot use another project's TPM secret.
- * - vtpm-operator: the explicit delegation: may read and operate (start, stop,
- *   restore, change secure boot) another project's vTPM whose secret security
- *   is `deployment`, the mode in which the owner lets the deployment use the
- *   secret (Nova's hw:tpm_secret_security). A vTPM in `user` mode is usable by
- *   its own project only, whoever asks; nobody but its project can export it.
+ * - admin: sees every vTPM and runs the deployment (users, hosts, pool, the
+ *   audit log). It neither uses nor destroys another project's TPM.
+ * - vtpm-operator: the explicit delegation: may read, operate (start, stop,
+ *   restore, change secure boot) and delete another project's vTPM whose secret
+ *   security is `deployment`, the mode in which the owner lets the deployment
+ *   use the secret (Nova's hw:tpm_secret_security). A vTPM in `user` mode is
+ *   used and destroyed by its own project only, whoever asks; nobody but its
+ *   project can export it.
  * - libvirt-hook: the qemu hook of one host (user `libvirt-hook@HOST`, made by
  *   `vtpm libvirt install-hook`): may read, and start, stop and prepare
  *   migrations of, its project's vTPMs and other projects' whose secret
@@ -86,9 +87,10 @@ export function decideOnVtpm(principal: Principal, operation: VtpmOperation, tar
   switch (operation) {
     case 'read':
       return admin || delegated ? 'allow' : 'hide';
-    case 'delete':
-      return admin ? 'allow' : delegated ? 'forbid' : 'hide';
+    // One rule for using and for destroying another project's TPM: its owner delegated the secret to the
+    // deployment (secret security `deployment`), and the caller holds the role for it. Seeing it is not enough.
     case 'operate':
+    case 'delete':
       return delegated ? 'allow' : admin ? 'forbid' : 'hide';
     case 'export':
       return admin || delegated ? 'forbid' : 'hide';
@@ -131,7 +133,7 @@ export function enforceOnVtpm(principal: Principal, operation: VtpmOperation, ta
           (target.host === undefined ? '' : `, not on ${target.host}`)
         : target.secretSecurity === 'user'
           ? `its secret is bound to project ${target.project} (secret security "user")`
-          : operation === 'operate'
+          : operation === 'operate' || operation === 'delete'
             ? 'this needs the vtpm-operator role'
             : `only project ${target.project} may ${operation} it`;
     throw new ForbiddenError(`${principal.name} may not ${operation} the vTPM of VM ${target.vm}: ${why}`, {

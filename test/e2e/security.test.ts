@@ -126,6 +126,13 @@ describe('projects and roles', () => {
       (await as('root', 'export', vmDeployment, '--out', '/dev/null', '--passphrase-file', passphraseFile)).code,
       EXIT.forbidden,
     );
+    // Nor destroy it: seeing every vTPM is not owning them (one rule for use and crypto-erase).
+    for (const vm of [vmUser, vmDeployment]) {
+      const erase = await as('root', 'delete', '--force', vm);
+      assert.equal(erase.code, EXIT.forbidden, erase.stderr);
+      assert.match(erase.stderr, /root may not delete the vTPM/);
+    }
+    assert.ok((await listedBy('root')).includes(vmUser));
   });
 
   it('a vtpm-operator starts and stops a vTPM whose owner allowed it (deployment mode), and nothing else', async () => {
@@ -137,7 +144,11 @@ describe('projects and roles', () => {
       (await as('oscar', 'export', vmDeployment, '--out', '/dev/null', '--passphrase-file', passphraseFile)).code,
       EXIT.forbidden,
     );
-    assert.equal((await as('oscar', 'delete', vmDeployment)).code, EXIT.forbidden);
+    // Destroying it is using it: the same delegation allows it, on a vTPM of its own for this test.
+    const disposable = randomUUID();
+    await as('alice', 'create', '--vm', disposable, '--version', '2.0', '--secret-security', 'deployment');
+    assert.equal((await as('oscar', 'delete', disposable)).code, 0);
+    assert.equal((await as('alice', 'show', disposable)).code, EXIT.notFound);
   });
 
   it('managing users needs admin; hosts and the pool need admin or vtpm-operator', async () => {
