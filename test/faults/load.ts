@@ -61,6 +61,8 @@ export class VtpmLoad {
   /** The write sent last, answered or not (the one in flight when swtpm died may have reached its state). */
   lastSent = 0;
   private channel: TpmChannel | undefined;
+  /** The state directory of the host it runs on now. */
+  private stateDir = '';
   private loop: Promise<void> | undefined;
   private stopping = false;
   /** Why the loop ended, when it was not asked to. */
@@ -68,7 +70,6 @@ export class VtpmLoad {
 
   constructor(
     readonly vm: string,
-    private readonly stateDir: string,
     private readonly pauseMs: () => number,
   ) {}
 
@@ -80,9 +81,13 @@ export class VtpmLoad {
     return this.loop !== undefined && this.ended === undefined;
   }
 
-  /** Takes over a channel (opened by readValue after a start) and writes until stopped or the channel fails. */
-  async run(channel: TpmChannel): Promise<void> {
+  /**
+   * Takes over a channel (opened by readValue after a start) to the swtpm whose state is in `stateDir`, and
+   * writes until stopped or the channel fails.
+   */
+  async run(channel: TpmChannel, stateDir: string): Promise<void> {
     this.channel = channel;
+    this.stateDir = stateDir;
     this.stopping = false;
     this.ended = undefined;
     const defined = responseCode(await channel.send(tpm2.nvDefineSpace(NV_INDEX, NV_SIZE)));

@@ -20,6 +20,11 @@ export class Prng {
     return min + Math.floor(this.next() * (max - min + 1));
   }
 
+  /** A generator of its own, seeded from this one: its draws, however many and whenever, leave this one's alone. */
+  fork(): Prng {
+    return new Prng(this.int(0, 2 ** 31 - 1));
+  }
+
   pick<T>(items: readonly T[]): T {
     const item = items[Math.floor(this.next() * items.length)];
     if (item === undefined) throw new Error('pick from an empty list');

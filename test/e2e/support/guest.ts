@@ -112,15 +112,15 @@ export async function findKernel(): Promise<string> {
   return join('/boot', kernel);
 }
 
-/** Builds the initramfs into `dir` and returns its path. */
-export async function buildInitramfs(dir: string): Promise<string> {
+/** Builds the initramfs into `dir` and returns its path; `init` replaces the guest's script (the fault suite's). */
+export async function buildInitramfs(dir: string, init = INIT): Promise<string> {
   const root = join(dir, 'initrd');
   for (const sub of ['bin', 'dev', 'proc', 'sys', 'tmp', 'cmds/1', 'cmds/2', 'load'])
     await mkdir(join(root, sub), { recursive: true });
   // TPM2_GetRandom of 16 bytes: the load loop's command, which reads nothing from and writes nothing to the state.
   await writeFile(join(root, 'load/getrandom'), Buffer.from('8001' + '0000000c' + '0000017b' + '0010', 'hex'));
   await copyFile('/bin/busybox', join(root, 'bin/busybox'));
-  await writeFile(join(root, 'init'), INIT);
+  await writeFile(join(root, 'init'), init);
   await chmod(join(root, 'init'), 0o755);
   for (const [name, hex] of Object.entries(TPM2_COMMANDS))
     await writeFile(join(root, 'cmds/2', name), Buffer.from(hex, 'hex'));
@@ -160,6 +160,8 @@ export interface BootOptions {
   loadCommands?: number;
   /** More QEMU arguments: a QMP socket, or -incoming for the destination of a migration. */
   extraArgs?: string[];
+  /** More kernel command-line parameters, for an initramfs of another `init`. */
+  append?: string[];
   timeoutMs?: number;
 }
 
@@ -173,6 +175,8 @@ export interface RunningGuest {
   waiting: () => boolean;
   /** performance.now() when the console first showed a TPM response, once it has. */
   tpmAnsweredAt: () => number | undefined;
+  /** What the guest printed on its console so far. */
+  console: () => string;
   report: Promise<GuestReport>;
 }
 
@@ -199,6 +203,7 @@ export function launchGuest(options: BootOptions): RunningGuest {
         ...(options.delaySeconds ? [`vtpm.delay=${options.delaySeconds}`] : []),
         ...(options.loadCommands ? [`vtpm.load=${options.loadCommands}`] : []),
         ...(options.commandSet ? [`vtpm.set=${options.commandSet}`] : []),
+        ...(options.append ?? []),
       ].join(' '),
       ...options.qemuArgs,
       ...(options.extraArgs ?? []),
@@ -242,6 +247,7 @@ export function launchGuest(options: BootOptions): RunningGuest {
     holding: () => output.includes('VTPM-HOLDING'),
     waiting: () => output.includes('VTPM-WAITING'),
     tpmAnsweredAt: () => tpmAnsweredAt,
+    console: () => output,
     report,
   };
 }
