@@ -156,7 +156,15 @@ export const AdoptBody = Type.Object(
 );
 
 export const VmParams = Type.Object({ vm: Type.String({ description: 'VM UUID' }) });
-export const DeleteQuery = Type.Object({ force: Type.Optional(Type.Boolean({ default: false })) });
+export const DeleteQuery = Type.Object({
+  force: Type.Optional(Type.Boolean({ default: false })),
+  dry_run: Type.Optional(
+    Type.Boolean({
+      default: false,
+      description: 'check that the delete would be allowed and could run now, and change nothing (204 if so)',
+    }),
+  ),
+});
 
 export const VtpmList = Type.Object({ vtpms: Type.Array(Type.Ref(Vtpm)) });
 export type VtpmList = { vtpms: VtpmView[] };

@@ -11,7 +11,9 @@ import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
 import { SECRET_SECURITY_MODES } from '../tpm-spec/secret-security.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
 import { registerBackupCommands } from './backup-commands.js';
-import { client, emit, vmPath, withClientOptions } from './context.js';
+import { confirm } from './confirm.js';
+import { client, emit, globals, vmPath, withClientOptions } from './context.js';
+import { defaultRunDir } from './defaults.js';
 import { registerHostCommands } from './host-commands.js';
 import { registerIdentityCommands } from './identity-commands.js';
 import { registerLibvirtCommands } from './libvirt-commands.js';
@@ -44,6 +46,15 @@ const program = withClientOptions(new Command('vtpm'))
   .configureOutput({ outputError: (text, write) => write(text) });
 
 registerServeCommand(program, packageVersion);
+
+/** The libvirt domain of this host that still uses the vTPM, if libvirt can say; none where it cannot. */
+async function libvirtDomainUsing(vm: string, dataDir: string): Promise<string | undefined> {
+  const [{ domainUsing }, { Virsh }] = await Promise.all([
+    import('../hypervisor/libvirt-check.js'),
+    import('../hypervisor/virsh.js'),
+  ]);
+  return domainUsing(new Virsh(), vm, defaultRunDir(dataDir)).catch(() => undefined);
+}
 
 withClientOptions(program.command('create'))
   .description('create a vTPM for a VM (spec from --version/--model, flavor extra specs and image properties)')
@@ -141,8 +152,19 @@ withClientOptions(program.command('update'))
   .description('change secure boot of a stopped UEFI guest (its variable store starts afresh)')
   .argument('<vm>', 'VM UUID')
   .addOption(new Option('--secure-boot <state>', 'secure boot').choices(['on', 'off']).makeOptionMandatory())
-  .action(async (vm: string, options: { secureBoot: 'on' | 'off' }, command: Command) => {
-    const updated = await (await client(command)).request<VtpmView>('PATCH', vmPath(vm), {
+  .option('--yes', 'do not ask for confirmation (scripts)', false)
+  .action(async (vm: string, options: { secureBoot: 'on' | 'off'; yes: boolean }, command: Command) => {
+    const api = await client(command);
+    const current = await api.request<VtpmView>('GET', vmPath(vm));
+    // Only what the service would carry out is asked about; its refusals (BIOS, running) come as they are.
+    const wouldChange = current.firmware === 'uefi' && current.status === 'stopped';
+    if (wouldChange && current.secure_boot !== (options.secureBoot === 'on'))
+      await confirm(
+        `turn secure boot ${options.secureBoot} for VM ${vm}? Its UEFI variable store (enrolled keys, boot ` +
+          'entries) is replaced by a fresh one',
+        options.yes,
+      );
+    const updated = await api.request<VtpmView>('PATCH', vmPath(vm), {
       secure_boot: options.secureBoot === 'on',
     });
     emit(command, updated, () => showVtpm(updated));
@@ -152,8 +174,19 @@ withClientOptions(program.command('delete'))
   .description('delete the vTPM: its secret is destroyed (crypto-erase), then its state')
   .argument('<vm>', 'VM UUID')
   .option('--force', 'stop it first if it is running', false)
-  .action(async (vm: string, options: { force: boolean }, command: Command) => {
-    await (await client(command)).request<void>('DELETE', `${vmPath(vm)}${options.force ? '?force=true' : ''}`);
+  .option('--yes', 'do not ask for confirmation (scripts)', false)
+  .action(async (vm: string, options: { force: boolean; yes: boolean }, command: Command) => {
+    const api = await client(command);
+    const path = `${vmPath(vm)}?force=${options.force}`;
+    // Refused before anything is asked: missing, not the caller's to delete, or running without --force.
+    await api.request<void>('DELETE', `${path}&dry_run=true`);
+    const domain = await libvirtDomainUsing(vm, globals(command).dataDir);
+    await confirm(
+      `crypto-erase the vTPM of VM ${vm}? Its secret is destroyed: its state can never be read again` +
+        (domain ? `, and libvirt domain ${domain} still uses it (its next start will fail)` : ''),
+      options.yes,
+    );
+    await api.request<void>('DELETE', path);
     emit(command, { vm, deleted: true }, () => `deleted vTPM ${vm}`);
   });
 

@@ -12,13 +12,15 @@ import { conflict, withVtpm } from './vtpm-records.js';
 export async function deleteVtpm(
   cp: ControlPlane,
   vm: string,
-  options: { force: boolean },
+  options: { force: boolean; dryRun?: boolean },
   actor: Principal,
 ): Promise<void> {
   await withVtpm(cp, vm, actor, 'delete', async (current) => {
     if (current.status !== 'stopped' && current.status !== 'deleting' && !options.force) {
       throw conflict(current, `vTPM ${current.vm} is ${current.status}; stop it first or delete with --force`);
     }
+    // What a confirmation is asked for must be allowed first: refusals come before the question.
+    if (options.dryRun) return;
     const to = current.migrating_to;
     if (current.status === 'migrating' && to !== null) {
       // The destination's copy goes first, as when its QEMU leaves: the migration is abandoned.

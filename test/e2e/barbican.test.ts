@@ -47,7 +47,7 @@ before(async () => {
 
 after(async () => {
   for (const vtpm of await service.json<VtpmJson[]>('list').catch(() => []))
-    await service.cli('delete', '--force', vtpm.vm);
+    await service.cli('delete', '--force', '--yes', vtpm.vm);
   await service.stop();
   await barbican.stop();
   await rm(workDir, { recursive: true, force: true });
@@ -91,7 +91,7 @@ describe('the Barbican key manager', () => {
     );
     await as('alice', 'stop', vm);
 
-    await service.json('delete', vm);
+    await service.json('delete', '--yes', vm);
     assert.ok(!(await barbican.secretNames('p1')).includes(`vtpm-${vm}`), 'delete removes the secret from Barbican');
   });
 
@@ -140,7 +140,7 @@ describe('the Barbican key manager', () => {
       // The refused create could not delete its secret while Barbican
       // was down: it waits as `deleting`, and deleting it now finishes.
       assert.equal((await as('alice', 'show', refusedVm)).status, 'deleting');
-      await as('alice', 'delete', refusedVm);
+      await as('alice', 'delete', '--yes', refusedVm);
       assert.ok(!(await service.json<VtpmJson[]>('list')).some((vtpm) => vtpm.vm === refusedVm));
       await as('alice', 'stop', vm);
     },

@@ -37,7 +37,7 @@ const context = serviceForFile('vtpm-export', async ({ workDir }) => {
 after(async () => {
   try {
     if (target)
-      for (const vtpm of await target.json<VtpmJson[]>('list')) await target.cli('delete', '--force', vtpm.vm);
+      for (const vtpm of await target.json<VtpmJson[]>('list')) await target.cli('delete', '--force', '--yes', vtpm.vm);
   } finally {
     await target?.stop();
     if (targetDir) await rm(targetDir, { recursive: true, force: true });

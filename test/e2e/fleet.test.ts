@@ -257,7 +257,7 @@ describe('TLS between the control plane and an agent', () => {
           (h) => h.name === 'host-c',
         );
         assert.deepEqual(hostC?.traits, [], 'and so never reported in');
-        await service.json('delete', vm);
+        await service.json('delete', '--yes', vm);
       } finally {
         if (savedCa === undefined) delete process.env.VTPM_CA_FILE;
         else process.env.VTPM_CA_FILE = savedCa;

@@ -172,7 +172,7 @@ describe('libvirt hook and attach', () => {
       await define(domain);
       await context.service.json('libvirt', 'attach', domain.name, '--version', '2.0');
     }
-    await context.service.json('delete', kept.uuid);
+    await context.service.json('delete', '--yes', kept.uuid);
     await virsh('undefine', undefined_.name);
     const found = await context.service.json<{
       domains_without_vtpm: Array<{ domain: string }>;

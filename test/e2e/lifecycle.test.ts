@@ -196,7 +196,7 @@ describe('lifecycle', () => {
     assert.equal(remove.code, EXIT.conflict);
     assert.match(remove.stderr, /--force/);
     assert.equal((await context.service.json<VtpmJson>('show', vm)).status, 'running');
-    assert.equal((await context.service.cli('delete', '--force', vm)).code, 0);
+    assert.equal((await context.service.cli('delete', '--force', '--yes', vm)).code, 0);
     assert.equal((await context.service.cli('show', vm)).code, EXIT.notFound);
   });
 
@@ -236,7 +236,10 @@ describe('lifecycle', () => {
     assert.equal(ours.filter((line) => line.endsWith('starting swtpm (TPM 2.0)')).length, 3, log);
     assert.equal(ours.filter((line) => / vtpm-manager: swtpm ready, pid \d+$/.test(line)).length, 3, log);
     assert.equal(ours.filter((line) => / vtpm-manager: swtpm exited/.test(line)).length, 3, log);
-    assert.ok(ours.every((line) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /.test(line)), log);
+    assert.ok(
+      ours.every((line) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /.test(line)),
+      log,
+    );
     assert.doesNotMatch(log, /Cmd: length/, 'no TPM or control command is dumped');
   });
 
@@ -250,7 +253,12 @@ describe('lifecycle', () => {
     await context.service.json('stop', vm);
     assert.ok(existsSync(join(context.service.dataDir, 'tpm', vm)), 'a stopped vTPM keeps a working copy on its host');
     assert.equal((await context.service.json<unknown[]>('history', vm)).length, 1);
-    const deleted = await context.service.json<{ deleted: boolean }>('delete', vm);
+    // Crypto-erase is asked for: with no terminal to ask on, a script must say --yes.
+    const unconfirmed = await context.service.cli('delete', vm);
+    assert.equal(unconfirmed.code, EXIT.invalid);
+    assert.match(unconfirmed.stderr, /crypto-erase the vTPM of VM .*\(no terminal to ask on: pass --yes\)/);
+    assert.equal((await context.service.json<VtpmJson>('show', vm)).status, 'stopped');
+    const deleted = await context.service.json<{ deleted: boolean }>('delete', '--yes', vm);
     assert.equal(deleted.deleted, true);
     assert.equal((await readdir(secretsDir)).length, secretsBefore);
     assert.ok(!existsSync(join(context.service.dataDir, 'tpm', vm)));

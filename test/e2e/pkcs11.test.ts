@@ -100,7 +100,7 @@ describe('the PKCS#11 key manager (SoftHSM2)', () => {
 
       service = await ServiceUnderTest.start(dataDir, serveArgs);
       try {
-        await service.json('delete', vm);
+        await service.json('delete', '--yes', vm);
         assert.deepEqual(await service.json<VtpmJson[]>('list'), []);
       } finally {
         await service.stop();

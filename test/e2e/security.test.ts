@@ -147,7 +147,7 @@ describe('projects and roles', () => {
     // Destroying it is using it: the same delegation allows it, on a vTPM of its own for this test.
     const disposable = randomUUID();
     await as('alice', 'create', '--vm', disposable, '--version', '2.0', '--secret-security', 'deployment');
-    assert.equal((await as('oscar', 'delete', disposable)).code, 0);
+    assert.equal((await as('oscar', 'delete', '--yes', disposable)).code, 0);
     assert.equal((await as('alice', 'show', disposable)).code, EXIT.notFound);
   });
 

@@ -253,7 +253,7 @@ describe('UEFI guests', () => {
         `no synced variable store: ${JSON.stringify(synced)}`,
       );
 
-      const on = await context.service.json<{ secure_boot: boolean }>('update', vm, '--secure-boot', 'on');
+      const on = await context.service.json<{ secure_boot: boolean }>('update', vm, '--secure-boot', 'on', '--yes');
       assert.equal(on.secure_boot, true);
       const afterOn = await nvramGenerations();
       assert.deepEqual(
@@ -267,7 +267,7 @@ describe('UEFI guests', () => {
           secureArgs.qemu_args.some((a) => a.includes('OVMF_CODE_4M.secboot.fd')),
       );
 
-      await context.service.json('update', vm, '--secure-boot', 'off');
+      await context.service.json('update', vm, '--secure-boot', 'off', '--yes');
       const afterOff = await nvramGenerations();
       assert.deepEqual(
         afterOff.map((g) => [g.generation, g.reason]),

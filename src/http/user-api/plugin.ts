@@ -94,7 +94,10 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
     const project = request.vtpmProject ?? (await requestAudit.projectOf(vm, undefined));
     await requestAudit.record(
       {
-        operation: auditedOperation(request.method, request.routeOptions.url),
+        // A check that changes nothing is not recorded as the change itself.
+        operation:
+          auditedOperation(request.method, request.routeOptions.url) +
+          ((request.query as { dry_run?: unknown } | undefined)?.dry_run === true ? '.dry_run' : ''),
         vm,
         project,
         result: request.failureCode ?? (reply.statusCode < 400 ? 'ok' : `http_${reply.statusCode}`),

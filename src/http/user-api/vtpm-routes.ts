@@ -111,7 +111,8 @@ export function registerVtpmRoutes(app: FastifyInstance, cp: ControlPlane): void
       },
     },
     async (request, reply) => {
-      await deleteVtpm(cp, request.params.vm, { force: request.query.force ?? false }, actorOf(request));
+      const { force = false, dry_run: dryRun = false } = request.query;
+      await deleteVtpm(cp, request.params.vm, { force, dryRun }, actorOf(request));
       return reply.status(204).send();
     },
   );

@@ -181,7 +181,7 @@ export function serviceForFile(
   });
   after(async () => {
     if (service) {
-      for (const vtpm of await service.json<VtpmJson[]>('list')) await service.cli('delete', '--force', vtpm.vm);
+      for (const { vm } of await service.json<VtpmJson[]>('list')) await service.cli('delete', '--force', '--yes', vm);
       await service.stop();
     }
     if (workDir) await rm(workDir, { recursive: true, force: true });
