@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { CLI } from '../e2e/support/service.js';
-import { type CliCommand, cliCommands } from './support/commands.js';
+import { type CliCommand, type CommandOption, cliCommands } from './support/commands.js';
 import { canaryPaths, listing } from './support/disk.js';
 import { CANARY, hostileString } from './support/hostile.js';
 import { startFuzzService } from './support/fuzz-service.js';
@@ -29,7 +29,7 @@ const SPAWN_DEADLINE_MS = 20_000;
  * Commands that, given input they accept, run a service or change the host outside the data
  * directory (libvirt's hooks directory): only input the parser refuses is given to them.
  */
-const PARSE_ONLY = new Set(['serve', 'agent', 'libvirt install-hook']);
+const PARSE_ONLY = new Set(['serve', 'agent', 'libvirt install-hook', 'libvirt uninstall-hook']);
 /** Option values that stay fixed: libvirt's in-memory test driver, never a real libvirtd of this machine. */
 const PINNED: Record<string, string> = { '--connect': 'test:///default' };
 
@@ -99,8 +99,12 @@ const hostileArg: fc.Arbitrary<Buffer> = fc.oneof(
   { arbitrary: fc.constant(Buffer.from([0x2e, 0x2e, 0x2f, 0xff, 0xfe])), weight: 1 },
 );
 
-function optionValue(option: CliCommand['options'][number]): fc.Arbitrary<Buffer[]> {
-  const pinned = PINNED[option.long];
+/** A directory of the host's by default (libvirt's swtpm states, say): one of the test's instead, always. */
+const pinnedValue = (option: CommandOption): string | undefined =>
+  PINNED[option.long] ?? (option.default?.startsWith('/') ? join(cwd, option.long.slice(2)) : undefined);
+
+function optionValue(option: CommandOption): fc.Arbitrary<Buffer[]> {
+  const pinned = pinnedValue(option);
   if (pinned !== undefined) return fc.constant([text(option.long), text(pinned)]);
   if (option.value === 'none') return fc.constant([text(option.long)]);
   const value =
@@ -135,7 +139,7 @@ function hostileCall(command: CliCommand): fc.Arbitrary<Buffer[]> {
   );
   const options = command.options
     .filter((o) => o.long !== '--url' && o.long !== '--token')
-    .map((o) => fc.option(optionValue(o), { freq: 2, nil: [] as Buffer[] }));
+    .map((o) => (pinnedValue(o) === undefined ? fc.option(optionValue(o), { freq: 2, nil: [] }) : optionValue(o)));
   return fc
     .tuple(fc.tuple(...positional), fc.tuple(...options))
     .map(([args, opts]) => [...command.path.map(text), ...opts.flat(), ...args.flat()]);

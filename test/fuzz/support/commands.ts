@@ -6,11 +6,13 @@
  */
 import { execFile } from 'node:child_process';
 
-interface CommandOption {
+export interface CommandOption {
   long: string;
   /** Takes a value (`--out <file>`), an optional one (`[value]`), or none (a flag). */
   value: 'required' | 'optional' | 'none';
   choices: string[];
+  /** Its default, as the help shows it. */
+  default: string | undefined;
 }
 
 export interface CliCommand {
@@ -53,6 +55,7 @@ function optionOf(entry: string): CommandOption | undefined {
     long: flags[1]!,
     value: flags[2] === undefined ? 'none' : flags[2].startsWith('<') ? 'required' : 'optional',
     choices: choices ? [...choices.matchAll(/"([^"]*)"/g)].map((m) => m[1]!) : [],
+    default: /\(default: "([^"]*)"\)/.exec(entry)?.[1],
   };
 }
 
