@@ -1,17 +1,41 @@
+/**
+ * What the one HTTP client says when its server cannot be reached: the CLI's
+ * user is told about --url; the control plane calling a host's agent (or an
+ * agent its control plane) is told about the process at that address, not
+ * about options it does not have.
+ */
 import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
 import { describe, it } from 'node:test';
+import { UnreachableError } from '../errors.js';
 import { ApiClient } from './client.js';
 
-describe('ApiClient.connect', () => {
-  it('refuses to send a token over plain HTTP off this machine, naming --url', async () => {
-    await assert.rejects(ApiClient.connect({ url: 'http://192.0.2.10:8443', dataDir: '/nonexistent', token: 't' }), {
-      code: 'invalid_argument',
-      message: /--url: .*https:\/\/HOST:PORT \(http only on loopback\)/,
-    });
+/** A loopback port nobody listens on (bound, then released). */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+describe('an unreachable server', () => {
+  it("is the CLI's: the hint names --url", async () => {
+    const url = `http://127.0.0.1:${await closedPort()}`;
+    const client = await ApiClient.connect({ url, token: 'vtpm_x', dataDir: '/nonexistent' });
+    await assert.rejects(
+      client.request('GET', '/v1/vtpms'),
+      (e: unknown) => e instanceof UnreachableError && /ECONNREFUSED.*Set --url/.test(e.message),
+    );
   });
 
-  it('takes https anywhere and http on loopback', async () => {
-    for (const url of ['https://192.0.2.10:8443', 'http://127.0.0.1:8443', 'http://[::1]:8443'])
-      assert.ok(await ApiClient.connect({ url, dataDir: '/nonexistent', token: 't' }));
+  it("is a host agent's: the hint names the process, not the CLI's options", async () => {
+    const url = `http://127.0.0.1:${await closedPort()}`;
+    const client = await ApiClient.withToken({ url, token: 'agent-token' });
+    await assert.rejects(
+      client.request('POST', '/agent/v1/vtpms/x/start'),
+      (e: unknown) =>
+        e instanceof UnreachableError && /ECONNREFUSED.*vtpm agent/.test(e.message) && !/--url/.test(e.message),
+    );
   });
 });

@@ -81,6 +81,8 @@ export class ApiClient {
     private readonly token: string | undefined,
     private readonly timeoutMs: number,
     private readonly ca: Buffer | undefined,
+    /** What to check when the server cannot be reached; a user of the CLI has other levers than a process. */
+    private readonly unreachableHint: string,
   ) {}
 
   /** The token comes from `token`, --token-file, VTPM_TOKEN, or the server's data directory, in that order. */
@@ -103,7 +105,8 @@ export class ApiClient {
           throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', caFile);
         })
       : undefined;
-    return new ApiClient(options.url.replace(/\/+$/, ''), token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca);
+    const hint = 'is `vtpm serve` running? Set --url or VTPM_URL';
+    return new ApiClient(options.url.replace(/\/+$/, ''), token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca, hint);
   }
 
   /** A client with a credential of its own (a host agent's), never the environment's or a data directory's. */
@@ -118,7 +121,10 @@ export class ApiClient {
           throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', options.caFile);
         })
       : undefined;
-    return new ApiClient(options.url.replace(/\/+$/, ''), options.token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca);
+    // The control plane calling a host's agent, or an agent its control plane: neither has a --url to set.
+    const hint = 'is the vtpm agent or vtpm serve at that address running, and reachable from here?';
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    return new ApiClient(options.url.replace(/\/+$/, ''), options.token, timeoutMs, ca, hint);
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -144,7 +150,7 @@ export class ApiClient {
         code !== undefined && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS/.test(code)
           ? 'its TLS certificate is not one this client trusts: ' +
             'pass --ca-file or set VTPM_CA_FILE to the CA that issued it'
-          : 'is `vtpm serve` running? Set --url or VTPM_URL';
+          : this.unreachableHint;
       throw new UnreachableError(`cannot reach vtpm-manager at ${this.url} (${cause}): ${hint}`, { url: this.url });
     }
     const text = response.text;
