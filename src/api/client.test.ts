@@ -1,8 +1,8 @@
 /**
- * What the one HTTP client says when its server cannot be reached: the CLI's
- * user is told about --url; the control plane calling a host's agent (or an
- * agent its control plane) is told about the process at that address, not
- * about options it does not have.
+ * The one HTTP client: where it sends a token, and what it says when its
+ * server cannot be reached (the CLI's user is told about --url; the control
+ * plane calling a host's agent, or an agent its control plane, about the
+ * process at that address, not about options it does not have).
  */
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
@@ -18,6 +18,20 @@ async function closedPort(): Promise<number> {
   await new Promise((resolve) => server.close(resolve));
   return port;
 }
+
+describe('ApiClient.connect', () => {
+  it('refuses to send a token over plain HTTP off this machine, naming --url', async () => {
+    await assert.rejects(ApiClient.connect({ url: 'http://192.0.2.10:8443', dataDir: '/nonexistent', token: 't' }), {
+      code: 'invalid_argument',
+      message: /--url: .*https:\/\/HOST:PORT \(http only on loopback\)/,
+    });
+  });
+
+  it('takes https anywhere and http on loopback', async () => {
+    for (const url of ['https://192.0.2.10:8443', 'http://127.0.0.1:8443', 'http://[::1]:8443'])
+      assert.ok(await ApiClient.connect({ url, dataDir: '/nonexistent', token: 't' }));
+  });
+});
 
 describe('an unreachable server', () => {
   it("is the CLI's: the hint names --url", async () => {
