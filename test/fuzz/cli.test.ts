@@ -225,7 +225,7 @@ describe('bad arguments for every CLI command', { concurrency: 3 }, () => {
     it(`${name(command)}: hostile values`, async () => {
       await fuzz(
         fc.asyncProperty(hostileCall(command), who, (args, as) => check(args, as, false)),
-        { runs: 4, shrink: false },
+        { runs: 3, shrink: false },
       );
     });
   }
