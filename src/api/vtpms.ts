@@ -101,9 +101,9 @@ export const RestoreBody = Type.Object({ generation: Type.Integer({ minimum: 1 }
 
 export const ExportBody = Type.Object(
   {
+    // Its length is checked by the operation, after authorisation: a caller who may not export is told that first.
     passphrase: Type.String({
-      minLength: 12,
-      description: 'seals the bundle; give it to whoever imports it, separately from the file',
+      description: 'at least 12 characters; seals the bundle; give it to whoever imports it, separately from the file',
     }),
     generations: Type.Optional(
       Type.Union([Type.Integer({ minimum: 1 }), Type.Literal('all')], {

@@ -194,7 +194,17 @@ withClientOptions(program.command('qemu-args'))
   .description('QEMU arguments that attach a guest to the vTPM')
   .argument('<vm>', 'VM UUID')
   .action(async (vm: string, _options: unknown, command: Command) => {
-    const attachment = await (await client(command)).request<Attachment>('GET', `${vmPath(vm)}/attachment`);
+    const api = await client(command);
+    const [attachment, vtpm] = await Promise.all([
+      api.request<Attachment>('GET', `${vmPath(vm)}/attachment`),
+      api.request<VtpmView>('GET', vmPath(vm)),
+    ]);
+    // QEMU given these while no swtpm serves the socket fails with a bare "No such file or directory".
+    if (vtpm.status !== 'running')
+      process.stderr.write(
+        `vtpm: note: the vTPM of VM ${vtpm.vm} is ${vtpm.status}: these arguments work once \`vtpm start\` ` +
+          'has opened its socket\n',
+      );
     emit(command, { qemu_args: attachment.qemu_args }, () => attachment.qemu_args.map(shellQuote).join(' '));
   });
 

@@ -88,6 +88,21 @@ describe('the HTTP API', () => {
   });
 });
 
+describe('order of refusals', () => {
+  it("an admin exporting another project's vTPM with a short passphrase is told it is forbidden", async () => {
+    const vm = randomUUID();
+    await app.inject({ method: 'POST', url: '/v1/vtpms', headers: bearer(token), payload: { vm, version: '2.0' } });
+    await t.cp.store.identity.insertUser({ name: 'root', project: 'ops', roles: ['admin'] });
+    const admin = (await issueToken(t.cp.store, 'root', null)).token;
+    const url = `/v1/vtpms/${vm}/export`;
+    const refused = await app.inject({ method: 'POST', url, headers: bearer(admin), payload: { passphrase: 'short' } });
+    assert.equal(refused.statusCode, 403);
+    const owner = await app.inject({ method: 'POST', url, headers: bearer(token), payload: { passphrase: 'short' } });
+    assert.equal(owner.statusCode, 400);
+    assert.match(owner.json().error.message, /^passphrase: expected at least 12 characters/);
+  });
+});
+
 describe('isolation between projects', () => {
   it("another project's vTPM answers as a missing one, and the audit view does not name its project", async () => {
     await t.cp.store.identity.insertUser({ name: 'bob', project: 'p2', roles: ['member'] });

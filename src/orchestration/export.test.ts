@@ -49,4 +49,14 @@ describe('export', () => {
     t.keys.failNext('readSecret');
     await assert.rejects(exportVtpm(t.cp, vm, { passphrase, generations: 'all' }, alice), /key manager unavailable/);
   });
+
+  it('tells a caller who may not export so before anything about its passphrase; then checks the passphrase', async () => {
+    const vm = await stoppedVtpm(t);
+    const admin = { name: 'root', project: 'ops', roles: ['admin' as const] };
+    await assert.rejects(exportVtpm(t.cp, vm, { passphrase: 'short', generations: 1 }, admin), { code: 'forbidden' });
+    await assert.rejects(exportVtpm(t.cp, vm, { passphrase: 'short', generations: 1 }, alice), {
+      code: 'invalid_argument',
+      message: /^passphrase: expected at least 12 characters/,
+    });
+  });
 });

@@ -6,7 +6,7 @@
 import type { Principal } from '../auth/policy.js';
 import { withSecret, withWiped } from '../keys/wiped.js';
 import { STATE_KINDS, type VtpmRecord } from '../store/index.js';
-import { type BundleGeneration, writeBundle } from '../vault/bundle.js';
+import { type BundleGeneration, checkPassphrase, writeBundle } from '../vault/bundle.js';
 import { openEkCertificates } from '../vault/ek-certificates.js';
 import { vaultKeyFrom } from '../vault/state-vault.js';
 import type { ControlPlane } from './control-plane.js';
@@ -24,6 +24,7 @@ export async function exportVtpm(
   actor: Principal,
 ): Promise<Buffer> {
   const record = await loadVtpm(cp, vm, actor, 'export');
+  checkPassphrase(request.passphrase);
   if (record.status === 'creating' || record.status === 'deleting')
     throw conflict(record, `vTPM ${record.vm} is ${record.status}`);
   return withSecret(cp.keys, record.secret_ref, async (secret) => {

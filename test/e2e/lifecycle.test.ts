@@ -171,6 +171,8 @@ describe('lifecycle', () => {
     const vm = randomUUID();
     await context.service.json('create', '--vm', vm, '--version', '2.0', '--model', 'tpm-crb');
     const { qemu_args: args } = await context.service.json<{ qemu_args: string[] }>('qemu-args', vm);
+    const beforeStart = await context.service.cli('qemu-args', vm);
+    assert.match(beforeStart.stderr, /note: the vTPM of VM .* is stopped: these arguments work once `vtpm start`/);
     const { libvirt_xml: xml } = await context.service.json<{ libvirt_xml: string }>('libvirt-xml', vm);
     const started = await context.service.json<StartedJson>('start', vm);
     assert.deepEqual(args, started.qemu_args);
@@ -180,6 +182,7 @@ describe('lifecycle', () => {
     assert.ok(existsSync(started.socket));
     const text = await context.service.cli('qemu-args', vm);
     assert.equal(text.stdout.trim(), args.join(' '));
+    assert.equal(text.stderr, '', 'no note once it runs');
     await context.service.json('stop', vm);
     await context.service.waitForStatus(vm, 'stopped');
     assert.ok(!existsSync(started.socket), 'the socket outlived the vTPM');
