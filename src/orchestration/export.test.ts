@@ -50,7 +50,7 @@ describe('export', () => {
     await assert.rejects(exportVtpm(t.cp, vm, { passphrase, generations: 'all' }, alice), /key manager unavailable/);
   });
 
-  it('tells a caller who may not export so before anything about its passphrase; then checks the passphrase', async () => {
+  it('tells a caller who may not export so before judging its passphrase, then judges it', async () => {
     const vm = await stoppedVtpm(t);
     const admin = { name: 'root', project: 'ops', roles: ['admin' as const] };
     await assert.rejects(exportVtpm(t.cp, vm, { passphrase: 'short', generations: 1 }, admin), { code: 'forbidden' });
