@@ -5,6 +5,7 @@ import {
   decideOnDeployment,
   decideOnVtpm,
   DEPLOYMENT_OPERATIONS,
+  enforceOnDeployment,
   enforceOnVtpm,
   VTPM_OPERATIONS,
   type Decision,
@@ -175,5 +176,17 @@ describe('policy: enforcement', () => {
     const misnamed = { name: 'mallory', project: 'ops', roles: ['libvirt-hook'] as const };
     assert.equal(decideOnVtpm(misnamed, 'operate', { ...own, host: '' }), 'forbid');
     assert.equal(decideOnVtpm({ ...misnamed, roles: ['libvirt-hook', 'admin'] }, 'operate', own), 'forbid');
+  });
+});
+
+describe('refusals of deployment operations', () => {
+  it('name what was refused in words, and the role it needs', () => {
+    const alice = principals.member!;
+    assert.throws(() => enforceOnDeployment(alice, 'hosts'), {
+      message: 'alice may not list hosts: this needs the admin or vtpm-operator role',
+    });
+    assert.throws(() => enforceOnDeployment(alice, 'audit-verify'), {
+      message: 'alice may not verify the audit log: this needs the admin role',
+    });
   });
 });

@@ -143,18 +143,23 @@ export function enforceOnVtpm(principal: Principal, operation: VtpmOperation, ta
   }
 }
 
+/** How a refusal names each operation: "alice may not list hosts". */
+const DEPLOYMENT_ACTIONS: Record<DeploymentOperation, string> = {
+  create: 'create vTPMs',
+  list: 'list vTPMs',
+  hosts: 'list hosts',
+  'hosts-register': 'register hosts',
+  pool: 'see the provisioning pool',
+  users: 'manage users',
+  keys: 'rotate keys',
+  'audit-read': 'read the audit log',
+  'audit-verify': 'verify the audit log',
+  backup: 'back up the deployment',
+};
+
 export function enforceOnDeployment(principal: Principal, operation: DeploymentOperation): void {
   if (decideOnDeployment(principal, operation) === 'forbid') {
-    const action =
-      operation === 'users'
-        ? 'manage users'
-        : operation === 'keys'
-          ? 'rotate keys'
-          : operation === 'hosts-register'
-            ? 'register hosts'
-            : operation === 'backup'
-              ? 'back up the deployment'
-              : operation.replace('-', ' ');
+    const action = DEPLOYMENT_ACTIONS[operation];
     const role = operation === 'hosts' || operation === 'pool' ? 'admin or vtpm-operator' : 'admin';
     const why =
       hostScopeOf(principal) === undefined
