@@ -5,7 +5,7 @@
  */
 import type { VtpmView } from '../api/vtpms.js';
 import { type Principal, seesAllProjects } from '../auth/policy.js';
-import { IntegrityError } from '../errors.js';
+import { InvalidBundleError } from '../errors.js';
 import { withKeptSecrets, withWiped } from '../keys/wiped.js';
 import type { StateKind } from '../store/index.js';
 import { resolveFirmware } from '../tpm-spec/firmware.js';
@@ -36,7 +36,7 @@ function specIn(payload: BundlePayload): TpmSpec {
     payload.generations.some((g) => g.kind === 'tpm') &&
     payload.secret.length === 32;
   if (!understood) {
-    throw new IntegrityError('the bundle authenticates but does not describe a vTPM this version understands');
+    throw new InvalidBundleError('the bundle authenticates but does not describe a vTPM this version understands');
   }
   return { version: payload.version as TpmSpec['version'], model: payload.model as TpmSpec['model'] };
 }
