@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { removeLeftoverTemporaries } from './files.js';
+import { readOwnerOnlyFile, removeLeftoverTemporaries } from './files.js';
 
 const run = promisify(execFile);
 const TRACED = 'openat,close,fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat';
@@ -208,6 +208,22 @@ describe('leftovers of writes a crash interrupted', () => {
       for (const name of Object.values(names)) await writeFile(join(dir, name), 'sealed');
       await removeLeftoverTemporaries(dir);
       assert.deepEqual((await readdir(dir)).sort(), [names.kept, names.underWay].sort());
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('readOwnerOnlyFile', () => {
+  it('refuses what is not a regular file (a FIFO would be read forever), naming the option', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vtpm-owner-only-'));
+    try {
+      const fifo = join(dir, 'token');
+      spawnSync('mkfifo', ['-m', '600', fifo]);
+      await assert.rejects(readOwnerOnlyFile(fifo, '--token-file', 'the API token'), {
+        code: 'invalid_argument',
+        message: /^--token-file: expected a regular file holding the API token/,
+      });
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -125,9 +125,12 @@ export async function readIfExists(path: string): Promise<Buffer | undefined> {
  * it, or when it is empty; `option` names the flag that gave the path.
  */
 export async function readOwnerOnlyFile(path: string, option: string, holding: string): Promise<string> {
-  const { mode } = await stat(path).catch(() => {
+  const stats = await stat(path).catch(() => {
     throw new InvalidArgumentError(option, `a readable file holding ${holding}`, path);
   });
+  // A FIFO or a device would be read until someone writes to it, or forever.
+  if (!stats.isFile()) throw new InvalidArgumentError(option, `a regular file holding ${holding}`, path);
+  const { mode } = stats;
   if (mode & 0o077) {
     const modeShown = (mode & 0o777).toString(8);
     throw new InvalidArgumentError(option, `a file only its owner can read (chmod 600 ${path}); it is ${modeShown}`);
