@@ -214,20 +214,22 @@ export class Scenario {
 
   /**
    * Starts the vTPM (on `host`, or where it is), trying again while the start fails (the proxy's faults, a
-   * host coming back): what an operator or a libvirt hook does. Every try must leave things consistent.
+   * host coming back), here or on the other host: what an operator or a scheduler does. Every try must leave
+   * things consistent.
    */
   private async start(tracked: TrackedVtpm, host = tracked.host): Promise<StartedJson> {
     const deadline = Date.now() + START_DEADLINE_MS;
-    for (let attempt = 1; ; attempt += 1) {
+    for (let attempt = 1, on = host; ; attempt += 1) {
       try {
-        const started = await this.serve.api<StartedJson>('POST', `/vtpms/${tracked.vm}/start`, { host });
+        const started = await this.serve.api<StartedJson>('POST', `/vtpms/${tracked.vm}/start`, { host: on });
         tracked.host = started.host;
         return started;
       } catch (error) {
         if (Date.now() > deadline)
           throw new Error(`${tracked.vm}: ${attempt} starts failed within ${START_DEADLINE_MS} ms: ${error}`);
-        this.log(`    start of ${tracked.vm.slice(0, 8)} on ${host} failed, tried again: ${firstLine(String(error))}`);
+        this.log(`    start of ${tracked.vm.slice(0, 8)} on ${on} failed: ${firstLine(String(error))}`);
         await delay(500 + 250 * attempt);
+        on = this.pickHost();
       }
     }
   }

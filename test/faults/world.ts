@@ -17,8 +17,8 @@ import { FaultProxy, type ProxyFault } from './proxy.js';
 import { mountTmpfs, unmount } from './storage.js';
 
 export const REMOTE_HOST = 'host-b';
-/** The control plane's data directory: database, keys, CA (small, so that it can be filled quickly). */
-const DATA_TMPFS_MIB = 384;
+/** The control plane's data directory: database, keys, CA; room for a scenario's generations (about 150 MiB). */
+const DATA_TMPFS_MIB = 512;
 const TPM_TMPFS_MIB = 64;
 
 interface HostJson {
