@@ -155,8 +155,7 @@ describe('state ingest: nothing a host reports is answered before it is in the v
     await t.local.guestWrites(vm, Buffer.from('second'));
     await assert.rejects(
       t.local.send(first),
-      (error: unknown) =>
-        error instanceof StateConflictError && error.details.head === digestOf(Buffer.from('second')),
+      (error: unknown) => error instanceof StateConflictError && error.details.head === digestOf(Buffer.from('second')),
     );
   });
 
