@@ -6,7 +6,6 @@
  *   log/<vm>.log       swtpm's own log
  * and under the run directory: <vm>.sock, <vm>.pid, <vm>.instance (which launch of swtpm it is)
  */
-import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
@@ -47,7 +46,7 @@ import {
 } from './host-agent.js';
 import { hasConnectedPeer } from './socket-peers.js';
 import { prepareHostDirectories, type SystemGroup, type SystemUser } from './host-directories.js';
-import { freshLineage, type Lineage, openLineage } from './lineage.js';
+import { LaunchFiles, type Lineages } from './launch-files.js';
 import type { StateWatcher } from './state-watcher.js';
 import { watchVtpm } from './vtpm-watchers.js';
 
@@ -91,6 +90,7 @@ export class LocalHostAgent implements HostAgent {
   private readonly instances = new Map<string, Tracked>();
   /** Launches that exited while no agent watched them, whose last state and exit are being reported. */
   private readonly departed = new Map<string, StateWatcher[]>();
+  private readonly launches: LaunchFiles;
   private readonly exitListeners: Array<(exit: VtpmExit) => void> = [];
   private readonly changeListeners: Array<(change: StateChange) => Promise<void>> = [];
 
@@ -100,6 +100,7 @@ export class LocalHostAgent implements HostAgent {
     private readonly description: HostDescription,
   ) {
     this.hostName = description.name;
+    this.launches = new LaunchFiles(options.runDir);
   }
 
   static async open(options: LocalHostAgentOptions): Promise<LocalHostAgent> {
@@ -126,7 +127,7 @@ export class LocalHostAgent implements HostAgent {
     return {
       stateDir: join(this.options.dataDir, 'tpm', vm),
       socket: this.devicePaths(vm).socket,
-      pidFile: join(this.options.runDir, `${vm}.pid`),
+      pidFile: this.launches.pidFile(vm),
       logFile: join(this.options.dataDir, 'log', `${vm}.log`),
     };
   }
@@ -135,37 +136,18 @@ export class LocalHostAgent implements HostAgent {
     return devicePathsIn(this.description.layout, vm);
   }
 
-  private instanceFile(vm: string): string {
-    return join(this.options.runDir, `${vm}.instance`);
-  }
-
-  private lineageFile(vm: string, kind: StateKind): string {
-    return join(this.options.runDir, `${vm}.${kind}.lineage`);
-  }
-
-  /** What an earlier agent recorded of a launch's reports. */
-  private async recordedLineage(vm: string): Promise<Record<StateKind, Lineage>> {
-    return {
-      tpm: await openLineage(this.lineageFile(vm, 'tpm')),
-      nvram: await openLineage(this.lineageFile(vm, 'nvram')),
-    };
-  }
-
   /** swtpm processes outlive a restart of the service; take back those still serving their socket. */
   private async adoptSurvivors(): Promise<void> {
-    // A swtpm that exits by itself removes its pid file; the launch's id, the agent's, stays.
-    const launches = (await readdir(this.options.runDir)).map((file) => /^(.+)\.(pid|instance)$/.exec(file)?.[1]);
-    for (const vm of new Set(launches)) {
-      if (vm === undefined) continue;
+    for (const vm of await this.launches.vms()) {
       const instance = await adoptSwtpm(this.paths(vm));
       const states = await readdir(this.paths(vm).stateDir).catch(() => []);
       const stateFile = states.find((f) => f.endsWith('.permall'));
-      const recorded = (await readFile(this.instanceFile(vm), 'utf8').catch(() => '')).trim();
+      const recorded = await this.launches.instance(vm);
       const withNvram = existsSync(this.devicePaths(vm).nvram);
-      const lineage = await this.recordedLineage(vm);
+      const lineage = await this.launches.recordedLineages(vm);
       if (instance && stateFile) {
         // A swtpm started before launches had ids gets one now; the control plane learns it from running().
-        const id = recorded || (await this.recordId(vm));
+        const id = recorded || (await this.launches.recordInstance(vm));
         this.options.logger.info({ vm, pid: instance.pid, instance: id }, 'adopted running swtpm');
         this.track(vm, instance, id, stateFile, withNvram, lineage);
       } else if (stateFile && recorded) {
@@ -178,11 +160,6 @@ export class LocalHostAgent implements HostAgent {
         await this.removeRuntimeFiles(vm);
       }
     }
-  }
-
-  private async recordId(vm: string, id: string = randomUUID()): Promise<string> {
-    await writeFile(this.instanceFile(vm), `${id}\n`, { mode: 0o600 });
-    return id;
   }
 
   /** Nobody listening yet (the control plane is still starting): the watcher tries again later. */
@@ -198,7 +175,7 @@ export class LocalHostAgent implements HostAgent {
     id: string,
     stateFile: string,
     withNvram: boolean,
-    lineage: Record<StateKind, Lineage>,
+    lineage: Lineages,
     initial: { tpm?: Buffer; nvram?: Buffer } = {},
   ): StateWatcher[] {
     return watchVtpm({
@@ -220,7 +197,7 @@ export class LocalHostAgent implements HostAgent {
     id: string,
     stateFile: string,
     withNvram: boolean,
-    lineage: Record<StateKind, Lineage>,
+    lineage: Lineages,
     initial: { tpm?: Buffer; nvram?: Buffer } = {},
   ): void {
     const watchers = this.watch(vm, id, stateFile, withNvram, lineage, initial);
@@ -259,11 +236,8 @@ export class LocalHostAgent implements HostAgent {
   }
 
   private async removeRuntimeFiles(vm: string): Promise<void> {
-    const { socket, pidFile } = this.paths(vm);
-    await rm(socket, { force: true });
-    await rm(pidFile, { force: true });
-    await rm(this.instanceFile(vm), { force: true });
-    for (const kind of ['tpm', 'nvram'] as const) await rm(this.lineageFile(vm, kind), { force: true });
+    await rm(this.paths(vm).socket, { force: true });
+    await this.launches.remove(vm);
   }
 
   async describe(): Promise<HostDescription> {
@@ -331,7 +305,7 @@ export class LocalHostAgent implements HostAgent {
       await writeFile(nvramPath, request.nvram, { mode: 0o600 });
       await this.shareWithQemu(nvramPath);
     }
-    const id = await this.recordId(request.vm, request.instance);
+    const id = await this.launches.recordInstance(request.vm, request.instance);
     const instance = await launchSwtpm(request.spec, paths, request.stateKey, this.confinement);
     try {
       // Before QEMU is told where the socket is: swtpm made it for its own user only.
@@ -340,10 +314,7 @@ export class LocalHostAgent implements HostAgent {
       process.kill(instance.pid, 'SIGTERM');
       throw error;
     }
-    const lineage = {
-      tpm: freshLineage(this.lineageFile(request.vm, 'tpm')),
-      nvram: freshLineage(this.lineageFile(request.vm, 'nvram')),
-    };
+    const lineage = this.launches.freshLineages(request.vm);
     this.track(request.vm, instance, id, stateFile, request.nvram !== undefined, lineage, {
       tpm: request.state,
       ...(request.nvram && { nvram: request.nvram }),
