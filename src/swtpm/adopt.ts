@@ -196,6 +196,10 @@ async function readEkCertificates(
     { [TARGET_KEY_FD]: stateKeyMaterial(stateKey) },
   );
   running.push(reader);
+  // swtpm opens its control socket before its data socket: the first accepting says nothing of the second.
+  for (const deadline = Date.now() + READY_TIMEOUT_MS; !(await socketAccepts(data)); await delay(2)) {
+    if (Date.now() > deadline) throw new EmulatorError(`swtpm (reader) did not open ${data}`);
+  }
   const tpm = await connectTpm(data);
   try {
     const random = await tpm.send(tpm2.getRandom16);

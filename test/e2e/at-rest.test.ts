@@ -15,7 +15,8 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { bootGuest, buildInitramfs, findKernel } from './support/guest.js';
 import { serviceForFile, type StartedJson } from './support/service.js';
 
-const context = serviceForFile('vtpm-rest');
+// Nothing shared with a QEMU group here (libvirt's, when installed, is found by default): owner-only throughout.
+const context = serviceForFile('vtpm-rest', undefined, ['--pool-size', '0', '--qemu-group', 'root']);
 
 async function* regularFiles(dir: string): AsyncGenerator<string> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {

@@ -91,7 +91,7 @@ describe('the Barbican key manager', () => {
     );
     await as('alice', 'stop', vm);
 
-    await service.json('delete', '--yes', vm);
+    await as('alice', 'delete', '--yes', vm);
     assert.ok(!(await barbican.secretNames('p1')).includes(`vtpm-${vm}`), 'delete removes the secret from Barbican');
   });
 
