@@ -4,7 +4,7 @@
  *   tpm/<vm>/          the running vTPM's state, encrypted by swtpm (0700, files 0600)
  *   nvram/<vm>.fd      a UEFI guest's variable store (0600), which QEMU reads and writes
  *   log/<vm>.log       swtpm's own log
- * and under the run directory: <vm>.sock, <vm>.pid, <vm>.instance (which launch of swtpm it is)
+ * and under the run directory: <vm>.sock and the launch's files (launch-files.ts)
  */
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
