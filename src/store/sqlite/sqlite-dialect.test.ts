@@ -1,0 +1,31 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import Database from 'better-sqlite3';
+import { Store } from '../store.js';
+import { sqliteDialect } from './sqlite-dialect.js';
+
+describe('the SQLite dialect', () => {
+  it('a transaction SQLite rolled back by itself fails with its own error, not kysely\'s "no transaction"', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vtpm-sqlite-'));
+    const path = join(dir, 'vtpm.sqlite');
+    const store = await Store.open(sqliteDialect(path));
+    try {
+      // RAISE(ROLLBACK) ends the transaction inside SQLite, as SQLITE_FULL or SQLITE_BUSY in a transaction do.
+      const other = new Database(path);
+      other.exec(
+        "CREATE TRIGGER injected BEFORE INSERT ON settings BEGIN SELECT RAISE(ROLLBACK, 'disk full (injected)'); END",
+      );
+      other.close();
+      await assert.rejects(
+        store.transaction((inside) => inside.settings.setOnce('k', 'v')),
+        /disk full \(injected\)/,
+      );
+    } finally {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
