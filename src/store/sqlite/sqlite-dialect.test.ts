@@ -8,7 +8,7 @@ import { Store } from '../store.js';
 import { sqliteDialect } from './sqlite-dialect.js';
 
 describe('the SQLite dialect', () => {
-  it('a transaction SQLite rolled back by itself fails with its own error, not "no transaction is active"', async () => {
+  it('a transaction SQLite rolled back itself fails with its own error, not "no transaction is active"', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'vtpm-sqlite-'));
     const path = join(dir, 'vtpm.sqlite');
     const store = await Store.open(sqliteDialect(path));
