@@ -184,6 +184,12 @@ export class HostSetupError extends VtpmError {
   readonly status = 500;
 }
 
+/** The database cannot take the request now (locked past its wait, or its disk full): try again later. */
+export class DatabaseUnavailableError extends VtpmError {
+  readonly code = 'database_unavailable';
+  readonly status = 503;
+}
+
 /** The control plane could not be reached or answered with something that is not the API. */
 export class UnreachableError extends VtpmError {
   readonly code = 'unreachable';
@@ -226,6 +232,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = {
   rollback_detected: 6,
   host_setup: 6,
   unreachable: 7,
+  database_unavailable: 7,
   too_many_requests: 7,
   internal: 1,
 };

@@ -28,4 +28,25 @@ describe('the SQLite dialect', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('a database locked past the busy timeout is a 503 database_unavailable, not an internal error', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vtpm-sqlite-'));
+    const path = join(dir, 'vtpm.sqlite');
+    const store = await Store.open(sqliteDialect(path, { busyTimeoutMs: 50 }));
+    const other = new Database(path);
+    try {
+      other.exec('BEGIN EXCLUSIVE');
+      await assert.rejects(store.settings.setOnce('k', 'v'), {
+        code: 'database_unavailable',
+        status: 503,
+        message: /is locked by another process \(SQLITE_BUSY/,
+      });
+      other.exec('ROLLBACK');
+      assert.equal(await store.settings.setOnce('k', 'v'), 'v');
+    } finally {
+      other.close();
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
