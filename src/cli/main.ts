@@ -17,6 +17,7 @@ import { defaultRunDir } from './defaults.js';
 import { registerHostCommands } from './host-commands.js';
 import { registerIdentityCommands } from './identity-commands.js';
 import { registerLibvirtCommands } from './libvirt-commands.js';
+import { registerReferenceCommands } from './reference-commands.js';
 import { shellQuote, showAttachment, showVtpm, table } from './output.js';
 import { keyValue } from './parsers.js';
 import { registerServeCommand } from './serve-command.js';
@@ -246,6 +247,7 @@ registerLibvirtCommands(program);
 registerIdentityCommands(program);
 registerHostCommands(program);
 registerBackupCommands(program);
+registerReferenceCommands(program, packageVersion);
 
 function fail(error: unknown): never {
   const json = process.argv.includes('--json');
