@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { open, seal } from '../aead.js';
 import { LocalKeyManager } from './local-key-manager.js';
+import { rotateAmidOperations } from '../testing/rotation-amid-operations.js';
 
 const roots: string[] = [];
 after(async () => Promise.all(roots.map((root) => rm(root, { recursive: true, force: true }))));
@@ -98,36 +99,7 @@ describe('local key manager: a rotation among other operations', () => {
   for (const at of [5, 15, 30])
     it(`waits for stores, reads and deletes under way, and what starts after it waits for it (at ${at})`, async () => {
       const { dataDir, refs: existing, values: existingValues } = await withSecrets(6);
-      const keys = await LocalKeyManager.open(dataDir);
-      // Large values, so that each store's write and fsync take long enough for a rotation that does not wait for
-      // them to list the directory before their files are renamed into it: the window made wide, not made up.
-      const values = Array.from({ length: 50 }, () => randomBytes(2 << 20));
-      const stores: Promise<string>[] = [];
-      const reads: Promise<Buffer>[] = [];
-      const deletes: Promise<void>[] = [];
-      let rotation: Promise<unknown> | undefined;
-      for (const [i, value] of values.entries()) {
-        stores.push(keys.storeSecret('', undefined, value));
-        if (i < 3) reads.push(keys.readSecret(existing[i]!));
-        else if (i < 6) deletes.push(keys.deleteSecret(existing[i]!));
-        // The rotation starts while the first stores are writing their files, and before the others start.
-        if (i === at) rotation = keys.rotate();
-      }
-      const [refs, read] = await Promise.all([Promise.all(stores), Promise.all(reads), Promise.all(deletes), rotation]);
-      assert.deepEqual(read, existingValues.slice(0, 3), 'reads under way when the rotation started');
-      const check = async (manager: LocalKeyManager, when: string) => {
-        for (const [i, ref] of refs.entries())
-          assert.deepEqual(await manager.readSecret(ref), values[i], `${ref} ${when}`);
-        for (const [i, ref] of existing.entries()) {
-          if (i < 3) assert.deepEqual(await manager.readSecret(ref), existingValues[i], `${ref} ${when}`);
-          else await assert.rejects(manager.readSecret(ref), /does not exist/, `${ref} stays deleted ${when}`);
-        }
-      };
-      await check(keys, 'after the rotation');
-      await keys.close();
-      const reopened = await LocalKeyManager.open(dataDir);
-      await check(reopened, 'after reopening');
-      await reopened.close();
+      await rotateAmidOperations(() => LocalKeyManager.open(dataDir), existing, existingValues, at);
     });
 });
 

@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { cp, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -15,6 +14,7 @@ import { softHsm, type SoftHsm } from '../../../test/e2e/support/softhsm.js';
 import { IntegrityError, KeyManagerError } from '../../errors.js';
 import { Pkcs11KeyManager, type Pkcs11Options } from './pkcs11-key-manager.js';
 import { Pkcs11Token } from './token.js';
+import { rotateAmidOperations } from '../testing/rotation-amid-operations.js';
 
 let root = '';
 let hsm: SoftHsm;
@@ -238,38 +238,6 @@ describe('PKCS#11 key manager: a rotation among other operations', () => {
   for (const at of [5, 15, 30])
     it(`waits for stores, reads and deletes under way, and what starts after it waits for it (at ${at})`, async () => {
       const { dataDir, options, refs: existing, values: existingValues } = await withSecrets(6);
-      const keys = await Pkcs11KeyManager.open(dataDir, options);
-      // Large values, so that each store's write and fsync take long enough for a rotation that does not wait for
-      // them to list the directory before their files are renamed into it: the window made wide, not made up.
-      const values = Array.from({ length: 50 }, () => randomBytes(2 << 20));
-      const stores: Promise<string>[] = [];
-      const reads: Promise<Buffer>[] = [];
-      const deletes: Promise<void>[] = [];
-      let rotation: Promise<unknown> | undefined;
-      for (const [i, value] of values.entries()) {
-        stores.push(keys.storeSecret('', undefined, value));
-        if (i < 3) reads.push(keys.readSecret(existing[i]!));
-        else if (i < 6) deletes.push(keys.deleteSecret(existing[i]!));
-        // The rotation starts while the first stores are writing their files, and before the others start.
-        if (i === at) rotation = keys.rotate();
-      }
-      const [refs, read] = await Promise.all([Promise.all(stores), Promise.all(reads), Promise.all(deletes), rotation]);
-      assert.deepEqual(read, existingValues.slice(0, 3), 'reads under way when the rotation started');
-      const check = async (manager: Pkcs11KeyManager, when: string) => {
-        for (const [i, ref] of refs.entries())
-          assert.deepEqual(await manager.readSecret(ref), values[i], `${ref} ${when}`);
-        for (const [i, ref] of existing.entries()) {
-          if (i < 3) assert.deepEqual(await manager.readSecret(ref), existingValues[i], `${ref} ${when}`);
-          else await assert.rejects(manager.readSecret(ref), /does not exist/, `${ref} stays deleted ${when}`);
-        }
-      };
-      await check(keys, 'after the rotation');
-      await keys.close();
-      const reopened = await Pkcs11KeyManager.open(dataDir, options);
-      try {
-        await check(reopened, 'after reopening');
-      } finally {
-        await reopened.close();
-      }
+      await rotateAmidOperations(() => Pkcs11KeyManager.open(dataDir, options), existing, existingValues, at);
     });
 });
