@@ -179,6 +179,29 @@ describe('reconcile', () => {
     assert.ok(t.cp.vaultKeys.get(vm));
   });
 
+  it("vTPMs recorded on a host neither connected nor registered are taken as this host's", async () => {
+    // As after a backup restored onto another machine (its host name is nowhere now), or the machine renamed.
+    const restored = await runningVtpm(t);
+    const renamed = await runningVtpm(t);
+    const stopped = await stoppedVtpm(t);
+    const onRegistered = await stoppedVtpm(t);
+    for (const vm of [restored, renamed, stopped]) await t.cp.store.vtpms.update(vm, { host: 'old-name' });
+    await t.cp.store.hosts.registerRemote('host-c', 'https://host-c.example:7391', 'ref-c');
+    await t.cp.store.vtpms.update(onRegistered, { host: 'host-c', status: 'running' });
+    await reconcile(await t.restart(() => t.local.exits(restored)));
+    const state = async (vm: string) => {
+      const record = await row(t, vm);
+      return [record.status, record.host];
+    };
+    assert.deepEqual(await state(restored), ['stopped', 'host-a']);
+    assert.deepEqual(await state(renamed), ['running', 'host-a']);
+    assert.deepEqual(await state(stopped), ['stopped', 'host-a']);
+    // A registered host that does not answer may come back: what it runs is unknown, nothing changes.
+    assert.deepEqual(await state(onRegistered), ['running', 'host-c']);
+    await startVtpm(t.cp, restored, alice);
+    assert.deepEqual(await state(restored), ['running', 'host-a']);
+  });
+
   it("a migration whose destination exited meanwhile is abandoned, the destination's copy destroyed", async () => {
     const vm = await runningVtpm(t);
     await migrateVtpm(t.cp, vm, 'host-b', alice);

@@ -32,10 +32,36 @@ export async function reconcile(cp: ControlPlane): Promise<void> {
     }
     await settleMigration(cp, record, to, runs(to, record.vm) ? 'completed' : 'abandoned');
   }
-  for (const record of await cp.store.vtpms.list({ statuses: ['starting', 'running', 'stopping', 'stopped'] })) {
+  const gone = await hostsNoLongerHere(cp);
+  for (let record of await cp.store.vtpms.list({ statuses: ['starting', 'running', 'stopping', 'stopped'] })) {
+    if (gone.has(record.host)) record = await rehome(cp, record);
     const instance = runningOn.get(record.host)?.get(record.vm);
     if (runningOn.has(record.host)) await reconcileOne(cp, record, instance);
   }
+}
+
+/**
+ * Host names vTPMs are recorded under that are neither connected nor registered: the control plane's own host
+ * under another name (a backup restored onto another machine, or the machine renamed). No agent can ever answer
+ * for them, so their vTPMs would stay as they are for good.
+ */
+async function hostsNoLongerHere(cp: ControlPlane): Promise<Set<string>> {
+  const registered = new Set((await cp.store.hosts.list()).filter((h) => h.agent_url).map((h) => h.name));
+  const recorded = new Set((await cp.store.vtpms.list()).map((record) => record.host));
+  return new Set([...recorded].filter((host) => !cp.fleet.isConnected(host) && !registered.has(host)));
+}
+
+/**
+ * Moved to this control plane's own host, which then reconciles it as its own: a machine renamed still runs
+ * its swtpms and holds their working copies; onto a machine restored from a backup, it starts from the vault.
+ */
+async function rehome(cp: ControlPlane, record: VtpmRecord): Promise<VtpmRecord> {
+  const host = cp.fleet.manufacturer.hostName;
+  cp.logger.warn(
+    { vm: record.vm, status: record.status, from: record.host, to: host },
+    "a vTPM recorded on a host that is not part of this deployment is taken as this host's",
+  );
+  return (await cp.store.vtpms.update(record.vm, { host })) ?? record;
 }
 
 /** What a host that does not answer runs is unknown: its vTPMs keep the status they have. */
