@@ -1,26 +1,14 @@
 /**
  * The backup file of a deployment: the files a data directory needs to start
  * again (database, key manager's files, CA, admin token) in one archive,
- * sealed with AES-256-GCM under a key derived from a passphrase by scrypt,
- * with the parameters and code of export bundles (src/vault/bundle.ts). The
- * archive holds the master key, so nothing of it is ever written unsealed.
- * The header is the associated data: any change to any byte makes the file
- * unreadable.
+ * sealed like export bundles (keys/passphrase-envelope.ts). The archive
+ * holds the master key, so nothing of it is ever written unsealed.
  *
- * Layout: "VTPMBKUP" | header length (uint32 BE) | header JSON | sealed archive.
  * Archive: manifest length (uint32 BE) | manifest JSON | the files' bytes, in the manifest's order.
  */
-import { randomBytes } from 'node:crypto';
 import { type Static, Type } from '@sinclair/typebox';
-import { Value } from '@sinclair/typebox/value';
 import { InvalidBackupError } from '../errors.js';
-import { open, seal } from '../keys/aead.js';
-import { withWipedSync } from '../keys/wiped.js';
-import { checkPassphrase, deriveKey, SCRYPT } from '../vault/bundle.js';
-
-const MAGIC = Buffer.from('VTPMBKUP');
-const FORMAT = 1;
-const MAX_HEADER = 4096;
+import { type EnvelopeFormat, openWithPassphrase, parsedAs, sealWithPassphrase } from '../keys/passphrase-envelope.js';
 
 export interface BackupFile {
   /** Relative to the data directory. */
@@ -44,18 +32,6 @@ const ManifestSchema = Type.Object({
 });
 export type BackupManifest = Omit<Static<typeof ManifestSchema>, 'files'>;
 
-/** This format's KDF parameters only: a file cannot make a restore spend more than a backup of its own costs. */
-const HeaderSchema = Type.Object({
-  format: Type.Literal(FORMAT),
-  kdf: Type.Literal('scrypt'),
-  n: Type.Literal(SCRYPT.N),
-  r: Type.Literal(SCRYPT.r),
-  p: Type.Literal(SCRYPT.p),
-  salt: Type.String({ pattern: '^[A-Za-z0-9+/]{22}==$' }),
-  created_at: Type.String(),
-});
-type Header = Static<typeof HeaderSchema>;
-
 function uint32(value: number): Buffer {
   const bytes = Buffer.alloc(4);
   bytes.writeUInt32BE(value);
@@ -68,36 +44,24 @@ export function archive(manifest: BackupManifest, files: readonly BackupFile[]):
   return Buffer.concat([uint32(Buffer.byteLength(listed)), Buffer.from(listed), ...files.map((f) => f.data)]);
 }
 
-export async function sealBackup(unsealed: Buffer, passphrase: string): Promise<Buffer> {
-  checkPassphrase(passphrase);
-  const header: Header = {
-    format: FORMAT,
-    kdf: 'scrypt',
-    n: SCRYPT.N,
-    r: SCRYPT.r,
-    p: SCRYPT.p,
-    salt: randomBytes(16).toString('base64'),
-    created_at: new Date().toISOString(),
-  };
-  const headerText = JSON.stringify(header);
-  const sealed = withWipedSync(await deriveKey(passphrase, header), (key) => seal(key, unsealed, headerText));
-  return Buffer.concat([MAGIC, uint32(Buffer.byteLength(headerText)), Buffer.from(headerText), sealed]);
-}
-
 function damaged(reason: string): InvalidBackupError {
   return new InvalidBackupError(`the file is not a readable vtpm-manager backup: ${reason}`, { reason });
 }
 
-function parsed<T>(text: string, schema: typeof HeaderSchema | typeof ManifestSchema, what: string): T {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    throw damaged(`its ${what} is not JSON`);
-  }
-  const [first] = Value.Errors(schema, value);
-  if (first) throw damaged(`its ${what} is not one this version understands (${first.path || '/'}: ${first.message})`);
-  return value as T;
+const BACKUP: EnvelopeFormat<Record<never, never>> = {
+  magic: Buffer.from('VTPMBKUP'),
+  fields: {},
+  what: 'the backup',
+  damaged,
+  notThisFormat: 'it does not start with the backup signature (a bundle of `vtpm export` is restored by vtpm import)',
+  unauthenticated: () =>
+    new InvalidBackupError(
+      'the backup failed authentication: the passphrase is wrong, or the file was truncated or altered',
+    ),
+};
+
+export function sealBackup(unsealed: Buffer, passphrase: string): Promise<Buffer> {
+  return sealWithPassphrase(BACKUP, {}, unsealed, passphrase);
 }
 
 export interface OpenedBackup {
@@ -108,29 +72,15 @@ export interface OpenedBackup {
 }
 
 export async function openBackup(file: Buffer, passphrase: string): Promise<OpenedBackup> {
-  if (file.length < MAGIC.length + 4 || !file.subarray(0, MAGIC.length).equals(MAGIC))
-    throw damaged('it does not start with the backup signature (a bundle of `vtpm export` is restored by vtpm import)');
-  const headerLength = file.readUInt32BE(MAGIC.length);
-  const headerEnd = MAGIC.length + 4 + headerLength;
-  if (headerLength > MAX_HEADER || headerEnd > file.length) throw damaged('it is truncated');
-  const headerText = file.subarray(MAGIC.length + 4, headerEnd).toString();
-  const header = parsed<Header>(headerText, HeaderSchema, 'header');
-  const unsealed = withWipedSync(await deriveKey(passphrase, header), (key) => {
-    try {
-      return open(key, file.subarray(headerEnd), headerText, 'the backup');
-    } catch {
-      throw new InvalidBackupError(
-        'the backup failed authentication: the passphrase is wrong, or the file was truncated or altered',
-      );
-    }
-  });
+  const unsealed = await openWithPassphrase(BACKUP, file, passphrase);
   // Authenticated, so sealed by whoever knew the passphrase; its content is still checked before it is used.
   const manifestLength = unsealed.length >= 4 ? unsealed.readUInt32BE(0) : Number.POSITIVE_INFINITY;
   if (4 + manifestLength > unsealed.length) throw damaged('its manifest is truncated');
-  const { files: listed, ...manifest } = parsed<Static<typeof ManifestSchema>>(
+  const { files: listed, ...manifest } = parsedAs<Static<typeof ManifestSchema>>(
     unsealed.subarray(4, 4 + manifestLength).toString(),
     ManifestSchema,
     'manifest',
+    damaged,
   );
   const files: BackupFile[] = [];
   let offset = 4 + manifestLength;

@@ -24,7 +24,7 @@ import { withWiped } from '../keys/wiped.js';
 import type { ControlPlane } from '../orchestration/control-plane.js';
 import { embeddedDatabase } from '../store/index.js';
 import { authorityFiles } from '../swtpm/certificate-authority.js';
-import { checkPassphrase } from '../vault/bundle.js';
+import { checkPassphrase } from '../keys/passphrase-envelope.js';
 import { archive, type BackupFile, sealBackup } from './archive.js';
 
 /** The most pages SQLite's backup copies in one step: the whole database, so that it is read at one instant. */

@@ -6,7 +6,8 @@
 import type { Principal } from '../auth/policy.js';
 import { withSecret, withWiped } from '../keys/wiped.js';
 import { STATE_KINDS, type VtpmRecord } from '../store/index.js';
-import { type BundleGeneration, checkPassphrase, writeBundle } from '../vault/bundle.js';
+import { checkPassphrase } from '../keys/passphrase-envelope.js';
+import { type BundleGeneration, writeBundle } from '../vault/bundle.js';
 import { openEkCertificates } from '../vault/ek-certificates.js';
 import { vaultKeyFrom } from '../vault/state-vault.js';
 import type { ControlPlane } from './control-plane.js';
