@@ -5,14 +5,15 @@
  * schemas that validate requests (src/api).
  */
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { AGENT_API } from '../agent/remote/wire.js';
 import { ErrorBody } from '../api/errors.js';
 import { Vtpm } from '../api/vtpms.js';
 import type { ControlPlane } from '../orchestration/control-plane.js';
 import { agentApi } from './agent-api/plugin.js';
-import { handleClientError, handleFrameworkError, useProductErrors } from './error-handler.js';
+import { useProductErrors } from './error-handler.js';
+import { productServerOptions } from './server-options.js';
 import { userApi } from './user-api/plugin.js';
 
 export interface HttpOptions {
@@ -26,15 +27,7 @@ const BODY_LIMIT = 1024 * 1024;
 
 export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstance> {
   const app = Fastify({
-    loggerInstance: options.logger as FastifyBaseLogger,
-    // One line per request, at debug (below): fastify's two per request at info drown what operators need.
-    logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: BODY_LIMIT,
-    frameworkErrors: handleFrameworkError,
-    clientErrorHandler: handleClientError,
-    // A field the schema does not have is refused ("no such field"), not dropped in silence: a misspelt
-    // `secure_bot: true` would create a vTPM without secure boot. (fastify's default removes it.)
-    ajv: { customOptions: { removeAdditional: false } },
+    ...productServerOptions(options.logger, BODY_LIMIT),
     ...(options.https && { https: options.https }),
   }) as unknown as FastifyInstance;
 

@@ -16,7 +16,15 @@ import { canaryPaths, listing } from './support/disk.js';
 import { CANARY, hostileString } from './support/hostile.js';
 import { startFuzzService } from './support/fuzz-service.js';
 import { apiCall } from './support/identities.js';
-import { DEADLINE_MS, describeRequest, type FuzzRequest, fault, requestsFor, send } from './support/requests.js';
+import {
+  DEADLINE_MS,
+  describeRequest,
+  type FuzzRequest,
+  fault,
+  fuzzRoute,
+  requestsFor,
+  send,
+} from './support/requests.js';
 import { everyOperation, type OpenApiDocument, type Operation, referencesOf } from './support/routes.js';
 import type { SchemaContext } from './support/schema.js';
 import { Counts, fuzz } from './support/settings.js';
@@ -71,10 +79,7 @@ describe('bad input on every route', () => {
 
   for (const operation of operations) {
     it(label(operation), async () => {
-      await fuzz(
-        fc.asyncProperty(requestsFor(operation, context), (request) => exchange(request, label(operation))),
-        { runs: RUNS_PER_ROUTE },
-      );
+      await fuzzRoute(operation, context, RUNS_PER_ROUTE, (request) => exchange(request, label(operation)));
       counts.add('routes covered');
       if (operation.hidden) counts.add('hidden routes covered');
       await answersPromptly();

@@ -8,12 +8,13 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Static } from '@sinclair/typebox';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { RemoteError, type ApiClient } from '../../api/client.js';
 import { bearerToken } from '../../api/patterns.js';
 import { UnauthenticatedError } from '../../errors.js';
 import { useProductErrors } from '../../http/error-handler.js';
+import { productServerOptions } from '../../http/server-options.js';
 import { withWiped } from '../../keys/wiped.js';
 import type { LocalHostAgent } from '../local-host-agent.js';
 import { AGENT_API, reportPath, StartBody, toWire, WorkingStateBody } from './wire.js';
@@ -63,8 +64,7 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
   const { agent, logger, controlPlane } = options;
   const expected = digest(options.token);
   const app = Fastify({
-    loggerInstance: logger as FastifyBaseLogger,
-    bodyLimit: 16 * 1024 * 1024,
+    ...productServerOptions(logger, 16 * 1024 * 1024),
     ...(options.https && { https: options.https }),
   }) as unknown as FastifyInstance;
 

@@ -13,6 +13,8 @@ export const reportPath = (host: string, report: 'hello' | 'state-changes' | 'ex
   `${AGENT_API}/hosts/${encodeURIComponent(host)}/${report}`;
 
 const Base64 = Type.String({ pattern: '^[A-Za-z0-9+/]*={0,2}$' });
+/** swtpm's state key: 32 bytes (AES-256). */
+const StateKey = Type.String({ pattern: '^[A-Za-z0-9+/]{43}=$', description: '32 bytes, base64' });
 const Spec = Type.Object({
   version: Type.Union([Type.Literal('1.2'), Type.Literal('2.0')]),
   model: Type.Union([Type.Literal('tpm-tis'), Type.Literal('tpm-crb')]),
@@ -25,7 +27,7 @@ export const StartBody = Type.Object({
   instance: Instance,
   spec: Spec,
   firmware: Type.Object({ type: Type.Union([Type.Literal('bios'), Type.Literal('uefi')]), secureBoot: Type.Boolean() }),
-  state_key: Base64,
+  state_key: StateKey,
   state: Base64,
   nvram: Type.Optional(Base64),
 });

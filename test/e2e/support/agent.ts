@@ -16,6 +16,8 @@ export class AgentUnderTest {
     readonly name: string,
     readonly dataDir: string,
     readonly runDir: string,
+    /** Where the agent serves the control plane's calls. */
+    readonly url: string,
     private readonly process: ChildProcess,
     private readonly output: { text: string },
   ) {}
@@ -78,7 +80,8 @@ export class AgentUnderTest {
     const output = { text: '' };
     child.stdout!.on('data', (chunk: Buffer) => (output.text += chunk.toString()));
     child.stderr!.on('data', (chunk: Buffer) => (output.text += chunk.toString()));
-    const agent = new AgentUnderTest(name, dataDir, runDir, child, output);
+    const url = `${options.https ? 'https' : 'http'}://127.0.0.1:${port}`;
+    const agent = new AgentUnderTest(name, dataDir, runDir, url, child, output);
     if (options.untilReportedIn === false) return agent;
     const deadline = Date.now() + 60_000;
     for (;;) {

@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import { hostileJson, hostileString, nested } from './hostile.js';
 import type { Operation } from './routes.js';
 import { conforming, mutated, type SchemaContext } from './schema.js';
+import { fuzz } from './settings.js';
 
 /** Who a request claims to be; resolved to a token when it is sent (tokens are replaced when the fuzz revokes them). */
 export type Credential = 'none' | 'admin' | 'member' | 'agent' | { garbage: string };
@@ -369,4 +370,14 @@ export function describeRequest(request: FuzzRequest): string {
   const who = typeof request.credential === 'string' ? request.credential : 'garbage token';
   const type = `content-type ${JSON.stringify(request.contentType)}`;
   return `${request.method} ${request.path.slice(0, 300)} as ${who}, ${type}, ${request.bodyKind} body ${body}`;
+}
+
+/** Fuzzes one route: `runs` requests made for it, each answered through `exchange`, which fails on a fault. */
+export async function fuzzRoute(
+  operation: Operation,
+  context: SchemaContext,
+  runs: number,
+  exchange: (request: FuzzRequest) => Promise<void>,
+): Promise<void> {
+  await fuzz(fc.asyncProperty(requestsFor(operation, context), exchange), { runs });
 }

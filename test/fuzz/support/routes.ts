@@ -8,6 +8,9 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { FastifyInstance, RouteOptions } from 'fastify';
 import pino from 'pino';
+import type { LocalHostAgent } from '../../../src/agent/local-host-agent.js';
+import { buildAgentApi } from '../../../src/agent/remote/agent-server.js';
+import type { ApiClient } from '../../../src/api/client.js';
 import { buildHttpApi } from '../../../src/http/app.js';
 import { openTestControlPlane } from '../../../src/orchestration/testing/control-plane-harness.js';
 import type { JsonSchema } from './schema.js';
@@ -105,12 +108,11 @@ function operationOf(route: RouteOptions): Operation[] {
 }
 
 /**
- * Every route of the app `vtpm serve` builds (over a test control plane:
- * the routes do not depend on what is behind them), read as fastify
- * registers them: fastify announces each instance it creates, so its
- * onRoute hook is in place before the first route.
+ * Every route of the app `build` makes, read as fastify registers them:
+ * fastify announces each instance it creates, so its onRoute hook is in
+ * place before the first route.
  */
-async function routeTable(): Promise<RouteOptions[]> {
+async function routeTable(build: () => Promise<FastifyInstance>): Promise<RouteOptions[]> {
   const routes: RouteOptions[] = [];
   const onInstance = (message: unknown) => {
     (message as { fastify: FastifyInstance }).fastify.addHook('onRoute', (route) => {
@@ -118,16 +120,38 @@ async function routeTable(): Promise<RouteOptions[]> {
     });
   };
   subscribe('fastify.initialization', onInstance);
-  const harness = await openTestControlPlane();
   try {
-    const app = await buildHttpApi({ cp: harness.cp, logger: pino({ level: 'silent' }), version: 'fuzz' });
+    const app = await build();
     await app.ready();
     await app.close();
   } finally {
     unsubscribe('fastify.initialization', onInstance);
-    await harness.close();
   }
   return routes;
+}
+
+/** The routes of `vtpm serve`'s app, over a test control plane: they do not depend on what is behind them. */
+async function controlPlaneRoutes(): Promise<RouteOptions[]> {
+  const harness = await openTestControlPlane();
+  try {
+    return await routeTable(() => buildHttpApi({ cp: harness.cp, logger: pino({ level: 'silent' }), version: 'fuzz' }));
+  } finally {
+    await harness.close();
+  }
+}
+
+/** Every route of `vtpm agent`'s app; the agent behind it is never called while the routes are read. */
+export async function agentOperations(): Promise<Operation[]> {
+  const agent = { hostName: 'fuzz', onStateChange: () => undefined, onExit: () => undefined };
+  const routes = await routeTable(() =>
+    buildAgentApi({
+      agent: agent as unknown as LocalHostAgent,
+      token: 'fuzz',
+      controlPlane: {} as ApiClient,
+      logger: pino({ level: 'silent' }),
+    }),
+  );
+  return routes.flatMap(operationOf).filter((operation) => operation.method !== 'HEAD');
 }
 
 const keyOf = (operation: { method: string; path: string }) => `${operation.method} ${operation.path}`;
@@ -137,7 +161,7 @@ export async function everyOperation(document: OpenApiDocument): Promise<Operati
   const documented = documentedOperations(document);
   const known = new Set(documented.map(keyOf));
   const hidden = new Map<string, Operation>();
-  for (const route of await routeTable()) {
+  for (const route of await controlPlaneRoutes()) {
     for (const operation of operationOf(route)) {
       // fastify adds a HEAD route beside each GET; it is fuzzed as the GET's HEAD, not as a route of its own.
       if (operation.method === 'HEAD' || known.has(keyOf(operation))) continue;
