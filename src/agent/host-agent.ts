@@ -50,6 +50,11 @@ export interface ManufacturedVtpm {
   state: Buffer;
 }
 
+/** A manufactured TPM given to the VM `vm`: its certificates are issued anew for it. */
+export interface IssueRequest extends VtpmOnHost {
+  tpm: ManufacturedVtpm;
+}
+
 /** A TPM state another manager created (libvirt's swtpm), to be taken over under the vTPM's own key. */
 export interface AdoptRequest extends VtpmOnHost {
   state: Buffer;
@@ -110,6 +115,11 @@ export interface HostAgent {
   describe(): Promise<HostDescription>;
   /** Manufactures the vTPM: returns its state and its EK certificates. */
   manufacture(request: ManufactureRequest): Promise<ManufacturedVtpm>;
+  /**
+   * The TPM with its EK and platform certificates issued for `vm` by the deployment's CA, in its NV memory and
+   * returned (a pooled TPM's were issued for its pool entry); the state stays under the same key.
+   */
+  issueEkCertificates(request: IssueRequest): Promise<ManufacturedVtpm>;
   /**
    * Re-encrypts another manager's TPM state under the vTPM's
    * key, unchanged for the guest, and reads its EK certificates.

@@ -27,6 +27,7 @@ import {
   type SwtpmInstance,
 } from '../swtpm/instance.js';
 import { adoptState } from '../swtpm/adopt.js';
+import { issueEkCertificates } from '../swtpm/issue-ek-certificates.js';
 import { manufactureTpm } from '../swtpm/manufacture.js';
 import { stateLoads } from '../swtpm/state-check.js';
 import { stateFileName } from '../swtpm/state-file.js';
@@ -36,6 +37,7 @@ import {
   type DevicePaths,
   type HostAgent,
   type HostDescription,
+  type IssueRequest,
   type ManufactureRequest,
   type ManufacturedVtpm,
   type RunningVtpm,
@@ -250,11 +252,7 @@ export class LocalHostAgent implements HostAgent {
         `vTPM ${request.vm} is running on ${this.hostName}; it cannot be manufactured again`,
       );
     const { stateDir } = this.paths(request.vm);
-    const authority = this.options.authority;
-    if (!authority)
-      throw new HostSetupError(
-        `host ${this.hostName} runs vTPMs but does not manufacture them: the control plane's host does`,
-      );
+    const authority = this.certificateAuthority();
     await rm(stateDir, { recursive: true, force: true });
     try {
       const ekCertificates = await manufactureTpm({
@@ -270,6 +268,27 @@ export class LocalHostAgent implements HostAgent {
     } finally {
       await rm(stateDir, { recursive: true, force: true });
     }
+  }
+
+  issueEkCertificates(request: IssueRequest): Promise<ManufacturedVtpm> {
+    return issueEkCertificates({
+      vm: request.vm,
+      spec: request.spec,
+      state: request.tpm.state,
+      stateKey: request.stateKey,
+      ekCertificates: request.tpm.ekCertificates,
+      authority: this.certificateAuthority(),
+      scratchRoot: this.options.scratchDir,
+    });
+  }
+
+  private certificateAuthority(): CertificateAuthority {
+    const authority = this.options.authority;
+    if (!authority)
+      throw new HostSetupError(
+        `host ${this.hostName} runs vTPMs but does not manufacture them: the control plane's host does`,
+      );
+    return authority;
   }
 
   async defaultVariableStore(secureBoot: boolean): Promise<Buffer> {

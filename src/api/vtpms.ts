@@ -82,7 +82,16 @@ export type Restored = Static<typeof Restored>;
 export const HostName = Type.String({ pattern: HOST_NAME_PATTERN, description: 'a host name as its agent reports it' });
 export const MigrateBody = Type.Object({ to: HostName });
 
-export const EkCertificate = Type.Object({ key_type: Type.String(), pem: Type.String() });
+const DistinguishedName = (what: string) =>
+  Type.Union([Type.String(), Type.Null()], {
+    description: `the certificate's ${what}, e.g. CN=<VM UUID>; null if it is no X.509 certificate`,
+  });
+export const EkCertificate = Type.Object({
+  key_type: Type.String(),
+  pem: Type.String(),
+  subject: DistinguishedName('subject (the VM for TPM 2.0; empty for TPM 1.2, as TCG has it)'),
+  issuer: DistinguishedName("issuer (the deployment's CA)"),
+});
 export type EkCertificate = Static<typeof EkCertificate>;
 export const EkCertificates = Type.Object({ certificates: Type.Array(EkCertificate) });
 

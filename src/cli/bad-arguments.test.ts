@@ -52,6 +52,16 @@ describe('usage errors', () => {
   });
 });
 
+describe("vtpm serve's deployment name", () => {
+  it('one a certificate cannot carry is exit 2 naming --ca-name, before anything starts', async () => {
+    for (const name of ['quote " in it', '', 'x'.repeat(57), ' leading space', 'new\nline']) {
+      const result = await vtpm('serve', '--data-dir', '/nonexistent/vtpm-never-made', '--ca-name', name);
+      assert.equal(result.code, 2, `${JSON.stringify(name)}: ${result.stderr}`);
+      assert.match(result.stderr, /^vtpm: --ca-name: expected up to 56 letters/);
+    }
+  });
+});
+
 describe('a missing token', () => {
   it('is exit 5 with a hint that names only what the CLI takes (--token-file, not the removed --token)', async () => {
     const result = await vtpm('list', '--data-dir', '/nonexistent');

@@ -239,7 +239,10 @@ withClientOptions(program.command('ek'))
         options.keyType,
       );
     }
-    emit(command, { certificates: chosen }, () => chosen.map((c) => c.pem.trimEnd()).join('\n'));
+    // Text before a PEM block is explanatory text (RFC 7468), which openssl and certtool pass over.
+    const described = (c: EkCertificate) =>
+      [`${c.key_type}: subject ${c.subject || '(empty)'}, issued by ${c.issuer}`, c.pem.trimEnd()].join('\n');
+    emit(command, { certificates: chosen }, () => chosen.map(described).join('\n'));
   });
 
 registerVaultCommands(program);

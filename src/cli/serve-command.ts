@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { InvalidArgumentError } from '../errors.js';
 import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS, PIN_ENVIRONMENT, PKCS11_DEFAULTS } from '../keys/index.js';
+import { CA_NAME_RULE, defaultCaName, isCaName } from '../swtpm/create-authority.js';
 import { DEFAULT_RETENTION } from '../vault/retention.js';
 import { globals, withClientOptions } from './context.js';
 import { processLogger } from './logger.js';
@@ -12,6 +13,11 @@ import { positiveInteger, wholeNumber } from './parsers.js';
 function sealingTpm(seal: boolean, hostTpm: string | undefined): string | undefined {
   if (!seal && hostTpm !== undefined) throw new InvalidArgumentError('--host-tpm', 'to come with --seal-to-tpm');
   return seal ? (hostTpm ?? DEFAULT_HOST_TPM) : undefined;
+}
+
+function caNameOf(name: string): string {
+  if (!isCaName(name)) throw new InvalidArgumentError('--ca-name', CA_NAME_RULE, name);
+  return name;
 }
 
 function tlsOf(
@@ -83,6 +89,12 @@ export function registerServeCommand(program: Command, packageVersion: string): 
       "local key manager: seal the master key to the host's TPM (a copied data directory then opens nothing elsewhere)",
     )
     .option('--host-tpm <tcti>', `the host TPM for --seal-to-tpm, as a tpm2-tools TCTI (default ${DEFAULT_HOST_TPM})`)
+    .option(
+      '--ca-name <name>',
+      "the deployment's name, which its EK and platform CA carries when it is created " +
+        '(an existing CA keeps its own)',
+      defaultCaName(),
+    )
     .option('--tls-cert <pem>', 'serve the API over HTTPS with this certificate (chain)')
     .option('--tls-key <pem>', 'the private key of --tls-cert (must be readable by its owner only)')
     .option(
@@ -117,6 +129,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
           swtpmUser?: string;
           qemuGroup?: string;
           agentCaFile?: string;
+          caName: string;
           barbicanUrl?: string;
           pkcs11Module?: string;
           pkcs11Token: string;
@@ -146,6 +159,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
           swtpmUser: options.swtpmUser,
           qemuGroup: options.qemuGroup,
           agentCaFile: options.agentCaFile,
+          caName: caNameOf(options.caName),
           sealToTpm: sealingTpm(options.sealToTpm === true, options.hostTpm),
           barbicanUrl: options.barbicanUrl,
           pkcs11: {

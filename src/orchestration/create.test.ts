@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { afterEach, beforeEach, describe, it } from 'node:test';
+import { toPem } from '../vault/ek-certificates.js';
 import { createVtpm } from './create.js';
+import { ekCertificates } from './inspect.js';
 import { alice, openTestControlPlane, type TestControlPlane } from './testing/control-plane-harness.js';
 
 let t: TestControlPlane;
@@ -49,5 +51,37 @@ describe('create', () => {
     t.keys.failNext('deleteSecret');
     await assert.rejects(createVtpm(t.cp, { vm, version: '2.0' }, alice), /manufacture failed/);
     assert.equal((await t.cp.store.vtpms.get(vm))?.status, 'deleting');
+  });
+});
+
+describe('create from the provisioning pool', () => {
+  let pooled: TestControlPlane;
+  beforeEach(async () => {
+    pooled = await openTestControlPlane({ poolSize: 1 });
+  });
+  afterEach(() => pooled.close());
+
+  it("takes a pooled TPM and commits it with the certificates issued for the VM, not the pool entry's", async () => {
+    const vm = randomUUID();
+    await createVtpm(pooled.cp, { vm, version: '2.0' }, alice);
+    assert.ok(pooled.local.calls.includes(`issueEkCertificates ${vm}`));
+    const [certificate] = await ekCertificates(pooled.cp, vm, alice);
+    assert.equal(certificate?.pem, toPem(Buffer.from(`ek-of-${vm}`)));
+    const [generation] = await pooled.cp.vault.history(vm);
+    assert.equal(generation?.reason, 'create');
+  });
+
+  it('when issuing fails after the claim: no row, no generation, the pooled secret erased', async () => {
+    const vm = randomUUID();
+    pooled.local.failNext('issueEkCertificates');
+    await assert.rejects(createVtpm(pooled.cp, { vm, version: '2.0' }, alice), /issueEkCertificates failed/);
+    assert.equal(await pooled.cp.store.vtpms.get(vm), undefined);
+    assert.deepEqual(await pooled.cp.vault.history(vm), []);
+    const poolSecrets = pooled.keys.made.slice(0, 1);
+    assert.deepEqual(
+      (await pooled.keys.held()).filter((ref) => poolSecrets.includes(ref)),
+      [],
+      "the claimed entry's secret",
+    );
   });
 });

@@ -1,7 +1,7 @@
 /**
  * Create: resolve the spec, place the vTPM, manufacture it (or take a TPM
- * the provisioning pool made ahead), commit its first generations, and
- * leave it `stopped`. The row is written `creating` first, so that a crash
+ * the provisioning pool made ahead and have its certificates issued for the
+ * VM), commit its first generations, and leave it `stopped`. The row is written `creating` first, so that a crash
  * half-way is rolled back by reconcile rather than leaving an orphaned secret.
  */
 import type { ManufacturedVtpm } from '../agent/host-agent.js';
@@ -44,6 +44,7 @@ export async function createVtpm(cp: ControlPlane, request: CreateRequest, actor
         newVtpm.readSecretStep<Creation>(cp),
         rescopeStep(cp, actor),
         manufactureStep(cp),
+        issueForVmStep(cp),
         newVtpm.commitStep<Creation>(cp, 'create', (s) => s.tpm!.state),
         newVtpm.finishStep<Creation>(cp, (s) => s.tpm!.ekCertificates),
       ];
@@ -89,6 +90,25 @@ function rescopeStep(cp: ControlPlane, actor: Principal): Step<Creation> {
       if (!s.pooled || !cp.keys.ownerScoped) return;
       const use = { ref: s.row.secret_ref, label: `vtpm-${s.row.vm}`, project: actor.project };
       s.row = { ...s.row, secret_ref: await storeAnew(cp.store, cp.keys, use, s.secret!) };
+    },
+  };
+}
+
+/**
+ * A pooled TPM's certificates were issued for its pool entry; the VM's replace them in its NV memory. Nothing
+ * to undo: the new state and certificates exist only in memory until the commit.
+ */
+function issueForVmStep(cp: ControlPlane): Step<Creation> {
+  return {
+    name: 'issue-ek-certificates',
+    async run(s) {
+      if (!s.pooled) return;
+      s.tpm = await cp.fleet.manufacturer.issueEkCertificates({
+        vm: s.row.vm,
+        spec: s.spec,
+        stateKey: s.secret!,
+        tpm: s.tpm!,
+      });
     },
   };
 }

@@ -3,7 +3,7 @@ import type { Attachment, EkCertificate, GenerationView, VtpmView } from '../api
 import { decideOnVtpm, type Principal } from '../auth/policy.js';
 import { StateConflictError } from '../errors.js';
 import { withSecret } from '../keys/wiped.js';
-import { openEkCertificates, toPem } from '../vault/ek-certificates.js';
+import { certificateNames, openEkCertificates, toPem } from '../vault/ek-certificates.js';
 import type { ControlPlane } from './control-plane.js';
 import { attachmentOf, loadVtpm, targetOf, toVtpmView } from './vtpm-records.js';
 
@@ -40,6 +40,10 @@ export async function ekCertificates(cp: ControlPlane, vm: string, actor: Princi
     throw new StateConflictError(`vTPM ${record.vm} has no EK certificate (it is ${record.status})`, { vm: record.vm });
   }
   return withSecret(cp.keys, record.secret_ref, (secret) =>
-    openEkCertificates(secret, record.vm, sealed).map((c) => ({ key_type: c.keyType, pem: toPem(c.der) })),
+    openEkCertificates(secret, record.vm, sealed).map((c) => ({
+      key_type: c.keyType,
+      pem: toPem(c.der),
+      ...certificateNames(c.der),
+    })),
   );
 }

@@ -5,10 +5,10 @@
  * under a key derived from that secret). Creating a vTPM takes the oldest
  * entry of its version; its secret becomes the vTPM's secret.
  *
- * The EK certificates of a pooled TPM are issued when it is manufactured, so
- * their subject names the pool entry, not the VM; the VM's UUID is bound to
- * the vTPM by the control plane. A vTPM made inline (empty pool) has the VM's
- * UUID as subject.
+ * The EK certificates swtpm_setup issues when a pooled TPM is manufactured
+ * name the pool entry; creating a vTPM from it has them issued anew for the
+ * VM (create.ts, swtpm/issue-ek-certificates.ts), so every vTPM's name its
+ * VM, pooled or made inline.
  *
  * Refilling runs in the background, one manufacture at a time, at the lowest
  * CPU priority, so that it never competes with running guests; a pause after

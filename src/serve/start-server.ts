@@ -25,6 +25,7 @@ import { ingestExit, ingestStateChange } from '../orchestration/state-ingest.js'
 import { ProvisioningPool } from '../pool/provisioning-pool.js';
 import { openEmbeddedStore } from '../store/index.js';
 import { CertificateAuthority } from '../swtpm/certificate-authority.js';
+import { defaultCaName } from '../swtpm/create-authority.js';
 import type { RetentionPolicy } from '../vault/retention.js';
 import { StateVault } from '../vault/state-vault.js';
 import { caPasswords } from './ca-passwords.js';
@@ -53,6 +54,8 @@ export interface ServeOptions {
   swtpmUser?: string | undefined;
   /** The group QEMU runs in (libvirt's libvirt-qemu), with which sockets and variable stores are shared. */
   qemuGroup?: string | undefined;
+  /** The deployment's name, which its EK and platform CA carries when it is created (default: defaultCaName). */
+  caName?: string | undefined;
   /** PEM file of the CA that issued remote agents' TLS certificates, when the system's CAs did not. */
   agentCaFile?: string | undefined;
   logger: Logger;
@@ -124,7 +127,12 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
     );
   const keys = new AuditedKeyManager(opened, audit, (audited) => rotateByReplacement(store, audited));
   await finishSecretReplacements(store, keys);
-  const authority = new CertificateAuthority(join(options.dataDir, 'ca'), () => caPasswords(store, keys));
+  const authority = new CertificateAuthority(
+    join(options.dataDir, 'ca'),
+    options.caName ?? defaultCaName(),
+    () => caPasswords(store, keys),
+    logger.child({ component: 'ca' }),
+  );
   const agent = await LocalHostAgent.open({
     dataDir: options.dataDir,
     runDir: options.runDir,

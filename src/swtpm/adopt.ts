@@ -9,19 +9,16 @@
  * plaintext TPM state never reaches a file. What the guest sees afterwards
  * (EK, NV indices, PCR banks, seeds) is exactly what it saw before.
  */
-import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError, InvalidArgumentError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { EkCertificate } from './manufacture.js';
-import { handOver, runProgram, spawnSwtpm } from './run-program.js';
 import { STATE_CIPHER, stateKeyMaterial } from './state-key.js';
 import { stateFileName } from './state-file.js';
-import { EK_CERTIFICATE_INDICES, readNvIndex, responseCode, tpm2 } from './tpm2-commands.js';
-import { connectTpm, socketAccepts } from './tpm-socket.js';
+import { inScratch, ioctl, shutDown, startSwtpm, startTpmServer, type Swtpm } from './throwaway-swtpm.js';
+import { readEkCertificatesFrom, responseCode, tpm2 } from './tpm2-commands.js';
 
 export interface AdoptOptions {
   spec: TpmSpec;
@@ -40,66 +37,12 @@ export interface AdoptedTpm {
   ekCertificates: EkCertificate[];
 }
 
-const READY_TIMEOUT_MS = 10_000;
-const IOCTL_TIMEOUT_MS = 15_000;
 const SOURCE_KEY_FD = 3;
 const TARGET_KEY_FD = 3;
 const MIGRATION_KEY_FD = 4;
 
-export interface Swtpm {
-  child: ChildProcess;
-  control: string;
-  exited: Promise<void>;
-}
-
-/** swtpm on `dir`, with key material handed over on pipes (fd number to content). */
-export async function startSwtpm(
-  spec: TpmSpec,
-  dir: string,
-  name: string,
-  options: string[],
-  pipes: Record<number, string | Buffer>,
-): Promise<Swtpm> {
-  const control = join(dir, `${name}.ctrl`);
-  const { child, failure: failed } = spawnSwtpm(
-    [
-      'socket',
-      ...(spec.version === '2.0' ? ['--tpm2'] : []),
-      '--ctrl',
-      `type=unixio,path=${control},mode=0600`,
-      ...options,
-    ],
-    { logFile: join(dir, `${name}.log`), pipeFds: Object.keys(pipes).map(Number) },
-  );
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  for (const [fd, content] of Object.entries(pipes)) handOver(child, Number(fd), content);
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  while (!(await socketAccepts(control))) {
-    if (child.exitCode !== null || Date.now() > deadline) {
-      child.kill('SIGKILL');
-      const log = await readFile(join(dir, `${name}.log`), 'utf8').catch(() => '');
-      throw new EmulatorError(
-        `swtpm (${name}) did not start: ${log.trim().split('\n').slice(-5).join(' ') || 'no output'}`,
-      );
-    }
-    await Promise.race([delay(2), failed]);
-  }
-  return { child, control, exited };
-}
-
-export async function ioctl(swtpm: Swtpm, ...args: string[]): Promise<void> {
-  await runProgram('swtpm_ioctl', ['--unix', swtpm.control, ...args], { timeoutMs: IOCTL_TIMEOUT_MS });
-}
-
-export async function shutDown(swtpm: Swtpm): Promise<void> {
-  await ioctl(swtpm, '-s').catch(() => swtpm.child.kill('SIGKILL'));
-  await swtpm.exited;
-}
-
 export async function adoptState(options: AdoptOptions): Promise<AdoptedTpm> {
-  const scratch = await mkdtemp(join(options.scratchRoot, 'vtpm-adopt-'));
-  const running: Swtpm[] = [];
-  try {
+  return inScratch(options.scratchRoot, 'vtpm-adopt-', async (scratch, running) => {
     const [sourceDir, targetDir] = [join(scratch, 'source'), join(scratch, 'target')];
     await mkdir(sourceDir, { mode: 0o700 });
     await mkdir(targetDir, { mode: 0o700 });
@@ -164,10 +107,7 @@ export async function adoptState(options: AdoptOptions): Promise<AdoptedTpm> {
         ? await readEkCertificates(options.spec, scratch, targetDir, options.stateKey, running)
         : [];
     return { state, ekCertificates };
-  } finally {
-    for (const swtpm of running) if (swtpm.child.exitCode === null) swtpm.child.kill('SIGKILL');
-    await rm(scratch, { recursive: true, force: true });
-  }
+  });
 }
 
 /** Boots a throwaway copy of the adopted TPM and reads the EK certificates from their TCG-defined NV indices. */
@@ -178,41 +118,14 @@ async function readEkCertificates(
   stateKey: Buffer,
   running: Swtpm[],
 ): Promise<EkCertificate[]> {
-  const data = join(scratch, 'reader.data');
-  const reader = await startSwtpm(
-    spec,
-    scratch,
-    'reader',
-    [
-      '--tpmstate',
-      `dir=${stateDir},mode=0600`,
-      '--server',
-      `type=unixio,path=${data},mode=0600`,
-      '--key',
-      `fd=${TARGET_KEY_FD},mode=${STATE_CIPHER},format=hex`,
-      '--flags',
-      'not-need-init,startup-clear',
-    ],
-    { [TARGET_KEY_FD]: stateKeyMaterial(stateKey) },
-  );
-  running.push(reader);
-  // swtpm opens its control socket before its data socket: the first accepting says nothing of the second.
-  for (const deadline = Date.now() + READY_TIMEOUT_MS; !(await socketAccepts(data)); await delay(2)) {
-    if (Date.now() > deadline) throw new EmulatorError(`swtpm (reader) did not open ${data}`);
-  }
-  const tpm = await connectTpm(data);
+  const tpm = await startTpmServer(spec, scratch, 'reader', stateDir, stateKey, running);
   try {
     const random = await tpm.send(tpm2.getRandom16);
     if (responseCode(random) !== 0)
       throw new EmulatorError(`the adopted TPM does not answer (0x${responseCode(random).toString(16)})`);
-    const certificates: EkCertificate[] = [];
-    for (const [keyType, index] of Object.entries(EK_CERTIFICATE_INDICES)) {
-      const der = await readNvIndex(tpm.send, index);
-      if (der) certificates.push({ keyType, der });
-    }
-    return certificates;
+    return await readEkCertificatesFrom(tpm.send);
   } finally {
     tpm.close();
-    await shutDown(reader);
+    await shutDown(tpm.swtpm);
   }
 }

@@ -5,7 +5,7 @@ import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ioctl, shutDown, startSwtpm } from './adopt.js';
+import { ioctl, shutDown, startSwtpm } from './throwaway-swtpm.js';
 import { stateLoads } from './state-check.js';
 import { STATE_CIPHER, stateKeyMaterial } from './state-key.js';
 import { stateFileName } from './state-file.js';

@@ -6,7 +6,7 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
-import { ioctl, shutDown, startSwtpm, type Swtpm } from './adopt.js';
+import { ioctl, shutDown, startSwtpm, type Swtpm } from './throwaway-swtpm.js';
 import { STATE_CIPHER, stateKeyMaterial } from './state-key.js';
 import { stateFileName } from './state-file.js';
 

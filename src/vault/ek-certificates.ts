@@ -3,7 +3,7 @@
  * the vTPM's own secret: they identify the VM's TPM, and deleting the secret
  * makes them as unreadable as the state.
  */
-import { hkdfSync } from 'node:crypto';
+import { hkdfSync, X509Certificate } from 'node:crypto';
 import { KEY_BYTES, open, seal } from '../keys/aead.js';
 import type { EkCertificate } from '../swtpm/manufacture.js';
 
@@ -31,4 +31,17 @@ export function openEkCertificates(secret: Buffer, vm: string, sealed: Buffer): 
 export function toPem(der: Buffer): string {
   const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
   return `-----BEGIN CERTIFICATE-----\n${lines.join('\n')}\n-----END CERTIFICATE-----\n`;
+}
+
+/** Whom a certificate names and who issued it, one RDN after another; null for what is no certificate. */
+export function certificateNames(der: Buffer): { subject: string | null; issuer: string | null } {
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(der);
+  } catch {
+    return { subject: null, issuer: null };
+  }
+  // Node gives an empty name (a TPM 1.2 EK certificate's subject) as undefined, whatever its type says.
+  const shown = (name: string | undefined) => (name ?? '').split('\n').join(', ');
+  return { subject: shown(certificate.subject), issuer: shown(certificate.issuer) };
 }

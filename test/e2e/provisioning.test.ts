@@ -1,8 +1,9 @@
 /**
  * Instant provisioning: the service keeps TPMs manufactured ahead of demand;
- * creating a vTPM takes one (its EK certificate names the pool entry), the
- * pool refills in the background, a guest boots on a pooled TPM, and an empty
- * pool falls back to manufacturing inline (the certificate names the VM).
+ * creating a vTPM takes one and has its EK certificates issued for the VM by
+ * the deployment's CA (named after the deployment), into the TPM where the
+ * guest reads them; the pool refills in the background, a guest boots on a
+ * pooled TPM, and an empty pool falls back to manufacturing inline.
  */
 import assert from 'node:assert/strict';
 import { X509Certificate, randomUUID } from 'node:crypto';
@@ -10,10 +11,19 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import { verifyAgainstAuthority } from '../../src/swtpm/testing/certificate-chain.js';
 import { bootGuest, buildInitramfs, findKernel, resetCountOf, responseCode } from './support/guest.js';
-import { ekModulus, serviceForFile, ServiceUnderTest, temporaryDir, type StartedJson } from './support/service.js';
+import {
+  bootNvGuest,
+  ekModulus,
+  serviceForFile,
+  ServiceUnderTest,
+  temporaryDir,
+  type StartedJson,
+} from './support/service.js';
 
 const POOL_SIZE = 2;
+const DEPLOYMENT = 'E2E Pool Deployment';
 let kernel: string;
 let initramfs: string;
 const context = serviceForFile(
@@ -22,7 +32,7 @@ const context = serviceForFile(
     kernel = await findKernel();
     initramfs = await buildInitramfs(workDir);
   },
-  ['--pool-size', String(POOL_SIZE)],
+  ['--pool-size', String(POOL_SIZE), '--ca-name', DEPLOYMENT],
 );
 
 interface PoolJson {
@@ -42,15 +52,38 @@ async function waitForPool(service: ServiceUnderTest, version: string, ready: nu
   assert.fail(`the pool did not reach ${ready} ready TPM ${version}: ${JSON.stringify(seen)}`);
 }
 
-async function certificateSubject(service: ServiceUnderTest, vm: string): Promise<string> {
-  const { certificates } = await service.json<{ certificates: Array<{ pem: string }> }>(
-    'ek',
-    vm,
-    '--key-type',
-    'rsa2048',
-  );
-  return new X509Certificate(certificates[0]!.pem).subject;
+interface EkJson {
+  key_type: string;
+  pem: string;
+  subject: string;
+  issuer: string;
 }
+
+async function ekCertificatesOf(service: ServiceUnderTest, vm: string): Promise<EkJson[]> {
+  return (await service.json<{ certificates: EkJson[] }>('ek', vm)).certificates;
+}
+
+/**
+ * Every EK certificate of the vTPM, as the API gives it, names `subject` and chains to the deployment's CA; an
+ * empty subject is a TPM 1.2's, signed with SHA-1 as TCG's 1.2 profile has it.
+ */
+async function assertCertifiedFor(service: ServiceUnderTest, vm: string, subject: string): Promise<EkJson[]> {
+  const certificates = await ekCertificatesOf(service, vm);
+  assert.ok(certificates.length > 0);
+  for (const certificate of certificates) {
+    const parsed = new X509Certificate(certificate.pem);
+    // Node has an empty subject (TPM 1.2's) as undefined.
+    assert.equal(parsed.subject ?? '', subject, `${certificate.key_type} of ${vm}`);
+    assert.equal(certificate.subject, subject, 'the API shows whom it names');
+    assert.equal(parsed.issuer, `CN=${DEPLOYMENT} TPM CA`);
+    assert.equal(certificate.issuer, `CN=${DEPLOYMENT} TPM CA`, "the API shows the deployment's CA");
+    await verifyAgainstAuthority(certificate.pem, join(service.dataDir, 'ca'), subject === '');
+  }
+  return certificates;
+}
+
+/** The data of a TPM2_NV_Read response the guest printed: after the header, parameterSize and the size. */
+const nvReadData = (response: Buffer) => response.subarray(16, 16 + response.readUInt16BE(14));
 
 describe('the provisioning pool', () => {
   it('fills, hands out a manufactured TPM, refills, and the guest boots on it', async () => {
@@ -61,9 +94,19 @@ describe('the provisioning pool', () => {
 
     const vm = randomUUID();
     await service.json('create', '--vm', vm, '--version', '2.0', '--model', 'tpm-crb');
-    assert.ok(!(await certificateSubject(service, vm)).includes(vm), 'a pooled TPM was certified before it had a VM');
+    const certificates = await assertCertifiedFor(service, vm, `CN=${vm}`);
+    assert.deepEqual(certificates.map((c) => c.key_type).sort(), ['rsa2048', 'secp384r1']);
+    const text = await service.cli('ek', vm, '--key-type', 'rsa2048');
+    assert.match(text.stdout, new RegExp(`^rsa2048: subject CN=${vm}, issued by CN=${DEPLOYMENT} TPM CA\n-----BEGIN`));
     assert.equal((await service.json<Array<{ reason: string }>>('history', vm)).length, 1);
     await waitForPool(service, '2.0', POOL_SIZE);
+
+    // What the guest reads from the TPM's NV memory is the certificate issued for its VM.
+    const nv = await bootNvGuest(service, vm, { kernel, initramfs });
+    const rsa = new X509Certificate(certificates.find((c) => c.key_type === 'rsa2048')!.pem).raw;
+    const read = Buffer.concat([nvReadData(nv.responses['5-ekcert-0']!), nvReadData(nv.responses['6-ekcert-512']!)]);
+    assert.ok(read.equals(rsa.subarray(0, read.length)), 'the guest reads the certificate the API gives');
+    assert.ok(read.includes(Buffer.from(vm)), "the guest's certificate names its VM");
 
     const first = await bootGuest({
       kernel,
@@ -82,17 +125,22 @@ describe('the provisioning pool', () => {
     assert.ok(resetCountOf(second.responses.readclock!) > resetCountOf(first.responses.readclock!));
   });
 
-  it('manufactures inline when the pool is empty, and every vTPM has its own TPM', async () => {
+  it('hands out a pooled TPM 1.2 certified by the deployment CA, with the empty subject TCG prescribes', async () => {
     const { service } = context;
-    // TPM 2.0: its EK certificate names what it was made for (TCG's TPM 1.2 EK certificates have no subject).
+    await waitForPool(service, '1.2', POOL_SIZE);
+    const vm = randomUUID();
+    await service.json('create', '--vm', vm, '--version', '1.2');
+    await assertCertifiedFor(service, vm, '');
+    await waitForPool(service, '1.2', POOL_SIZE);
+  });
+
+  it('manufactures inline when the pool is empty; every vTPM has its own TPM, certified for its VM', async () => {
+    const { service } = context;
     await waitForPool(service, '2.0', POOL_SIZE);
     const vms = Array.from({ length: POOL_SIZE + 1 }, () => randomUUID());
     // At once: the pool's background refill takes a second per TPM, far longer than taking them.
     await Promise.all(vms.map((vm) => service.json('create', '--vm', vm, '--version', '2.0')));
-    const subjects = await Promise.all(vms.map((vm) => certificateSubject(service, vm)));
-    const inline = subjects.filter((subject, i) => subject.includes(vms[i]!)).length;
-    assert.ok(inline >= 1, `one vTPM is made after the pool ran out, certified for its VM (${inline} were)`);
-    assert.ok(vms.length - inline <= POOL_SIZE, 'more vTPMs came from the pool than it held');
+    for (const vm of vms) await assertCertifiedFor(service, vm, `CN=${vm}`);
     const moduli = await Promise.all(vms.map((vm) => ekModulus(service, vm)));
     assert.equal(new Set(moduli.map((m) => m.toString('hex'))).size, vms.length, 'two vTPMs share an EK');
   });

@@ -57,6 +57,10 @@ export class RemoteHostAgent implements HostAgent {
     this.runsOnly();
   }
 
+  async issueEkCertificates(): Promise<ManufacturedVtpm> {
+    this.runsOnly();
+  }
+
   async defaultVariableStore(): Promise<Buffer> {
     this.runsOnly();
   }

@@ -7,12 +7,14 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import pino from 'pino';
 import { AuditLog } from '../../audit/audit-log.js';
 import type { Principal } from '../../auth/policy.js';
 import { Fleet } from '../../fleet/fleet.js';
 import type { KeyManager, SecretOwner } from '../../keys/key-manager.js';
 import { LocalKeyManager } from '../../keys/local/local-key-manager.js';
+import { ProvisioningPool } from '../../pool/provisioning-pool.js';
 import { openEmbeddedStore } from '../../store/index.js';
 import { StateVault } from '../../vault/state-vault.js';
 import { type ControlPlane, controlPlane } from '../control-plane.js';
@@ -114,6 +116,8 @@ export interface TestControlPlane {
 export interface TestControlPlaneOptions {
   /** Further hosts, joined in process beside `local`. */
   hosts?: FakeHostAgent[];
+  /** A provisioning pool of this size on `local`, filled before the control plane is handed out. */
+  poolSize?: number;
 }
 
 export const alice: Principal = { name: 'alice', project: 'p1', roles: ['member'] };
@@ -137,13 +141,15 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
   const local = new FakeHostAgent('host-a');
   const others = options.hosts ?? [];
   const fleet = new Fleet({ store, keys, logger, manufacturer: local, inProcess: others });
+  const poolSize = options.poolSize ?? 0;
+  const pool = poolSize > 0 ? new ProvisioningPool(store, keys, local, logger, poolSize, ['2.0']) : undefined;
   const parts = {
     store,
     keys,
     vault: new StateVault(store, { newest: 20, days: 0 }),
     fleet,
     audit: new AuditLog(store),
-    pool: undefined,
+    pool,
     logger,
     dataDir,
   };
@@ -154,6 +160,8 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
     return cp;
   };
   await fleet.describeAll();
+  pool?.refill();
+  while (pool && (await store.pool.count('2.0')) < poolSize) await delay(5);
   const opened: TestControlPlane = {
     cp: wire(controlPlane(parts, QUICK_RETRIES)),
     keys,
@@ -173,6 +181,7 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
     async close() {
       await opened.settle();
       await opened.cp.retries.close();
+      await pool?.close();
       await keys.close();
       await store.close();
       await rm(dataDir, { recursive: true, force: true });

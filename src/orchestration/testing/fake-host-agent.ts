@@ -10,6 +10,7 @@ import type {
   DevicePaths,
   HostAgent,
   HostDescription,
+  IssueRequest,
   ManufacturedVtpm,
   ManufactureRequest,
   RunningVtpm,
@@ -22,7 +23,16 @@ import { StateConflictError } from '../../errors.js';
 import type { StateKind } from '../../store/index.js';
 import { digestOf } from '../../vault/state-vault.js';
 
-type Call = 'manufacture' | 'adopt' | 'start' | 'stop' | 'destroy' | 'running' | 'resync' | 'workingState';
+type Call =
+  | 'manufacture'
+  | 'issueEkCertificates'
+  | 'adopt'
+  | 'start'
+  | 'stop'
+  | 'destroy'
+  | 'running'
+  | 'resync'
+  | 'workingState';
 
 export class FakeHostAgent implements HostAgent {
   /** What each vTPM's working copy on this host holds, running or not. */
@@ -138,6 +148,15 @@ export class FakeHostAgent implements HostAgent {
     if (this.runningVtpms.has(request.vm)) throw new StateConflictError(`${request.vm} is running`);
     const certificate = { keyType: 'rsa2048', der: Buffer.from(`ek-of-${request.vm}`) };
     return { state: Buffer.from(`manufactured ${request.spec.version} ${request.vm}`), ekCertificates: [certificate] };
+  }
+
+  async issueEkCertificates(request: IssueRequest): Promise<ManufacturedVtpm> {
+    this.enter('issueEkCertificates', request.vm);
+    const certificate = { keyType: 'rsa2048', der: Buffer.from(`ek-of-${request.vm}`) };
+    return {
+      state: Buffer.concat([request.tpm.state, Buffer.from(` certified for ${request.vm}`)]),
+      ekCertificates: [certificate],
+    };
   }
 
   async adopt(request: AdoptRequest): Promise<ManufacturedVtpm> {
