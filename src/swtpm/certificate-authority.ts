@@ -17,8 +17,8 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { HostSetupError } from '../errors.js';
-import { fileExists, filesOf } from '../keys/files.js';
-import { AUTHORITY_FILES, authorityNames, createAuthority } from './create-authority.js';
+import { fileExists, filesOf, writeFileAtomically } from '../keys/files.js';
+import { AUTHORITY_FILES, authorityNames, createAuthority, rewrappedKey } from './create-authority.js';
 import { childEnvironment } from './run-program.js';
 
 export interface CaPasswords {
@@ -107,6 +107,12 @@ export class CertificateAuthority {
         await createAuthority(this.dir, this.name, passwords, work);
         this.logger?.info({ dir: this.dir, name: this.name }, "the deployment's CA was created");
         return;
+      }
+      const signingKey = join(this.dir, AUTHORITY_FILES.signingKey);
+      const rewrapped = rewrappedKey(await readFile(signingKey, 'utf8'), passwords.signing);
+      if (rewrapped !== undefined) {
+        await writeFileAtomically(signingKey, Buffer.from(rewrapped));
+        this.logger?.info({ dir: this.dir }, "the CA's signing key was written again with fewer key-stretching rounds");
       }
       const subject = new X509Certificate(await readFile(this.issuerCertificatePath)).subject;
       if (subject !== `CN=${authorityNames(this.name).issuer}`)
