@@ -12,7 +12,7 @@ import { SWTPM_KEY_OPTION } from '../src/swtpm/state-key.js';
 import { socketAccepts } from '../src/swtpm/tpm-socket.js';
 import { DEFAULT_RETENTION } from '../src/vault/retention.js';
 
-const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+export const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
 export type Api = (method: string, path: string, body?: unknown) => Promise<unknown>;
 
@@ -42,11 +42,26 @@ export function apiClient(url: string, token: string): Api {
   };
 }
 
-/** `vtpm serve` as its own process (pool off), so that /proc figures are the service's alone. */
-export async function serveAsProcess(dataDir: string): Promise<{ child: ChildProcess; url: string; token: string }> {
+/** `vtpm serve` as its own process (by default pool off, warnings only): /proc figures are the service's alone. */
+export async function serveAsProcess(
+  dataDir: string,
+  settings: { logLevel?: string; poolSize?: number } = {},
+): Promise<{ child: ChildProcess; url: string; token: string }> {
+  const { logLevel = 'warn', poolSize = 0 } = settings;
   const child = spawn(
     process.execPath,
-    [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn', '--pool-size', '0'],
+    [
+      CLI,
+      'serve',
+      '--data-dir',
+      dataDir,
+      '--listen',
+      '127.0.0.1:0',
+      '--log-level',
+      logLevel,
+      '--pool-size',
+      `${poolSize}`,
+    ],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
     },

@@ -5,6 +5,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { runCliBenchmark } from './cli.js';
 import { runControlPlaneBenchmark } from './control-plane.js';
 import { runDensityBenchmark } from './density.js';
 import { runLoadBenchmark } from './load.js';
@@ -21,6 +22,7 @@ const scenarios: Record<string, (args: string[]) => Promise<{ table: string; res
   throughput: runThroughputBenchmark,
   api: runControlPlaneBenchmark,
   load: runLoadBenchmark,
+  cli: runCliBenchmark,
 };
 
 const [name = 'sync', ...args] = process.argv.slice(2);

@@ -11,7 +11,6 @@ import { InvalidArgumentError } from '../errors.js';
 import { client, emit, globals, vmPath, withClientOptions } from './context.js';
 import { defaultRunDir, defaultScratchDir } from './defaults.js';
 import { fields, table } from './output.js';
-import { processLogger } from './logger.js';
 
 const DEFAULT_AGENT_LISTEN = '127.0.0.1:7391';
 
@@ -107,9 +106,12 @@ export function registerHostCommands(program: Command): void {
         const { dataDir, caFile } = globals(command);
         if ((options.tlsCert === undefined) !== (options.tlsKey === undefined))
           throw new InvalidArgumentError('--tls-cert', 'to come with --tls-key');
+        // Loaded here, not at the top: every other command would pay for loading the agent's server and pino.
+        const [{ processLogger }, { startAgent }] = await Promise.all([
+          import('./logger.js'),
+          import('../agent/remote/agent-process.js'),
+        ]);
         const logger = processLogger(options.logLevel, { service: 'vtpm-agent', host: options.name });
-        // Loaded here, not at the top: every other command would pay for loading the agent's server.
-        const { startAgent } = await import('../agent/remote/agent-process.js');
         const agent = await startAgent({
           name: options.name,
           dataDir,

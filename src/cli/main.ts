@@ -181,7 +181,8 @@ withClientOptions(program.command('delete'))
     const path = `${vmPath(vm)}?force=${options.force}`;
     // Refused before anything is asked: missing, not the caller's to delete, or running without --force.
     await api.request<void>('DELETE', `${path}&dry_run=true`);
-    const domain = await libvirtDomainUsing(vm, globals(command).dataDir);
+    // Only the question names the domain: with --yes, nothing asks, and virsh is not run for nothing.
+    const domain = options.yes ? undefined : await libvirtDomainUsing(vm, globals(command).dataDir);
     await confirm(
       `crypto-erase the vTPM of VM ${vm}? Its secret is destroyed: its state can never be read again` +
         (domain ? `, and libvirt domain ${domain} still uses it (its next start will fail)` : ''),

@@ -2,11 +2,10 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { InvalidArgumentError } from '../errors.js';
-import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS, PIN_ENVIRONMENT, PKCS11_DEFAULTS } from '../keys/index.js';
-import { CA_NAME_RULE, defaultCaName, isCaName } from '../swtpm/create-authority.js';
+import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS, PIN_ENVIRONMENT, PKCS11_DEFAULTS } from '../keys/settings.js';
+import { CA_NAME_RULE, defaultCaName, isCaName } from '../swtpm/ca-name.js';
 import { DEFAULT_RETENTION } from '../vault/retention.js';
 import { globals, withClientOptions } from './context.js';
-import { processLogger } from './logger.js';
 import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
 import { positiveInteger, wholeNumber } from './parsers.js';
 
@@ -144,9 +143,12 @@ export function registerServeCommand(program: Command, packageVersion: string): 
         command: Command,
       ) => {
         const { dataDir } = globals(command);
+        // Loaded here, not at the top: every other command would pay for loading the whole server and pino.
+        const [{ processLogger }, { startServer }] = await Promise.all([
+          import('./logger.js'),
+          import('../serve/start-server.js'),
+        ]);
         const logger = processLogger(options.logLevel, { service: 'vtpm' });
-        // Loaded here, not at the top: every other command would pay for loading the whole server.
-        const { startServer } = await import('../serve/start-server.js');
         const server = await startServer({
           dataDir,
           listen: options.listen,

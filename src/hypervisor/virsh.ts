@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import { HostSetupError, NotFoundError, UnreachableError } from '../errors.js';
 import { childEnvironment } from '../swtpm/run-program.js';
 import { parseDomain, type Domain } from './libvirt-domain.js';
+import { DEFAULT_LIBVIRT_URI } from './libvirt-uri.js';
 
 const VIRSH_TIMEOUT_MS = 60_000;
 
-export const DEFAULT_LIBVIRT_URI = 'qemu:///system';
 const LIBVIRT_SECRETS_DIR = '/etc/libvirt/secrets';
 
 export class Virsh {

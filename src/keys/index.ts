@@ -1,12 +1,11 @@
 import { InvalidArgumentError } from '../errors.js';
+import { KEY_MANAGER_KINDS, PKCS11_DEFAULTS } from './settings.js';
 import type { KeyManager } from './key-manager.js';
 import { BarbicanKeyManager } from './barbican/barbican-key-manager.js';
 import type { HostTpmOptions } from './local/host-tpm.js';
 import { LocalKeyManager } from './local/local-key-manager.js';
 import { readPin } from './pkcs11/pin.js';
 import { Pkcs11KeyManager } from './pkcs11/pkcs11-key-manager.js';
-
-export const KEY_MANAGER_KINDS = ['local', 'pkcs11', 'barbican'] as const;
 
 export interface KeyManagerOptions {
   kind: string;
@@ -28,8 +27,6 @@ export interface Pkcs11Settings {
   /** Label of this installation's key-encryption keys in the token. */
   keyLabel: string;
 }
-
-export const PKCS11_DEFAULTS = { token: 'vtpm-manager', keyLabel: 'vtpm-manager-kek' } as const;
 
 export async function openKeyManager(options: KeyManagerOptions): Promise<KeyManager> {
   switch (options.kind) {
@@ -67,5 +64,3 @@ export function plaintextMasterKeyFile(options: KeyManagerOptions): string | und
 }
 
 export type { KeyManager, RotationReport } from './key-manager.js';
-export { DEFAULT_HOST_TPM } from './local/host-tpm.js';
-export { PIN_ENVIRONMENT } from './pkcs11/pin.js';

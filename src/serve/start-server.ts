@@ -25,7 +25,7 @@ import { ingestExit, ingestStateChange } from '../orchestration/state-ingest.js'
 import { ProvisioningPool } from '../pool/provisioning-pool.js';
 import { openEmbeddedStore } from '../store/index.js';
 import { CertificateAuthority } from '../swtpm/certificate-authority.js';
-import { defaultCaName } from '../swtpm/create-authority.js';
+import { defaultCaName } from '../swtpm/ca-name.js';
 import type { RetentionPolicy } from '../vault/retention.js';
 import { StateVault } from '../vault/state-vault.js';
 import { caPasswords } from './ca-passwords.js';

@@ -18,7 +18,8 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { HostSetupError } from '../errors.js';
 import { fileExists, filesOf, writeFileAtomically } from '../keys/files.js';
-import { AUTHORITY_FILES, authorityNames, createAuthority, rewrappedKey } from './create-authority.js';
+import { authorityNames } from './ca-name.js';
+import { AUTHORITY_FILES, createAuthority, rewrappedKey } from './create-authority.js';
 import { childEnvironment } from './run-program.js';
 
 export interface CaPasswords {

@@ -24,8 +24,6 @@ export interface SealedKey {
   private: Buffer;
 }
 
-export const DEFAULT_HOST_TPM = 'device:/dev/tpmrm0';
-
 async function tpm2(options: HostTpmOptions, tool: string, args: string[], input?: string): Promise<string> {
   try {
     return (

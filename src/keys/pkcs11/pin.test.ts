@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { InvalidArgumentError } from '../../errors.js';
-import { PIN_ENVIRONMENT, readPin } from './pin.js';
+import { PIN_ENVIRONMENT } from '../settings.js';
+import { readPin } from './pin.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'vtpm-pin-test-'));
 after(() => rm(dir, { recursive: true, force: true }));

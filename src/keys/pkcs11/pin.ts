@@ -5,8 +5,7 @@
  */
 import { InvalidArgumentError } from '../../errors.js';
 import { readOwnerOnlyFile } from '../files.js';
-
-export const PIN_ENVIRONMENT = 'VTPM_PKCS11_PIN';
+import { PIN_ENVIRONMENT } from '../settings.js';
 
 export async function readPin(pinFile: string | undefined): Promise<string> {
   if (pinFile === undefined) {
