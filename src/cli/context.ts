@@ -22,11 +22,9 @@ interface ClientFlags {
 /**
  * Options every command understands, before or after the command name. The
  * token is never an argument (every local user's `ps` shows those): it comes
- * from --token-file, VTPM_TOKEN or the data directory's admin.token. A command
- * whose --token-file means a token of its own (`vtpm agent`'s, the hook's)
- * passes `ownTokenFile`.
+ * from --token-file, VTPM_TOKEN or the data directory's admin.token.
  */
-export function withClientOptions(command: Command, options: { ownTokenFile?: boolean } = {}): Command {
+export function withClientOptions(command: Command): Command {
   command.option('--url <url>', 'control plane URL (env VTPM_URL; default http://127.0.0.1:7390)');
   // --token is gone (before 1.0): say what replaced it rather than "unknown option".
   command.addOption(new Option('--token <token>').hideHelp());
@@ -38,18 +36,26 @@ export function withClientOptions(command: Command, options: { ownTokenFile?: bo
         { exitCode: 2, code: 'vtpm.tokenOnCommandLine' },
       );
   });
-  if (!options.ownTokenFile)
-    command.option(
-      '--token-file <file>',
-      'file (owner-only) holding the API token (or env VTPM_TOKEN; default: <data-dir>/admin.token)',
-    );
-  return command
-    .option('--data-dir <dir>', 'data directory (env VTPM_DATA_DIR)')
-    .option(
-      '--ca-file <pem>',
-      "CA certificate the control plane's TLS certificate is checked against (env VTPM_CA_FILE; default: the system's)",
-    )
+  command.option(
+    '--token-file <file>',
+    'file (owner-only) holding the API token (or env VTPM_TOKEN; default: <data-dir>/admin.token)',
+  );
+  return withDataDir(command)
+    .option('--ca-file <pem>', CA_FILE_HELP)
     .option('--json', 'print one JSON document on stdout');
+}
+
+const CA_FILE_HELP =
+  "CA certificate the control plane's TLS certificate is checked against (env VTPM_CA_FILE; default: the system's)";
+
+/** The data directory option alone: for the services (vtpm serve, vtpm agent), which are no API clients. */
+export function withDataDir(command: Command, options: { caFile?: boolean } = {}): Command {
+  command.option(
+    '--data-dir <dir>',
+    'data directory (env VTPM_DATA_DIR; default /var/lib/vtpm as root, else $XDG_DATA_HOME/vtpm or ' +
+      '~/.local/share/vtpm)',
+  );
+  return options.caFile ? command.option('--ca-file <pem>', CA_FILE_HELP) : command;
 }
 
 export function globals(command: Command): GlobalOptions {

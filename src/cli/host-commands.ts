@@ -8,7 +8,7 @@ import type { Command } from 'commander';
 import type { HostList, PoolStatus, RegisteredHost } from '../api/hosts.js';
 import type { Migration } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
-import { client, emit, globals, vmPath, withClientOptions } from './context.js';
+import { client, emit, globals, vmPath, withClientOptions, withDataDir } from './context.js';
 import { defaultRunDir, defaultScratchDir } from './defaults.js';
 import { fields, table } from './output.js';
 
@@ -66,7 +66,7 @@ export function registerHostCommands(program: Command): void {
       );
     });
 
-  withClientOptions(program.command('agent'), { ownTokenFile: true })
+  withDataDir(program.command('agent'), { caFile: true })
     .description("run this host's agent for a control plane on another host (register it first: vtpm host add)")
     .requiredOption('--control-plane <url>', "the control plane's URL, https://HOST:7390 (http only on loopback)")
     .requiredOption('--token-file <path>', 'file (owner-only) with the agent token `vtpm host add` printed')

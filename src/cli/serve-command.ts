@@ -5,7 +5,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { DEFAULT_HOST_TPM, KEY_MANAGER_KINDS, PIN_ENVIRONMENT, PKCS11_DEFAULTS } from '../keys/settings.js';
 import { CA_NAME_RULE, defaultCaName, isCaName } from '../swtpm/ca-name.js';
 import { DEFAULT_RETENTION } from '../vault/retention.js';
-import { globals, withClientOptions } from './context.js';
+import { globals, withDataDir } from './context.js';
 import { DEFAULT_LISTEN, defaultRunDir, defaultScratchDir } from './defaults.js';
 import { positiveInteger, wholeNumber } from './parsers.js';
 
@@ -33,7 +33,7 @@ function tlsOf(
 }
 
 export function registerServeCommand(program: Command, packageVersion: string): void {
-  withClientOptions(program.command('serve'))
+  withDataDir(program.command('serve'))
     .description("run the control plane and this host's agent (embedded defaults: SQLite, local key manager)")
     .option('--listen <host:port>', 'address to listen on', DEFAULT_LISTEN)
     .option('--run-dir <dir>', 'where swtpm sockets and pid files go (env VTPM_RUN_DIR; default <data-dir>/run)')
