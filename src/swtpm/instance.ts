@@ -5,7 +5,7 @@
  * VM outlives a restart of libvirtd; `--terminate` makes it exit when QEMU's
  * connection goes away, so a killed QEMU never leaves a TPM behind.
  */
-import { readFile, rm } from 'node:fs/promises';
+import { readFile, unlink } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
@@ -60,7 +60,9 @@ export async function launchSwtpm(
   stateKey: Buffer,
   confinement: Confinement,
 ): Promise<SwtpmInstance> {
-  await rm(paths.socket, { force: true });
+  await unlink(paths.socket).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== 'ENOENT') throw error;
+  });
   await rotateVtpmLog(paths.logFile);
   await noteInVtpmLog(paths.logFile, `starting swtpm (TPM ${spec.version})`);
   const { child, failure: spawnFailure } = spawnSwtpm(
@@ -103,7 +105,8 @@ export async function launchSwtpm(
       );
     }
     if (await socketAccepts(paths.socket)) {
-      await noteInVtpmLog(paths.logFile, `swtpm ready, pid ${child.pid}`);
+      // Not waited for: a note cannot fail, and QEMU need not wait for it.
+      void noteInVtpmLog(paths.logFile, `swtpm ready, pid ${child.pid}`);
       return { pid: child.pid!, exited };
     }
     await Promise.race([
