@@ -20,6 +20,7 @@ import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';
 import {
   adoptSwtpm,
+  hostConfinement,
   launchSwtpm,
   terminateSwtpm,
   type Confinement,
@@ -106,20 +107,16 @@ export class LocalHostAgent implements HostAgent {
 
   static async open(options: LocalHostAgentOptions): Promise<LocalHostAgent> {
     await prepareHostDirectories(options);
-    const user = options.swtpmUser;
     const capabilities = await probeCapabilities();
-    const seccomp = capabilities.swtpm.features.includes('cmdarg-seccomp');
-    if (!seccomp) options.logger.warn('this swtpm has no seccomp support: vTPMs run without a syscall filter');
-    const agent = new LocalHostAgent(
-      options,
-      { runAs: user?.name, seccomp },
-      {
-        name: options.hostName ?? hostname(),
-        traits: traitsOf(capabilities),
-        capabilities,
-        layout: { runDir: resolve(options.runDir), nvramDir: resolve(options.dataDir, 'nvram') },
-      },
-    );
+    const confinement = hostConfinement(options.swtpmUser, capabilities);
+    if (!confinement.seccomp)
+      options.logger.warn('this swtpm has no seccomp support: vTPMs run without a syscall filter');
+    const agent = new LocalHostAgent(options, confinement, {
+      name: options.hostName ?? hostname(),
+      traits: traitsOf(capabilities),
+      capabilities,
+      layout: { runDir: resolve(options.runDir), nvramDir: resolve(options.dataDir, 'nvram') },
+    });
     await agent.adoptSurvivors();
     return agent;
   }

@@ -9,6 +9,7 @@ import { readFile, unlink } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
+import type { HostCapabilities } from './capabilities.js';
 import { handOver, KEY_FD, spawnSwtpm } from './run-program.js';
 import { SWTPM_KEY_OPTION, stateKeyMaterial } from './state-key.js';
 import { socketAccepts } from './tpm-socket.js';
@@ -54,6 +55,34 @@ export interface Confinement {
   seccomp: boolean;
 }
 
+/** How a host confines its swtpms: as `swtpmUser` when there is one, under seccomp when this swtpm has it. */
+export function hostConfinement(swtpmUser: { name: string } | undefined, capabilities: HostCapabilities): Confinement {
+  return { runAs: swtpmUser?.name, seccomp: capabilities.swtpm.features.includes('cmdarg-seccomp') };
+}
+
+/** `swtpm socket`'s arguments for a launch; the benchmarks' anchor starts swtpm with these very ones. */
+export function swtpmSocketArgs(
+  spec: TpmSpec,
+  paths: Pick<InstancePaths, 'stateDir' | 'socket' | 'pidFile'>,
+  confinement: Confinement,
+): string[] {
+  return [
+    'socket',
+    ...(spec.version === '2.0' ? ['--tpm2'] : []),
+    '--tpmstate',
+    `dir=${paths.stateDir},mode=0600`,
+    '--ctrl',
+    `type=unixio,path=${paths.socket},mode=0600`,
+    '--key',
+    SWTPM_KEY_OPTION,
+    '--pid',
+    `file=${paths.pidFile}`,
+    '--terminate',
+    ...(confinement.runAs ? ['--runas', confinement.runAs] : []),
+    ...(confinement.seccomp ? ['--seccomp', 'action=kill'] : []),
+  ];
+}
+
 export async function launchSwtpm(
   spec: TpmSpec,
   paths: InstancePaths,
@@ -65,24 +94,11 @@ export async function launchSwtpm(
   });
   await rotateVtpmLog(paths.logFile);
   await noteInVtpmLog(paths.logFile, `starting swtpm (TPM ${spec.version})`);
-  const { child, failure: spawnFailure } = spawnSwtpm(
-    [
-      'socket',
-      ...(spec.version === '2.0' ? ['--tpm2'] : []),
-      '--tpmstate',
-      `dir=${paths.stateDir},mode=0600`,
-      '--ctrl',
-      `type=unixio,path=${paths.socket},mode=0600`,
-      '--key',
-      SWTPM_KEY_OPTION,
-      '--pid',
-      `file=${paths.pidFile}`,
-      '--terminate',
-      ...(confinement.runAs ? ['--runas', confinement.runAs] : []),
-      ...(confinement.seccomp ? ['--seccomp', 'action=kill'] : []),
-    ],
-    { logFile: paths.logFile, pipeFds: [KEY_FD], detached: true },
-  );
+  const { child, failure: spawnFailure } = spawnSwtpm(swtpmSocketArgs(spec, paths, confinement), {
+    logFile: paths.logFile,
+    pipeFds: [KEY_FD],
+    detached: true,
+  });
   const exited = new Promise<ExitInfo>((resolve) =>
     child.once('exit', (code: number | null, signal: NodeJS.Signals | null) => resolve({ code, signal })),
   ).then(async (exit) => {
