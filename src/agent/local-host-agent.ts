@@ -149,7 +149,7 @@ export class LocalHostAgent implements HostAgent {
       const lineage = await this.launches.recordedLineages(vm);
       if (instance && stateFile) {
         // A swtpm started before launches had ids gets one now; the control plane learns it from running().
-        const id = recorded || (await this.launches.recordInstance(vm));
+        const id = recorded || this.launches.recordInstance(vm);
         this.options.logger.info({ vm, pid: instance.pid, instance: id }, 'adopted running swtpm');
         this.track(vm, instance, id, stateFile, withNvram, lineage);
       } else if (stateFile && recorded) {
@@ -275,12 +275,12 @@ export class LocalHostAgent implements HostAgent {
       });
     const paths = this.paths(request.vm);
     const stateFile = stateFileName(request.spec);
-    await prepareWorkingCopy(this.workingCopy(request.vm, request.spec), this.options, request.state, request.nvram);
-    const id = await this.launches.recordInstance(request.vm, request.instance);
+    prepareWorkingCopy(this.workingCopy(request.vm, request.spec), this.options, request.state, request.nvram);
+    const id = this.launches.recordInstance(request.vm, request.instance);
     const instance = await launchSwtpm(request.spec, paths, request.stateKey, this.confinement);
     try {
       // Before QEMU is told where the socket is: swtpm made it for its own user only.
-      await shareWithQemu(paths.socket, this.options.qemuGroup);
+      shareWithQemu(paths.socket, this.options.qemuGroup);
     } catch (error) {
       process.kill(instance.pid, 'SIGTERM');
       throw error;

@@ -8,7 +8,8 @@
  * Nothing here is synced: the vault holds the truth, and a copy lost with
  * the machine is rewritten by the next start.
  */
-import { chmod, chown, mkdir, readdir, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmodSync, chownSync, mkdirSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { readFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SystemGroup, SystemUser } from './host-directories.js';
 
@@ -33,56 +34,55 @@ export async function removeFile(path: string): Promise<void> {
 }
 
 /** Gives QEMU's group read and write access to `path` (a socket, a variable store), when QEMU is not root. */
-export async function shareWithQemu(path: string, group: SystemGroup | undefined): Promise<void> {
+export function shareWithQemu(path: string, group: SystemGroup | undefined): void {
   if (!group) return;
-  await chown(path, -1, group.gid);
-  await chmod(path, 0o660);
+  chownSync(path, -1, group.gid);
+  chmodSync(path, 0o660);
 }
 
 /**
  * The state directory as a new launch needs it: the state file and nothing else (a volatile state left
  * by an earlier swtpm would be loaded with it). A directory its user owns already is emptied rather than
  * removed and made again, which spares the usual start a removal, a creation and a change of owner.
+ *
+ * Synchronous: a few calls on the local disk, microseconds each, where a trip through libuv's thread
+ * pool each costs more than the call, and far more while the machine is busy. The database the same
+ * data directory holds is written synchronously too.
  */
-async function prepareStateDir(places: WorkingCopyPlaces, state: Buffer, user: SystemUser | undefined) {
+function prepareStateDir(places: WorkingCopyPlaces, state: Buffer, user: SystemUser | undefined): void {
   const { stateDir, stateFile } = places;
-  const owner = await stat(stateDir).then(
-    (s) => s.uid,
-    (error: unknown) => {
-      if (missing(error)) return undefined;
-      throw error;
-    },
-  );
+  const owner = statSync(stateDir, { throwIfNoEntry: false })?.uid;
   if (owner !== undefined && owner === (user?.uid ?? process.getuid?.())) {
-    for (const entry of await readdir(stateDir, { withFileTypes: true })) {
+    for (const entry of readdirSync(stateDir, { withFileTypes: true })) {
       const path = join(stateDir, entry.name);
-      await (entry.isDirectory() ? rm(path, { recursive: true }) : unlink(path));
+      if (entry.isDirectory()) rmSync(path, { recursive: true });
+      else unlinkSync(path);
     }
   } else {
-    await rm(stateDir, { recursive: true, force: true });
-    await mkdir(stateDir, { mode: 0o700 });
-    if (user) await chown(stateDir, user.uid, user.gid);
+    rmSync(stateDir, { recursive: true, force: true });
+    mkdirSync(stateDir, { mode: 0o700 });
+    if (user) chownSync(stateDir, user.uid, user.gid);
   }
   const path = join(stateDir, stateFile);
   // Always a new file ('wx' does not follow a link): nothing swtpm's user left there is written through as root.
-  await writeFile(path, state, { mode: 0o600, flag: 'wx' });
-  if (user) await chown(path, user.uid, user.gid);
+  writeFileSync(path, state, { mode: 0o600, flag: 'wx' });
+  if (user) chownSync(path, user.uid, user.gid);
 }
 
 /** Writes the working copy a launch starts from: the vault's state, and a UEFI guest's variable store. */
-export async function prepareWorkingCopy(
+export function prepareWorkingCopy(
   places: WorkingCopyPlaces,
   owners: WorkingCopyOwners,
   state: Buffer,
   nvram: Buffer | undefined,
-): Promise<void> {
-  await prepareStateDir(places, state, owners.swtpmUser);
+): void {
+  prepareStateDir(places, state, owners.swtpmUser);
   if (nvram === undefined) {
-    await removeFile(places.nvram);
+    rmSync(places.nvram, { force: true });
     return;
   }
-  await writeFile(places.nvram, nvram, { mode: 0o600 });
-  await shareWithQemu(places.nvram, owners.qemuGroup);
+  writeFileSync(places.nvram, nvram, { mode: 0o600 });
+  shareWithQemu(places.nvram, owners.qemuGroup);
 }
 
 /** What a guest left on the host, of each kind that is there. */

@@ -5,7 +5,8 @@
  * VM outlives a restart of libvirtd; `--terminate` makes it exit when QEMU's
  * connection goes away, so a killed QEMU never leaves a TPM behind.
  */
-import { readFile, unlink } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
@@ -13,7 +14,7 @@ import type { HostCapabilities } from './capabilities.js';
 import { handOver, KEY_FD, spawnSwtpm } from './run-program.js';
 import { SWTPM_KEY_OPTION, stateKeyMaterial } from './state-key.js';
 import { socketAccepts } from './tpm-socket.js';
-import { describeExit, noteInVtpmLog, rotateVtpmLog } from './vtpm-log.js';
+import { describeExit, noteInVtpmLog, openVtpmLog } from './vtpm-log.js';
 
 export interface InstancePaths {
   stateDir: string;
@@ -89,11 +90,9 @@ export async function launchSwtpm(
   stateKey: Buffer,
   confinement: Confinement,
 ): Promise<SwtpmInstance> {
-  await unlink(paths.socket).catch((error: NodeJS.ErrnoException) => {
-    if (error.code !== 'ENOENT') throw error;
-  });
-  await rotateVtpmLog(paths.logFile);
-  await noteInVtpmLog(paths.logFile, `starting swtpm (TPM ${spec.version})`);
+  // Synchronous, as the working copy's preparation: two calls on the local disk, not two thread-pool trips.
+  rmSync(paths.socket, { force: true });
+  openVtpmLog(paths.logFile, `starting swtpm (TPM ${spec.version})`);
   const { child, failure: spawnFailure } = spawnSwtpm(swtpmSocketArgs(spec, paths, confinement), {
     logFile: paths.logFile,
     pipeFds: [KEY_FD],
