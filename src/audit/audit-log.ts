@@ -117,7 +117,7 @@ export class AuditLog {
   /**
    * Runs `work` with what it records held back for its next `transaction`, so that an entry and the change
    * it goes with are one commit; whatever is still held when `work` ends, however it ends, is appended then.
-   * Held entries are in the log before anything `work` makes outlives the process (swtpm holding a secret).
+   * `work` commits them before anything it makes leaves the process (start: before swtpm gets the secret).
    */
   async holding<T>(work: () => Promise<T>): Promise<T> {
     const held: HeldEntry[] = [];

@@ -107,8 +107,7 @@ function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
             ['stopped'],
           ),
         );
-        if (!claimed)
-          throw conflict(s.record, `vTPM ${s.record.vm} is ${s.record.status}; only a stopped vTPM can be started`);
+        if (!claimed) throw conflict(s.record, `vTPM ${s.record.vm} is no longer stopped (another process moved it)`);
         s.record = claimed;
         if (moves) cp.logger.info({ vm: s.record.vm, host: s.host }, 'vTPM moves to another host while stopped');
       },
