@@ -1,14 +1,17 @@
 /** What the benchmarks share: an in-process `vtpm serve`, a minimal API client, the direct-swtpm anchor. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import pino from 'pino';
+import type { SystemUser } from '../src/agent/host-directories.js';
+import { swtpmUserFor } from '../src/agent/host-setup.js';
 import { startServer, type RunningServer } from '../src/serve/start-server.js';
+import { probeCapabilities } from '../src/swtpm/capabilities.js';
+import { type Confinement, hostConfinement, swtpmSocketArgs } from '../src/swtpm/instance.js';
 import { handOver, KEY_FD } from '../src/swtpm/run-program.js';
-import { SWTPM_KEY_OPTION } from '../src/swtpm/state-key.js';
 import { socketAccepts } from '../src/swtpm/tpm-socket.js';
 import { DEFAULT_RETENTION } from '../src/vault/retention.js';
 
@@ -114,31 +117,37 @@ export interface DirectSwtpm {
   kill: () => void;
 }
 
+let confinement: Promise<{ user: SystemUser | undefined; confinement: Confinement }> | undefined;
+
+/** How the product's agent confines swtpm on this machine (its user when the service is root, seccomp). */
+function productConfinement() {
+  confinement ??= Promise.all([swtpmUserFor(undefined), probeCapabilities()]).then(([user, capabilities]) => ({
+    user,
+    confinement: hostConfinement(user, capabilities),
+  }));
+  return confinement;
+}
+
 /**
  * The anchor every start and data-path figure is compared with: swtpm started
- * directly, as libvirt would, with the options the product's agent uses
- * (TPM 2.0, state encrypted with a key on fd 3, --terminate), on a fresh state.
+ * directly, as libvirt would, with the very arguments the product's agent
+ * launches it with (swtpmSocketArgs: TPM 2.0, state encrypted with a key on
+ * fd 3, a pid file, --terminate, its unprivileged user, seccomp), in a
+ * directory that user owns, on a fresh state.
  */
 export async function startSwtpmDirectly(dir: string): Promise<DirectSwtpm> {
-  await mkdir(dir, { recursive: true });
+  const { user, confinement } = await productConfinement();
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  if (user) await chown(dir, user.uid, user.gid);
   const socket = join(dir, 'ctrl.sock');
   await rm(socket, { force: true });
-  const started = performance.now();
-  const child = spawn(
-    'swtpm',
-    [
-      'socket',
-      '--tpm2',
-      '--tpmstate',
-      `dir=${dir},mode=0600`,
-      '--ctrl',
-      `type=unixio,path=${socket},mode=0600`,
-      '--key',
-      SWTPM_KEY_OPTION,
-      '--terminate',
-    ],
-    { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] },
+  const args = swtpmSocketArgs(
+    { version: '2.0', model: 'tpm-crb' },
+    { stateDir: dir, socket, pidFile: join(dir, 'swtpm.pid') },
+    confinement,
   );
+  const started = performance.now();
+  const child = spawn('swtpm', args, { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
   handOver(child, KEY_FD, randomBytes(32).toString('hex'));
   while (!(await socketAccepts(socket))) {
     if (child.exitCode !== null) throw new Error(`swtpm exited with status ${child.exitCode}`);

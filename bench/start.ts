@@ -1,6 +1,7 @@
 /**
  * Start latency and guest-visible TPM readiness, against swtpm started
- * directly (as libvirt would, with the same options).
+ * directly (as libvirt would, with the arguments the product's agent uses:
+ * harness.ts startSwtpmDirectly).
  *
  * - start: `vtpm start` (API call until it answers, which is after the socket
  *   accepts) against spawning swtpm until its socket accepts; one at a time.
@@ -15,7 +16,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildInitramfs, findKernel, launchGuest } from '../test/e2e/support/guest.js';
 import { benchRoot, serveInProcess, startSwtpmDirectly, untilStopped } from './harness.js';
-import { summarize, table } from './stats.js';
+import { table } from './stats.js';
 
 const START_SAMPLES = 50;
 const GUEST_ROUNDS = 7;
@@ -27,6 +28,16 @@ const ANCHOR_QEMU_ARGS = (socket: string) => [
   '-device',
   'tpm-tis,tpmdev=tpm0',
 ];
+
+/**
+ * Median, 90th percentile (nearest rank) and maximum. With 50 samples the 99th percentile is the maximum, so
+ * the maximum is named as such. Here until bench/stats.ts offers a 90th percentile.
+ */
+function spread(samples: number[]): { p50: number; p90: number; max: number } {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const rank = (q: number) => sorted[Math.max(0, Math.ceil(q * sorted.length) - 1)] ?? Number.NaN;
+  return { p50: rank(0.5), p90: rank(0.9), max: sorted.at(-1) ?? Number.NaN };
+}
 
 async function guestReadiness(kernel: string, initramfs: string, begin: number, qemuArgs: string[]): Promise<number> {
   const guest = launchGuest({ kernel, initramfs, qemuArgs });
@@ -76,31 +87,26 @@ export async function runStartBenchmark(): Promise<{ table: string; results: unk
     }
     await api('DELETE', `/v1/vtpms/${vm}`);
 
-    const ps = summarize(productStart);
-    const as = summarize(anchorStart);
-    const pr = summarize(productReady);
-    const ar = summarize(anchorReady);
     const ms = (v: number) => `${v.toFixed(1)} ms`;
+    const row = (measure: string, product: number[], anchor: number[]) => {
+      const [p, a] = [spread(product), spread(anchor)];
+      return {
+        measure,
+        runs: product.length,
+        p50: ms(p.p50),
+        p90: ms(p.p90),
+        max: ms(p.max),
+        'anchor p50': ms(a.p50),
+        'anchor p90': ms(a.p90),
+        'anchor max': ms(a.max),
+        'p50 ratio': (p.p50 / a.p50).toFixed(2),
+        'p90 ratio': (p.p90 / a.p90).toFixed(2),
+      };
+    };
     return {
       table: table([
-        {
-          measure: '`vtpm start` to socket accepting',
-          runs: ps.count,
-          p50: ms(ps.p50),
-          p99: ms(ps.p99),
-          'anchor p50': ms(as.p50),
-          'anchor p99': ms(as.p99),
-          'p50 ratio': (ps.p50 / as.p50).toFixed(2),
-        },
-        {
-          measure: 'start to first TPM response in the guest',
-          runs: pr.count,
-          p50: ms(pr.p50),
-          p99: ms(pr.p99),
-          'anchor p50': ms(ar.p50),
-          'anchor p99': ms(ar.p99),
-          'p50 ratio': (pr.p50 / ar.p50).toFixed(2),
-        },
+        row('`vtpm start` to socket accepting', productStart, anchorStart),
+        row('start to first TPM response in the guest', productReady, anchorReady),
       ]),
       results: {
         start_ms: productStart,

@@ -6,7 +6,8 @@
  * What an agent that starts again finds of the launches before it.
  */
 import { randomUUID } from 'node:crypto';
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { writeFileSync } from 'node:fs';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StateKind } from '../store/index.js';
 import { freshLineage, type Lineage, openLineage } from './lineage.js';
@@ -41,8 +42,9 @@ export class LaunchFiles {
     return (await readFile(this.instanceFile(vm), 'utf8').catch(() => '')).trim();
   }
 
-  async recordInstance(vm: string, id: string = randomUUID()): Promise<string> {
-    await writeFile(this.instanceFile(vm), `${id}\n`, { mode: 0o600 });
+  /** Synchronous, as the rest of a launch's preparation (working-copy.ts): one small write on the local disk. */
+  recordInstance(vm: string, id: string = randomUUID()): string {
+    writeFileSync(this.instanceFile(vm), `${id}\n`, { mode: 0o600 });
     return id;
   }
 

@@ -1,13 +1,13 @@
 /**
  * The agent for the machine the service runs on. Layout under the data
  * directory, all working copies (the vault holds the truth; start rewrites them):
- *   tpm/<vm>/          the running vTPM's state, encrypted by swtpm (0700, files 0600)
- *   nvram/<vm>.fd      a UEFI guest's variable store (0600), which QEMU reads and writes
+ *   tpm/<vm>/          the running vTPM's state, encrypted by swtpm     } its working copy
+ *   nvram/<vm>.fd      a UEFI guest's variable store, which QEMU writes } (working-copy.ts)
  *   log/<vm>.log       swtpm's own log
  * and under the run directory: <vm>.sock and the launch's files (launch-files.ts)
  */
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { readFile, readdir, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -20,6 +20,7 @@ import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
 import type { CertificateAuthority } from '../swtpm/certificate-authority.js';
 import {
   adoptSwtpm,
+  hostConfinement,
   launchSwtpm,
   terminateSwtpm,
   type Confinement,
@@ -50,7 +51,8 @@ import { hasConnectedPeer } from './socket-peers.js';
 import { prepareHostDirectories, type SystemGroup, type SystemUser } from './host-directories.js';
 import { LaunchFiles, type Lineages } from './launch-files.js';
 import type { StateWatcher } from './state-watcher.js';
-import { watchVtpm } from './vtpm-watchers.js';
+import { LaunchReports } from './launch-reports.js';
+import { prepareWorkingCopy, readWorkingCopy, removeFile, removeWorkingCopy, shareWithQemu } from './working-copy.js';
 
 export interface LocalHostAgentOptions {
   dataDir: string;
@@ -93,8 +95,7 @@ export class LocalHostAgent implements HostAgent {
   /** Launches that exited while no agent watched them, whose last state and exit are being reported. */
   private readonly departed = new Map<string, StateWatcher[]>();
   private readonly launches: LaunchFiles;
-  private readonly exitListeners: Array<(exit: VtpmExit) => void> = [];
-  private readonly changeListeners: Array<(change: StateChange) => Promise<void>> = [];
+  private readonly reports: LaunchReports;
 
   private constructor(
     private readonly options: LocalHostAgentOptions,
@@ -103,24 +104,21 @@ export class LocalHostAgent implements HostAgent {
   ) {
     this.hostName = description.name;
     this.launches = new LaunchFiles(options.runDir);
+    this.reports = new LaunchReports(this.hostName, options.logger);
   }
 
   static async open(options: LocalHostAgentOptions): Promise<LocalHostAgent> {
     await prepareHostDirectories(options);
-    const user = options.swtpmUser;
     const capabilities = await probeCapabilities();
-    const seccomp = capabilities.swtpm.features.includes('cmdarg-seccomp');
-    if (!seccomp) options.logger.warn('this swtpm has no seccomp support: vTPMs run without a syscall filter');
-    const agent = new LocalHostAgent(
-      options,
-      { runAs: user?.name, seccomp },
-      {
-        name: options.hostName ?? hostname(),
-        traits: traitsOf(capabilities),
-        capabilities,
-        layout: { runDir: resolve(options.runDir), nvramDir: resolve(options.dataDir, 'nvram') },
-      },
-    );
+    const confinement = hostConfinement(options.swtpmUser, capabilities);
+    if (!confinement.seccomp)
+      options.logger.warn('this swtpm has no seccomp support: vTPMs run without a syscall filter');
+    const agent = new LocalHostAgent(options, confinement, {
+      name: options.hostName ?? hostname(),
+      traits: traitsOf(capabilities),
+      capabilities,
+      layout: { runDir: resolve(options.runDir), nvramDir: resolve(options.dataDir, 'nvram') },
+    });
     await agent.adoptSurvivors();
     return agent;
   }
@@ -132,6 +130,10 @@ export class LocalHostAgent implements HostAgent {
       pidFile: this.launches.pidFile(vm),
       logFile: join(this.options.dataDir, 'log', `${vm}.log`),
     };
+  }
+
+  private workingCopy(vm: string, spec: TpmSpec) {
+    return { stateDir: this.paths(vm).stateDir, stateFile: stateFileName(spec), nvram: this.devicePaths(vm).nvram };
   }
 
   devicePaths(vm: string): DevicePaths {
@@ -149,7 +151,7 @@ export class LocalHostAgent implements HostAgent {
       const lineage = await this.launches.recordedLineages(vm);
       if (instance && stateFile) {
         // A swtpm started before launches had ids gets one now; the control plane learns it from running().
-        const id = recorded || (await this.launches.recordInstance(vm));
+        const id = recorded || this.launches.recordInstance(vm);
         this.options.logger.info({ vm, pid: instance.pid, instance: id }, 'adopted running swtpm');
         this.track(vm, instance, id, stateFile, withNvram, lineage);
       } else if (stateFile && recorded) {
@@ -164,14 +166,6 @@ export class LocalHostAgent implements HostAgent {
     }
   }
 
-  /** Nobody listening yet (the control plane is still starting): the watcher tries again later. */
-  private async reportChange(change: StateChange): Promise<void> {
-    if (this.changeListeners.length === 0) {
-      throw new UnreachableError(`the control plane does not take ${this.hostName}'s reports yet`);
-    }
-    await Promise.all(this.changeListeners.map((listener) => listener(change)));
-  }
-
   private watch(
     vm: string,
     id: string,
@@ -180,7 +174,7 @@ export class LocalHostAgent implements HostAgent {
     lineage: Lineages,
     initial: { tpm?: Buffer; nvram?: Buffer } = {},
   ): StateWatcher[] {
-    return watchVtpm({
+    return this.reports.watch({
       vm,
       instance: id,
       stateDir: this.paths(vm).stateDir,
@@ -188,8 +182,6 @@ export class LocalHostAgent implements HostAgent {
       nvram: withNvram ? this.devicePaths(vm).nvram : undefined,
       initial,
       lineage,
-      report: (change) => this.reportChange(change),
-      logger: this.options.logger,
     });
   }
 
@@ -213,32 +205,22 @@ export class LocalHostAgent implements HostAgent {
     for (const watcher of watchers) watcher.start();
   }
 
-  /**
-   * Until the final state is taken the exit is not reported: the vTPM must not count as stopped. `forget`
-   * lets go of the launch before its runtime files go.
-   */
-  private async reportExit(
+  /** `forget` lets go of the launch; its runtime files go with it. */
+  private reportExit(
     vm: string,
     id: string,
     watchers: StateWatcher[],
-    { code, signal }: Awaited<SwtpmInstance['exited']>,
+    exit: Awaited<SwtpmInstance['exited']>,
     forget: () => void,
   ): Promise<void> {
-    try {
-      for (const watcher of watchers) await watcher.close();
-    } catch (error) {
-      this.options.logger.error({ vm, err: error }, 'the agent let go before the final state was reported');
-      return;
-    }
-    forget();
-    await this.removeRuntimeFiles(vm);
-    const level = code === 0 || code === null ? 'info' : 'warn';
-    this.options.logger[level]({ vm, code, signal, instance: id }, 'swtpm exited');
-    for (const listener of this.exitListeners) listener({ vm, code, signal, instance: id });
+    return this.reports.reportExit(vm, id, watchers, exit, async () => {
+      forget();
+      await this.removeRuntimeFiles(vm);
+    });
   }
 
   private async removeRuntimeFiles(vm: string): Promise<void> {
-    await rm(this.paths(vm).socket, { force: true });
+    await removeFile(this.paths(vm).socket);
     await this.launches.remove(vm);
   }
 
@@ -311,24 +293,13 @@ export class LocalHostAgent implements HostAgent {
         vm: request.vm,
       });
     const paths = this.paths(request.vm);
-    const nvramPath = this.devicePaths(request.vm).nvram;
     const stateFile = stateFileName(request.spec);
-    await rm(paths.stateDir, { recursive: true, force: true });
-    await mkdir(paths.stateDir, { mode: 0o700 });
-    await writeFile(join(paths.stateDir, stateFile), request.state, { mode: 0o600 });
-    const user = this.options.swtpmUser;
-    if (user)
-      for (const path of [paths.stateDir, join(paths.stateDir, stateFile)]) await chown(path, user.uid, user.gid);
-    await rm(nvramPath, { force: true });
-    if (request.nvram) {
-      await writeFile(nvramPath, request.nvram, { mode: 0o600 });
-      await this.shareWithQemu(nvramPath);
-    }
-    const id = await this.launches.recordInstance(request.vm, request.instance);
+    prepareWorkingCopy(this.workingCopy(request.vm, request.spec), this.options, request.state, request.nvram);
+    const id = this.launches.recordInstance(request.vm, request.instance);
     const instance = await launchSwtpm(request.spec, paths, request.stateKey, this.confinement);
     try {
       // Before QEMU is told where the socket is: swtpm made it for its own user only.
-      await this.shareWithQemu(paths.socket);
+      shareWithQemu(paths.socket, this.options.qemuGroup);
     } catch (error) {
       process.kill(instance.pid, 'SIGTERM');
       throw error;
@@ -339,13 +310,6 @@ export class LocalHostAgent implements HostAgent {
       ...(request.nvram && { nvram: request.nvram }),
     });
     return { vm: request.vm, pid: instance.pid, socket: paths.socket, instance: id };
-  }
-
-  private async shareWithQemu(path: string): Promise<void> {
-    const group = this.options.qemuGroup;
-    if (!group) return;
-    await chown(path, -1, group.gid);
-    await chmod(path, 0o660);
   }
 
   async adopt(request: AdoptRequest): Promise<ManufacturedVtpm> {
@@ -377,10 +341,7 @@ export class LocalHostAgent implements HostAgent {
       throw new StateConflictError(`vTPM ${vm} is running on ${this.hostName}; its state is reported as it changes`, {
         vm,
       });
-    const read = (path: string) => readFile(path).catch(() => undefined);
-    const tpm = await read(join(this.paths(vm).stateDir, stateFileName(spec)));
-    const nvram = await read(this.devicePaths(vm).nvram);
-    return { ...(tpm && { tpm }), ...(nvram && { nvram }) };
+    return readWorkingCopy(this.workingCopy(vm, spec));
   }
 
   async stop(vm: string): Promise<void> {
@@ -408,9 +369,8 @@ export class LocalHostAgent implements HostAgent {
         vm,
       });
     const { stateDir, logFile } = this.paths(vm);
-    await rm(stateDir, { recursive: true, force: true });
-    await rm(this.devicePaths(vm).nvram, { force: true });
-    await rm(logFile, { force: true });
+    await removeWorkingCopy({ stateDir, nvram: this.devicePaths(vm).nvram });
+    await removeFile(logFile);
     await this.removeRuntimeFiles(vm);
   }
 
@@ -433,17 +393,16 @@ export class LocalHostAgent implements HostAgent {
    * and reports the final state before the exit.
    */
   onStateChange(listener: (change: StateChange) => Promise<void>): void {
-    this.changeListeners.push(listener);
+    this.reports.onStateChange(listener);
   }
 
   /** Called once for every swtpm that exits, for whatever reason, after its final state was reported. */
   onExit(listener: (exit: VtpmExit) => void): void {
-    this.exitListeners.push(listener);
+    this.reports.onExit(listener);
   }
 
   async close(): Promise<void> {
-    this.exitListeners.length = 0;
-    this.changeListeners.length = 0;
+    this.reports.close();
     for (const { watchers } of this.instances.values()) for (const watcher of watchers) watcher.abandonReports();
     for (const watchers of this.departed.values()) for (const watcher of watchers) watcher.abandonReports();
     this.instances.clear();

@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
+import { type RequestAnswer, requestContext } from '../audit/audit-log.js';
+import { AuditedKeyManager } from '../audit/audited-key-manager.js';
 import { NoValidHostError, StateConflictError } from '../errors.js';
+import type { StartRequest } from '../agent/host-agent.js';
+import { embeddedDatabase } from '../store/index.js';
+import { walCommits } from '../store/sqlite/wal-commits.js';
+import type { ControlPlane } from './control-plane.js';
 import { restoreGeneration } from './restore.js';
 import { startVtpm } from './start.js';
 import { ingestStateChange } from './state-ingest.js';
@@ -144,5 +150,85 @@ describe('start', () => {
     assert.equal(record.status, 'running');
     assert.ok(t.local.isRunning(vm));
     assert.ok(t.cp.vaultKeys.get(vm));
+  });
+});
+
+/**
+ * A start as the API runs it: the key manager records every read of a secret, and the request's own entry
+ * waits to be committed. What the host is asked is observed as the host sees it, when it is asked.
+ */
+async function startAsTheApiDoes(vm: string) {
+  const cp: ControlPlane = {
+    ...t.cp,
+    keys: new AuditedKeyManager(t.cp.keys, t.cp.audit, () => Promise.reject(new Error('no rotation here'))),
+  };
+  const answer: RequestAnswer = {
+    actor: alice,
+    succeeded: () => ({ operation: 'vtpm.start', vm, project: alice.project, result: 'ok', detail: { status: 200 } }),
+  };
+  const whenAsked: { status?: string; log?: string[] } = {};
+  const start = t.local.start.bind(t.local);
+  t.local.start = async (request: StartRequest) => {
+    whenAsked.status = (await row(t, vm)).status;
+    whenAsked.log = await operationsLogged(vm);
+    return start(request);
+  };
+  const commitsBefore = await walCommits(embeddedDatabase(t.dataDir));
+  const outcome = await requestContext
+    .run({ principal: alice, vm, project: alice.project, secretsRead: new Set(), answer }, () =>
+      startVtpm(cp, vm, alice),
+    )
+    .then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+  return { outcome, answer, whenAsked, commits: (await walCommits(embeddedDatabase(t.dataDir))) - commitsBefore };
+}
+
+async function operationsLogged(vm: string): Promise<string[]> {
+  return (await t.cp.audit.list({ vm, limit: 100 })).map((event) => `${event.operation} ${event.result}`).reverse();
+}
+
+describe('what a start writes', () => {
+  it('two commits: the claim with the audit of the secret read before swtpm runs, the end with the request entry', async () => {
+    const vm = await stoppedVtpm(t);
+    const before = await operationsLogged(vm);
+
+    const { outcome, answer, whenAsked, commits } = await startAsTheApiDoes(vm);
+
+    assert.equal(outcome, undefined);
+    assert.equal(commits, 2);
+    assert.equal(whenAsked.status, 'starting');
+    assert.deepEqual(whenAsked.log, [...before, 'secret.read ok']);
+    assert.deepEqual(await operationsLogged(vm), [...before, 'secret.read ok', 'vtpm.start ok']);
+    assert.equal(answer.committed?.operation, 'vtpm.start', 'the API has nothing left to add');
+    assert.equal((await row(t, vm)).status, 'running');
+  });
+
+  it('a launch that fails after the claim: stopped, the read recorded once, the request entry left to the API', async () => {
+    const vm = await stoppedVtpm(t);
+    const before = await operationsLogged(vm);
+    t.local.failNext('start');
+
+    const { outcome, answer, whenAsked } = await startAsTheApiDoes(vm);
+
+    assert.match(String(outcome), /start failed/);
+    assert.equal(whenAsked.status, 'starting');
+    await assertStoppedOnA(vm);
+    assert.deepEqual(await operationsLogged(vm), [...before, 'secret.read ok']);
+    assert.equal(answer.committed, undefined, 'the API records the failed answer itself');
+  });
+
+  it('a start refused before its claim reads no secret', async () => {
+    const vm = await stoppedVtpm(t);
+    await startVtpm(t.cp, vm, alice);
+    const before = await operationsLogged(vm);
+    await t.cp.store.vtpms.update(vm, { status: 'stopping' });
+
+    const { outcome, commits } = await startAsTheApiDoes(vm);
+
+    assert.ok(outcome instanceof StateConflictError);
+    assert.equal(commits, 0);
+    assert.deepEqual(await operationsLogged(vm), before);
   });
 });

@@ -26,6 +26,8 @@ export interface HostScope {
 interface Starting {
   record: VtpmRecord;
   origin: string;
+  /** Where it is to run: its own host, or the one the caller asked for. */
+  host: string;
   keep: (secret: Buffer) => Buffer;
   secret?: Buffer;
   tpm?: StateGeneration;
@@ -46,44 +48,35 @@ export async function startVtpm(
     }
     if (current.status === 'running')
       throw conflict(current, `vTPM ${current.vm} is already running on ${current.host}`);
-    const starting = await withKeptSecrets(async (keep) => {
-      const state: Starting = { record: current, origin: current.host, keep };
-      await runSteps({ operation: 'start', steps: startSteps(cp, scope), logger: cp.logger }, state);
-      return state;
-    });
+    // Before the secret is read: a start that cannot happen reads nothing.
+    if (current.status !== 'stopped')
+      throw conflict(current, `vTPM ${current.vm} is ${current.status}; only a stopped vTPM can be started`);
+    // What the start records (the secret's read) lands with its claim: one commit before swtpm runs, one after.
+    const starting = await withKeptSecrets((keep) =>
+      cp.audit.holding(async () => {
+        const state: Starting = { record: current, origin: current.host, host: current.host, keep };
+        await runSteps({ operation: 'start', steps: startSteps(cp, scope), logger: cp.logger }, state);
+        return state;
+      }),
+    );
     const started = starting.running ?? starting.record;
     cp.logger.info({ vm: started.vm, host: started.host }, 'vTPM started');
     return { ...toVtpmView(started), ...attachmentOf(cp, started) };
   });
 }
 
+/**
+ * The steps before the claim only read, so that the claim, the move to another host and the audit of the
+ * secret's read are one transaction; the start's end and the request's own audit entry are the other.
+ */
 function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
   return [
     {
-      // The launch is named before it happens: from now on only its reports and its exit count.
-      name: 'claim',
-      async run(s) {
-        const claimed = await cp.store.vtpms.update(s.record.vm, { status: 'starting', instance: randomUUID() }, [
-          'stopped',
-        ]);
-        if (!claimed)
-          throw conflict(s.record, `vTPM ${s.record.vm} is ${s.record.status}; only a stopped vTPM can be started`);
-        s.record = claimed;
-      },
-      undo: async (s) => {
-        await cp.store.vtpms.update(s.record.vm, { status: 'stopped', socket: null }, ['starting']);
-      },
-    },
-    {
       name: 'choose-host',
       async run(s) {
-        if (scope.host === undefined || scope.host === s.record.host) return;
+        if (scope.host === undefined || scope.host === s.origin) return;
         await cp.fleet.requireHostFor(specOf(s.record), scope.host);
-        s.record = (await cp.store.vtpms.update(s.record.vm, { host: scope.host }, ['starting'])) ?? s.record;
-        cp.logger.info({ vm: s.record.vm, host: scope.host }, 'vTPM moves to another host while stopped');
-      },
-      undo: async (s) => {
-        if (s.record.host !== s.origin) await cp.store.vtpms.update(s.record.vm, { host: s.origin }, ['starting']);
+        s.host = scope.host;
       },
     },
     {
@@ -100,6 +93,31 @@ function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
             vm: s.record.vm,
           });
         }
+      },
+    },
+    {
+      // The launch is named before it happens: from now on only its reports and its exit count.
+      name: 'claim',
+      async run(s) {
+        const moves = s.host !== s.origin;
+        const claimed = await cp.audit.transaction((store) =>
+          store.vtpms.update(
+            s.record.vm,
+            { status: 'starting', instance: randomUUID(), ...(moves && { host: s.host }) },
+            ['stopped'],
+          ),
+        );
+        if (!claimed) throw conflict(s.record, `vTPM ${s.record.vm} is no longer stopped (another process moved it)`);
+        s.record = claimed;
+        if (moves) cp.logger.info({ vm: s.record.vm, host: s.host }, 'vTPM moves to another host while stopped');
+      },
+      undo: async (s) => {
+        const moved = s.record.host !== s.origin;
+        await cp.store.vtpms.update(
+          s.record.vm,
+          { status: 'stopped', socket: null, ...(moved && { host: s.origin }) },
+          ['starting'],
+        );
       },
     },
     {
@@ -140,7 +158,10 @@ function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
     {
       name: 'mark-running',
       async run(s) {
-        s.running = await cp.store.vtpms.update(s.record.vm, { status: 'running', socket: s.socket! }, ['starting']);
+        s.running = await cp.audit.transaction(
+          (store) => store.vtpms.update(s.record.vm, { status: 'running', socket: s.socket! }, ['starting']),
+          { answer: true },
+        );
       },
     },
   ];

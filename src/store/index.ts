@@ -36,6 +36,7 @@ export type {
   AuditEvent,
   AuditRow,
   GenerationReason,
+  GenerationRecord,
   GenerationSummary,
   NewGeneration,
   NewVtpm,

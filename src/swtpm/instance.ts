@@ -5,14 +5,16 @@
  * VM outlives a restart of libvirtd; `--terminate` makes it exit when QEMU's
  * connection goes away, so a killed QEMU never leaves a TPM behind.
  */
-import { readFile, rm } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { EmulatorError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
+import type { HostCapabilities } from './capabilities.js';
 import { handOver, KEY_FD, spawnSwtpm } from './run-program.js';
 import { SWTPM_KEY_OPTION, stateKeyMaterial } from './state-key.js';
 import { socketAccepts } from './tpm-socket.js';
-import { describeExit, noteInVtpmLog, rotateVtpmLog } from './vtpm-log.js';
+import { describeExit, noteInVtpmLog, openVtpmLog } from './vtpm-log.js';
 
 export interface InstancePaths {
   stateDir: string;
@@ -54,33 +56,48 @@ export interface Confinement {
   seccomp: boolean;
 }
 
+/** How a host confines its swtpms: as `swtpmUser` when there is one, under seccomp when this swtpm has it. */
+export function hostConfinement(swtpmUser: { name: string } | undefined, capabilities: HostCapabilities): Confinement {
+  return { runAs: swtpmUser?.name, seccomp: capabilities.swtpm.features.includes('cmdarg-seccomp') };
+}
+
+/** `swtpm socket`'s arguments for a launch; the benchmarks' anchor starts swtpm with these very ones. */
+export function swtpmSocketArgs(
+  spec: TpmSpec,
+  paths: Pick<InstancePaths, 'stateDir' | 'socket' | 'pidFile'>,
+  confinement: Confinement,
+): string[] {
+  return [
+    'socket',
+    ...(spec.version === '2.0' ? ['--tpm2'] : []),
+    '--tpmstate',
+    `dir=${paths.stateDir},mode=0600`,
+    '--ctrl',
+    `type=unixio,path=${paths.socket},mode=0600`,
+    '--key',
+    SWTPM_KEY_OPTION,
+    '--pid',
+    `file=${paths.pidFile}`,
+    '--terminate',
+    ...(confinement.runAs ? ['--runas', confinement.runAs] : []),
+    ...(confinement.seccomp ? ['--seccomp', 'action=kill'] : []),
+  ];
+}
+
 export async function launchSwtpm(
   spec: TpmSpec,
   paths: InstancePaths,
   stateKey: Buffer,
   confinement: Confinement,
 ): Promise<SwtpmInstance> {
-  await rm(paths.socket, { force: true });
-  await rotateVtpmLog(paths.logFile);
-  await noteInVtpmLog(paths.logFile, `starting swtpm (TPM ${spec.version})`);
-  const { child, failure: spawnFailure } = spawnSwtpm(
-    [
-      'socket',
-      ...(spec.version === '2.0' ? ['--tpm2'] : []),
-      '--tpmstate',
-      `dir=${paths.stateDir},mode=0600`,
-      '--ctrl',
-      `type=unixio,path=${paths.socket},mode=0600`,
-      '--key',
-      SWTPM_KEY_OPTION,
-      '--pid',
-      `file=${paths.pidFile}`,
-      '--terminate',
-      ...(confinement.runAs ? ['--runas', confinement.runAs] : []),
-      ...(confinement.seccomp ? ['--seccomp', 'action=kill'] : []),
-    ],
-    { logFile: paths.logFile, pipeFds: [KEY_FD], detached: true },
-  );
+  // Synchronous, as the working copy's preparation: two calls on the local disk, not two thread-pool trips.
+  rmSync(paths.socket, { force: true });
+  openVtpmLog(paths.logFile, `starting swtpm (TPM ${spec.version})`);
+  const { child, failure: spawnFailure } = spawnSwtpm(swtpmSocketArgs(spec, paths, confinement), {
+    logFile: paths.logFile,
+    pipeFds: [KEY_FD],
+    detached: true,
+  });
   const exited = new Promise<ExitInfo>((resolve) =>
     child.once('exit', (code: number | null, signal: NodeJS.Signals | null) => resolve({ code, signal })),
   ).then(async (exit) => {
@@ -103,7 +120,8 @@ export async function launchSwtpm(
       );
     }
     if (await socketAccepts(paths.socket)) {
-      await noteInVtpmLog(paths.logFile, `swtpm ready, pid ${child.pid}`);
+      // Not waited for: a note cannot fail, and QEMU need not wait for it.
+      void noteInVtpmLog(paths.logFile, `swtpm ready, pid ${child.pid}`);
       return { pid: child.pid!, exited };
     }
     await Promise.race([

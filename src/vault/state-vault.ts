@@ -16,6 +16,7 @@ import { KEY_BYTES, open, seal } from '../keys/aead.js';
 import { withWipedSync } from '../keys/wiped.js';
 import {
   type GenerationReason,
+  type GenerationRecord,
   type GenerationSummary,
   STATE_KINDS,
   type StateKind,
@@ -126,6 +127,11 @@ export class StateVault {
   async read(vm: string, kind: StateKind, generation: number, vaultKey: Buffer): Promise<StateGeneration> {
     const record = await this.store.generations.get(vm, kind, generation);
     if (!record) throw new NotFoundError(`generation ${generation} (${kind}) of VM`, vm);
+    return this.openRecord(record, vaultKey);
+  }
+
+  private openRecord(record: GenerationRecord, vaultKey: Buffer): StateGeneration {
+    const { vm, kind, generation } = record;
     const what = `generation ${generation} (${kind}) of VM ${vm}`;
     const data = withWipedSync(open(vaultKey, record.wrapped_key, keyAad(vm, kind, generation), what), (dataKey) =>
       open(dataKey, record.ciphertext, dataAad(vm, kind, generation, record.previous_digest), what),
@@ -141,7 +147,8 @@ export class StateVault {
   async newest(vm: string, kind: StateKind, vaultKey: Buffer): Promise<StateGeneration | undefined> {
     const head = await this.store.generations.head(vm, kind);
     if (!head) return undefined;
-    const stored = (await this.store.generations.list(vm)).find((g) => g.kind === kind);
+    // The newest stored row itself, read once: it is both the check against the head and the state handed out.
+    const stored = await this.store.generations.newest(vm, kind);
     if (!stored || stored.generation !== head.generation) {
       throw new RollbackError(
         `the vault holds generation ${stored?.generation ?? 'none'} (${kind}) of VM ${vm} ` +
@@ -149,7 +156,7 @@ export class StateVault {
         { vm, kind, acknowledged: head.generation, found: stored?.generation ?? null },
       );
     }
-    const newest = await this.read(vm, kind, head.generation, vaultKey);
+    const newest = this.openRecord(stored, vaultKey);
     if (newest.digest !== head.digest) {
       throw new RollbackError(
         `generation ${head.generation} (${kind}) of VM ${vm} is not the one that was acknowledged`,

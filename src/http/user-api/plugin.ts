@@ -6,8 +6,8 @@
  */
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { isUuid, bearerToken } from '../../api/patterns.js';
-import { requestContext } from '../../audit/audit-log.js';
-import { RequestAudit } from '../../audit/request-audit.js';
+import { type AuditEntry, type RequestAnswer, requestContext } from '../../audit/audit-log.js';
+import { type AuditedRequest, RequestAudit } from '../../audit/request-audit.js';
 import type { Principal } from '../../auth/policy.js';
 import { authenticate } from '../../auth/tokens.js';
 import { UnauthenticatedError } from '../../errors.js';
@@ -26,6 +26,8 @@ declare module 'fastify' {
     actor: Principal | null;
     /** The project of the vTPM the request is about, as it was before the request. */
     vtpmProject: string | null;
+    /** What the audit log says of the request if it succeeds; its operation may commit that itself. */
+    auditAnswer: RequestAnswer | null;
   }
 }
 
@@ -40,6 +42,35 @@ function vmOf(request: FastifyRequest): string | undefined {
   return typeof candidate === 'string' && isUuid(candidate) ? candidate.toLowerCase() : undefined;
 }
 
+/** The status a route answers with when it succeeds: the first 2xx of its response schema. */
+function successStatus(request: FastifyRequest): number {
+  const statuses = Object.keys((request.routeOptions.schema?.response ?? {}) as object).map(Number);
+  return statuses.filter((status) => status >= 200 && status < 300).sort((a, b) => a - b)[0] ?? 200;
+}
+
+/** The audit entry of a state-changing request answered with `status`; never bodies. */
+function requestEntry(request: FastifyRequest, status: number, project: string | undefined): AuditedRequest {
+  const params = (request.params ?? {}) as Record<string, string | undefined>;
+  return {
+    // A check that changes nothing is not recorded as the change itself.
+    operation:
+      auditedOperation(request.method, request.routeOptions.url) +
+      ((request.query as { dry_run?: unknown } | undefined)?.dry_run === true ? '.dry_run' : ''),
+    vm: vmOf(request),
+    project,
+    result: request.failureCode ?? (status < 400 ? 'ok' : `http_${status}`),
+    detail: {
+      status,
+      // The route template only: a path a caller made up goes no further than `request.unrouted`.
+      ...(request.routeOptions.url !== undefined && { route: `${request.method} ${request.routeOptions.url}` }),
+      ...(params.name !== undefined && { user: params.name }),
+      ...(params.id !== undefined && { token: params.id }),
+    },
+  };
+}
+
+const sameEntry = (a: AuditEntry, b: AuditEntry) => JSON.stringify(a) === JSON.stringify(b);
+
 export function actorOf(request: FastifyRequest): Principal {
   if (!request.actor) throw new UnauthenticatedError();
   return request.actor;
@@ -49,6 +80,7 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
   const requestAudit = new RequestAudit(cp.store, cp.audit);
   app.decorateRequest('actor', null);
   app.decorateRequest('vtpmProject', null);
+  app.decorateRequest('auditAnswer', null);
   app.setNotFoundHandler(handleNotFound);
 
   app.addHook('onRoute', (route) => {
@@ -80,7 +112,11 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
     const creating = CREATING_ROUTES.has(request.routeOptions.url ?? '') ? principal : undefined;
     void requestAudit.projectOf(vm, creating).then((project) => {
       request.vtpmProject = project ?? null;
-      requestContext.run({ principal, vm, project, secretsRead: new Set() }, done);
+      const answer = changesState(request.method)
+        ? { actor: principal, succeeded: () => requestEntry(request, successStatus(request), project) }
+        : undefined;
+      request.auditAnswer = answer ?? null;
+      requestContext.run({ principal, vm, project, secretsRead: new Set(), answer }, done);
     });
   });
 
@@ -88,29 +124,13 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
   app.addHook('onSend', async (request, reply, payload) => {
     // A throttled request is not recorded one by one: a flood must not grow the audit log without bound.
     if (!changesState(request.method) || request.failureCode === 'too_many_requests') return payload;
-    const params = (request.params ?? {}) as Record<string, string | undefined>;
-    const vm = vmOf(request);
     // A create's vTPM exists only afterwards.
-    const project = request.vtpmProject ?? (await requestAudit.projectOf(vm, undefined));
-    await requestAudit.record(
-      {
-        // A check that changes nothing is not recorded as the change itself.
-        operation:
-          auditedOperation(request.method, request.routeOptions.url) +
-          ((request.query as { dry_run?: unknown } | undefined)?.dry_run === true ? '.dry_run' : ''),
-        vm,
-        project,
-        result: request.failureCode ?? (reply.statusCode < 400 ? 'ok' : `http_${reply.statusCode}`),
-        detail: {
-          status: reply.statusCode,
-          // The route template only: a path a caller made up goes no further than `request.unrouted`.
-          ...(request.routeOptions.url !== undefined && { route: `${request.method} ${request.routeOptions.url}` }),
-          ...(params.name !== undefined && { user: params.name }),
-          ...(params.id !== undefined && { token: params.id }),
-        },
-      },
-      request.actor,
-    );
+    const project = request.vtpmProject ?? (await requestAudit.projectOf(vmOf(request), undefined));
+    const entry = requestEntry(request, reply.statusCode, project);
+    // Committed with the operation's own last change: this very answer is in the log already.
+    const committed = request.auditAnswer?.committed;
+    if (committed && sameEntry(committed, entry)) return payload;
+    await requestAudit.record(entry, request.actor);
     return payload;
   });
 

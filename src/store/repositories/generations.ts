@@ -88,6 +88,19 @@ export class GenerationRepository {
     return row && decodeGeneration(row);
   }
 
+  /** The newest stored generation of a kind, whatever the head says (the vault checks one against the other). */
+  async newest(vm: string, kind: StateKind): Promise<GenerationRecord | undefined> {
+    const row = await this.db
+      .selectFrom('state_generations')
+      .selectAll()
+      .where('vm', '=', vm)
+      .where('kind', '=', kind)
+      .orderBy('generation', 'desc')
+      .limit(1)
+      .executeTakeFirst();
+    return row && decodeGeneration(row);
+  }
+
   /** Per kind, newest first. */
   async list(vm: string): Promise<GenerationSummary[]> {
     return this.db

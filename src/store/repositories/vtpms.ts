@@ -110,9 +110,9 @@ export class VtpmRepository {
   async update(vm: string, patch: VtpmPatch, from?: VtpmStatus[]): Promise<VtpmRecord | undefined> {
     let query = this.db.updateTable('vtpms').set(encodeVtpmPatch(patch, now())).where('vm', '=', vm);
     if (from !== undefined) query = query.where('status', 'in', from);
-    const result = await query.executeTakeFirst();
-    if (Number(result.numUpdatedRows) === 0) return undefined;
-    return this.get(vm);
+    // The row as the update left it, from the update itself: no second read, no window for another writer.
+    const row = await query.returningAll().executeTakeFirst();
+    return row && decodeVtpm(row);
   }
 
   async delete(vm: string): Promise<void> {
