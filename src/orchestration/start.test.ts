@@ -190,7 +190,7 @@ async function operationsLogged(vm: string): Promise<string[]> {
 }
 
 describe('what a start writes', () => {
-  it('two commits: the claim with the audit of the secret read before swtpm runs, the end with the request entry', async () => {
+  it('two commits: the claim with the secret read before swtpm runs, the end with the request entry', async () => {
     const vm = await stoppedVtpm(t);
     const before = await operationsLogged(vm);
 
@@ -205,7 +205,7 @@ describe('what a start writes', () => {
     assert.equal((await row(t, vm)).status, 'running');
   });
 
-  it('a launch that fails after the claim: stopped, the read recorded once, the request entry left to the API', async () => {
+  it('a launch that fails after the claim: stopped, the read recorded once, the request entry to the API', async () => {
     const vm = await stoppedVtpm(t);
     const before = await operationsLogged(vm);
     t.local.failNext('start');
