@@ -70,8 +70,18 @@ const attachmentFields = {
 export const Attachment = Type.Object(attachmentFields);
 export type Attachment = Static<typeof Attachment>;
 
-export const Started = Type.Object({ ...vtpmFields, ...attachmentFields });
+/** Start and stop are idempotent: asked for the state it is in, a vTPM is left as it is, and the answer says so. */
+const unchangedField = {
+  unchanged: Type.Optional(
+    Type.Literal(true, { description: 'the vTPM already was in the state asked for: nothing was done' }),
+  ),
+};
+
+export const Started = Type.Object({ ...vtpmFields, ...attachmentFields, ...unchangedField });
 export type Started = Static<typeof Started>;
+
+export const Stopped = Type.Object({ ...vtpmFields, ...unchangedField });
+export type Stopped = Static<typeof Stopped>;
 
 export const Migration = Type.Object({ ...vtpmFields, ...attachmentFields, from: Type.String(), to: Type.String() });
 export type Migration = Static<typeof Migration>;

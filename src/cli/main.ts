@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, type CommanderError, Option } from 'commander';
-import type { Attachment, EkCertificate, Started, VtpmList, VtpmView } from '../api/vtpms.js';
+import type { Attachment, EkCertificate, Started, Stopped, VtpmList, VtpmView } from '../api/vtpms.js';
 import { EXIT_CODES, InvalidArgumentError, VtpmError } from '../errors.js';
 import { SECRET_SECURITY_MODES } from '../tpm-spec/secret-security.js';
 import { TPM_MODELS, TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
@@ -133,6 +133,7 @@ withClientOptions(program.command('start'))
       `${vmPath(vm)}/start`,
       options.host === undefined ? undefined : { host: options.host },
     );
+    if (started.unchanged) process.stderr.write(`vtpm: ${vm} was already running on ${started.host}\n`);
     emit(command, started, () => `${showVtpm(started)}\n${showAttachment(started)}`);
   });
 
@@ -141,11 +142,15 @@ withClientOptions(program.command('stop'))
   .argument('<vm>', 'VM UUID')
   .option('--host <name>', 'only if it runs on this host')
   .action(async (vm: string, options: { host?: string }, command: Command) => {
-    const stopped = await (await client(command)).request<VtpmView>(
+    const stopped = await (await client(command)).request<Stopped>(
       'POST',
       `${vmPath(vm)}/stop`,
       options.host === undefined ? undefined : { host: options.host },
     );
+    if (stopped.unchanged) {
+      const where = options.host === undefined ? 'was not running' : `was not running on ${options.host}`;
+      process.stderr.write(`vtpm: ${vm} ${where}\n`);
+    }
     emit(command, stopped, () => showVtpm(stopped));
   });
 

@@ -142,14 +142,18 @@ describe('start', () => {
     ]);
   });
 
-  it('refuses a vTPM that is already running, and changes nothing', async () => {
+  it('already running: answered as it runs, unchanged, reading no secret; on another host: refused', async () => {
     const vm = await stoppedVtpm(t);
-    await startVtpm(t.cp, vm, alice);
-    await assert.rejects(startVtpm(t.cp, vm, alice), /already running/);
-    const record = await row(t, vm);
-    assert.equal(record.status, 'running');
+    const first = await startVtpm(t.cp, vm, alice);
+    assert.equal(first.unchanged, undefined);
+    // A read of the secret would fail.
+    t.keys.failNext('readSecret');
+    const again = await startVtpm(t.cp, vm, alice);
+    assert.deepEqual([again.unchanged, again.socket, again.host], [true, first.socket, first.host]);
+    t.keys.failNext('readSecret', 0);
+    await assert.rejects(startVtpm(t.cp, vm, alice, { host: 'host-b' }), { code: 'state_conflict' });
+    assert.deepEqual([(await row(t, vm)).status, (await row(t, vm)).host], ['running', first.host]);
     assert.ok(t.local.isRunning(vm));
-    assert.ok(t.cp.vaultKeys.get(vm));
   });
 });
 

@@ -46,8 +46,11 @@ export async function startVtpm(
     if (current.status === 'migrating' && scope.host !== undefined && scope.host === current.migrating_to) {
       return { ...toVtpmView(current), ...attachmentOf(cp, current, scope.host) };
     }
-    if (current.status === 'running')
-      throw conflict(current, `vTPM ${current.vm} is already running on ${current.host}`);
+    if (current.status === 'running') {
+      if (scope.host !== undefined && scope.host !== current.host)
+        throw conflict(current, `vTPM ${current.vm} is already running on ${current.host}, not ${scope.host}`);
+      return { ...toVtpmView(current), ...attachmentOf(cp, current), unchanged: true };
+    }
     // Before the secret is read: a start that cannot happen reads nothing.
     if (current.status !== 'stopped')
       throw conflict(current, `vTPM ${current.vm} is ${current.status}; only a stopped vTPM can be started`);

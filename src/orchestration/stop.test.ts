@@ -19,7 +19,9 @@ describe('stop', () => {
     t.local.working.set(vm, { tpm: Buffer.from('final') });
     const stopped = await stopVtpm(t.cp, vm, alice);
     await t.settle();
-    assert.equal(stopped.status, 'stopped');
+    assert.deepEqual([stopped.status, stopped.unchanged], ['stopped', undefined]);
+    const again = await stopVtpm(t.cp, vm, alice);
+    assert.deepEqual([again.status, again.unchanged], ['stopped', true]);
     const record = await row(t, vm);
     assert.equal(record.status, 'stopped');
     assert.equal(record.socket, null);

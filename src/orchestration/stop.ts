@@ -5,7 +5,7 @@
  * guest elsewhere. The destination of a migration under way stops its copy,
  * which abandons the migration.
  */
-import type { VtpmView } from '../api/vtpms.js';
+import type { Stopped } from '../api/vtpms.js';
 import type { Principal } from '../auth/policy.js';
 import type { ControlPlane } from './control-plane.js';
 import type { HostScope } from './start.js';
@@ -17,7 +17,7 @@ export async function stopVtpm(
   vm: string,
   actor: Principal,
   scope: HostScope = {},
-): Promise<VtpmView> {
+): Promise<Stopped> {
   return withVtpm(cp, vm, actor, { operation: 'operate', host: scope.host }, async (current) => {
     if (current.status === 'migrating') {
       // The swtpm exits settle a migration: the destination's QEMU leaving abandons it, the source's completes it.
@@ -31,8 +31,8 @@ export async function stopVtpm(
       if (scope.host === current.migrating_to) await cp.fleet.agentFor(scope.host).stop(current.vm);
       return toVtpmView(current);
     }
-    if (scope.host !== undefined && scope.host !== current.host) return toVtpmView(current);
-    if (current.status === 'stopped') return toVtpmView(current);
+    if (scope.host !== undefined && scope.host !== current.host) return { ...toVtpmView(current), unchanged: true };
+    if (current.status === 'stopped') return { ...toVtpmView(current), unchanged: true };
     const state = { stopped: current };
     const steps = [
       {

@@ -188,18 +188,24 @@ describe('lifecycle', () => {
     assert.ok(!existsSync(started.socket), 'the socket outlived the vTPM');
   });
 
-  it('refuses to start a running vTPM and to delete it without --force', async () => {
+  it('start and stop are idempotent, saying so; a running vTPM is not deleted without --force', async () => {
     const vm = randomUUID();
     await context.service.json('create', '--vm', vm, '--version', '2.0');
-    await context.service.json('start', vm);
+    const started = await context.service.json<{ socket: string }>('start', vm);
     const again = await context.service.cli('start', vm);
-    assert.equal(again.code, EXIT.conflict);
+    assert.equal(again.code, 0);
     assert.match(again.stderr, /already running/);
+    assert.match(again.stdout, new RegExp(started.socket));
+    const elsewhere = await context.service.cli('start', vm, '--host', 'no-such-host');
+    assert.equal(elsewhere.code, EXIT.conflict);
     const remove = await context.service.cli('delete', vm);
     assert.equal(remove.code, EXIT.conflict);
     assert.match(remove.stderr, /--force/);
     assert.equal((await context.service.json<VtpmJson>('show', vm)).status, 'running');
-    assert.equal((await context.service.cli('delete', '--force', '--yes', vm)).code, 0);
+    assert.equal((await context.service.cli('stop', vm)).code, 0);
+    const stopAgain = await context.service.cli('stop', vm);
+    assert.deepEqual([stopAgain.code, /was not running/.test(stopAgain.stderr)], [0, true]);
+    assert.equal((await context.service.cli('delete', '--yes', vm)).code, 0);
     assert.equal((await context.service.cli('show', vm)).code, EXIT.notFound);
   });
 

@@ -13,6 +13,7 @@ import {
   MigrateBody,
   Migration,
   Started,
+  Stopped,
   UpdateBody,
   VmParams,
   Vtpm,
@@ -123,7 +124,8 @@ export function registerVtpmRoutes(app: FastifyInstance, cp: ControlPlane): void
       schema: {
         summary:
           'Start the vTPM; an optional body {"host": NAME} starts it on that host (a stopped vTPM may change hosts). ' +
-          'Returns the socket and how to attach QEMU or libvirt to it',
+          'Returns the socket and how to attach QEMU or libvirt to it. A vTPM already running there is answered as ' +
+          'it is, with unchanged: true; a stop of a stopped one likewise',
         tags: ['vtpms'],
         params: VmParams,
         response: { 200: Started, ...errors(400, 401, 403, 404, 409, 500) },
@@ -139,7 +141,7 @@ export function registerVtpmRoutes(app: FastifyInstance, cp: ControlPlane): void
         summary: 'Stop the vTPM; an optional body {"host": NAME} stops it only if it runs there',
         tags: ['vtpms'],
         params: VmParams,
-        response: { 200: vtpm, ...errors(400, 401, 403, 404, 409) },
+        response: { 200: Stopped, ...errors(400, 401, 403, 404, 409) },
       },
     },
     async (request) => stopVtpm(cp, request.params.vm, actorOf(request), hostScopeOf(request.body)),
