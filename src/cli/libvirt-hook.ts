@@ -11,7 +11,7 @@ import { VtpmError } from '../errors.js';
 import { parseDomain } from '../hypervisor/libvirt-domain.js';
 import { HOOK_TIMEOUT_MS, hookAction, hookMayAct } from '../hypervisor/libvirt-hook.js';
 import { ApiClient, RemoteError } from '../api/client.js';
-import { readOwnerOnlyFile } from '../keys/files.js';
+import { readOwnerOnlyFile } from '../keys/owner-only-file.js';
 import { defaultDataDir, defaultRunDir, defaultUrl } from './defaults.js';
 
 async function main(): Promise<number> {

@@ -4,7 +4,7 @@
  * Taken from the environment, it is removed from it, so no child inherits it.
  */
 import { InvalidArgumentError } from '../../errors.js';
-import { readOwnerOnlyFile } from '../files.js';
+import { readOwnerOnlyFile } from '../owner-only-file.js';
 
 export const PIN_ENVIRONMENT = 'VTPM_PKCS11_PIN';
 
