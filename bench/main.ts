@@ -12,6 +12,7 @@ import { runProvisionBenchmark } from './provision.js';
 import { runStartBenchmark } from './start.js';
 import { runSyncBenchmark } from './sync.js';
 import { runThroughputBenchmark } from './throughput.js';
+import { runVirshStartBenchmark } from './virsh-start.js';
 
 const scenarios: Record<string, (args: string[]) => Promise<{ table: string; results: unknown }>> = {
   sync: runSyncBenchmark,
@@ -21,6 +22,7 @@ const scenarios: Record<string, (args: string[]) => Promise<{ table: string; res
   throughput: runThroughputBenchmark,
   api: runControlPlaneBenchmark,
   load: runLoadBenchmark,
+  virsh: runVirshStartBenchmark,
 };
 
 const [name = 'sync', ...args] = process.argv.slice(2);
