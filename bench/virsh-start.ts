@@ -18,7 +18,7 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { copyFile, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { buildInitramfs, findKernel } from '../test/e2e/support/guest.js';
@@ -35,6 +35,9 @@ import { table } from './stats.js';
 
 const exec = promisify(execFile);
 const DEFAULT_ROUNDS = 6;
+const HOOK_CALLS = 20;
+/** What libvirtd gives a hook: a clean environment (the script sets its own PATH). */
+const HOOK_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' };
 const HOST_NAME = 'vtpm-bench-virsh';
 const KINDS = ['no TPM', 'emulator backend', 'vtpm-manager'] as const;
 type Kind = (typeof KINDS)[number];
@@ -77,6 +80,41 @@ async function untilGone(pids: number[]): Promise<void> {
     }
   };
   while (pids.some(alive)) await delay(20);
+}
+
+/** Runs `script` as libvirtd would, the domain XML on its stdin; resolves with its wall time once it exits 0. */
+function hookCall(script: string, args: string[], xml: string): Promise<number> {
+  const begin = performance.now();
+  return new Promise((resolve, reject) => {
+    const child = execFile('sh', [script, ...args], { env: HOOK_ENV }, (error, _stdout, stderr) =>
+      error ? reject(new Error(`${args.join(' ')}: ${stderr || error.message}`)) : resolve(performance.now() - begin),
+    );
+    child.stdin!.end(xml);
+  });
+}
+
+/**
+ * The installed hook alone, each call as libvirtd makes it (prepare begin starts a vTPM, release end stops it),
+ * against an empty hook that reads its input: what a hook costs at the least.
+ */
+async function hookCallsAlone(hookPath: string, xmls: Map<Kind, string>): Promise<Map<string, number[]>> {
+  const empty = join(dirname(hookPath), 'empty-hook');
+  await writeFile(empty, '#!/bin/sh\ncat >/dev/null\n', { mode: 0o755 });
+  const calls = new Map<string, number[]>();
+  const note = (key: string, ms: number) => calls.set(key, [...(calls.get(key) ?? []), ms]);
+  for (let i = 0; i < HOOK_CALLS; i += 1) {
+    for (const [kind, xml] of xmls) {
+      for (const call of [
+        ['prepare', 'begin'],
+        ['release', 'end'],
+      ]) {
+        note(`empty hook|${call.join(' ')}`, await hookCall(empty, ['d', ...call, '-'], xml));
+        note(`${kind}|${call.join(' ')}`, await hookCall(hookPath, [`bench-${i}`, ...call, '-'], xml));
+      }
+    }
+  }
+  await rm(empty);
+  return calls;
 }
 
 export async function runVirshStartBenchmark(args: string[]): Promise<{ table: string; results: unknown }> {
@@ -171,6 +209,9 @@ export async function runVirshStartBenchmark(args: string[]): Promise<{ table: s
     definitions.set('vtpm-manager', await host!.virsh('dumpxml', '--inactive', vtpmDomain.name));
     // First starts: libvirt's swtpm_setup for the emulator backend, QEMU's first run of each domain.
     for (const kind of KINDS) await run(kind);
+    const xmls = new Map<Kind, string>();
+    for (const kind of KINDS) xmls.set(kind, await host!.virsh('dumpxml', domains.get(kind)!.name));
+    const hookCalls = await hookCallsAlone(join(hooksDir, 'qemu'), xmls);
     for (let round = 0; round < rounds; round += 1) {
       // Alternating which state goes first: neither always follows a fresh restart of the other.
       for (const next of round % 2 === 0 ? (['unhooked', 'hooked'] as const) : (['hooked', 'unhooked'] as const)) {
@@ -190,7 +231,7 @@ export async function runVirshStartBenchmark(args: string[]): Promise<{ table: s
     }
     await stopHost(state);
     host = undefined;
-    return report(samples);
+    return report(samples, hookCalls);
   } finally {
     await host?.stop();
     await rm(hooksDir, { recursive: true, force: true });
@@ -200,7 +241,7 @@ export async function runVirshStartBenchmark(args: string[]): Promise<{ table: s
   }
 }
 
-function report(samples: Map<string, Samples>): { table: string; results: unknown } {
+function report(samples: Map<string, Samples>, hookCalls: Map<string, number[]>): { table: string; results: unknown } {
   const get = (kind: Kind, state: HostState) => samples.get(`${kind}|${state}`)!;
   const ms = (value: number) => `${value.toFixed(0)} ms`;
   const rows: Array<Record<string, string | number>> = [];
@@ -227,5 +268,23 @@ function report(samples: Map<string, Samples>): { table: string; results: unknow
       }
     }
   }
-  return { table: table(rows), results: Object.fromEntries(samples) };
+  const tenths = (value: number) => `${value.toFixed(1)} ms`;
+  const calls: Array<Record<string, string | number>> = [];
+  for (const [key, values] of hookCalls) {
+    const [kind, call] = key.split('|') as [string, string];
+    const empty = quantile(hookCalls.get(`empty hook|${call}`)!, 0.5);
+    calls.push({
+      'hook call alone': call,
+      domain: kind,
+      n: values.length,
+      p50: tenths(quantile(values, 0.5)),
+      p90: tenths(quantile(values, 0.9)),
+      max: tenths(Math.max(...values)),
+      'p50 - empty hook': tenths(quantile(values, 0.5) - empty),
+    });
+  }
+  return {
+    table: `${table(rows)}\n\n${table(calls)}`,
+    results: { virsh: Object.fromEntries(samples), hook_calls_ms: Object.fromEntries(hookCalls) },
+  };
 }
