@@ -13,6 +13,7 @@ import { runProvisionBenchmark } from './provision.js';
 import { runStartBenchmark } from './start.js';
 import { runSyncBenchmark } from './sync.js';
 import { runThroughputBenchmark } from './throughput.js';
+import { runVirshStartBenchmark } from './virsh-start.js';
 
 const scenarios: Record<string, (args: string[]) => Promise<{ table: string; results: unknown }>> = {
   sync: runSyncBenchmark,
@@ -23,6 +24,7 @@ const scenarios: Record<string, (args: string[]) => Promise<{ table: string; res
   api: runControlPlaneBenchmark,
   load: runLoadBenchmark,
   cli: runCliBenchmark,
+  virsh: runVirshStartBenchmark,
 };
 
 const [name = 'sync', ...args] = process.argv.slice(2);

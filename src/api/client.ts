@@ -4,7 +4,6 @@
  */
 import { readFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import {
   InvalidArgumentError,
   UnauthenticatedError,
@@ -13,7 +12,7 @@ import {
   type ErrorDetails,
 } from '../errors.js';
 import { adminTokenPath } from '../auth/admin-token-path.js';
-import { readOwnerOnlyFile } from '../keys/files.js';
+import { readOwnerOnlyFile } from '../keys/owner-only-file.js';
 import { requireSecureUrl } from './secure-url.js';
 
 /** An error the server reported, carrying the server's own code and status. */
@@ -50,9 +49,11 @@ interface Outgoing {
 }
 
 /** One request over http or https, verifying the server's certificate (against `ca` when given). */
-function send(url: string, outgoing: Outgoing): Promise<{ status: number; text: string }> {
+async function send(url: string, outgoing: Outgoing): Promise<{ status: number; text: string }> {
+  const target = new URL(url);
+  // Loaded only for TLS: the libvirt hook on loopback would pay for node:https and its crypto on every call.
+  const https = target.protocol === 'https:' ? await import('node:https') : undefined;
   return new Promise((resolve, reject) => {
-    const target = new URL(url);
     const options = {
       method: outgoing.method,
       headers: outgoing.headers,
@@ -64,10 +65,9 @@ function send(url: string, outgoing: Outgoing): Promise<{ status: number; text: 
       response.on('end', () => resolve({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString() }));
       response.on('error', reject);
     };
-    const request =
-      target.protocol === 'https:'
-        ? httpsRequest(target, { ...options, ...(outgoing.ca && { ca: outgoing.ca }) }, onResponse)
-        : httpRequest(target, options, onResponse);
+    const request = https
+      ? https.request(target, { ...options, ...(outgoing.ca && { ca: outgoing.ca }) }, onResponse)
+      : httpRequest(target, options, onResponse);
     request.on('error', reject);
     request.end(outgoing.body);
   });

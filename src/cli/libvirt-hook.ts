@@ -6,18 +6,19 @@
  *
  * Called as: qemu DOMAIN OPERATION SUB-OPERATION EXTRA, domain XML on stdin.
  */
-import { text } from 'node:stream/consumers';
+import { readFileSync } from 'node:fs';
 import { VtpmError } from '../errors.js';
 import { parseDomain } from '../hypervisor/libvirt-domain.js';
 import { HOOK_TIMEOUT_MS, hookAction, hookMayAct } from '../hypervisor/libvirt-hook.js';
 import { ApiClient, RemoteError } from '../api/client.js';
-import { readOwnerOnlyFile } from '../keys/files.js';
+import { readOwnerOnlyFile } from '../keys/owner-only-file.js';
 import { defaultDataDir, defaultRunDir, defaultUrl } from './defaults.js';
 
 async function main(): Promise<number> {
   const [domainName = '?', operation = '', subOperation = ''] = process.argv.slice(2);
-  // libvirt writes the XML for every operation; read it all so that it never meets a closed pipe.
-  const xml = await text(process.stdin);
+  // Read all of it, so that the writer never meets a closed pipe. Read from fd 0 directly: process.stdin would set up
+  // a stream on the pipe, which costs each call; the hook script's pipe is blocking, so the read ends at its end.
+  const xml = readFileSync(0, 'utf8');
   if (!hookMayAct(operation, subOperation)) return 0;
   const dataDir = defaultDataDir();
   let domain;

@@ -5,7 +5,8 @@
  * libvirt itself formatted, so that everything else stays byte for byte.
  */
 import { dirname } from 'node:path';
-import { XMLParser } from 'fast-xml-parser';
+// The parser alone (xml-parser.d.ts): the package's main module loads its builder too.
+import XMLParser from 'fast-xml-parser/src/xmlparser/XMLParser.js';
 import { InvalidArgumentError } from '../errors.js';
 
 interface DomainTpm {

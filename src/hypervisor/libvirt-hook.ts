@@ -63,9 +63,22 @@ export interface HookSettings {
 }
 
 /**
- * The hook script. Calls the hook never acts on return before Node starts. If the program is gone (vtpm-manager
- * uninstalled, or the checkout npm linked it from moved), only the starts of domains that use a vtpm-manager
- * socket fail, with a message saying so; every other domain is left alone.
+ * What of `${socketDir}/` libvirt's XML holds as it is: libvirt writes &, <, >, ' and " (and control characters)
+ * in an attribute escaped, so the text the script looks for ends before the first of them. Any XML whose TPM
+ * socket is in `socketDir` contains it: the script's check lets through every domain the program's parse acts on.
+ */
+function socketDirText(socketDir: string): string {
+  const text = `${socketDir}/`;
+  const escaped = text.search(/[&<>'"\p{Cc}]/u);
+  return escaped === -1 ? text : text.slice(0, escaped);
+}
+
+/**
+ * The hook script. Calls the hook never acts on, and domains whose XML does not name the vTPM socket directory,
+ * return before Node starts: libvirtd waits for every call. The program gets the XML byte for byte and decides
+ * by its parse; the script's text match only spares it the calls that cannot concern it. If the program is gone
+ * (vtpm-manager uninstalled, or the checkout npm linked it from moved), only the starts of domains that use a
+ * vtpm-manager socket fail, with a message saying so; every other domain is left alone.
  */
 export function hookScript(options: HookSettings): string {
   const settings = [
@@ -86,18 +99,20 @@ export function hookScript(options: HookSettings): string {
     '# Installed by `vtpm libvirt install-hook`, removed by `vtpm libvirt uninstall-hook`: starts the vTPM of a',
     '# domain whose <tpm> is a vtpm-manager socket before QEMU starts, and stops it once QEMU has gone.',
     `case "$2 $3" in ${acting}) ;; *) exec cat >/dev/null ;; esac`,
+    '# The domain XML as libvirt wrote it: $(cat) alone would drop its last newlines.',
+    'xml=$(cat; echo .)',
+    `xml=\${xml%.}`,
+    `case "$xml" in *${quote(socketDirText(options.socketDir))}*) ;; *) exit 0 ;; esac`,
     `export PATH=${quote(`${dirname(options.program)}:${options.nodeDir}`)}:${SYSTEM_PATH}`,
     ...settings.map((setting) => `export ${setting}`),
     `program=${quote(options.program)}`,
     'if [ ! -x "$program" ]; then',
-    '  xml=$(cat)',
-    '  case "$xml" in *"$VTPM_HOOK_SOCKET_DIR/"*) ;; *) exit 0 ;; esac',
     '  echo "vtpm-manager: cannot act for libvirt domain $1: $program is gone (vtpm-manager uninstalled or moved):' +
       ' install vtpm-manager again (npm install -g), or remove this hook (vtpm libvirt uninstall-hook)" >&2',
     '  [ "$2" = release ] && exit 0',
     '  exit 1',
     'fi',
-    'exec "$program" "$@"',
+    `printf '%s' "$xml" | exec "$program" "$@"`,
     '',
   ].join('\n');
 }

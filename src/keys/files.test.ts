@@ -12,7 +12,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { readOwnerOnlyFile, removeLeftoverTemporaries } from './files.js';
+import { removeLeftoverTemporaries } from './files.js';
+import { readOwnerOnlyFile } from './owner-only-file.js';
 
 const run = promisify(execFile);
 const TRACED = 'openat,close,fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ApiClient } from '../../api/client.js';
 import { requireSecureUrl } from '../../api/secure-url.js';
-import { readOwnerOnlyFile } from '../../keys/files.js';
+import { readOwnerOnlyFile } from '../../keys/owner-only-file.js';
 import { type DataDirLock, lockDataDir } from '../data-dir-lock.js';
 import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../host-setup.js';
 import { LocalHostAgent } from '../local-host-agent.js';

@@ -4,7 +4,7 @@
  * Taken from the environment, it is removed from it, so no child inherits it.
  */
 import { InvalidArgumentError } from '../../errors.js';
-import { readOwnerOnlyFile } from '../files.js';
+import { readOwnerOnlyFile } from '../owner-only-file.js';
 import { PIN_ENVIRONMENT } from '../settings.js';
 
 export async function readPin(pinFile: string | undefined): Promise<string> {
