@@ -5,6 +5,7 @@
  * process at that address, not about options it does not have).
  */
 import assert from 'node:assert/strict';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { describe, it } from 'node:test';
 import { UnreachableError } from '../errors.js';
@@ -50,6 +51,31 @@ describe('an unreachable server', () => {
       client.request('POST', '/agent/v1/vtpms/x/start'),
       (e: unknown) =>
         e instanceof UnreachableError && /ECONNREFUSED.*vtpm agent/.test(e.message) && !/--url/.test(e.message),
+    );
+  });
+  it('speaks https to a plain HTTP server: the hint says no TLS is there, not that nothing runs', async () => {
+    const server = createHttpServer((_request, response) => response.end('{}'));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as { port: number };
+      const client = await ApiClient.connect({ url: `https://127.0.0.1:${port}`, token: 't', dataDir: '/nonexistent' });
+      await assert.rejects(
+        client.request('GET', '/v1/vtpms'),
+        (e: unknown) => e instanceof UnreachableError && /EPROTO.*nothing speaks TLS there/.test(e.message),
+      );
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it("is the libvirt hook's: its own hint, not the CLI's", async () => {
+    const url = `http://127.0.0.1:${await closedPort()}`;
+    const unreachableHint = 'the hook calls the URL it was installed with';
+    const client = await ApiClient.connect({ url, token: 't', dataDir: '/nonexistent', unreachableHint });
+    await assert.rejects(
+      client.request('GET', '/v1/vtpms'),
+      (e: unknown) =>
+        e instanceof UnreachableError && e.message.endsWith(unreachableHint) && !/--url or/.test(e.message),
     );
   });
 });

@@ -38,6 +38,8 @@ export interface ClientOptions {
   timeoutMs?: number | undefined;
   /** PEM file of the CA that issued the control plane's TLS certificate, when the system's CAs did not. */
   caFile?: string | undefined;
+  /** What to tell the user when the control plane cannot be reached; the CLI's names --url. */
+  unreachableHint?: string | undefined;
 }
 
 interface Outgoing {
@@ -105,7 +107,7 @@ export class ApiClient {
           throw new InvalidArgumentError('--ca-file', 'a readable PEM file with the CA certificate', caFile);
         })
       : undefined;
-    const hint = 'is `vtpm serve` running? Set --url or VTPM_URL';
+    const hint = options.unreachableHint ?? 'is `vtpm serve` running? Set --url or VTPM_URL';
     return new ApiClient(options.url.replace(/\/+$/, ''), token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca, hint);
   }
 
@@ -150,7 +152,9 @@ export class ApiClient {
         code !== undefined && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS/.test(code)
           ? 'its TLS certificate is not one this client trusts: ' +
             'pass --ca-file or set VTPM_CA_FILE to the CA that issued it'
-          : this.unreachableHint;
+          : code === 'EPROTO'
+            ? `nothing speaks TLS there: use http:// for a service without --tls-cert, or start it with --tls-cert`
+            : this.unreachableHint;
       throw new UnreachableError(`cannot reach vtpm-manager at ${this.url} (${cause}): ${hint}`, { url: this.url });
     }
     const text = response.text;

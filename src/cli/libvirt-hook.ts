@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { VtpmError } from '../errors.js';
 import { parseDomain } from '../hypervisor/libvirt-domain.js';
 import { HOOK_TIMEOUT_MS, hookAction, hookMayAct } from '../hypervisor/libvirt-hook.js';
-import { ApiClient, RemoteError } from '../api/client.js';
+import { ApiClient } from '../api/client.js';
 import { readOwnerOnlyFile } from '../keys/owner-only-file.js';
 import { defaultDataDir, defaultRunDir, defaultUrl } from './defaults.js';
 
@@ -43,7 +43,14 @@ async function main(): Promise<number> {
   const token = tokenFile
     ? (await readOwnerOnlyFile(tokenFile, 'VTPM_TOKEN_FILE', "the hook's API token")).trim()
     : undefined;
-  const api = await ApiClient.connect({ url: defaultUrl(), dataDir, timeoutMs, token });
+  const api = await ApiClient.connect({
+    url: defaultUrl(),
+    dataDir,
+    timeoutMs,
+    token,
+    unreachableHint:
+      'is `vtpm serve` running? (the hook calls the URL it was installed with: vtpm libvirt install-hook --url)',
+  });
   const path = `/v1/vtpms/${encodeURIComponent(action.vm)}`;
   const what = `the vTPM of libvirt domain ${domainName} (VM ${action.vm})`;
   const scope = process.env.VTPM_HOOK_HOST ? { host: process.env.VTPM_HOOK_HOST } : undefined;
@@ -66,21 +73,12 @@ async function main(): Promise<number> {
     return 0;
   }
   if (action.kind === 'start') {
+    // A retried prepare of a vTPM already running on this host succeeds: a start of a running vTPM is one.
     try {
       await api.request('POST', `${path}/start`, scope);
     } catch (error) {
-      // libvirt may run prepare again for a vTPM this hook already started (a retried start): running is what it needs.
-      const alreadyRunning =
-        error instanceof RemoteError &&
-        error.code === 'state_conflict' &&
-        (await api.request<{ status: string; host: string }>('GET', path).then(
-          (v) => v.status === 'running' && (!scope || v.host === scope.host),
-          () => false,
-        ));
-      if (!alreadyRunning) {
-        process.stderr.write(`vtpm-manager: cannot start ${what}: ${message(error)}\n`);
-        return 1;
-      }
+      process.stderr.write(`vtpm-manager: cannot start ${what}: ${message(error)}\n`);
+      return 1;
     }
     return 0;
   }
