@@ -44,7 +44,7 @@ const ALLOWED_SOURCES = [
   /^errors\.js$/,
   /^tpm-spec\/(tpm-spec|secret-security)\.js$/,
   /^auth\/(policy|admin-token-path)\.js$/,
-  /^keys\/(files|settings)\.js$/,
+  /^keys\/(owner-only-file|settings)\.js$/,
   /^vault\/retention\.js$/,
   /^hypervisor\/libvirt-uri\.js$/,
   /^swtpm\/ca-name\.js$/,
