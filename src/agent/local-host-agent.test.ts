@@ -105,3 +105,29 @@ describe('LocalHostAgent after a restart', () => {
     }
   });
 });
+
+describe('LocalHostAgent.destroy', () => {
+  it("removes a vTPM's working copy, its log and the log's rotated file", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vtpm-agent-destroy-'));
+    dirs.push(dir);
+    const [dataDir, runDir] = [join(dir, 'data'), join(dir, 'run')];
+    await mkdir(runDir, { recursive: true });
+    const { vm } = await leftBehind(dataDir, runDir, 'exited');
+    const agent = await LocalHostAgent.open({
+      dataDir,
+      runDir,
+      scratchDir: join(dir, 'scratch'),
+      logger: pino({ level: 'silent' }),
+      hostName: 'host-b',
+    });
+    try {
+      await mkdir(join(dataDir, 'log'), { recursive: true });
+      const logs = [join(dataDir, 'log', `${vm}.log`), join(dataDir, 'log', `${vm}.log.1`)];
+      for (const log of logs) await writeFile(log, 'swtpm said\n');
+      await agent.destroy(vm);
+      for (const path of [...logs, join(dataDir, 'tpm', vm)]) assert.equal(existsSync(path), false, `${path} is left`);
+    } finally {
+      await agent.close();
+    }
+  });
+});

@@ -370,7 +370,8 @@ export class LocalHostAgent implements HostAgent {
       });
     const { stateDir, logFile } = this.paths(vm);
     await removeWorkingCopy({ stateDir, nvram: this.devicePaths(vm).nvram });
-    await removeFile(logFile);
+    // With the one older file its rotation keeps: nothing of an erased vTPM stays behind.
+    for (const file of [logFile, `${logFile}.1`]) await removeFile(file);
     await this.removeRuntimeFiles(vm);
   }
 
