@@ -7,13 +7,12 @@
  * and under the run directory: <vm>.sock and the launch's files (launch-files.ts)
  */
 import { existsSync } from 'node:fs';
-import { readFile, readdir, rm } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { HostSetupError, StateConflictError, UnreachableError } from '../errors.js';
-import { ovmfVarsTemplate } from '../hypervisor/ovmf.js';
+import { StateConflictError, UnreachableError } from '../errors.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import type { StateKind } from '../store/index.js';
 import { probeCapabilities, traitsOf } from '../swtpm/capabilities.js';
@@ -27,10 +26,6 @@ import {
   type InstancePaths,
   type SwtpmInstance,
 } from '../swtpm/instance.js';
-import { adoptState } from '../swtpm/adopt.js';
-import { issueEkCertificates } from '../swtpm/issue-ek-certificates.js';
-import { manufactureTpm } from '../swtpm/manufacture.js';
-import { stateLoads } from '../swtpm/state-check.js';
 import { stateFileName } from '../swtpm/state-file.js';
 import {
   devicePathsIn,
@@ -52,6 +47,7 @@ import { prepareHostDirectories, type SystemGroup, type SystemUser } from './hos
 import { LaunchFiles, type Lineages } from './launch-files.js';
 import type { StateWatcher } from './state-watcher.js';
 import { LaunchReports } from './launch-reports.js';
+import { Manufacturing } from './manufacturing.js';
 import { prepareWorkingCopy, readWorkingCopy, removeFile, removeWorkingCopy, shareWithQemu } from './working-copy.js';
 
 export interface LocalHostAgentOptions {
@@ -96,6 +92,7 @@ export class LocalHostAgent implements HostAgent {
   private readonly departed = new Map<string, StateWatcher[]>();
   private readonly launches: LaunchFiles;
   private readonly reports: LaunchReports;
+  private readonly manufacturing: Manufacturing;
 
   private constructor(
     private readonly options: LocalHostAgentOptions,
@@ -105,6 +102,7 @@ export class LocalHostAgent implements HostAgent {
     this.hostName = description.name;
     this.launches = new LaunchFiles(options.runDir);
     this.reports = new LaunchReports(this.hostName, options.logger);
+    this.manufacturing = new Manufacturing({ ...options, hostName: this.hostName });
   }
 
   static async open(options: LocalHostAgentOptions): Promise<LocalHostAgent> {
@@ -233,56 +231,15 @@ export class LocalHostAgent implements HostAgent {
       throw new StateConflictError(
         `vTPM ${request.vm} is running on ${this.hostName}; it cannot be manufactured again`,
       );
-    const { stateDir } = this.paths(request.vm);
-    const authority = this.certificateAuthority();
-    await rm(stateDir, { recursive: true, force: true });
-    try {
-      const ekCertificates = await manufactureTpm({
-        vm: request.vm,
-        spec: request.spec,
-        stateDir,
-        stateKey: request.stateKey,
-        authority,
-        scratchRoot: this.options.scratchDir,
-        background: request.background ?? false,
-      });
-      return { ekCertificates, state: await readFile(join(stateDir, stateFileName(request.spec))) };
-    } finally {
-      await rm(stateDir, { recursive: true, force: true });
-    }
+    return this.manufacturing.manufacture(request, this.paths(request.vm).stateDir);
   }
 
   issueEkCertificates(request: IssueRequest): Promise<ManufacturedVtpm> {
-    return issueEkCertificates({
-      vm: request.vm,
-      spec: request.spec,
-      state: request.tpm.state,
-      stateKey: request.stateKey,
-      ekCertificates: request.tpm.ekCertificates,
-      authority: this.certificateAuthority(),
-      scratchRoot: this.options.scratchDir,
-    });
+    return this.manufacturing.issueEkCertificates(request);
   }
 
-  private certificateAuthority(): CertificateAuthority {
-    const authority = this.options.authority;
-    if (!authority)
-      throw new HostSetupError(
-        `host ${this.hostName} runs vTPMs but does not manufacture them: the control plane's host does`,
-      );
-    return authority;
-  }
-
-  async defaultVariableStore(secureBoot: boolean): Promise<Buffer> {
-    const template = ovmfVarsTemplate(secureBoot);
-    try {
-      return await readFile(template);
-    } catch {
-      throw new HostSetupError(
-        `the UEFI variable store template ${template} is missing on ${this.hostName}; install the Debian package ovmf`,
-        { template },
-      );
-    }
+  defaultVariableStore(secureBoot: boolean): Promise<Buffer> {
+    return this.manufacturing.defaultVariableStore(secureBoot);
   }
 
   async start(request: StartRequest): Promise<RunningVtpm> {
@@ -317,13 +274,7 @@ export class LocalHostAgent implements HostAgent {
       throw new StateConflictError(`vTPM ${request.vm} is running on ${this.hostName}; it cannot be adopted again`, {
         vm: request.vm,
       });
-    return adoptState({
-      spec: request.spec,
-      state: request.state,
-      sourcePassphrase: request.sourcePassphrase,
-      stateKey: request.stateKey,
-      scratchRoot: this.options.scratchDir,
-    });
+    return this.manufacturing.adopt(request);
   }
 
   async resync(vm: string): Promise<void> {
@@ -333,7 +284,7 @@ export class LocalHostAgent implements HostAgent {
   }
 
   stateLoads(request: VtpmOnHost & { state: Buffer }): Promise<boolean> {
-    return stateLoads({ ...request, scratchRoot: this.options.scratchDir });
+    return this.manufacturing.stateLoads(request);
   }
 
   async workingState(vm: string, spec: TpmSpec): Promise<Partial<Record<StateKind, Buffer>>> {
