@@ -60,6 +60,16 @@ async function leftBehind(
   return change;
 }
 
+function openAgent(dir: string, dataDir: string, runDir: string): Promise<LocalHostAgent> {
+  return LocalHostAgent.open({
+    dataDir,
+    runDir,
+    scratchDir: join(dir, 'scratch'),
+    logger: pino({ level: 'silent' }),
+    hostName: 'host-b',
+  });
+}
+
 describe('LocalHostAgent after a restart', () => {
   it('reports the last state of each swtpm that went while no agent watched it, then its exit', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'vtpm-agent-restart-'));
@@ -69,13 +79,7 @@ describe('LocalHostAgent after a restart', () => {
     const recorded = ['a', 'b'].map((c) => c.repeat(64));
     const gone = [await leftBehind(dataDir, runDir, 'killed', recorded), await leftBehind(dataDir, runDir, 'exited')];
 
-    const agent = await LocalHostAgent.open({
-      dataDir,
-      runDir,
-      scratchDir: join(dir, 'scratch'),
-      logger: pino({ level: 'silent' }),
-      hostName: 'host-b',
-    });
+    const agent = await openAgent(dir, dataDir, runDir);
     try {
       // As `vtpm agent` and `vtpm serve` do: the listeners come after the agent opened.
       const reported: Array<StateChange | VtpmExit> = [];
@@ -113,13 +117,7 @@ describe('LocalHostAgent.destroy', () => {
     const [dataDir, runDir] = [join(dir, 'data'), join(dir, 'run')];
     await mkdir(runDir, { recursive: true });
     const { vm } = await leftBehind(dataDir, runDir, 'exited');
-    const agent = await LocalHostAgent.open({
-      dataDir,
-      runDir,
-      scratchDir: join(dir, 'scratch'),
-      logger: pino({ level: 'silent' }),
-      hostName: 'host-b',
-    });
+    const agent = await openAgent(dir, dataDir, runDir);
     try {
       await mkdir(join(dataDir, 'log'), { recursive: true });
       const logs = [join(dataDir, 'log', `${vm}.log`), join(dataDir, 'log', `${vm}.log.1`)];
