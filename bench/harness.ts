@@ -42,14 +42,19 @@ export function apiClient(url: string, token: string): Api {
   };
 }
 
-/** `vtpm serve` as its own process (pool off), so that /proc figures are the service's alone. */
-export async function serveAsProcess(dataDir: string): Promise<{ child: ChildProcess; url: string; token: string }> {
+/**
+ * `vtpm serve` as its own process (pool off), so that /proc figures are the service's alone; logging warnings
+ * only, or with `logLevel` undefined at the level an operator gets without asking.
+ */
+export async function serveAsProcess(
+  dataDir: string,
+  logLevel: string | undefined = 'warn',
+): Promise<{ child: ChildProcess; url: string; token: string }> {
+  const level = logLevel === undefined ? [] : ['--log-level', logLevel];
   const child = spawn(
     process.execPath,
-    [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--log-level', 'warn', '--pool-size', '0'],
-    {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
+    [CLI, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...level, '--pool-size', '0'],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';

@@ -15,7 +15,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildInitramfs, findKernel, launchGuest } from '../test/e2e/support/guest.js';
 import { benchRoot, serveInProcess, startSwtpmDirectly, untilStopped } from './harness.js';
-import { summarize, table } from './stats.js';
+import { p99OrMax, summarize, table } from './stats.js';
 
 const START_SAMPLES = 50;
 const GUEST_ROUNDS = 7;
@@ -87,18 +87,18 @@ export async function runStartBenchmark(): Promise<{ table: string; results: unk
           measure: '`vtpm start` to socket accepting',
           runs: ps.count,
           p50: ms(ps.p50),
-          p99: ms(ps.p99),
+          p99: `${p99OrMax(ps)} ms`,
           'anchor p50': ms(as.p50),
-          'anchor p99': ms(as.p99),
+          'anchor p99': `${p99OrMax(as)} ms`,
           'p50 ratio': (ps.p50 / as.p50).toFixed(2),
         },
         {
           measure: 'start to first TPM response in the guest',
           runs: pr.count,
           p50: ms(pr.p50),
-          p99: ms(pr.p99),
+          p99: `${p99OrMax(pr)} ms`,
           'anchor p50': ms(ar.p50),
-          'anchor p99': ms(ar.p99),
+          'anchor p99': `${p99OrMax(ar)} ms`,
           'p50 ratio': (pr.p50 / ar.p50).toFixed(2),
         },
       ]),

@@ -13,6 +13,7 @@ import { Vtpm } from '../api/vtpms.js';
 import type { ControlPlane } from '../orchestration/control-plane.js';
 import { agentApi } from './agent-api/plugin.js';
 import { handleClientError, handleFrameworkError, useProductErrors } from './error-handler.js';
+import { lazyRequestLogger } from './request-logger.js';
 import { userApi } from './user-api/plugin.js';
 
 export interface HttpOptions {
@@ -29,6 +30,7 @@ export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstanc
     loggerInstance: options.logger as FastifyBaseLogger,
     // One line per request, at debug (below): fastify's two per request at info drown what operators need.
     logController: new LogController({ disableRequestLogging: true }),
+    childLoggerFactory: lazyRequestLogger,
     bodyLimit: BODY_LIMIT,
     frameworkErrors: handleFrameworkError,
     clientErrorHandler: handleClientError,
@@ -49,7 +51,8 @@ export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstanc
   app.addSchema(ErrorBody);
   app.addSchema(Vtpm);
   useProductErrors(app);
-  app.addHook('onResponse', async (request, reply) => {
+  // A callback, not an async hook: no promise per request for a line the default level drops.
+  app.addHook('onResponse', (request, reply, done) => {
     request.log.debug(
       {
         method: request.method,
@@ -59,6 +62,7 @@ export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstanc
       },
       'request',
     );
+    done();
   });
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
