@@ -28,8 +28,11 @@ const PAGE = 500;
 export interface RequestContext {
   principal: Principal;
   vm?: string | undefined;
-  /** The project of the vTPM the request is about, when it exists. */
-  project?: string | undefined;
+  /**
+   * The project of the vTPM the request is about, when it exists. Asked for only when something is recorded:
+   * a request that changes nothing (a read) looks it up then, if ever.
+   */
+  project?: (() => Promise<string | undefined>) | undefined;
   /** Secrets this request has read, and that are recorded already: one request's reads of one secret are one event. */
   secretsRead?: Set<string>;
   /** The request's own entry, which its operation may commit with its last change (AuditLog.transaction). */

@@ -50,12 +50,12 @@ export class AuditedKeyManager implements KeyManager {
     await this.recordSecret('secret.delete', ref, 'ok');
   }
 
-  private recordSecret(operation: string, ref: string, result: string): Promise<void> {
+  private async recordSecret(operation: string, ref: string, result: string): Promise<void> {
     const context = requestContext.getStore();
-    return this.audit.record({
+    await this.audit.record({
       operation,
       vm: context?.vm,
-      project: context?.project,
+      project: await context?.project?.(),
       result,
       detail: { secret: ref },
     });

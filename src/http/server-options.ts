@@ -5,12 +5,14 @@
 import { type FastifyBaseLogger, type FastifyServerOptions, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import { handleClientError, handleFrameworkError } from './error-handler.js';
+import { lazyRequestLogger } from './request-logger.js';
 
 export function productServerOptions(logger: Logger, bodyLimit: number): FastifyServerOptions {
   return {
     loggerInstance: logger as FastifyBaseLogger,
     // fastify's two lines per request at info drown what operators need (vtpm serve logs one, at debug).
     logController: new LogController({ disableRequestLogging: true }),
+    childLoggerFactory: lazyRequestLogger,
     bodyLimit,
     frameworkErrors: handleFrameworkError,
     clientErrorHandler: handleClientError,

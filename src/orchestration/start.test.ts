@@ -179,7 +179,7 @@ async function startAsTheApiDoes(vm: string) {
   };
   const commitsBefore = await walCommits(embeddedDatabase(t.dataDir));
   const outcome = await requestContext
-    .run({ principal: alice, vm, project: alice.project, secretsRead: new Set(), answer }, () =>
+    .run({ principal: alice, vm, project: async () => alice.project, secretsRead: new Set(), answer }, () =>
       startVtpm(cp, vm, alice),
     )
     .then(

@@ -110,13 +110,20 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
     if (!principal) return done();
     const vm = vmOf(request);
     const creating = CREATING_ROUTES.has(request.routeOptions.url ?? '') ? principal : undefined;
+    const context = { principal, vm, secretsRead: new Set<string>() };
+    if (!changesState(request.method)) {
+      // A read changes nothing and is not audited: its project is needed only if it reads a secret, and then
+      // it is looked up, so that a read asks the database for its vTPM once (the operation's read).
+      let project: Promise<string | undefined> | undefined;
+      const lazily = () => (project ??= requestAudit.projectOf(vm, creating));
+      return requestContext.run({ ...context, project: lazily }, done);
+    }
+    // Looked up before the change: a delete's entry names the project of a vTPM that is gone once it is recorded.
     void requestAudit.projectOf(vm, creating).then((project) => {
       request.vtpmProject = project ?? null;
-      const answer = changesState(request.method)
-        ? { actor: principal, succeeded: () => requestEntry(request, successStatus(request), project) }
-        : undefined;
-      request.auditAnswer = answer ?? null;
-      requestContext.run({ principal, vm, project, secretsRead: new Set(), answer }, done);
+      const answer = { actor: principal, succeeded: () => requestEntry(request, successStatus(request), project) };
+      request.auditAnswer = answer;
+      requestContext.run({ ...context, project: async () => project, answer }, done);
     });
   });
 

@@ -5,6 +5,7 @@ import { now } from '../clock.js';
 import type { StoreDialect } from '../dialect.js';
 import type { ApiTokenTable, Database, TokenRecord, UserRecord, UserTable } from '../schema.js';
 import { atomically } from './atomically.js';
+import { preparedQuery } from './prepared-query.js';
 
 // Comma-separated in one column: role names never contain a comma, and a join table would buy nothing.
 const decodeUser = (row: Selectable<UserTable>): UserRecord => ({ ...row, roles: row.roles.split(',') });
@@ -23,10 +24,23 @@ async function revokeTokensOf(db: Kysely<Database>, user: string): Promise<void>
 }
 
 export class IdentityRepository {
+  /** Every authenticated request asks this: prepared once (prepared-query.ts). */
+  private readonly tokenHolder;
+
   constructor(
     private readonly db: Kysely<Database>,
     private readonly dialect: StoreDialect,
-  ) {}
+  ) {
+    this.tokenHolder = preparedQuery(db, (tokenHash: string, at: string) =>
+      db
+        .selectFrom('api_tokens')
+        .innerJoin('users', 'users.name', 'api_tokens.user_name')
+        .select(['users.name', 'users.project', 'users.roles', 'users.created_at'])
+        .where('api_tokens.token_hash', '=', tokenHash)
+        .where('api_tokens.revoked_at', 'is', null)
+        .where((eb) => eb.or([eb('api_tokens.expires_at', 'is', null), eb('api_tokens.expires_at', '>', at)])),
+    );
+  }
 
   async insertUser(user: Omit<UserRecord, 'created_at'>): Promise<UserRecord> {
     const row = { name: user.name, project: user.project, roles: user.roles.join(','), created_at: now() };
@@ -71,14 +85,7 @@ export class IdentityRepository {
 
   /** The user a token stands for, if the token is known, not revoked, not expired at `at`, and its user exists. */
   async findUserByTokenHash(tokenHash: string, at: string): Promise<UserRecord | undefined> {
-    const row = await this.db
-      .selectFrom('api_tokens')
-      .innerJoin('users', 'users.name', 'api_tokens.user_name')
-      .select(['users.name', 'users.project', 'users.roles', 'users.created_at'])
-      .where('api_tokens.token_hash', '=', tokenHash)
-      .where('api_tokens.revoked_at', 'is', null)
-      .where((eb) => eb.or([eb('api_tokens.expires_at', 'is', null), eb('api_tokens.expires_at', '>', at)]))
-      .executeTakeFirst();
+    const [row] = await this.tokenHolder(tokenHash, at);
     return row && decodeUser(row);
   }
 

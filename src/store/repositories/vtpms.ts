@@ -6,6 +6,7 @@ import type { Insertable, Kysely, Selectable, Updateable } from 'kysely';
 import { AlreadyExistsError } from '../../errors.js';
 import { now } from '../clock.js';
 import type { StoreDialect } from '../dialect.js';
+import { preparedQuery } from './prepared-query.js';
 import type { Database, NewVtpm, VtpmPatch, VtpmRecord, VtpmStatus, VtpmTable } from '../schema.js';
 
 function decodeVtpm(row: Selectable<VtpmTable>): VtpmRecord {
@@ -73,11 +74,16 @@ function encodeVtpmPatch(patch: VtpmPatch, timestamp: string): Updateable<VtpmTa
 }
 
 export class VtpmRepository {
+  /** Every request on one vTPM reads it: prepared once (prepared-query.ts). */
+  private readonly byVm;
+
   /** `db` may be a transaction: the provisioning pool inserts its vTPM inside its claim. */
   constructor(
     private readonly db: Kysely<Database>,
     private readonly dialect: StoreDialect,
-  ) {}
+  ) {
+    this.byVm = preparedQuery(db, (vm: string) => db.selectFrom('vtpms').selectAll().where('vm', '=', vm));
+  }
 
   async insert(record: NewVtpm): Promise<VtpmRecord> {
     const timestamp = now();
@@ -92,7 +98,7 @@ export class VtpmRepository {
   }
 
   async get(vm: string): Promise<VtpmRecord | undefined> {
-    const row = await this.db.selectFrom('vtpms').selectAll().where('vm', '=', vm).executeTakeFirst();
+    const [row] = await this.byVm(vm);
     return row && decodeVtpm(row);
   }
 

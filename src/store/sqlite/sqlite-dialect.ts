@@ -1,8 +1,9 @@
-/** The embedded database: one SQLite file in the data directory, in WAL mode. */
+/** The embedded database: one SQLite file in the data directory, in WAL mode, each statement prepared once. */
 import Sqlite from 'better-sqlite3';
 import { type CompiledQuery, type DatabaseConnection, type Driver, SqliteDialect } from 'kysely';
 import { DatabaseUnavailableError } from '../../errors.js';
 import type { StoreDialect } from '../dialect.js';
+import { StatementCache } from './statement-cache.js';
 
 /** better-sqlite3's extended result codes for a duplicate key. */
 const UNIQUE_VIOLATIONS = new Set(['SQLITE_CONSTRAINT_PRIMARYKEY', 'SQLITE_CONSTRAINT_UNIQUE']);
@@ -15,23 +16,6 @@ const UNIQUE_VIOLATIONS = new Set(['SQLITE_CONSTRAINT_PRIMARYKEY', 'SQLITE_CONST
 class SqliteDialectKeepingErrors extends SqliteDialect {
   override createDriver(): Driver {
     const driver = super.createDriver();
-    const acquire = driver.acquireConnection.bind(driver);
-    // kysely's SQLite driver hands out one connection again and again: it is wrapped once.
-    const wrapped = new WeakSet<DatabaseConnection>();
-    driver.acquireConnection = async () => {
-      const connection = await acquire();
-      if (wrapped.has(connection)) return connection;
-      const execute = connection.executeQuery.bind(connection);
-      connection.executeQuery = async <R>(query: CompiledQuery) => {
-        try {
-          return await execute<R>(query);
-        } catch (error) {
-          throw typed(error);
-        }
-      };
-      wrapped.add(connection);
-      return connection;
-    };
     const rollback = driver.rollbackTransaction.bind(driver);
     driver.rollbackTransaction = async (connection) => {
       try {
@@ -42,6 +26,21 @@ class SqliteDialectKeepingErrors extends SqliteDialect {
     };
     return driver;
   }
+}
+
+/**
+ * Gives the one connection kysely's SQLite driver makes typed errors. Its statements run synchronously, so
+ * their errors are thrown, not rejected; wrapping without another promise keeps the hot path short.
+ */
+async function typingErrors(connection: DatabaseConnection): Promise<void> {
+  const execute = connection.executeQuery.bind(connection);
+  connection.executeQuery = <R>(query: CompiledQuery) => {
+    try {
+      return execute<R>(query);
+    } catch (error) {
+      throw typed(error);
+    }
+  };
 }
 
 /** Locked past the busy timeout, or no room: the request may succeed later, and says so (503). */
@@ -69,8 +68,9 @@ export function sqliteDialect(path: string, options: { busyTimeoutMs?: number } 
         db.pragma('synchronous = FULL');
         db.pragma('foreign_keys = ON');
         db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
-        return db;
+        return new StatementCache(db);
       },
+      onCreateConnection: typingErrors,
     }),
     isUniqueViolation: (error) => UNIQUE_VIOLATIONS.has((error as { code?: unknown } | null)?.code as string),
   };
