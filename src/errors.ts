@@ -103,6 +103,8 @@ export class AlreadyExistsError extends VtpmError {
 export class NoValidHostError extends VtpmError {
   readonly code = 'no_valid_host';
   readonly status = 409;
+  /** Why each host was ruled out (`no_host` when none is registered): what the metrics count. */
+  readonly reasons: string[];
   constructor(requiredTraits: string[], hosts: Array<{ name: string; missing: string[] }>) {
     const why =
       hosts.length === 0
@@ -112,6 +114,7 @@ export class NoValidHostError extends VtpmError {
       required_traits: requiredTraits,
       hosts,
     });
+    this.reasons = hosts.length === 0 ? ['no_host'] : hosts.map(() => 'missing_trait');
   }
 }
 
@@ -187,6 +190,12 @@ export class HostSetupError extends VtpmError {
 /** The database cannot take the request now (locked past its wait, or its disk full): try again later. */
 export class DatabaseUnavailableError extends VtpmError {
   readonly code = 'database_unavailable';
+  readonly status = 503;
+}
+
+/** `/readyz`: what the service needs does not answer (its details name each check's outcome). */
+export class NotReadyError extends VtpmError {
+  readonly code = 'not_ready';
   readonly status = 503;
 }
 

@@ -18,11 +18,17 @@ export class LaunchReports {
   constructor(
     private readonly hostName: string,
     private readonly logger: Logger,
+    private readonly syncTaken: (lagMs: number) => void = () => undefined,
   ) {}
 
   /** Watchers of one launch's files, not started yet, that report here. */
-  watch(vtpm: Omit<WatchedVtpm, 'report' | 'logger'>): StateWatcher[] {
-    return watchVtpm({ ...vtpm, report: (change) => this.reportChange(change), logger: this.logger });
+  watch(vtpm: Omit<WatchedVtpm, 'report' | 'logger' | 'taken'>): StateWatcher[] {
+    return watchVtpm({
+      ...vtpm,
+      report: (change) => this.reportChange(change),
+      taken: this.syncTaken,
+      logger: this.logger,
+    });
   }
 
   /** Nobody listening yet (the control plane is still starting): the watcher tries again later. */

@@ -70,6 +70,8 @@ export interface LocalHostAgentOptions {
    * directories holding them let it pass (0710).
    */
   qemuGroup?: SystemGroup | undefined;
+  /** Hears how long each state change took from being noticed to being taken (the sync lag metric). */
+  syncTaken?: ((lagMs: number) => void) | undefined;
 }
 
 /** How long a stop waits for swtpm's final state to reach the vault before it answers that it is still trying. */
@@ -101,7 +103,7 @@ export class LocalHostAgent implements HostAgent {
   ) {
     this.hostName = description.name;
     this.launches = new LaunchFiles(options.runDir);
-    this.reports = new LaunchReports(this.hostName, options.logger);
+    this.reports = new LaunchReports(this.hostName, options.logger, options.syncTaken);
     this.manufacturing = new Manufacturing({ ...options, hostName: this.hostName });
   }
 

@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 import { StateConflictError, UnreachableError } from '../errors.js';
 import { digestOf } from '../vault/state-vault.js';
 import type { Lineage } from './lineage.js';
-import { StateWatcher, type WatchedReport } from './state-watcher.js';
+import { StateWatcher, type WatchedReport, type WatcherEvents } from './state-watcher.js';
 
 let dir: string;
 let watchers: StateWatcher[];
@@ -21,7 +21,12 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const events = { refused: () => undefined, failed: () => undefined, watchFailed: () => undefined };
+const events: WatcherEvents = {
+  refused: () => undefined,
+  failed: () => undefined,
+  watchFailed: () => undefined,
+  taken: () => undefined,
+};
 
 /** A state file written as swtpm writes it: a temporary file renamed over. */
 async function swtpmWrites(content: string, into = dir): Promise<void> {
@@ -34,6 +39,7 @@ function watcher(
   initial?: Buffer,
   watched = dir,
   lineage?: Lineage,
+  heard = events,
 ): StateWatcher {
   const target = {
     dir: watched,
@@ -41,7 +47,7 @@ function watcher(
     matches: (n: string) => n.endsWith('.permall'),
     debounceMs: 5,
   };
-  const created = new StateWatcher(target, report, events, initial, lineage);
+  const created = new StateWatcher(target, report, heard, initial, lineage);
   watchers.push(created);
   return created;
 }
@@ -54,6 +60,34 @@ async function until(condition: () => boolean, what: string): Promise<void> {
 }
 
 describe('StateWatcher', () => {
+  it("tells each change's lag from when it was noticed to when it was taken, failed tries included", async () => {
+    const lags: number[] = [];
+    let failures = 1;
+    let refuse = false;
+    const w = watcher(
+      async () => {
+        if (refuse) throw new StateConflictError('not this host');
+        if (failures-- > 0) {
+          await delay(50);
+          throw new Error('connection reset');
+        }
+      },
+      Buffer.from('initial'),
+      dir,
+      undefined,
+      { ...events, taken: (lagMs) => void lags.push(lagMs) },
+    );
+    w.start();
+    await swtpmWrites('changed');
+    await until(() => lags.length === 1, 'the lag of the retried report');
+    // The failed try took 50 ms, and the lag counts from the change, not from the retry.
+    assert.ok(lags[0]! >= 50, `lag ${lags[0]} ms includes the failed try`);
+    refuse = true;
+    await swtpmWrites('refused');
+    await w.check();
+    assert.equal(lags.length, 1, 'a refused report was not taken: no lag');
+  });
+
   it('a report that fails is tried again until it is taken, naming what it follows', async () => {
     const taken: WatchedReport[] = [];
     let failures = 2;

@@ -43,6 +43,8 @@ export interface WatcherEvents {
   failed(error: unknown, retryInMs: number): void;
   /** The file system stopped notifying (inotify limits, say): the file is polled instead. */
   watchFailed(error: unknown): void;
+  /** A notified change was taken, `lagMs` after it was first noticed (the sync lag the metrics show). */
+  taken(lagMs: number): void;
 }
 
 const RETRY_FIRST_MS = 100;
@@ -70,6 +72,8 @@ export class StateWatcher {
    */
   private sent: string[] = [];
   private stopped = false;
+  /** When the oldest change not yet taken was noticed. */
+  private noticedAt: number | undefined;
   private retryMs = RETRY_FIRST_MS;
   private readonly abandon = new AbortController();
 
@@ -98,6 +102,7 @@ export class StateWatcher {
     try {
       this.watcher = watch(this.target.dir, (_event, name) => {
         if (name !== null && !this.target.matches(name)) return;
+        this.noticedAt ??= Date.now();
         this.soon(this.target.debounceMs);
       });
       this.watcher.on('error', (error) => this.poll(error));
@@ -126,15 +131,29 @@ export class StateWatcher {
   }
 
   private async reportOnce(final: boolean): Promise<void> {
+    const noticedAt = this.noticedAt;
+    this.noticedAt = undefined;
+    try {
+      if ((await this.reportRead(final)) === 'taken' && noticedAt !== undefined)
+        this.events.taken(Date.now() - noticedAt);
+    } catch (error) {
+      // Still not taken: its lag keeps counting from when it was first noticed.
+      if (noticedAt !== undefined) this.noticedAt = Math.min(noticedAt, this.noticedAt ?? noticedAt);
+      throw error;
+    }
+  }
+
+  /** Reports the file's content unless unchanged; a refusal is an answer too (only failures throw). */
+  private async reportRead(final: boolean): Promise<'taken' | 'unchanged' | 'refused'> {
     let data: Buffer;
     try {
       data = await readFile(join(this.target.dir, this.target.file));
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'unchanged';
       throw error;
     }
     const digest = digestOf(data);
-    if (digest === this.acknowledged || digest === this.refused) return;
+    if (digest === this.acknowledged || digest === this.refused) return 'unchanged';
     // Without a state known to be taken (a swtpm taken over with no lineage recorded) none is named.
     const after = this.acknowledged === undefined ? [] : [this.acknowledged, ...this.unsure];
     // Whatever the control plane holds once this is sent is among these; an unknown lineage stays unknown.
@@ -147,14 +166,14 @@ export class StateWatcher {
       if (isRefusal(error) && typeof head === 'string' && this.sent.includes(head)) {
         // The vault took one of these, its answer lost, that this report no longer named: reported anew after it.
         this.settle(head);
-        return this.reportOnce(final);
+        return this.reportRead(final);
       }
       if (isRefusal(error)) {
         // Not taken, so never named as a predecessor; only not sent again while the file holds it.
         this.events.refused(error as VtpmError);
         this.refused = digest;
         this.retryMs = RETRY_FIRST_MS;
-        return;
+        return 'refused';
       }
       const notSent = error instanceof VtpmError && error.code === 'unreachable';
       if (!notSent && !this.unsure.includes(digest)) {
@@ -168,6 +187,7 @@ export class StateWatcher {
     }
     if (after.length === 0) await this.lineage?.record([digest]);
     this.settle(digest);
+    return 'taken';
   }
 
   private settle(digest: string): void {

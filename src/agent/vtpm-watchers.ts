@@ -22,6 +22,8 @@ export interface WatchedVtpm {
   /** What each kind's reports follow, kept for an agent that takes over after a crash. */
   lineage: Record<StateKind, Lineage>;
   report(change: StateChange): Promise<void>;
+  /** A change was taken `lagMs` after it was noticed. */
+  taken(lagMs: number): void;
   logger: Logger;
 }
 
@@ -37,6 +39,7 @@ export function watchVtpm(vtpm: WatchedVtpm): StateWatcher[] {
         failed: (error, retryInMs) =>
           logger.warn({ vm, kind, err: error, retryInMs }, 'a state report failed; retrying'),
         watchFailed: (error) => logger.warn({ vm, kind, err: error }, 'file-system notifications failed; polling'),
+        taken: vtpm.taken,
       },
       vtpm.initial[kind],
       vtpm.lineage[kind],

@@ -82,6 +82,10 @@ export class AuditedKeyManager implements KeyManager {
     return this.keys.backup ? this.keys.backup(work) : work([]);
   }
 
+  checkReachable(): Promise<void> {
+    return this.keys.checkReachable();
+  }
+
   close(): Promise<void> {
     return this.keys.close();
   }

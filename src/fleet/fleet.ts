@@ -11,7 +11,7 @@ import { RemoteHostAgent } from '../agent/remote/remote-host-agent.js';
 import { ApiClient } from '../api/client.js';
 import type { HostView, RegisteredHost } from '../api/hosts.js';
 import { requireSecureUrl } from '../api/secure-url.js';
-import { StateConflictError, UnauthenticatedError } from '../errors.js';
+import { NoValidHostError, StateConflictError, UnauthenticatedError } from '../errors.js';
 import type { KeyManager } from '../keys/key-manager.js';
 import { withSecret, withWiped } from '../keys/wiped.js';
 import { DEPLOYMENT_PROJECT, type Store } from '../store/index.js';
@@ -38,6 +38,8 @@ export interface FleetOptions {
   inProcess?: HostAgent[] | undefined;
   /** The CA that issued remote agents' TLS certificates, when the system's CAs did not. */
   agentCaFile?: string | undefined;
+  /** Hears of every placement that found no host (the metrics count the reasons). */
+  placementRefused?: ((refusal: NoValidHostError) => void) | undefined;
 }
 
 export class Fleet {
@@ -191,7 +193,12 @@ export class Fleet {
     const counts = await this.options.store.vtpms.countByHost();
     const hosts = (await this.options.store.hosts.list()).filter((host) => this.isConnected(host.name));
     const candidates = hosts.map((h) => ({ name: h.name, traits: h.traits, vtpms: counts.get(h.name)?.total ?? 0 }));
-    return chooseHost(spec, candidates).name;
+    try {
+      return chooseHost(spec, candidates).name;
+    } catch (error) {
+      if (error instanceof NoValidHostError) this.options.placementRefused?.(error);
+      throw error;
+    }
   }
 
   /** The host is connected and offers what the spec needs. */

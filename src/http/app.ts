@@ -10,9 +10,12 @@ import type { Logger } from 'pino';
 import { AGENT_API } from '../agent/remote/wire.js';
 import { ErrorBody } from '../api/errors.js';
 import { Vtpm } from '../api/vtpms.js';
+import { readControlPlaneGauges } from '../metrics/control-plane-gauges.js';
 import type { ControlPlane } from '../orchestration/control-plane.js';
 import { agentApi } from './agent-api/plugin.js';
 import { useProductErrors } from './error-handler.js';
+import { serveMetrics } from './metrics-endpoint.js';
+import { serveReadiness } from './readiness.js';
 import { productServerOptions } from './server-options.js';
 import { userApi } from './user-api/plugin.js';
 
@@ -58,6 +61,8 @@ export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstanc
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }));
+  serveReadiness(app, options.cp);
+  serveMetrics(app, options.cp.metrics, () => readControlPlaneGauges(options.cp.store, options.cp.metrics));
   await app.register(userApi, { prefix: '/v1', cp: options.cp });
   await app.register(agentApi, { prefix: AGENT_API, cp: options.cp });
   return app;

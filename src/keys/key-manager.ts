@@ -42,6 +42,11 @@ export interface KeyManager {
   /** Idempotent: deleting an already-deleted secret succeeds. */
   deleteSecret(ref: string): Promise<void>;
   /**
+   * Resolves once the backend answers (its files, token or service), without touching a secret; throws a
+   * KeyManagerError otherwise. What `/readyz` asks.
+   */
+  checkReachable(): Promise<void>;
+  /**
    * A new key-encryption key; every secret is re-wrapped under it, values and
    * references unchanged, then the old key is destroyed. An interrupted
    * rotation is finished when the key manager opens again.

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { Fleet } from '../fleet/fleet.js';
 import type { KeyManager } from '../keys/key-manager.js';
+import type { ControlPlaneMetrics } from '../metrics/service-metrics.js';
 import type { ProvisioningPool } from '../pool/provisioning-pool.js';
 import type { Store } from '../store/index.js';
 import type { StateVault } from '../vault/state-vault.js';
@@ -23,6 +24,8 @@ export interface ControlPlane {
   readonly audit: AuditLog;
   readonly pool: ProvisioningPool | undefined;
   readonly logger: Logger;
+  /** What Prometheus reads (GET /metrics). */
+  readonly metrics: ControlPlaneMetrics;
   /** The control plane's own data directory (its database, key files and CA, which a backup copies). */
   readonly dataDir: string;
   /** One VM's operations run one at a time. */

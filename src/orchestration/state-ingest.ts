@@ -30,6 +30,15 @@ const isServing = (record: VtpmRecord, host: string, instance: string) =>
   record.host === host && (record.instance === instance || (record.instance === null && record.status !== 'stopped'));
 
 export async function ingestStateChange(cp: ControlPlane, host: string, change: StateChange): Promise<void> {
+  try {
+    await ingestOne(cp, host, change);
+  } catch (error) {
+    if (error instanceof StateConflictError) cp.metrics.stateReportRefusals.inc({ host });
+    throw error;
+  }
+}
+
+async function ingestOne(cp: ControlPlane, host: string, change: StateChange): Promise<void> {
   const record = await cp.store.vtpms.get(change.vm);
   if (!record) throw new NotFoundError('vTPM for VM', change.vm);
   if (isDestination(record, host, change.instance)) {

@@ -19,6 +19,8 @@ import { buildHttpApi } from '../http/app.js';
 import { removeLeftoverTemporaries } from '../keys/files.js';
 import { openKeyManager, type Pkcs11Settings, plaintextMasterKeyFile } from '../keys/index.js';
 import { finishSecretReplacements, rotateByReplacement } from '../keys/rotation-by-replacement.js';
+import { MeteredKeyManager } from '../metrics/metered-key-manager.js';
+import { ControlPlaneMetrics } from '../metrics/service-metrics.js';
 import { controlPlane } from '../orchestration/control-plane.js';
 import { reconcile } from '../orchestration/reconcile.js';
 import { ingestExit, ingestStateChange } from '../orchestration/state-ingest.js';
@@ -125,7 +127,10 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
       'the master key is in plaintext on disk: whoever reads it reads every vTPM; ' +
         'start with --seal-to-tpm (the host TPM seals it), or use --key-manager pkcs11',
     );
-  const keys = new AuditedKeyManager(opened, audit, (audited) => rotateByReplacement(store, audited));
+  const metrics = new ControlPlaneMetrics({ processMetrics: true });
+  const keys = new AuditedKeyManager(new MeteredKeyManager(opened, metrics), audit, (audited) =>
+    rotateByReplacement(store, audited),
+  );
   await finishSecretReplacements(store, keys);
   const authority = new CertificateAuthority(
     join(options.dataDir, 'ca'),
@@ -141,8 +146,9 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
     logger: logger.child({ component: 'agent' }),
     swtpmUser: await swtpmUserFor(options.swtpmUser),
     qemuGroup: await qemuGroupFor(options.qemuGroup),
+    syncTaken: (lagMs) => metrics.syncLag.observe(lagMs / 1000),
   });
-  const vault = new StateVault(store, options.retention);
+  const vault = new StateVault(store, options.retention, metrics.generationCommitted);
   const pool =
     options.poolSize > 0
       ? // 2.0 first: it is what Windows 11 and most new guests ask for.
@@ -163,8 +169,19 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
     logger: controlLogger,
     manufacturer: agent,
     agentCaFile: options.agentCaFile,
+    placementRefused: metrics.placementRefused,
   });
-  const cp = controlPlane({ store, keys, vault, fleet, audit, pool, logger: controlLogger, dataDir: options.dataDir });
+  const cp = controlPlane({
+    store,
+    keys,
+    vault,
+    fleet,
+    audit,
+    pool,
+    metrics,
+    logger: controlLogger,
+    dataDir: options.dataDir,
+  });
   agent.onStateChange((change) => ingestStateChange(cp, agent.hostName, change));
   agent.onExit((exit) => {
     ingestExit(cp, agent.hostName, exit).catch((error: unknown) =>

@@ -4,7 +4,7 @@
  * builder. What differs between databases is the StoreDialect's; nothing here
  * names SQLite.
  */
-import { Kysely } from 'kysely';
+import { Kysely, sql } from 'kysely';
 import type { StoreDialect } from './dialect.js';
 import { migrateToLatest } from './migrations.js';
 import { AuditRepository } from './repositories/audit.js';
@@ -54,6 +54,11 @@ export class Store {
   /** Runs `work` on repositories whose every statement is part of one transaction: all of it lands, or none. */
   transaction<T>(work: (store: Store) => Promise<T>): Promise<T> {
     return this.db.transaction().execute((trx) => work(new Store(trx, this.dialect)));
+  }
+
+  /** The database answers a query (what `/readyz` asks). */
+  async checkReachable(): Promise<void> {
+    await sql`SELECT 1`.execute(this.db);
   }
 
   async close(): Promise<void> {

@@ -47,9 +47,11 @@ export interface StateGeneration {
 }
 
 export class StateVault {
+  /** `committed` hears of each generation written (the metrics count them by reason). */
   constructor(
     private readonly store: Store,
     private readonly retention: RetentionPolicy,
+    private readonly committed: (reason: GenerationReason) => void = () => undefined,
   ) {}
 
   /**
@@ -106,6 +108,7 @@ export class StateVault {
       );
     }
     if (generation > this.retention.newest) await this.prune(vm, kind);
+    this.committed(reason);
     return generation;
   }
 
@@ -168,7 +171,7 @@ export class StateVault {
 
   /** This vault over `store`, a transaction's (Store.transaction): its commits land with the rest of it. */
   within(store: Store): StateVault {
-    return new StateVault(store, this.retention);
+    return new StateVault(store, this.retention, this.committed);
   }
 
   history(vm: string): Promise<GenerationSummary[]> {

@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { METRICS_PATH } from '../../src/http/metrics-endpoint.js';
 import { AgentUnderTest } from '../e2e/support/agent.js';
 import { CANARY } from './support/hostile.js';
 import { startFuzzService } from './support/fuzz-service.js';
@@ -58,7 +59,13 @@ async function exchange(request: FuzzRequest, route: string): Promise<void> {
   counts.add(`answered ${answer.status}`);
   const problem = fault(request, answer);
   assert.equal(problem, undefined, `${route}: ${problem}\n  request: ${describeRequest(request)}`);
-  if (request.credential !== 'agent' && answer.contentType !== 'reset' && !BEFORE_AUTHENTICATION.has(answer.status))
+  const guarded = route !== `GET ${METRICS_PATH}`;
+  if (
+    guarded &&
+    request.credential !== 'agent' &&
+    answer.contentType !== 'reset' &&
+    !BEFORE_AUTHENTICATION.has(answer.status)
+  )
     assert.equal(answer.status, 401, `${route}: a request without the agent token got past authentication`);
 }
 

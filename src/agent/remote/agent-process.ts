@@ -14,6 +14,7 @@ import { readOwnerOnlyFile } from '../../keys/owner-only-file.js';
 import { type DataDirLock, lockDataDir } from '../data-dir-lock.js';
 import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../host-setup.js';
 import { LocalHostAgent } from '../local-host-agent.js';
+import { AgentMetrics } from '../../metrics/service-metrics.js';
 import { buildAgentApi, reportIn } from './agent-server.js';
 
 export interface AgentOptions {
@@ -65,6 +66,7 @@ async function startLocked(
 ): Promise<RunningAgent> {
   const { host, port } = parseListen(options.listen);
   const https = options.tls && (await readTls(options.tls));
+  const metrics = new AgentMetrics({ processMetrics: true });
   const scratchDir = join(options.scratchDir, `vtpm-agent-${process.pid}-${randomBytes(4).toString('hex')}`);
   const agent = await LocalHostAgent.open({
     dataDir: options.dataDir,
@@ -74,8 +76,9 @@ async function startLocked(
     hostName: options.name,
     swtpmUser: await swtpmUserFor(options.swtpmUser),
     qemuGroup: await qemuGroupFor(options.qemuGroup),
+    syncTaken: (lagMs) => metrics.syncLag.observe(lagMs / 1000),
   });
-  const app = await buildAgentApi({ agent, token, controlPlane, logger: options.logger, https });
+  const app = await buildAgentApi({ agent, token, controlPlane, logger: options.logger, https, metrics });
   await app.listen({ host, port });
   const address = app.server.address();
   const bound = typeof address === 'object' && address ? address.port : port;

@@ -6,6 +6,7 @@
  * is tried again. A refusal of the report itself goes back to the state
  * watcher as one, so that the refused state is never named as a predecessor.
  */
+import { AgentMetrics } from '../../metrics/service-metrics.js';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
@@ -63,24 +64,32 @@ const change = (): StateChange => ({
   after: [],
 });
 
+/** An agent whose control plane answers its reports with `statuses`, in turn. */
+async function agentBehind(statuses: number[]) {
+  const controlPlane = await controlPlaneAnswering(statuses);
+  servers.push(controlPlane.server);
+  const { agent, report } = agentReporting();
+  const client = await ApiClient.withToken({ url: controlPlane.url, token: 'host-b-token' });
+  await buildAgentApi({
+    agent,
+    token: 'host-b-token',
+    controlPlane: client,
+    logger: pino({ level: 'silent' }),
+    metrics: new AgentMetrics(),
+  });
+  return { controlPlane, report };
+}
+
 describe('vtpm agent reporting a state change', () => {
   it('tries again when the control plane does not know its token yet, or throttles it, until it is taken', async () => {
-    const controlPlane = await controlPlaneAnswering([401, 429, 401]);
-    servers.push(controlPlane.server);
-    const { agent, report } = agentReporting();
-    const client = await ApiClient.withToken({ url: controlPlane.url, token: 'host-b-token' });
-    await buildAgentApi({ agent, token: 'host-b-token', controlPlane: client, logger: pino({ level: 'silent' }) });
+    const { controlPlane, report } = await agentBehind([401, 429, 401]);
 
     await report(change());
     assert.equal(controlPlane.seen.length, 4, 'sent until the control plane took it');
   });
 
   it('passes a refusal on to the watcher, which never names a refused state as one the vault holds', async () => {
-    const controlPlane = await controlPlaneAnswering([409]);
-    servers.push(controlPlane.server);
-    const { agent, report } = agentReporting();
-    const client = await ApiClient.withToken({ url: controlPlane.url, token: 'host-b-token' });
-    await buildAgentApi({ agent, token: 'host-b-token', controlPlane: client, logger: pino({ level: 'silent' }) });
+    const { controlPlane, report } = await agentBehind([409]);
 
     await assert.rejects(report(change()), (error: unknown) => error instanceof RemoteError && error.status === 409);
     assert.equal(controlPlane.seen.length, 1, 'not sent again');

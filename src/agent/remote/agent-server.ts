@@ -14,7 +14,9 @@ import { RemoteError, type ApiClient } from '../../api/client.js';
 import { bearerToken } from '../../api/patterns.js';
 import { UnauthenticatedError } from '../../errors.js';
 import { useProductErrors } from '../../http/error-handler.js';
+import { METRICS_PATH, serveMetrics } from '../../http/metrics-endpoint.js';
 import { productServerOptions } from '../../http/server-options.js';
+import type { AgentMetrics } from '../../metrics/service-metrics.js';
 import { withWiped } from '../../keys/wiped.js';
 import type { LocalHostAgent } from '../local-host-agent.js';
 import { AGENT_API, reportPath, StartBody, toWire, WorkingStateBody } from './wire.js';
@@ -26,6 +28,7 @@ export interface AgentServerOptions {
   controlPlane: ApiClient;
   logger: Logger;
   https?: { cert: Buffer; key: Buffer } | undefined;
+  metrics: AgentMetrics;
 }
 
 const RETRY_MAX_MS = 5_000;
@@ -69,6 +72,8 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
   }) as unknown as FastifyInstance;
 
   app.addHook('onRequest', async (request) => {
+    // Prometheus scrapes without the agent token, which would let it run vTPMs (see http/metrics-endpoint.ts).
+    if (request.routeOptions.url === METRICS_PATH) return;
     const token = bearerToken(request.headers.authorization);
     if (!token || !timingSafeEqual(digest(token), expected)) {
       throw new UnauthenticatedError(
@@ -77,6 +82,9 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
     }
   });
   useProductErrors(app);
+  serveMetrics(app, options.metrics, async () => {
+    options.metrics.swtpmsRunning.set((await agent.running()).length);
+  });
 
   const vmParams = {
     type: 'object',

@@ -122,5 +122,14 @@ export class BarbicanKeyManager implements KeyManager {
       throw new KeyManagerError(`Barbican refused to delete secret ${ref}: HTTP ${response.status}`, { ref });
   }
 
+  /** Barbican's secrets list: its API and its database answer (the project is one no vTPM uses). */
+  async checkReachable(): Promise<void> {
+    const response = await this.call('GET', '/v1/secrets?limit=1', 'vtpm-manager-readiness');
+    if (response.status !== 200)
+      throw new KeyManagerError(`Barbican at ${this.endpoint} answered HTTP ${response.status} to a secrets list`, {
+        endpoint: this.endpoint,
+      });
+  }
+
   async close(): Promise<void> {}
 }

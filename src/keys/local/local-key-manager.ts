@@ -9,7 +9,7 @@
  * 0600 file in the data directory, which a copy carries along.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readdir, readFile, unlink } from 'node:fs/promises';
+import { access, constants, readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidArgumentError, KeyManagerError } from '../../errors.js';
 import { KEY_BYTES, open, seal } from '../aead.js';
@@ -137,6 +137,18 @@ export class LocalKeyManager implements KeyManager {
 
   readSecret(ref: string): Promise<Buffer> {
     return this.gate.shared(() => this.readSealed(ref));
+  }
+
+  /** The master key is in memory; what can fail is the directory the sealed secrets are in. */
+  async checkReachable(): Promise<void> {
+    try {
+      await access(this.secretsDir, constants.R_OK | constants.W_OK | constants.X_OK);
+    } catch (error) {
+      throw new KeyManagerError(
+        `the local key manager's secrets directory ${this.secretsDir} cannot be used: ${(error as Error).message}`,
+        { dir: this.secretsDir },
+      );
+    }
   }
 
   private async readSealed(ref: string): Promise<Buffer> {

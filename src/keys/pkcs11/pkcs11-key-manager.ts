@@ -196,6 +196,13 @@ export class Pkcs11KeyManager implements KeyManager {
     });
   }
 
+  /** The token answers and still holds the current key-encryption key. */
+  async checkReachable(): Promise<void> {
+    const keys = await this.token.findKeys(this.keyLabel);
+    if (!keys.some((key) => key.id.equals(this.current.id)))
+      throw new KeyManagerError(`the key-encryption key (label "${this.keyLabel}") is no longer in the token`);
+  }
+
   deleteSecret(ref: string): Promise<void> {
     return this.gate.shared(() => this.removeWrapped(ref));
   }

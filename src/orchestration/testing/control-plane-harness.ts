@@ -17,6 +17,7 @@ import { LocalKeyManager } from '../../keys/local/local-key-manager.js';
 import { ProvisioningPool } from '../../pool/provisioning-pool.js';
 import { openEmbeddedStore } from '../../store/index.js';
 import { StateVault } from '../../vault/state-vault.js';
+import { ControlPlaneMetrics } from '../../metrics/service-metrics.js';
 import { type ControlPlane, controlPlane } from '../control-plane.js';
 import { ingestExit, ingestStateChange } from '../state-ingest.js';
 import { FakeHostAgent } from './fake-host-agent.js';
@@ -24,7 +25,7 @@ import { FakeHostAgent } from './fake-host-agent.js';
 /** Retries of owed work come at once in tests. */
 const QUICK_RETRIES = { firstPauseMs: 10, longestPauseMs: 50 };
 
-type KeyCall = 'createSecret' | 'storeSecret' | 'readSecret' | 'deleteSecret';
+type KeyCall = 'createSecret' | 'storeSecret' | 'readSecret' | 'deleteSecret' | 'checkReachable';
 
 /** The local key manager, able to fail on demand. */
 class FlakyKeyManager implements KeyManager {
@@ -78,6 +79,11 @@ class FlakyKeyManager implements KeyManager {
   async deleteSecret(ref: string): Promise<void> {
     this.enter('deleteSecret');
     return this.keys.deleteSecret(ref);
+  }
+
+  async checkReachable(): Promise<void> {
+    this.enter('checkReachable');
+    return this.keys.checkReachable();
   }
 
   /** Whether the key manager still holds the secret (for checks that a secret was erased). */
@@ -140,16 +146,25 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
   const logger = pino({ level: 'silent' });
   const local = new FakeHostAgent('host-a');
   const others = options.hosts ?? [];
-  const fleet = new Fleet({ store, keys, logger, manufacturer: local, inProcess: others });
+  const metrics = new ControlPlaneMetrics();
+  const fleet = new Fleet({
+    store,
+    keys,
+    logger,
+    manufacturer: local,
+    inProcess: others,
+    placementRefused: metrics.placementRefused,
+  });
   const poolSize = options.poolSize ?? 0;
   const pool = poolSize > 0 ? new ProvisioningPool(store, keys, local, logger, poolSize, ['2.0']) : undefined;
   const parts = {
     store,
     keys,
-    vault: new StateVault(store, { newest: 20, days: 0 }),
+    vault: new StateVault(store, { newest: 20, days: 0 }, metrics.generationCommitted),
     fleet,
     audit: new AuditLog(store),
     pool,
+    metrics,
     logger,
     dataDir,
   };

@@ -125,6 +125,17 @@ export class VtpmRepository {
     await this.db.deleteFrom('vtpms').where('vm', '=', vm).execute();
   }
 
+  /** How many vTPMs each host has in each status (what the metrics report). */
+  async countByHostAndStatus(): Promise<Array<{ host: string; status: VtpmStatus; count: number }>> {
+    const rows = await this.db
+      .selectFrom('vtpms')
+      .select(['host', 'status', (eb) => eb.fn.countAll<number>().as('n')])
+      .groupBy(['host', 'status'])
+      .execute();
+    // Number(): PostgreSQL's count is a bigint, which its driver hands out as a string.
+    return rows.map((row) => ({ host: row.host, status: row.status as VtpmStatus, count: Number(row.n) }));
+  }
+
   async countByHost(): Promise<Map<string, { total: number; running: number }>> {
     const rows = await this.db.selectFrom('vtpms').select(['host', 'status']).execute();
     const counts = new Map<string, { total: number; running: number }>();

@@ -5,6 +5,7 @@
  * very app `vtpm serve` builds. A route added to the product is fuzzed
  * without a change here.
  */
+import { AgentMetrics } from '../../../src/metrics/service-metrics.js';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { FastifyInstance, RouteOptions } from 'fastify';
 import pino from 'pino';
@@ -149,6 +150,7 @@ export async function agentOperations(): Promise<Operation[]> {
       token: 'fuzz',
       controlPlane: {} as ApiClient,
       logger: pino({ level: 'silent' }),
+      metrics: new AgentMetrics(),
     }),
   );
   return routes.flatMap(operationOf).filter((operation) => operation.method !== 'HEAD');
