@@ -2,6 +2,7 @@
  * The HTTP client of the product's APIs (the CLI, the libvirt hook, host agents and the
  * control plane calling them): one request function, errors turned back into typed errors.
  */
+import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import {
@@ -13,6 +14,7 @@ import {
 } from '../errors.js';
 import { adminTokenPath } from '../auth/admin-token-path.js';
 import { readOwnerOnlyFile } from '../keys/owner-only-file.js';
+import { REQUEST_ID_HEADER } from './request-id-header.js';
 import { requireSecureUrl } from './secure-url.js';
 
 /** An error the server reported, carrying the server's own code and status. */
@@ -85,6 +87,8 @@ export class ApiClient {
     private readonly ca: Buffer | undefined,
     /** What to check when the server cannot be reached; a user of the CLI has other levers than a process. */
     private readonly unreachableHint: string,
+    /** Sent with each request, so the servers' log lines of one command share it (http/request-id.ts). */
+    readonly requestId: string | undefined,
   ) {}
 
   /** The token comes from `token`, --token-file, VTPM_TOKEN, or the server's data directory, in that order. */
@@ -108,7 +112,9 @@ export class ApiClient {
         })
       : undefined;
     const hint = options.unreachableHint ?? 'is `vtpm serve` running? Set --url or VTPM_URL';
-    return new ApiClient(options.url.replace(/\/+$/, ''), token, options.timeoutMs ?? DEFAULT_TIMEOUT_MS, ca, hint);
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    // A user's command (or a hook call) is one operation: its requests carry one id.
+    return new ApiClient(options.url.replace(/\/+$/, ''), token, timeoutMs, ca, hint, randomUUID());
   }
 
   /** A client with a credential of its own (a host agent's), never the environment's or a data directory's. */
@@ -126,7 +132,8 @@ export class ApiClient {
     // The control plane calling a host's agent, or an agent its control plane: neither has a --url to set.
     const hint = 'is the vtpm agent or vtpm serve at that address running, and reachable from here?';
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    return new ApiClient(options.url.replace(/\/+$/, ''), options.token, timeoutMs, ca, hint);
+    // A long-lived client of a service, whose calls are not one operation: each server names its own.
+    return new ApiClient(options.url.replace(/\/+$/, ''), options.token, timeoutMs, ca, hint, undefined);
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -137,6 +144,7 @@ export class ApiClient {
         method,
         headers: {
           authorization: `Bearer ${this.token}`,
+          ...(this.requestId && { [REQUEST_ID_HEADER]: this.requestId }),
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
         },
         body: body === undefined ? undefined : JSON.stringify(body),

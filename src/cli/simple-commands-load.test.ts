@@ -40,7 +40,7 @@ process.on('exit', () => appendFileSync(file,
 /** What a simple command may load of the product: its definitions and what their options name, the client. */
 const ALLOWED_SOURCES = [
   /^cli\/(?!.*-actions\.js$)(?!logger\.js$)[\w-]+\.js$/,
-  /^api\/(client|secure-url)\.js$/,
+  /^api\/(client|secure-url|request-id-header)\.js$/,
   /^errors\.js$/,
   /^tpm-spec\/(tpm-spec|secret-security)\.js$/,
   /^auth\/(policy|admin-token-path)\.js$/,

@@ -16,6 +16,7 @@ import { agentApi } from './agent-api/plugin.js';
 import { useProductErrors } from './error-handler.js';
 import { serveMetrics } from './metrics-endpoint.js';
 import { serveReadiness } from './readiness.js';
+import { answerWithRequestId } from './request-id.js';
 import { productServerOptions } from './server-options.js';
 import { userApi } from './user-api/plugin.js';
 
@@ -33,6 +34,7 @@ export async function buildHttpApi(options: HttpOptions): Promise<FastifyInstanc
     ...productServerOptions(options.logger, BODY_LIMIT),
     ...(options.https && { https: options.https }),
   }) as unknown as FastifyInstance;
+  answerWithRequestId(app);
 
   await app.register(swagger, {
     openapi: {

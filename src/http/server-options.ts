@@ -5,6 +5,7 @@
 import { type FastifyBaseLogger, type FastifyServerOptions, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import { handleClientError, handleFrameworkError } from './error-handler.js';
+import { requestIdOf } from './request-id.js';
 import { lazyRequestLogger } from './request-logger.js';
 
 export function productServerOptions(logger: Logger, bodyLimit: number): FastifyServerOptions {
@@ -13,6 +14,7 @@ export function productServerOptions(logger: Logger, bodyLimit: number): Fastify
     // fastify's two lines per request at info drown what operators need (vtpm serve logs one, at debug).
     logController: new LogController({ disableRequestLogging: true }),
     childLoggerFactory: lazyRequestLogger,
+    genReqId: requestIdOf,
     bodyLimit,
     frameworkErrors: handleFrameworkError,
     clientErrorHandler: handleClientError,

@@ -15,6 +15,7 @@ import { bearerToken } from '../../api/patterns.js';
 import { UnauthenticatedError } from '../../errors.js';
 import { useProductErrors } from '../../http/error-handler.js';
 import { METRICS_PATH, serveMetrics } from '../../http/metrics-endpoint.js';
+import { answerWithRequestId } from '../../http/request-id.js';
 import { productServerOptions } from '../../http/server-options.js';
 import type { AgentMetrics } from '../../metrics/service-metrics.js';
 import { withWiped } from '../../keys/wiped.js';
@@ -71,6 +72,7 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
     ...(options.https && { https: options.https }),
   }) as unknown as FastifyInstance;
 
+  answerWithRequestId(app);
   app.addHook('onRequest', async (request) => {
     // Prometheus scrapes without the agent token, which would let it run vTPMs (see http/metrics-endpoint.ts).
     if (request.routeOptions.url === METRICS_PATH) return;
