@@ -100,21 +100,32 @@ export class AlreadyExistsError extends VtpmError {
 }
 
 /** No host offers what the vTPM needs. */
+/** Why the scheduler passed a host over. */
+export type HostRefusal =
+  | { name: string; reason: 'missing_trait'; missing: string[] }
+  | { name: string; reason: 'not_connected'; missing: string[] };
+
 export class NoValidHostError extends VtpmError {
   readonly code = 'no_valid_host';
   readonly status = 409;
   /** Why each host was ruled out (`no_host` when none is registered): what the metrics count. */
   readonly reasons: string[];
-  constructor(requiredTraits: string[], hosts: Array<{ name: string; missing: string[] }>) {
+  constructor(requiredTraits: string[], hosts: HostRefusal[]) {
     const why =
       hosts.length === 0
         ? 'no host is registered'
-        : hosts.map((h) => `${h.name} lacks ${h.missing.join(', ')}`).join('; ');
+        : hosts
+            .map((h) =>
+              h.reason === 'not_connected'
+                ? `${h.name} has no agent connected to this control plane`
+                : `${h.name} lacks ${h.missing.join(', ')}`,
+            )
+            .join('; ');
     super(`no host can run this vTPM (needs ${requiredTraits.join(', ')}): ${why}`, {
       required_traits: requiredTraits,
       hosts,
     });
-    this.reasons = hosts.length === 0 ? ['no_host'] : hosts.map(() => 'missing_trait');
+    this.reasons = hosts.length === 0 ? ['no_host'] : hosts.map((h) => h.reason);
   }
 }
 

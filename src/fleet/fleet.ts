@@ -188,11 +188,15 @@ export class Fleet {
     );
   }
 
-  /** The connected host that fits the spec best (see scheduler.ts). */
+  /** The connected host that fits the spec best (see scheduler.ts); the refusal names every other's reason. */
   async place(spec: TpmSpec): Promise<string> {
     const counts = await this.options.store.vtpms.countByHost();
-    const hosts = (await this.options.store.hosts.list()).filter((host) => this.isConnected(host.name));
-    const candidates = hosts.map((h) => ({ name: h.name, traits: h.traits, vtpms: counts.get(h.name)?.total ?? 0 }));
+    const candidates = (await this.options.store.hosts.list()).map((h) => ({
+      name: h.name,
+      traits: h.traits,
+      vtpms: counts.get(h.name)?.total ?? 0,
+      connected: this.isConnected(h.name),
+    }));
     try {
       return chooseHost(spec, candidates).name;
     } catch (error) {
@@ -205,7 +209,7 @@ export class Fleet {
   async requireHostFor(spec: TpmSpec, host: string): Promise<void> {
     this.agentFor(host);
     const known = (await this.options.store.hosts.list()).find((h) => h.name === host);
-    chooseHost(spec, known ? [{ name: known.name, traits: known.traits, vtpms: 0 }] : []);
+    chooseHost(spec, known ? [{ name: known.name, traits: known.traits, vtpms: 0, connected: true }] : []);
   }
 
   async list(): Promise<HostView[]> {

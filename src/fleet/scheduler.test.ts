@@ -13,17 +13,17 @@ const full = [
 describe('chooseHost', () => {
   it('picks the least loaded host that has every required trait', () => {
     const chosen = chooseHost({ version: '2.0', model: 'tpm-crb' }, [
-      { name: 'a', traits: full, vtpms: 5 },
-      { name: 'b', traits: ['COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS'], vtpms: 0 },
-      { name: 'c', traits: full, vtpms: 2 },
+      { name: 'a', traits: full, vtpms: 5, connected: true },
+      { name: 'b', traits: ['COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS'], vtpms: 0, connected: true },
+      { name: 'c', traits: full, vtpms: 2, connected: true },
     ]);
     assert.equal(chosen.name, 'c');
   });
   it('breaks ties by name', () => {
     assert.equal(
       chooseHost({ version: '1.2', model: 'tpm-tis' }, [
-        { name: 'z', traits: full, vtpms: 1 },
-        { name: 'y', traits: full, vtpms: 1 },
+        { name: 'z', traits: full, vtpms: 1, connected: true },
+        { name: 'y', traits: full, vtpms: 1, connected: true },
       ]).name,
       'y',
     );
@@ -32,11 +32,26 @@ describe('chooseHost', () => {
     assert.throws(
       () =>
         chooseHost({ version: '2.0', model: 'tpm-crb' }, [
-          { name: 'old', traits: ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS'], vtpms: 0 },
+          { name: 'old', traits: ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS'], vtpms: 0, connected: true },
         ]),
       (error: unknown) =>
         error instanceof NoValidHostError &&
         /old lacks COMPUTE_SECURITY_TPM_2_0, COMPUTE_SECURITY_TPM_CRB/.test(error.message),
+    );
+  });
+  it('passes over a host whose agent is not connected, and names it with its reason', () => {
+    const candidates = [
+      { name: 'gone', traits: full, vtpms: 0, connected: false },
+      { name: 'old', traits: ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS'], vtpms: 0, connected: true },
+      { name: 'here', traits: full, vtpms: 9, connected: true },
+    ];
+    assert.equal(chooseHost({ version: '2.0', model: 'tpm-crb' }, candidates).name, 'here');
+    assert.throws(
+      () => chooseHost({ version: '2.0', model: 'tpm-crb' }, candidates.slice(0, 2)),
+      (error: unknown) =>
+        error instanceof NoValidHostError &&
+        /gone has no agent connected to this control plane; old lacks COMPUTE_SECURITY_TPM_2_0/.test(error.message) &&
+        error.reasons.join() === 'not_connected,missing_trait',
     );
   });
   it('says so when there are no hosts at all', () => {

@@ -1,29 +1,30 @@
 /**
- * Placement: a vTPM goes to a host that has every trait its spec requires,
- * preferring the host with the fewest vTPMs (spreading, like Nova's default
+ * Placement: a vTPM goes to a host whose agent is connected and that has
+ * every trait its spec requires, preferring the host with the fewest vTPMs (spreading, like Nova's default
  * weighers), then the name for a stable choice.
  */
-import { NoValidHostError } from '../errors.js';
+import { type HostRefusal, NoValidHostError } from '../errors.js';
 import { requiredTraits, type TpmSpec } from '../tpm-spec/tpm-spec.js';
 
 export interface Candidate {
   name: string;
   traits: string[];
   vtpms: number;
+  /** Whether its agent is connected to this control plane (the control plane's own host always is). */
+  connected: boolean;
+}
+
+function refusalOf(host: Candidate, required: string[]): HostRefusal | undefined {
+  const missing = required.filter((trait) => !host.traits.includes(trait));
+  if (missing.length > 0) return { name: host.name, reason: 'missing_trait', missing };
+  if (!host.connected) return { name: host.name, reason: 'not_connected', missing: [] };
+  return undefined;
 }
 
 export function chooseHost(spec: TpmSpec, candidates: Candidate[]): Candidate {
   const required = requiredTraits(spec);
-  const fitting = candidates.filter((host) => required.every((trait) => host.traits.includes(trait)));
+  const fitting = candidates.filter((host) => refusalOf(host, required) === undefined);
   const best = fitting.sort((a, b) => a.vtpms - b.vtpms || a.name.localeCompare(b.name))[0];
-  if (!best) {
-    throw new NoValidHostError(
-      required,
-      candidates.map((host) => ({
-        name: host.name,
-        missing: required.filter((trait) => !host.traits.includes(trait)),
-      })),
-    );
-  }
+  if (!best) throw new NoValidHostError(required, candidates.flatMap((host) => refusalOf(host, required) ?? []));
   return best;
 }
