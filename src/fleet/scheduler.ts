@@ -25,6 +25,10 @@ export function chooseHost(spec: TpmSpec, candidates: Candidate[]): Candidate {
   const required = requiredTraits(spec);
   const fitting = candidates.filter((host) => refusalOf(host, required) === undefined);
   const best = fitting.sort((a, b) => a.vtpms - b.vtpms || a.name.localeCompare(b.name))[0];
-  if (!best) throw new NoValidHostError(required, candidates.flatMap((host) => refusalOf(host, required) ?? []));
+  if (!best)
+    throw new NoValidHostError(
+      required,
+      candidates.flatMap((host) => refusalOf(host, required) ?? []),
+    );
   return best;
 }
