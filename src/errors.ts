@@ -103,7 +103,8 @@ export class AlreadyExistsError extends VtpmError {
 /** Why the scheduler passed a host over. */
 export type HostRefusal =
   | { name: string; reason: 'missing_trait'; missing: string[] }
-  | { name: string; reason: 'not_connected'; missing: string[] };
+  | { name: string; reason: 'not_connected'; missing: string[] }
+  | { name: string; reason: 'disabled'; missing: string[]; why: string };
 
 export class NoValidHostError extends VtpmError {
   readonly code = 'no_valid_host';
@@ -118,7 +119,9 @@ export class NoValidHostError extends VtpmError {
             .map((h) =>
               h.reason === 'not_connected'
                 ? `${h.name} has no agent connected to this control plane`
-                : `${h.name} lacks ${h.missing.join(', ')}`,
+                : h.reason === 'disabled'
+                  ? `${h.name} is disabled (${h.why})`
+                  : `${h.name} lacks ${h.missing.join(', ')}`,
             )
             .join('; ');
     super(`no host can run this vTPM (needs ${requiredTraits.join(', ')}): ${why}`, {

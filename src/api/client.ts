@@ -87,8 +87,8 @@ export class ApiClient {
     private readonly ca: Buffer | undefined,
     /** What to check when the server cannot be reached; a user of the CLI has other levers than a process. */
     private readonly unreachableHint: string,
-    /** Sent with each request, so the servers' log lines of one command share it (http/request-id.ts). */
-    readonly requestId: string | undefined,
+    /** Sent with each request, so the servers' log lines of one operation share it (http/request-id.ts). */
+    private readonly requestId: () => string | undefined,
   ) {}
 
   /** The token comes from `token`, --token-file, VTPM_TOKEN, or the server's data directory, in that order. */
@@ -114,7 +114,8 @@ export class ApiClient {
     const hint = options.unreachableHint ?? 'is `vtpm serve` running? Set --url or VTPM_URL';
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     // A user's command (or a hook call) is one operation: its requests carry one id.
-    return new ApiClient(options.url.replace(/\/+$/, ''), token, timeoutMs, ca, hint, randomUUID());
+    const requestId = randomUUID();
+    return new ApiClient(options.url.replace(/\/+$/, ''), token, timeoutMs, ca, hint, () => requestId);
   }
 
   /** A client with a credential of its own (a host agent's), never the environment's or a data directory's. */
@@ -123,6 +124,8 @@ export class ApiClient {
     token: string;
     caFile?: string | undefined;
     timeoutMs?: number | undefined;
+    /** The id of the operation a call is part of, asked at each call; none: each server names its own. */
+    requestId?: (() => string | undefined) | undefined;
   }): Promise<ApiClient> {
     const ca = options.caFile
       ? await readFile(options.caFile).catch(() => {
@@ -132,19 +135,20 @@ export class ApiClient {
     // The control plane calling a host's agent, or an agent its control plane: neither has a --url to set.
     const hint = 'is the vtpm agent or vtpm serve at that address running, and reachable from here?';
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    // A long-lived client of a service, whose calls are not one operation: each server names its own.
-    return new ApiClient(options.url.replace(/\/+$/, ''), options.token, timeoutMs, ca, hint, undefined);
+    const requestId = options.requestId ?? (() => undefined);
+    return new ApiClient(options.url.replace(/\/+$/, ''), options.token, timeoutMs, ca, hint, requestId);
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     if (this.token === undefined) throw new UnauthenticatedError();
     let response: { status: number; text: string };
+    const requestId = this.requestId();
     try {
       response = await send(`${this.url}${path}`, {
         method,
         headers: {
           authorization: `Bearer ${this.token}`,
-          ...(this.requestId && { [REQUEST_ID_HEADER]: this.requestId }),
+          ...(requestId && { [REQUEST_ID_HEADER]: requestId }),
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
         },
         body: body === undefined ? undefined : JSON.stringify(body),

@@ -12,6 +12,10 @@ const Host = Type.Object({
   agent_url: Type.Union([Type.String(), Type.Null()], {
     description: "a remote agent's API; null for the control plane's own host",
   }),
+  state: Type.Union([Type.Literal('enabled'), Type.Literal('disabled')], {
+    description: 'disabled: no new vTPM is placed there; those it holds keep running and starting there',
+  }),
+  disabled_reason: Type.Union([Type.String(), Type.Null()]),
 });
 export type HostView = Static<typeof Host>;
 export const HostList = Type.Object({ hosts: Type.Array(Host) });
@@ -23,6 +27,15 @@ export const RegisterHostBody = Type.Object({
 });
 export const RegisteredHost = Type.Object({ name: Type.String(), url: Type.String(), token: Type.String() });
 export type RegisteredHost = Static<typeof RegisteredHost>;
+
+export const HostParams = Type.Object({ name: HostName });
+export const DisableHostBody = Type.Object({
+  reason: Type.Optional(
+    Type.String({ minLength: 1, maxLength: 512, description: 'why, for other admins (vtpm hosts shows it)' }),
+  ),
+});
+export const HostStateChanged = Type.Object({ name: Type.String(), state: Host.properties.state });
+export type HostStateChanged = Static<typeof HostStateChanged>;
 
 export const PoolStatus = Type.Object({
   size: Type.Integer(),

@@ -37,6 +37,8 @@ export interface RequestContext {
   secretsRead?: Set<string>;
   /** The request's own entry, which its operation may commit with its last change (AuditLog.transaction). */
   answer?: RequestAnswer;
+  /** Its log id (http/request-id.ts), which the control plane's calls to agents carry on. */
+  requestId?: string;
 }
 export const requestContext = new AsyncLocalStorage<RequestContext>();
 

@@ -35,6 +35,7 @@ export const DEPLOYMENT_OPERATIONS = [
   'list',
   'hosts',
   'hosts-register',
+  'hosts-manage',
   'pool',
   'users',
   'keys',
@@ -112,6 +113,7 @@ export function decideOnDeployment(principal: Principal, operation: DeploymentOp
     case 'backup':
     case 'audit-verify':
     case 'hosts-register':
+    case 'hosts-manage':
       return has(principal, 'admin') ? 'allow' : 'forbid';
   }
 }
@@ -149,6 +151,7 @@ const DEPLOYMENT_ACTIONS: Record<DeploymentOperation, string> = {
   list: 'list vTPMs',
   hosts: 'list hosts',
   'hosts-register': 'register hosts',
+  'hosts-manage': 'disable and enable hosts',
   pool: 'see the provisioning pool',
   users: 'manage users',
   keys: 'rotate keys',

@@ -1,11 +1,12 @@
 /**
- * `vtpm host add` (register a host whose agent runs remotely), `vtpm agent`
+ * `vtpm host add` (register a host whose agent runs remotely), `vtpm host
+ * disable|enable` (keep new vTPMs off a host, or not), `vtpm agent`
  * (run that agent), and `vtpm migrate` (move a running vTPM live to another
  * host, for the migration of its VM).
  */
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
-import type { HostList, PoolStatus, RegisteredHost } from '../api/hosts.js';
+import type { HostList, HostStateChanged, PoolStatus, RegisteredHost } from '../api/hosts.js';
 import type { Migration } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
 import { client, emit, globals, vmPath, withClientOptions, withDataDir } from './context.js';
@@ -37,10 +38,11 @@ export function registerHostCommands(program: Command): void {
             name: h.name,
             vtpms: h.vtpms,
             running: h.running,
+            state: h.disabled_reason === null ? h.state : `${h.state} (${h.disabled_reason})`,
             traits: h.traits.join(','),
             agent: h.agent_url ?? '(in vtpm serve)',
           })),
-          ['name', 'vtpms', 'running', 'traits', 'agent'],
+          ['name', 'state', 'vtpms', 'running', 'traits', 'agent'],
         ),
       );
     });
@@ -64,6 +66,30 @@ export function registerHostCommands(program: Command): void {
           `then run there: vtpm agent --name ${added.name} --control-plane URL --token-file FILE`,
         ].join('\n'),
       );
+    });
+
+  withClientOptions(host.command('disable'))
+    .description('place no new vTPM on the host; those it holds keep running and starting there (admin)')
+    .argument('<name>', 'the host, as vtpm hosts names it')
+    .option('--reason <text>', 'why, for other admins (vtpm hosts shows it)')
+    .action(async (name: string, options: { reason?: string }, command: Command) => {
+      const changed = await (await client(command)).request<HostStateChanged>(
+        'POST',
+        `/v1/hosts/${encodeURIComponent(name)}/disable`,
+        options.reason === undefined ? {} : { reason: options.reason },
+      );
+      emit(command, changed, () => `host ${changed.name}: ${changed.state}`);
+    });
+
+  withClientOptions(host.command('enable'))
+    .description('place new vTPMs on the host again (admin)')
+    .argument('<name>', 'the host, as vtpm hosts names it')
+    .action(async (name: string, _options: unknown, command: Command) => {
+      const changed = await (await client(command)).request<HostStateChanged>(
+        'POST',
+        `/v1/hosts/${encodeURIComponent(name)}/enable`,
+      );
+      emit(command, changed, () => `host ${changed.name}: ${changed.state}`);
     });
 
   withDataDir(program.command('agent'), { caFile: true })

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { HostAgent, HostDescription } from '../agent/host-agent.js';
 import { RemoteHostAgent } from '../agent/remote/remote-host-agent.js';
 import { ApiClient } from '../api/client.js';
+import { requestContext } from '../audit/audit-log.js';
 import type { HostView, RegisteredHost } from '../api/hosts.js';
 import { requireSecureUrl } from '../api/secure-url.js';
 import { NoValidHostError, StateConflictError, UnauthenticatedError } from '../errors.js';
@@ -148,7 +149,9 @@ export class Fleet {
   }
 
   private async connect(name: string, url: string, token: string): Promise<RemoteHostAgent> {
-    const client = await ApiClient.withToken({ url, token, caFile: this.options.agentCaFile });
+    // A call made for a user's request carries its id, so the agent's lines are found with the control plane's.
+    const requestId = () => requestContext.getStore()?.requestId;
+    const client = await ApiClient.withToken({ url, token, caFile: this.options.agentCaFile, requestId });
     const agent = new RemoteHostAgent(name, client);
     this.remotes.set(name, { agent, tokenDigest: digest(token) });
     return agent;
@@ -196,6 +199,7 @@ export class Fleet {
       traits: h.traits,
       vtpms: counts.get(h.name)?.total ?? 0,
       connected: this.isConnected(h.name),
+      disabledReason: h.disabled_reason,
     }));
     try {
       return chooseHost(spec, candidates).name;
@@ -209,7 +213,10 @@ export class Fleet {
   async requireHostFor(spec: TpmSpec, host: string): Promise<void> {
     this.agentFor(host);
     const known = (await this.options.store.hosts.list()).find((h) => h.name === host);
-    chooseHost(spec, known ? [{ name: known.name, traits: known.traits, vtpms: 0, connected: true }] : []);
+    chooseHost(
+      spec,
+      known ? [{ name: known.name, traits: known.traits, vtpms: 0, connected: true, disabledReason: null }] : [],
+    );
   }
 
   async list(): Promise<HostView[]> {
@@ -222,6 +229,8 @@ export class Fleet {
       capabilities: host.capabilities,
       last_seen: host.last_seen,
       agent_url: host.agent_url,
+      state: host.disabled_reason === null ? 'enabled' : 'disabled',
+      disabled_reason: host.disabled_reason,
     }));
   }
 }

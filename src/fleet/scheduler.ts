@@ -12,12 +12,16 @@ export interface Candidate {
   vtpms: number;
   /** Whether its agent is connected to this control plane (the control plane's own host always is). */
   connected: boolean;
+  /** Set when an admin disabled the host (`vtpm host disable`): no new vTPM goes there. */
+  disabledReason: string | null;
 }
 
 function refusalOf(host: Candidate, required: string[]): HostRefusal | undefined {
   const missing = required.filter((trait) => !host.traits.includes(trait));
   if (missing.length > 0) return { name: host.name, reason: 'missing_trait', missing };
   if (!host.connected) return { name: host.name, reason: 'not_connected', missing: [] };
+  if (host.disabledReason !== null)
+    return { name: host.name, reason: 'disabled', missing: [], why: host.disabledReason };
   return undefined;
 }
 

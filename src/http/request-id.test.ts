@@ -1,7 +1,8 @@
 /**
  * One id per request across processes: the service takes a plain id a client
  * sends (else makes one), logs with it and answers with it; the CLI's client
- * sends one id with every request of one command.
+ * sends one id with every request of one command, and the control plane's
+ * calls to an agent carry the id of the user's request they serve.
  */
 import assert from 'node:assert/strict';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
@@ -11,6 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import pino from 'pino';
 import { ApiClient } from '../api/client.js';
+import { requestContext } from '../audit/audit-log.js';
 import { REQUEST_ID_HEADER } from '../api/request-id-header.js';
 import { openTestControlPlane, type TestControlPlane } from '../orchestration/testing/control-plane-harness.js';
 import { buildHttpApi } from './app.js';
@@ -56,15 +58,7 @@ describe('request ids', () => {
   });
 
   it("sends one id with every request of one client (one command), another client's differs", async () => {
-    const seen: IncomingHttpHeaders[] = [];
-    const server = createServer((request, response) => {
-      seen.push(request.headers);
-      response.setHeader('content-type', 'application/json');
-      response.end('{}');
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    try {
-      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    await withServerSeeing(async (url, seen) => {
       const first = await ApiClient.connect({ url, token: 't', dataDir: '/nonexistent' });
       await first.request('GET', '/v1/vtpms');
       await first.request('GET', '/v1/hosts');
@@ -73,8 +67,34 @@ describe('request ids', () => {
       assert.match(String(ids[0]), UUID);
       assert.equal(ids[1], ids[0]);
       assert.notEqual(ids[2], ids[0]);
-    } finally {
-      server.close();
-    }
+    });
+  });
+
+  it("carries the user's request id into the control plane's calls to a remote agent, and only those", async () => {
+    await withServerSeeing(async (url, seen) => {
+      await t.cp.fleet.register('host-r', url);
+      const agent = t.cp.fleet.agentFor('host-r');
+      const principal = { name: 'alice', project: 'p1', roles: ['member' as const] };
+      await requestContext.run({ principal, requestId: 'user-7' }, () => agent.running());
+      await agent.running();
+      assert.equal(seen[0]?.[REQUEST_ID_HEADER], 'user-7');
+      assert.equal(seen[1]?.[REQUEST_ID_HEADER], undefined, 'background work names no user request');
+    });
   });
 });
+
+/** A server answering `{"running": []}` to anything, which records the headers it was sent. */
+async function withServerSeeing(body: (url: string, seen: IncomingHttpHeaders[]) => Promise<void>): Promise<void> {
+  const seen: IncomingHttpHeaders[] = [];
+  const server = createServer((request, response) => {
+    seen.push(request.headers);
+    response.setHeader('content-type', 'application/json');
+    response.end('{"running":[]}');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    await body(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen);
+  } finally {
+    server.close();
+  }
+}

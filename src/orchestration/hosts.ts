@@ -1,6 +1,7 @@
 /** The deployment's side of the fleet: its hosts and the provisioning pool, for admins and operators. */
-import type { HostView, PoolStatus, RegisteredHost } from '../api/hosts.js';
+import type { HostStateChanged, HostView, PoolStatus, RegisteredHost } from '../api/hosts.js';
 import { enforceOnDeployment, type Principal } from '../auth/policy.js';
+import { NotFoundError } from '../errors.js';
 import { TPM_VERSIONS } from '../tpm-spec/tpm-spec.js';
 import type { ControlPlane } from './control-plane.js';
 
@@ -17,6 +18,22 @@ export async function registerHost(
 ): Promise<RegisteredHost> {
   enforceOnDeployment(actor, 'hosts-register');
   return cp.fleet.register(name, url);
+}
+
+/**
+ * Keeps new vTPMs off a host (Nova's `compute service set --disable`): the
+ * scheduler passes it over with the admin's reason; the vTPMs it holds keep
+ * running and starting there, and an explicit `--host` still reaches it.
+ */
+export async function setHostDisabled(
+  cp: ControlPlane,
+  name: string,
+  reason: string | null,
+  actor: Principal,
+): Promise<HostStateChanged> {
+  enforceOnDeployment(actor, 'hosts-manage');
+  if (!(await cp.store.hosts.setDisabled(name, reason))) throw new NotFoundError('host', name);
+  return { name, state: reason === null ? 'enabled' : 'disabled' };
 }
 
 /** Ready TPMs per version in the provisioning pool. */

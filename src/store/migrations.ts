@@ -178,6 +178,11 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('vtpms').addColumn('migrating_instance', 'varchar(64)').execute();
     },
   },
+  '0009_host_disabled': {
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable('hosts').addColumn('disabled_reason', 'varchar(512)').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -52,6 +52,8 @@ export interface HostTable {
   agent_url: string | null;
   /** Key-manager reference of the remote agent's credential. */
   agent_secret_ref: string | null;
+  /** Set while an admin keeps new vTPMs off the host (`vtpm host disable`): why, in the admin's words. */
+  disabled_reason: string | null;
 }
 
 export interface UserTable {

@@ -2,9 +2,17 @@
 import type { Static } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import { errorResponses as errors } from '../../api/errors.js';
-import { HostList, PoolStatus, RegisteredHost, RegisterHostBody } from '../../api/hosts.js';
+import {
+  DisableHostBody,
+  HostList,
+  HostParams,
+  HostStateChanged,
+  PoolStatus,
+  RegisteredHost,
+  RegisterHostBody,
+} from '../../api/hosts.js';
 import type { ControlPlane } from '../../orchestration/control-plane.js';
-import { listHosts, poolStatus, registerHost } from '../../orchestration/hosts.js';
+import { listHosts, poolStatus, registerHost, setHostDisabled } from '../../orchestration/hosts.js';
 import { actorOf } from './plugin.js';
 
 export function registerHostRoutes(app: FastifyInstance, cp: ControlPlane): void {
@@ -46,5 +54,33 @@ export function registerHostRoutes(app: FastifyInstance, cp: ControlPlane): void
       const registered = await registerHost(cp, request.body.name, request.body.url, actorOf(request));
       return reply.status(201).send(registered);
     },
+  );
+
+  app.post<{ Params: Static<typeof HostParams>; Body: Static<typeof DisableHostBody> | undefined }>(
+    '/hosts/:name/disable',
+    {
+      schema: {
+        summary: 'Place no new vTPM on the host; those it holds keep running and starting there',
+        tags: ['hosts'],
+        params: HostParams,
+        body: DisableHostBody,
+        response: { 200: HostStateChanged, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request) =>
+      setHostDisabled(cp, request.params.name, request.body?.reason ?? 'disabled by an admin', actorOf(request)),
+  );
+
+  app.post<{ Params: Static<typeof HostParams> }>(
+    '/hosts/:name/enable',
+    {
+      schema: {
+        summary: 'Place new vTPMs on the host again',
+        tags: ['hosts'],
+        params: HostParams,
+        response: { 200: HostStateChanged, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request) => setHostDisabled(cp, request.params.name, null, actorOf(request)),
   );
 }

@@ -110,7 +110,7 @@ export const userApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app: Fas
     if (!principal) return done();
     const vm = vmOf(request);
     const creating = CREATING_ROUTES.has(request.routeOptions.url ?? '') ? principal : undefined;
-    const context = { principal, vm, secretsRead: new Set<string>() };
+    const context = { principal, vm, secretsRead: new Set<string>(), requestId: request.id };
     if (!changesState(request.method)) {
       // A read changes nothing and is not audited: its project is needed only if it reads a secret, and then
       // it is looked up, so that a read asks the database for its vTPM once (the operation's read).

@@ -54,6 +54,16 @@ export class HostRepository {
       .execute();
   }
 
+  /** Disables the host (`reason`) or enables it again (null); false when no such host is registered. */
+  async setDisabled(name: string, reason: string | null): Promise<boolean> {
+    const result = await this.db
+      .updateTable('hosts')
+      .set({ disabled_reason: reason })
+      .where('name', '=', name)
+      .executeTakeFirst();
+    return result.numUpdatedRows > 0n;
+  }
+
   async list(): Promise<HostRecord[]> {
     return (await this.db.selectFrom('hosts').selectAll().orderBy('name').execute()).map(decodeHost);
   }
