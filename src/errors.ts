@@ -104,7 +104,8 @@ export class AlreadyExistsError extends VtpmError {
 export type HostRefusal =
   | { name: string; reason: 'missing_trait'; missing: string[] }
   | { name: string; reason: 'not_connected'; missing: string[] }
-  | { name: string; reason: 'disabled'; missing: string[]; why: string };
+  | { name: string; reason: 'disabled'; missing: string[]; why: string }
+  | { name: string; reason: 'full'; missing: string[]; vtpms: number; capacity: number };
 
 export class NoValidHostError extends VtpmError {
   readonly code = 'no_valid_host';
@@ -121,7 +122,9 @@ export class NoValidHostError extends VtpmError {
                 ? `${h.name} has no agent connected to this control plane`
                 : h.reason === 'disabled'
                   ? `${h.name} is disabled (${h.why})`
-                  : `${h.name} lacks ${h.missing.join(', ')}`,
+                  : h.reason === 'full'
+                    ? `${h.name} is full (${h.vtpms} of ${h.capacity} vTPMs)`
+                    : `${h.name} lacks ${h.missing.join(', ')}`,
             )
             .join('; ');
     super(`no host can run this vTPM (needs ${requiredTraits.join(', ')}): ${why}`, {

@@ -20,6 +20,8 @@ export interface HostDescription {
   traits: string[];
   capabilities: HostCapabilities;
   layout: HostLayout;
+  /** How many vTPMs the host may hold (`--max-vtpms`); undefined: no limit. */
+  maxVtpms?: number | undefined;
 }
 
 /** Where a host keeps vTPM sockets and UEFI variable stores. */

@@ -72,6 +72,8 @@ export interface LocalHostAgentOptions {
   qemuGroup?: SystemGroup | undefined;
   /** Hears how long each state change took from being noticed to being taken (the sync lag metric). */
   syncTaken?: ((lagMs: number) => void) | undefined;
+  /** How many vTPMs the host may hold (`--max-vtpms`); undefined: no limit. */
+  maxVtpms?: number | undefined;
 }
 
 /** How long a stop waits for swtpm's final state to reach the vault before it answers that it is still trying. */
@@ -118,6 +120,7 @@ export class LocalHostAgent implements HostAgent {
       traits: traitsOf(capabilities),
       capabilities,
       layout: { runDir: resolve(options.runDir), nvramDir: resolve(options.dataDir, 'nvram') },
+      maxVtpms: options.maxVtpms,
     });
     await agent.adoptSurvivors();
     return agent;

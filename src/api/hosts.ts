@@ -16,6 +16,9 @@ const Host = Type.Object({
     description: 'disabled: no new vTPM is placed there; those it holds keep running and starting there',
   }),
   disabled_reason: Type.Union([Type.String(), Type.Null()]),
+  max_vtpms: Type.Union([Type.Integer(), Type.Null()], {
+    description: "how many vTPMs the host may hold (its agent's --max-vtpms); null: no limit",
+  }),
 });
 export type HostView = Static<typeof Host>;
 export const HostList = Type.Object({ hosts: Type.Array(Host) });

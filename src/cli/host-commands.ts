@@ -12,6 +12,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { client, emit, globals, vmPath, withClientOptions, withDataDir } from './context.js';
 import { defaultRunDir, defaultScratchDir } from './defaults.js';
 import { fields, table } from './output.js';
+import { positiveInteger } from './parsers.js';
 
 const DEFAULT_AGENT_LISTEN = '127.0.0.1:7391';
 
@@ -36,7 +37,7 @@ export function registerHostCommands(program: Command): void {
         table(
           hosts.map((h) => ({
             name: h.name,
-            vtpms: h.vtpms,
+            vtpms: h.max_vtpms === null ? h.vtpms : `${h.vtpms}/${h.max_vtpms}`,
             running: h.running,
             state: h.disabled_reason === null ? h.state : `${h.state} (${h.disabled_reason})`,
             traits: h.traits.join(','),
@@ -111,6 +112,11 @@ export function registerHostCommands(program: Command): void {
       'when run as root, the unprivileged user swtpm runs as (default tss; root keeps it root)',
     )
     .option('--qemu-group <group>', "the group QEMU runs in when not root (libvirt's: libvirt-qemu)")
+    .option(
+      '--max-vtpms <count>',
+      'how many vTPMs this host may hold (default: no limit)',
+      positiveInteger('--max-vtpms'),
+    )
     .option('--log-level <level>', 'log level', 'info')
     .action(
       async (
@@ -125,6 +131,7 @@ export function registerHostCommands(program: Command): void {
           tlsKey?: string;
           swtpmUser?: string;
           qemuGroup?: string;
+          maxVtpms?: number;
           logLevel: string;
         },
         command: Command,
@@ -150,6 +157,7 @@ export function registerHostCommands(program: Command): void {
           tls: options.tlsCert && options.tlsKey ? { certFile: options.tlsCert, keyFile: options.tlsKey } : undefined,
           swtpmUser: options.swtpmUser,
           qemuGroup: options.qemuGroup,
+          maxVtpms: options.maxVtpms,
           logger,
         });
         process.stdout.write(

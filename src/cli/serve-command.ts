@@ -54,6 +54,11 @@ export function registerServeCommand(program: Command, packageVersion: string): 
       DEFAULT_RETENTION.days,
     )
     .option(
+      '--max-vtpms <count>',
+      'how many vTPMs this host may hold (default: no limit)',
+      positiveInteger('--max-vtpms'),
+    )
+    .option(
       '--pool-size <count>',
       'TPMs of each version manufactured ahead of demand (0: off)',
       wholeNumber('--pool-size'),
@@ -124,6 +129,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
           retention: number;
           retentionDays: number;
           poolSize: number;
+          maxVtpms?: number;
           poolRefillPause: number;
           swtpmUser?: string;
           qemuGroup?: string;
@@ -157,6 +163,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
           keyManager: options.keyManager,
           retention: { newest: options.retention, days: options.retentionDays },
           poolSize: options.poolSize,
+          maxVtpms: options.maxVtpms,
           poolRefillPauseMs: options.poolRefillPause,
           swtpmUser: options.swtpmUser,
           qemuGroup: options.qemuGroup,

@@ -112,8 +112,8 @@ export class Fleet {
 
   private async describe(agent: HostAgent): Promise<void> {
     try {
-      const { name, traits, capabilities } = await agent.describe();
-      await this.options.store.hosts.upsert({ name, traits, capabilities });
+      const { name, traits, capabilities, maxVtpms } = await agent.describe();
+      await this.options.store.hosts.upsert({ name, traits, capabilities, max_vtpms: maxVtpms ?? null });
     } catch (error) {
       if (this.inProcess.has(agent.hostName)) throw error;
       this.options.logger.warn(
@@ -174,6 +174,7 @@ export class Fleet {
       name: host,
       traits: description.traits,
       capabilities: description.capabilities,
+      max_vtpms: description.maxVtpms ?? null,
     });
     this.options.logger.info({ host, traits: description.traits }, 'remote agent reported in');
   }
@@ -200,6 +201,7 @@ export class Fleet {
       vtpms: counts.get(h.name)?.total ?? 0,
       connected: this.isConnected(h.name),
       disabledReason: h.disabled_reason,
+      maxVtpms: h.max_vtpms,
     }));
     try {
       return chooseHost(spec, candidates).name;
@@ -215,7 +217,9 @@ export class Fleet {
     const known = (await this.options.store.hosts.list()).find((h) => h.name === host);
     chooseHost(
       spec,
-      known ? [{ name: known.name, traits: known.traits, vtpms: 0, connected: true, disabledReason: null }] : [],
+      known
+        ? [{ name: known.name, traits: known.traits, vtpms: 0, connected: true, disabledReason: null, maxVtpms: null }]
+        : [],
     );
   }
 
@@ -231,6 +235,7 @@ export class Fleet {
       agent_url: host.agent_url,
       state: host.disabled_reason === null ? 'enabled' : 'disabled',
       disabled_reason: host.disabled_reason,
+      max_vtpms: host.max_vtpms,
     }));
   }
 }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { NoValidHostError } from '../errors.js';
-import { chooseHost } from './scheduler.js';
+import { type Candidate, chooseHost } from './scheduler.js';
 
 const full = [
   'COMPUTE_SECURITY_TPM_1_2',
@@ -9,83 +9,78 @@ const full = [
   'COMPUTE_SECURITY_TPM_TIS',
   'COMPUTE_SECURITY_TPM_CRB',
 ];
+const tpm12Only = ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS'];
+const crb20 = { version: '2.0', model: 'tpm-crb' } as const;
+
+/** A connected, enabled host without a limit, but for what `more` says. */
+const host = (name: string, traits: string[], vtpms: number, more: Partial<Candidate> = {}): Candidate => ({
+  name,
+  traits,
+  vtpms,
+  connected: true,
+  disabledReason: null,
+  maxVtpms: null,
+  ...more,
+});
+
+const refusal = (candidates: Candidate[]) => {
+  try {
+    chooseHost(crb20, candidates);
+  } catch (error) {
+    if (error instanceof NoValidHostError) return error;
+    throw error;
+  }
+  return assert.fail('a host was chosen');
+};
 
 describe('chooseHost', () => {
   it('picks the least loaded host that has every required trait', () => {
-    const chosen = chooseHost({ version: '2.0', model: 'tpm-crb' }, [
-      { name: 'a', traits: full, vtpms: 5, connected: true, disabledReason: null },
-      {
-        name: 'b',
-        traits: ['COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS'],
-        vtpms: 0,
-        connected: true,
-        disabledReason: null,
-      },
-      { name: 'c', traits: full, vtpms: 2, connected: true, disabledReason: null },
+    const chosen = chooseHost(crb20, [
+      host('a', full, 5),
+      host('b', ['COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS'], 0),
+      host('c', full, 2),
     ]);
     assert.equal(chosen.name, 'c');
   });
+
   it('breaks ties by name', () => {
-    assert.equal(
-      chooseHost({ version: '1.2', model: 'tpm-tis' }, [
-        { name: 'z', traits: full, vtpms: 1, connected: true, disabledReason: null },
-        { name: 'y', traits: full, vtpms: 1, connected: true, disabledReason: null },
-      ]).name,
-      'y',
-    );
+    assert.equal(chooseHost({ version: '1.2', model: 'tpm-tis' }, [host('z', full, 1), host('y', full, 1)]).name, 'y');
   });
+
   it('names what each host lacks when none fits', () => {
-    assert.throws(
-      () =>
-        chooseHost({ version: '2.0', model: 'tpm-crb' }, [
-          {
-            name: 'old',
-            traits: ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS'],
-            vtpms: 0,
-            connected: true,
-            disabledReason: null,
-          },
-        ]),
-      (error: unknown) =>
-        error instanceof NoValidHostError &&
-        /old lacks COMPUTE_SECURITY_TPM_2_0, COMPUTE_SECURITY_TPM_CRB/.test(error.message),
+    assert.match(
+      refusal([host('old', tpm12Only, 0)]).message,
+      /old lacks COMPUTE_SECURITY_TPM_2_0, COMPUTE_SECURITY_TPM_CRB/,
     );
   });
+
   it('passes over a host whose agent is not connected, and names it with its reason', () => {
-    const candidates = [
-      { name: 'gone', traits: full, vtpms: 0, connected: false, disabledReason: null },
-      {
-        name: 'old',
-        traits: ['COMPUTE_SECURITY_TPM_1_2', 'COMPUTE_SECURITY_TPM_TIS'],
-        vtpms: 0,
-        connected: true,
-        disabledReason: null,
-      },
-      { name: 'here', traits: full, vtpms: 9, connected: true, disabledReason: null },
-    ];
-    assert.equal(chooseHost({ version: '2.0', model: 'tpm-crb' }, candidates).name, 'here');
-    assert.throws(
-      () => chooseHost({ version: '2.0', model: 'tpm-crb' }, candidates.slice(0, 2)),
-      (error: unknown) =>
-        error instanceof NoValidHostError &&
-        /gone has no agent connected to this control plane; old lacks COMPUTE_SECURITY_TPM_2_0/.test(error.message) &&
-        error.reasons.join() === 'not_connected,missing_trait',
+    const candidates = [host('gone', full, 0, { connected: false }), host('old', tpm12Only, 0), host('here', full, 9)];
+    assert.equal(chooseHost(crb20, candidates).name, 'here');
+    const error = refusal(candidates.slice(0, 2));
+    assert.match(
+      error.message,
+      /gone has no agent connected to this control plane; old lacks COMPUTE_SECURITY_TPM_2_0/,
     );
+    assert.deepEqual(error.reasons, ['not_connected', 'missing_trait']);
   });
+
   it('passes over a disabled host, naming the reason an admin gave', () => {
-    const candidates = [
-      { name: 'quiet', traits: full, vtpms: 0, connected: true, disabledReason: 'kernel upgrade' },
-      { name: 'busy', traits: full, vtpms: 40, connected: true, disabledReason: null },
-    ];
-    assert.equal(chooseHost({ version: '2.0', model: 'tpm-crb' }, candidates).name, 'busy');
-    assert.throws(
-      () => chooseHost({ version: '2.0', model: 'tpm-crb' }, candidates.slice(0, 1)),
-      (error: unknown) =>
-        error instanceof NoValidHostError &&
-        error.message.endsWith('quiet is disabled (kernel upgrade)') &&
-        error.reasons.join() === 'disabled',
-    );
+    const candidates = [host('quiet', full, 0, { disabledReason: 'kernel upgrade' }), host('busy', full, 40)];
+    assert.equal(chooseHost(crb20, candidates).name, 'busy');
+    const error = refusal(candidates.slice(0, 1));
+    assert.ok(error.message.endsWith('quiet is disabled (kernel upgrade)'), error.message);
+    assert.deepEqual(error.reasons, ['disabled']);
   });
+
+  it('passes over a host that holds as many vTPMs as it may, and takes one below its limit', () => {
+    const candidates = [host('small', full, 3, { maxVtpms: 3 }), host('roomy', full, 7, { maxVtpms: 8 })];
+    assert.equal(chooseHost(crb20, candidates).name, 'roomy');
+    const error = refusal([candidates[0]!, host('over', full, 9, { maxVtpms: 8 })]);
+    assert.match(error.message, /small is full \(3 of 3 vTPMs\); over is full \(9 of 8 vTPMs\)/);
+    assert.deepEqual(error.reasons, ['full', 'full']);
+  });
+
   it('says so when there are no hosts at all', () => {
     assert.throws(() => chooseHost({ version: '2.0', model: 'tpm-tis' }, []), /no host is registered/);
   });

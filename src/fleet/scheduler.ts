@@ -14,12 +14,16 @@ export interface Candidate {
   connected: boolean;
   /** Set when an admin disabled the host (`vtpm host disable`): no new vTPM goes there. */
   disabledReason: string | null;
+  /** How many vTPMs it may hold; null: no limit. */
+  maxVtpms: number | null;
 }
 
 function refusalOf(host: Candidate, required: string[]): HostRefusal | undefined {
   const missing = required.filter((trait) => !host.traits.includes(trait));
   if (missing.length > 0) return { name: host.name, reason: 'missing_trait', missing };
   if (!host.connected) return { name: host.name, reason: 'not_connected', missing: [] };
+  if (host.maxVtpms !== null && host.vtpms >= host.maxVtpms)
+    return { name: host.name, reason: 'full', missing: [], vtpms: host.vtpms, capacity: host.maxVtpms };
   if (host.disabledReason !== null)
     return { name: host.name, reason: 'disabled', missing: [], why: host.disabledReason };
   return undefined;

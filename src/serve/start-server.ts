@@ -42,6 +42,8 @@ export interface ServeOptions {
   retention: RetentionPolicy;
   /** TPMs of each version kept manufactured ahead of demand; 0 turns the pool off. */
   poolSize: number;
+  /** How many vTPMs this host may hold; undefined: no limit. */
+  maxVtpms?: number | undefined;
   /** Pause after each background manufacture, in ms (0: none). */
   poolRefillPauseMs?: number;
   /** --key-manager barbican: Barbican's endpoint. */
@@ -147,6 +149,7 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
     swtpmUser: await swtpmUserFor(options.swtpmUser),
     qemuGroup: await qemuGroupFor(options.qemuGroup),
     syncTaken: (lagMs) => metrics.syncLag.observe(lagMs / 1000),
+    maxVtpms: options.maxVtpms,
   });
   const vault = new StateVault(store, options.retention, metrics.generationCommitted);
   const pool =

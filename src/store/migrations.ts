@@ -178,9 +178,10 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('vtpms').addColumn('migrating_instance', 'varchar(64)').execute();
     },
   },
-  '0009_host_disabled': {
+  '0009_host_disabled_and_capacity': {
     async up(db: Kysely<unknown>) {
       await db.schema.alterTable('hosts').addColumn('disabled_reason', 'varchar(512)').execute();
+      await db.schema.alterTable('hosts').addColumn('max_vtpms', 'integer').execute();
     },
   },
 };

@@ -54,6 +54,8 @@ export interface HostTable {
   agent_secret_ref: string | null;
   /** Set while an admin keeps new vTPMs off the host (`vtpm host disable`): why, in the admin's words. */
   disabled_reason: string | null;
+  /** How many vTPMs the host's agent says it may hold (`--max-vtpms`); null: no limit. */
+  max_vtpms: number | null;
 }
 
 export interface UserTable {

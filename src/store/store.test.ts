@@ -284,19 +284,19 @@ for (const dialect of DIALECTS) {
 
       it("upserts what an agent reports, keeping a remote host's agent URL and credential", async () => {
         await store.hosts.registerRemote('h1', 'https://h1:1', 'ref-1');
-        await store.hosts.upsert({ name: 'h1', traits: ['sev'], capabilities: { swtpm: '0.9' } });
-        await store.hosts.upsert({ name: 'h0', traits: [], capabilities: {} });
-        await store.hosts.upsert({ name: 'h0', traits: ['a', 'b'], capabilities: { qemu: '9' } });
+        await store.hosts.upsert({ name: 'h1', traits: ['sev'], capabilities: { swtpm: '0.9' }, max_vtpms: 40 });
+        await store.hosts.upsert({ name: 'h0', traits: [], capabilities: {}, max_vtpms: null });
+        await store.hosts.upsert({ name: 'h0', traits: ['a', 'b'], capabilities: { qemu: '9' }, max_vtpms: null });
         const hosts = await store.hosts.list();
         assert.deepEqual(
           hosts.map((h) => h.name),
           ['h0', 'h1'],
         );
         assert.deepEqual(
-          hosts.map((h) => [h.traits, h.capabilities, h.agent_url, h.agent_secret_ref]),
+          hosts.map((h) => [h.traits, h.capabilities, h.agent_url, h.agent_secret_ref, h.max_vtpms]),
           [
-            [['a', 'b'], { qemu: '9' }, null, null],
-            [['sev'], { swtpm: '0.9' }, 'https://h1:1', 'ref-1'],
+            [['a', 'b'], { qemu: '9' }, null, null, null],
+            [['sev'], { swtpm: '0.9' }, 'https://h1:1', 'ref-1', 40],
           ],
         );
       });
@@ -456,7 +456,7 @@ for (const dialect of DIALECTS) {
         await store.settings.setOnce(SECRET_SETTINGS.caRootKeyPassword, ref('setting'));
         await store.settings.setOnce('not.a.secret', ref('plain setting'));
         await store.hosts.registerRemote('h1', 'https://h1', ref('host'));
-        await store.hosts.upsert({ name: 'h0', traits: [], capabilities: {} });
+        await store.hosts.upsert({ name: 'h0', traits: [], capabilities: {}, max_vtpms: null });
       }
 
       it('lists every use, with the label and project its secret is stored under', async () => {

@@ -113,6 +113,37 @@ describe('a second host with its own agent', () => {
   });
 });
 
+describe('placement across the hosts', () => {
+  it('keeps new vTPMs off a disabled host, and names every host with its reason when none is left', async () => {
+    const { service } = context;
+    const disabled = await service.cli('host', 'disable', localHost, '--reason', 'kernel upgrade');
+    assert.equal(disabled.code, 0, disabled.stderr);
+    try {
+      const hosts = await service.json<Array<{ name: string; state: string; disabled_reason: string | null }>>('hosts');
+      assert.deepEqual(
+        hosts.map((h) => [h.name, h.state, h.disabled_reason]).sort(),
+        [
+          [localHost, 'disabled', 'kernel upgrade'],
+          [REMOTE, 'enabled', null],
+        ].sort(),
+      );
+      const vm = randomUUID();
+      await service.json('create', '--vm', vm, '--version', '2.0');
+      assert.equal((await service.json<VtpmJson>('show', vm)).host, REMOTE, 'placed on the host still enabled');
+
+      assert.equal((await service.cli('host', 'disable', REMOTE)).code, 0);
+      const refused = await service.cli('create', '--vm', randomUUID(), '--version', '2.0');
+      assert.notEqual(refused.code, 0);
+      assert.match(refused.stderr, new RegExp(`${localHost} is disabled \\(kernel upgrade\\)`));
+      assert.match(refused.stderr, new RegExp(`${REMOTE} is disabled \\(disabled by an admin\\)`));
+    } finally {
+      for (const host of [localHost, REMOTE]) assert.equal((await service.cli('host', 'enable', host)).code, 0);
+    }
+    const after = await service.json<Array<{ state: string }>>('hosts');
+    assert.ok(after.every((h) => h.state === 'enabled'));
+  });
+});
+
 describe('live migration', () => {
   it(
     'the vTPM follows its guest from one QEMU to another on host-b; ' +

@@ -30,6 +30,7 @@ export interface AgentOptions {
   tls?: { certFile: string; keyFile: string } | undefined;
   swtpmUser?: string | undefined;
   qemuGroup?: string | undefined;
+  maxVtpms?: number | undefined;
   logger: Logger;
 }
 
@@ -77,6 +78,7 @@ async function startLocked(
     swtpmUser: await swtpmUserFor(options.swtpmUser),
     qemuGroup: await qemuGroupFor(options.qemuGroup),
     syncTaken: (lagMs) => metrics.syncLag.observe(lagMs / 1000),
+    maxVtpms: options.maxVtpms,
   });
   const app = await buildAgentApi({ agent, token, controlPlane, logger: options.logger, https, metrics });
   await app.listen({ host, port });

@@ -56,6 +56,8 @@ export const HelloBody = Type.Object({
     }),
   }),
   layout: Type.Object({ runDir: Path, nvramDir: Path }),
+  // Optional: an agent of an earlier version reports in without it.
+  maxVtpms: Type.Optional(Type.Integer({ minimum: 1 })),
 });
 export type HelloBody = Static<typeof HelloBody>;
 

@@ -41,10 +41,11 @@ export class HostRepository {
   }
 
   /** Records what a host's agent reported; a remote host's agent URL and credential stay as registered. */
-  async upsert(host: Pick<HostRecord, 'name' | 'traits' | 'capabilities'>): Promise<void> {
+  async upsert(host: Pick<HostRecord, 'name' | 'traits' | 'capabilities' | 'max_vtpms'>): Promise<void> {
     const reported = {
       traits: JSON.stringify(host.traits),
       capabilities: JSON.stringify(host.capabilities),
+      max_vtpms: host.max_vtpms,
       last_seen: now(),
     };
     await this.db
