@@ -104,6 +104,7 @@ export class AlreadyExistsError extends VtpmError {
 export type HostRefusal =
   | { name: string; reason: 'missing_trait'; missing: string[] }
   | { name: string; reason: 'not_connected'; missing: string[] }
+  | { name: string; reason: 'down'; missing: string[]; since: string }
   | { name: string; reason: 'disabled'; missing: string[]; why: string }
   | { name: string; reason: 'full'; missing: string[]; vtpms: number; capacity: number };
 
@@ -120,11 +121,13 @@ export class NoValidHostError extends VtpmError {
             .map((h) =>
               h.reason === 'not_connected'
                 ? `${h.name} has no agent connected to this control plane`
-                : h.reason === 'disabled'
-                  ? `${h.name} is disabled (${h.why})`
-                  : h.reason === 'full'
-                    ? `${h.name} is full (${h.vtpms} of ${h.capacity} vTPMs)`
-                    : `${h.name} lacks ${h.missing.join(', ')}`,
+                : h.reason === 'down'
+                  ? `${h.name} is down (its agent was last heard of at ${h.since})`
+                  : h.reason === 'disabled'
+                    ? `${h.name} is disabled (${h.why})`
+                    : h.reason === 'full'
+                      ? `${h.name} is full (${h.vtpms} of ${h.capacity} vTPMs)`
+                      : `${h.name} lacks ${h.missing.join(', ')}`,
             )
             .join('; ');
     super(`no host can run this vTPM (needs ${requiredTraits.join(', ')}): ${why}`, {

@@ -12,7 +12,10 @@ const Host = Type.Object({
   agent_url: Type.Union([Type.String(), Type.Null()], {
     description: "a remote agent's API; null for the control plane's own host",
   }),
-  state: Type.Union([Type.Literal('enabled'), Type.Literal('disabled')], {
+  state: Type.Union([Type.Literal('up'), Type.Literal('down')], {
+    description: "down: a remote host whose agent has not been heard of for the control plane's --host-down-after",
+  }),
+  status: Type.Union([Type.Literal('enabled'), Type.Literal('disabled')], {
     description: 'disabled: no new vTPM is placed there; those it holds keep running and starting there',
   }),
   disabled_reason: Type.Union([Type.String(), Type.Null()]),
@@ -37,7 +40,7 @@ export const DisableHostBody = Type.Object({
     Type.String({ minLength: 1, maxLength: 512, description: 'why, for other admins (vtpm hosts shows it)' }),
   ),
 });
-export const HostStateChanged = Type.Object({ name: Type.String(), state: Host.properties.state });
+export const HostStateChanged = Type.Object({ name: Type.String(), status: Host.properties.status });
 export type HostStateChanged = Static<typeof HostStateChanged>;
 
 export const PoolStatus = Type.Object({

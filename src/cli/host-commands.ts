@@ -39,11 +39,13 @@ export function registerHostCommands(program: Command): void {
             name: h.name,
             vtpms: h.max_vtpms === null ? h.vtpms : `${h.vtpms}/${h.max_vtpms}`,
             running: h.running,
-            state: h.disabled_reason === null ? h.state : `${h.state} (${h.disabled_reason})`,
+            state: h.state,
+            status: h.disabled_reason === null ? h.status : `${h.status} (${h.disabled_reason})`,
+            'last seen': h.last_seen,
             traits: h.traits.join(','),
             agent: h.agent_url ?? '(in vtpm serve)',
           })),
-          ['name', 'state', 'vtpms', 'running', 'traits', 'agent'],
+          ['name', 'state', 'status', 'vtpms', 'running', 'last seen', 'traits', 'agent'],
         ),
       );
     });
@@ -79,7 +81,7 @@ export function registerHostCommands(program: Command): void {
         `/v1/hosts/${encodeURIComponent(name)}/disable`,
         options.reason === undefined ? {} : { reason: options.reason },
       );
-      emit(command, changed, () => `host ${changed.name}: ${changed.state}`);
+      emit(command, changed, () => `host ${changed.name}: ${changed.status}`);
     });
 
   withClientOptions(host.command('enable'))
@@ -90,7 +92,7 @@ export function registerHostCommands(program: Command): void {
         'POST',
         `/v1/hosts/${encodeURIComponent(name)}/enable`,
       );
-      emit(command, changed, () => `host ${changed.name}: ${changed.state}`);
+      emit(command, changed, () => `host ${changed.name}: ${changed.status}`);
     });
 
   withDataDir(program.command('agent'), { caFile: true })

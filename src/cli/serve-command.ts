@@ -54,6 +54,12 @@ export function registerServeCommand(program: Command, packageVersion: string): 
       DEFAULT_RETENTION.days,
     )
     .option(
+      '--host-down-after <seconds>',
+      'a remote host whose agent has not been heard of for this long is down: nothing new is placed there',
+      positiveInteger('--host-down-after'),
+      15,
+    )
+    .option(
       '--max-vtpms <count>',
       'how many vTPMs this host may hold (default: no limit)',
       positiveInteger('--max-vtpms'),
@@ -134,6 +140,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
           swtpmUser?: string;
           qemuGroup?: string;
           agentCaFile?: string;
+          hostDownAfter: number;
           caName: string;
           barbicanUrl?: string;
           pkcs11Module?: string;
@@ -168,6 +175,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
           swtpmUser: options.swtpmUser,
           qemuGroup: options.qemuGroup,
           agentCaFile: options.agentCaFile,
+          hostDownAfterMs: options.hostDownAfter * 1000,
           caName: caNameOf(options.caName),
           sealToTpm: sealingTpm(options.sealToTpm === true, options.hostTpm),
           barbicanUrl: options.barbicanUrl,

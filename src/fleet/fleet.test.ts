@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import pino from 'pino';
-import { UnauthenticatedError } from '../errors.js';
+import { NoValidHostError, UnauthenticatedError } from '../errors.js';
 import { openTestControlPlane, type TestControlPlane } from '../orchestration/testing/control-plane-harness.js';
 import { Fleet } from './fleet.js';
 
@@ -36,5 +36,39 @@ describe('Fleet.connectRegistered', () => {
     while (!fleet.isConnected('host-b') && Date.now() < deadline) await delay(50);
     fleet.authenticateAgent('host-b', token);
     assert.equal(fleet.agentFor('host-b').hostName, 'host-b');
+  });
+});
+
+describe('host liveness', () => {
+  it("is down once its agent's heartbeats stop for --host-down-after, up again at the next one", async () => {
+    const fleet = new Fleet({
+      store: t.cp.store,
+      keys: t.keys,
+      logger: pino({ level: 'silent' }),
+      manufacturer: t.local,
+      hostDownAfterMs: 200,
+    });
+    await fleet.register('host-c', 'http://127.0.0.1:7392');
+    const traits = ['COMPUTE_SECURITY_TPM_2_0', 'COMPUTE_SECURITY_TPM_TIS'];
+    await t.cp.store.hosts.upsert({ name: 'host-c', traits, capabilities: {}, max_vtpms: null });
+    const stateOf = async (name: string) => (await fleet.list()).find((h) => h.name === name)?.state;
+    assert.equal(await stateOf('host-c'), 'up', 'registered just now');
+    await delay(400);
+    assert.equal(await stateOf('host-c'), 'down');
+    assert.equal(await stateOf(t.local.hostName), 'up', "the control plane's own host does not depend on heartbeats");
+    await t.cp.store.hosts.setDisabled(t.local.hostName, 'only host-c is left');
+    try {
+      await assert.rejects(
+        fleet.place({ version: '2.0', model: 'tpm-tis' }),
+        (error: unknown) =>
+          error instanceof NoValidHostError &&
+          error.reasons.includes('down') &&
+          /host-c is down \(its agent was last heard of at /.test(error.message),
+      );
+    } finally {
+      await t.cp.store.hosts.setDisabled(t.local.hostName, null);
+    }
+    await fleet.heartbeat('host-c');
+    assert.equal(await stateOf('host-c'), 'up');
   });
 });

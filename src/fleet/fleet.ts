@@ -16,12 +16,14 @@ import { NoValidHostError, StateConflictError, UnauthenticatedError } from '../e
 import type { KeyManager } from '../keys/key-manager.js';
 import { withSecret, withWiped } from '../keys/wiped.js';
 import { DEPLOYMENT_PROJECT, type Store } from '../store/index.js';
+import type { HostRecord } from '../store/schema.js';
 import type { TpmSpec } from '../tpm-spec/tpm-spec.js';
 import { chooseHost } from './scheduler.js';
 
 const agentToken = (secret: Buffer) => secret.toString('base64url');
 const CONNECT_RETRY_FIRST_MS = 500;
 const CONNECT_RETRY_LONGEST_MS = 5_000;
+const HOST_DOWN_AFTER_MS = 15_000;
 const digest = (token: string) => createHash('sha256').update(token).digest();
 
 interface RemoteHost {
@@ -39,6 +41,8 @@ export interface FleetOptions {
   inProcess?: HostAgent[] | undefined;
   /** The CA that issued remote agents' TLS certificates, when the system's CAs did not. */
   agentCaFile?: string | undefined;
+  /** A remote host is `down` once its agent has not been heard of for this long (`--host-down-after`). */
+  hostDownAfterMs?: number | undefined;
   /** Hears of every placement that found no host (the metrics count the reasons). */
   placementRefused?: ((refusal: NoValidHostError) => void) | undefined;
 }
@@ -167,6 +171,17 @@ export class Fleet {
     }
   }
 
+  /** A remote agent is alive (its heartbeat). */
+  async heartbeat(host: string): Promise<void> {
+    await this.options.store.hosts.touch(host);
+  }
+
+  /** The control plane's own hosts are up while it runs; a remote one while its agent is heard of. */
+  private isUp(host: HostRecord, at: number): boolean {
+    if (this.inProcess.has(host.name)) return true;
+    return at - Date.parse(host.last_seen) <= (this.options.hostDownAfterMs ?? HOST_DOWN_AFTER_MS);
+  }
+
   /** A remote agent is up: its traits and capabilities are recorded, and it learns where its sockets are. */
   async reportedIn(host: string, description: HostDescription): Promise<void> {
     this.remotes.get(host)?.agent.learn(description);
@@ -195,11 +210,13 @@ export class Fleet {
   /** The connected host that fits the spec best (see scheduler.ts); the refusal names every other's reason. */
   async place(spec: TpmSpec): Promise<string> {
     const counts = await this.options.store.vtpms.countByHost();
+    const at = Date.now();
     const candidates = (await this.options.store.hosts.list()).map((h) => ({
       name: h.name,
       traits: h.traits,
       vtpms: counts.get(h.name)?.total ?? 0,
       connected: this.isConnected(h.name),
+      downSince: this.isUp(h, at) ? null : h.last_seen,
       disabledReason: h.disabled_reason,
       maxVtpms: h.max_vtpms,
     }));
@@ -218,13 +235,24 @@ export class Fleet {
     chooseHost(
       spec,
       known
-        ? [{ name: known.name, traits: known.traits, vtpms: 0, connected: true, disabledReason: null, maxVtpms: null }]
+        ? [
+            {
+              name: known.name,
+              traits: known.traits,
+              vtpms: 0,
+              connected: true,
+              downSince: null,
+              disabledReason: null,
+              maxVtpms: null,
+            },
+          ]
         : [],
     );
   }
 
   async list(): Promise<HostView[]> {
     const counts = await this.options.store.vtpms.countByHost();
+    const at = Date.now();
     return (await this.options.store.hosts.list()).map((host) => ({
       name: host.name,
       traits: host.traits,
@@ -233,7 +261,8 @@ export class Fleet {
       capabilities: host.capabilities,
       last_seen: host.last_seen,
       agent_url: host.agent_url,
-      state: host.disabled_reason === null ? 'enabled' : 'disabled',
+      state: this.isUp(host, at) ? 'up' : 'down',
+      status: host.disabled_reason === null ? 'enabled' : 'disabled',
       disabled_reason: host.disabled_reason,
       max_vtpms: host.max_vtpms,
     }));

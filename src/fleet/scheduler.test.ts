@@ -18,6 +18,7 @@ const host = (name: string, traits: string[], vtpms: number, more: Partial<Candi
   traits,
   vtpms,
   connected: true,
+  downSince: null,
   disabledReason: null,
   maxVtpms: null,
   ...more,
@@ -63,6 +64,15 @@ describe('chooseHost', () => {
       /gone has no agent connected to this control plane; old lacks COMPUTE_SECURITY_TPM_2_0/,
     );
     assert.deepEqual(error.reasons, ['not_connected', 'missing_trait']);
+  });
+
+  it('passes over a host that is down, naming when its agent was last heard of', () => {
+    const since = '2026-12-04T06:00:00.000Z';
+    const candidates = [host('dead', full, 0, { downSince: since }), host('alive', full, 30)];
+    assert.equal(chooseHost(crb20, candidates).name, 'alive');
+    const error = refusal(candidates.slice(0, 1));
+    assert.ok(error.message.endsWith(`dead is down (its agent was last heard of at ${since})`), error.message);
+    assert.deepEqual(error.reasons, ['down']);
   });
 
   it('passes over a disabled host, naming the reason an admin gave', () => {

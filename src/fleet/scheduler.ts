@@ -12,6 +12,8 @@ export interface Candidate {
   vtpms: number;
   /** Whether its agent is connected to this control plane (the control plane's own host always is). */
   connected: boolean;
+  /** When its agent was last heard of, if that is too long ago: the host is down. */
+  downSince: string | null;
   /** Set when an admin disabled the host (`vtpm host disable`): no new vTPM goes there. */
   disabledReason: string | null;
   /** How many vTPMs it may hold; null: no limit. */
@@ -22,6 +24,7 @@ function refusalOf(host: Candidate, required: string[]): HostRefusal | undefined
   const missing = required.filter((trait) => !host.traits.includes(trait));
   if (missing.length > 0) return { name: host.name, reason: 'missing_trait', missing };
   if (!host.connected) return { name: host.name, reason: 'not_connected', missing: [] };
+  if (host.downSince !== null) return { name: host.name, reason: 'down', missing: [], since: host.downSince };
   if (host.maxVtpms !== null && host.vtpms >= host.maxVtpms)
     return { name: host.name, reason: 'full', missing: [], vtpms: host.vtpms, capacity: host.maxVtpms };
   if (host.disabledReason !== null)

@@ -96,6 +96,14 @@ describe('/metrics', () => {
     assert.equal(seriesValue(text, 'vtpm_vtpms', { status: 'stopped', host: 'host-a' }), 1);
   });
 
+  it("tells how long ago each remote host's agent was heard of, and nothing of the control plane's own", async () => {
+    await t.cp.fleet.register('host-r', 'http://127.0.0.1:7399');
+    const text = await scrape();
+    const age = seriesValue(text, 'vtpm_host_heartbeat_age_seconds', { host: 'host-r' });
+    assert.ok(age !== undefined && age >= 0 && age < 60, `age ${age}`);
+    assert.equal(seriesValue(text, 'vtpm_host_heartbeat_age_seconds', { host: 'host-a' }), undefined);
+  });
+
   it('counts the reasons of placements that found no host', async () => {
     // The only host no longer offers TPM 1.2.
     const [host] = await t.cp.store.hosts.list();

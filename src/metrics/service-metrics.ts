@@ -84,6 +84,13 @@ export class ControlPlaneMetrics extends ServiceMetrics {
     registers: [this.registry],
   });
 
+  readonly heartbeatAge = new Gauge({
+    name: 'vtpm_host_heartbeat_age_seconds',
+    help: "Time since each remote host's agent was last heard of (a heartbeat every 5 s; down after --host-down-after)",
+    labelNames: ['host'] as const,
+    registers: [this.registry],
+  });
+
   readonly schedulerRejections = new Counter({
     name: 'vtpm_scheduler_rejections_total',
     help: 'Hosts ruled out by placements that found no valid host, by reason',

@@ -33,7 +33,7 @@ export async function setHostDisabled(
 ): Promise<HostStateChanged> {
   enforceOnDeployment(actor, 'hosts-manage');
   if (!(await cp.store.hosts.setDisabled(name, reason))) throw new NotFoundError('host', name);
-  return { name, state: reason === null ? 'enabled' : 'disabled' };
+  return { name, status: reason === null ? 'enabled' : 'disabled' };
 }
 
 /** Ready TPMs per version in the provisioning pool. */

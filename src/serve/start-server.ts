@@ -62,6 +62,8 @@ export interface ServeOptions {
   caName?: string | undefined;
   /** PEM file of the CA that issued remote agents' TLS certificates, when the system's CAs did not. */
   agentCaFile?: string | undefined;
+  /** A remote host is down after this long without a heartbeat from its agent. */
+  hostDownAfterMs?: number | undefined;
   logger: Logger;
   version: string;
 }
@@ -172,6 +174,7 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
     logger: controlLogger,
     manufacturer: agent,
     agentCaFile: options.agentCaFile,
+    hostDownAfterMs: options.hostDownAfterMs,
     placementRefused: metrics.placementRefused,
   });
   const cp = controlPlane({

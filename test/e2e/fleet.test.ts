@@ -119,9 +119,10 @@ describe('placement across the hosts', () => {
     const disabled = await service.cli('host', 'disable', localHost, '--reason', 'kernel upgrade');
     assert.equal(disabled.code, 0, disabled.stderr);
     try {
-      const hosts = await service.json<Array<{ name: string; state: string; disabled_reason: string | null }>>('hosts');
+      const hosts =
+        await service.json<Array<{ name: string; status: string; disabled_reason: string | null }>>('hosts');
       assert.deepEqual(
-        hosts.map((h) => [h.name, h.state, h.disabled_reason]).sort(),
+        hosts.map((h) => [h.name, h.status, h.disabled_reason]).sort(),
         [
           [localHost, 'disabled', 'kernel upgrade'],
           [REMOTE, 'enabled', null],
@@ -139,8 +140,8 @@ describe('placement across the hosts', () => {
     } finally {
       for (const host of [localHost, REMOTE]) assert.equal((await service.cli('host', 'enable', host)).code, 0);
     }
-    const after = await service.json<Array<{ state: string }>>('hosts');
-    assert.ok(after.every((h) => h.state === 'enabled'));
+    const after = await service.json<Array<{ status: string; state: string }>>('hosts');
+    assert.ok(after.every((h) => h.status === 'enabled' && h.state === 'up'));
   });
 });
 
@@ -298,4 +299,28 @@ describe('TLS between the control plane and an agent', () => {
       }
     },
   );
+});
+
+describe('host liveness', () => {
+  it('a host whose agent stops is down within --host-down-after, and the scheduler says so', async () => {
+    const { service } = context;
+    type Listed = Array<{ name: string; state: string }>;
+    const remoteState = async () => (await service.json<Listed>('hosts')).find((h) => h.name === REMOTE)?.state;
+    assert.equal(await remoteState(), 'up', 'its agent sends heartbeats');
+    await agent?.stop();
+    agent = undefined;
+    // The default --host-down-after is 15 s; a heartbeat may have arrived just before the stop.
+    const deadline = Date.now() + 40_000;
+    while ((await remoteState()) !== 'down' && Date.now() < deadline) await delay(500);
+    assert.equal(await remoteState(), 'down');
+
+    assert.equal((await service.cli('host', 'disable', localHost)).code, 0);
+    try {
+      const refused = await service.cli('create', '--vm', randomUUID(), '--version', '2.0');
+      assert.notEqual(refused.code, 0);
+      assert.match(refused.stderr, new RegExp(`${REMOTE} is down \\(its agent was last heard of at `));
+    } finally {
+      assert.equal((await service.cli('host', 'enable', localHost)).code, 0);
+    }
+  });
 });

@@ -15,7 +15,7 @@ import { type DataDirLock, lockDataDir } from '../data-dir-lock.js';
 import { parseListen, qemuGroupFor, readTls, swtpmUserFor } from '../host-setup.js';
 import { LocalHostAgent } from '../local-host-agent.js';
 import { AgentMetrics } from '../../metrics/service-metrics.js';
-import { buildAgentApi, reportIn } from './agent-server.js';
+import { buildAgentApi, reportIn, sendHeartbeats } from './agent-server.js';
 
 export interface AgentOptions {
   name: string;
@@ -86,9 +86,11 @@ async function startLocked(
   const bound = typeof address === 'object' && address ? address.port : port;
   const url = `${https ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${bound}`;
   void reportIn(controlPlane, agent, options.logger);
+  const stopHeartbeats = sendHeartbeats(controlPlane, agent.hostName, options.logger);
   return {
     url,
     async close() {
+      stopHeartbeats();
       await app.close();
       await agent.close();
       await rm(scratchDir, { recursive: true, force: true });

@@ -20,7 +20,7 @@ import { productServerOptions } from '../../http/server-options.js';
 import type { AgentMetrics } from '../../metrics/service-metrics.js';
 import { withWiped } from '../../keys/wiped.js';
 import type { LocalHostAgent } from '../local-host-agent.js';
-import { AGENT_API, reportPath, StartBody, toWire, WorkingStateBody } from './wire.js';
+import { AGENT_API, HEARTBEAT_INTERVAL_MS, reportPath, StartBody, toWire, WorkingStateBody } from './wire.js';
 
 export interface AgentServerOptions {
   agent: LocalHostAgent;
@@ -167,4 +167,18 @@ export async function buildAgentApi(options: AgentServerOptions): Promise<Fastif
  */
 export async function reportIn(controlPlane: ApiClient, agent: LocalHostAgent, logger: Logger): Promise<void> {
   await deliverOrDrop(controlPlane, logger, reportPath(agent.hostName, 'hello'), await agent.describe());
+}
+
+/**
+ * Tells the control plane every few seconds that this agent is alive, until
+ * stopped (the returned function). A heartbeat that does not arrive is not
+ * sent again: the next one is as good.
+ */
+export function sendHeartbeats(controlPlane: ApiClient, hostName: string, logger: Logger): () => void {
+  const beat = () =>
+    void controlPlane
+      .request('POST', reportPath(hostName, 'heartbeat'))
+      .catch((error: unknown) => logger.debug({ err: error }, 'a heartbeat did not reach the control plane'));
+  const timer = setInterval(beat, HEARTBEAT_INTERVAL_MS);
+  return () => clearInterval(timer);
 }

@@ -9,7 +9,10 @@ import type { StateChange, VtpmExit } from '../host-agent.js';
 export const AGENT_API = '/agent/v1';
 
 /** The control plane's routes that agents report to, for host NAME. */
-export const reportPath = (host: string, report: 'hello' | 'state-changes' | 'exits') =>
+/** How often an agent tells its control plane it is alive (the control plane's --host-down-after is longer). */
+export const HEARTBEAT_INTERVAL_MS = 5_000;
+
+export const reportPath = (host: string, report: 'hello' | 'heartbeat' | 'state-changes' | 'exits') =>
   `${AGENT_API}/hosts/${encodeURIComponent(host)}/${report}`;
 
 const Base64 = Type.String({ pattern: '^[A-Za-z0-9+/]*={0,2}$' });

@@ -1,6 +1,6 @@
 /**
  * Where remote host agents report, under /agent/v1: that they are up
- * (hello), their vTPMs' state changes and their swtpm exits. An agent
+ * (hello, then a heartbeat every few seconds), their vTPMs' state changes and their swtpm exits. An agent
  * authenticates with its host's agent token, not a user's, and speaks only
  * for its own host; its reports go straight to the state ingest.
  */
@@ -30,6 +30,10 @@ export const agentApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app, { 
       return reply.status(204).send();
     },
   );
+  app.post<ByHost>('/hosts/:name/heartbeat', { schema: hidden }, async (request, reply) => {
+    await cp.fleet.heartbeat(request.params.name);
+    return reply.status(204).send();
+  });
   app.post<ByHost & { Body: Static<typeof StateChangeBody> }>(
     '/hosts/:name/state-changes',
     { schema: { ...hidden, body: StateChangeBody } },

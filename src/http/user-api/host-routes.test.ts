@@ -47,8 +47,9 @@ describe('disabling a host', () => {
 
     const disabled = await call(admin, 'POST', '/v1/hosts/host-a/disable', { reason: 'kernel upgrade' });
     assert.equal(disabled.statusCode, 200, disabled.body);
-    assert.deepEqual(disabled.json(), { name: 'host-a', state: 'disabled' });
-    assert.equal((await hostA()).state, 'disabled');
+    assert.deepEqual(disabled.json(), { name: 'host-a', status: 'disabled' });
+    assert.equal((await hostA()).status, 'disabled');
+    assert.equal((await hostA()).state, 'up', "the control plane's own host is up while it runs");
     assert.equal((await hostA()).disabled_reason, 'kernel upgrade');
 
     const fresh = randomUUID();
@@ -60,7 +61,7 @@ describe('disabling a host', () => {
     assert.equal((await call(member, 'POST', `/v1/vtpms/${running}/start`)).statusCode, 200, 'its own vTPM starts');
 
     const enabled = await call(admin, 'POST', '/v1/hosts/host-a/enable');
-    assert.deepEqual(enabled.json(), { name: 'host-a', state: 'enabled' });
+    assert.deepEqual(enabled.json(), { name: 'host-a', status: 'enabled' });
     assert.equal((await hostA()).disabled_reason, null);
     assert.equal((await call(member, 'POST', '/v1/vtpms', { vm: fresh, version: '2.0' })).statusCode, 201);
   });
@@ -68,7 +69,7 @@ describe('disabling a host', () => {
   it('is for admins, names an unknown host, and refuses a reason that is not text', async () => {
     const forbidden = await call(member, 'POST', '/v1/hosts/host-a/disable', {});
     assert.equal(forbidden.statusCode, 403);
-    assert.equal((await hostA()).state, 'enabled');
+    assert.equal((await hostA()).status, 'enabled');
     const unknown = await call(admin, 'POST', '/v1/hosts/host-z/disable', {});
     assert.equal(unknown.statusCode, 404);
     assert.match(unknown.json().error.message, /host host-z not found/);
@@ -77,7 +78,7 @@ describe('disabling a host', () => {
       assert.equal(bad.statusCode, 400);
       assert.match(bad.json().error.message, /reason/);
     }
-    assert.equal((await hostA()).state, 'enabled');
+    assert.equal((await hostA()).status, 'enabled');
     const events = await call(admin, 'GET', '/v1/events?limit=50');
     assert.ok(events.body.includes('host.disable'), 'the refused attempts are in the audit log');
   });

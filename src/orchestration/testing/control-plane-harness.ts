@@ -124,6 +124,8 @@ export interface TestControlPlaneOptions {
   hosts?: FakeHostAgent[];
   /** A provisioning pool of this size on `local`, filled before the control plane is handed out. */
   poolSize?: number;
+  /** The fleet's --host-down-after, in ms. */
+  hostDownAfterMs?: number;
 }
 
 export const alice: Principal = { name: 'alice', project: 'p1', roles: ['member'] };
@@ -153,6 +155,7 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
     logger,
     manufacturer: local,
     inProcess: others,
+    hostDownAfterMs: options.hostDownAfterMs,
     placementRefused: metrics.placementRefused,
   });
   const poolSize = options.poolSize ?? 0;

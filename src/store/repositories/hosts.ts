@@ -55,6 +55,11 @@ export class HostRepository {
       .execute();
   }
 
+  /** The host's agent is alive now. */
+  async touch(name: string): Promise<void> {
+    await this.db.updateTable('hosts').set({ last_seen: now() }).where('name', '=', name).execute();
+  }
+
   /** Disables the host (`reason`) or enables it again (null); false when no such host is registered. */
   async setDisabled(name: string, reason: string | null): Promise<boolean> {
     const result = await this.db
