@@ -1,5 +1,6 @@
 /** The wire shapes of hosts and the provisioning pool, under /v1. */
 import { type Static, Type } from '@sinclair/typebox';
+import { HOST_NAME_PATTERN } from './patterns.js';
 import { HostName } from './vtpms.js';
 
 const Host = Type.Object({
@@ -42,6 +43,38 @@ export const DisableHostBody = Type.Object({
 });
 export const HostStateChanged = Type.Object({ name: Type.String(), status: Host.properties.status });
 export type HostStateChanged = Static<typeof HostStateChanged>;
+
+export const EvacuateHostBody = Type.Object({
+  to: Type.Optional(
+    Type.String({
+      pattern: HOST_NAME_PATTERN,
+      description: 'the one host to move them to; by default the scheduler places each where its traits fit',
+    }),
+  ),
+});
+export type EvacuateHostBody = Static<typeof EvacuateHostBody>;
+
+const EvacuatedVtpm = Type.Object({
+  vm: Type.String(),
+  result: Type.Union([Type.Literal('moved'), Type.Literal('stays'), Type.Literal('skipped')], {
+    description:
+      'moved: it is on `to` now (stopped, ready to start from the vault; running when a live migration there ' +
+      'completed); stays: a live migration to the lost host was abandoned, it runs where it ran; skipped: ' +
+      'left on the lost host, `reason` says why',
+  }),
+  to: Type.Union([Type.String(), Type.Null()]),
+  status: Type.String({ description: 'its status now' }),
+  generation: Type.Union([Type.Integer(), Type.Null()], {
+    description: "the vault's newest TPM state generation, which its next start runs from",
+  }),
+  reason: Type.String(),
+});
+export const Evacuation = Type.Object({
+  host: Type.String(),
+  vtpms: Type.Array(EvacuatedVtpm),
+});
+export type Evacuation = Static<typeof Evacuation>;
+export type EvacuatedVtpm = Static<typeof EvacuatedVtpm>;
 
 export const PoolStatus = Type.Object({
   size: Type.Integer(),

@@ -36,6 +36,7 @@ export const DEPLOYMENT_OPERATIONS = [
   'hosts',
   'hosts-register',
   'hosts-manage',
+  'evacuate',
   'pool',
   'users',
   'keys',
@@ -104,6 +105,8 @@ export function decideOnDeployment(principal: Principal, operation: DeploymentOp
     case 'create':
     case 'list':
     case 'audit-read':
+    // What moves is decided per vTPM: each as its `operate` allows (see orchestration/evacuate.ts).
+    case 'evacuate':
       return 'allow';
     case 'hosts':
     case 'pool':
@@ -152,6 +155,7 @@ const DEPLOYMENT_ACTIONS: Record<DeploymentOperation, string> = {
   hosts: 'list hosts',
   'hosts-register': 'register hosts',
   'hosts-manage': 'disable and enable hosts',
+  evacuate: 'evacuate hosts',
   pool: 'see the provisioning pool',
   users: 'manage users',
   keys: 'rotate keys',

@@ -1,12 +1,13 @@
 /**
  * `vtpm host add` (register a host whose agent runs remotely), `vtpm host
- * disable|enable` (keep new vTPMs off a host, or not), `vtpm agent`
+ * disable|enable` (keep new vTPMs off a host, or not), `vtpm evacuate`
+ * (move the vTPMs of a host that is down to others), `vtpm agent`
  * (run that agent), and `vtpm migrate` (move a running vTPM live to another
  * host, for the migration of its VM).
  */
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
-import type { HostList, HostStateChanged, PoolStatus, RegisteredHost } from '../api/hosts.js';
+import type { Evacuation, HostList, HostStateChanged, PoolStatus, RegisteredHost } from '../api/hosts.js';
 import type { Migration } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
 import { client, emit, globals, vmPath, withClientOptions, withDataDir } from './context.js';
@@ -93,6 +94,30 @@ export function registerHostCommands(program: Command): void {
         `/v1/hosts/${encodeURIComponent(name)}/enable`,
       );
       emit(command, changed, () => `host ${changed.name}: ${changed.status}`);
+    });
+
+  withClientOptions(program.command('evacuate'))
+    .description(
+      'move every vTPM off a host that is down: each is fenced off it and stopped on another host, ready to ' +
+        "start from the vault's newest generation; those the caller may not operate are named, with why",
+    )
+    .argument('<host>', 'the host that is down, as vtpm hosts names it')
+    .option('--to <host>', 'the one host to move them to (default: the scheduler places each)')
+    .action(async (name: string, options: { to?: string }, command: Command) => {
+      const evacuation = await (await client(command)).request<Evacuation>(
+        'POST',
+        `/v1/hosts/${encodeURIComponent(name)}/evacuate`,
+        options.to === undefined ? {} : { to: options.to },
+      );
+      emit(command, evacuation, () => {
+        const moved = evacuation.vtpms.filter((v) => v.result === 'moved').length;
+        const skipped = evacuation.vtpms.filter((v) => v.result === 'skipped').length;
+        const rows = evacuation.vtpms.map((v) => ({ ...v, to: v.to ?? '-', generation: v.generation ?? '-' }));
+        return [
+          table(rows, ['vm', 'result', 'to', 'status', 'generation', 'reason']),
+          `host ${evacuation.host}: ${moved} moved, ${skipped} skipped, ${evacuation.vtpms.length} in all`,
+        ].join('\n');
+      });
     });
 
   withDataDir(program.command('agent'), { caFile: true })

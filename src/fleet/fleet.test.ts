@@ -68,7 +68,8 @@ describe('host liveness', () => {
     } finally {
       await t.cp.store.hosts.setDisabled(t.local.hostName, null);
     }
-    await fleet.heartbeat('host-c');
+    assert.equal(await fleet.heartbeat('host-c'), true, 'the heartbeat of a host that was down says it came back');
     assert.equal(await stateOf('host-c'), 'up');
+    assert.equal(await fleet.heartbeat('host-c'), false);
   });
 });

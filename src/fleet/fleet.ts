@@ -171,15 +171,22 @@ export class Fleet {
     }
   }
 
-  /** A remote agent is alive (its heartbeat). */
-  async heartbeat(host: string): Promise<void> {
+  /** A host's agent is alive (its heartbeat). True when the host was down until now: it came back. */
+  async heartbeat(host: string): Promise<boolean> {
+    const before = await this.options.store.hosts.get(host);
     await this.options.store.hosts.touch(host);
+    return before !== undefined && !this.isUp(before, Date.now());
   }
 
-  /** The control plane's own hosts are up while it runs; a remote one while its agent is heard of. */
+  /** The control plane's own host is up while it runs; any other while its agent is heard of. */
   private isUp(host: HostRecord, at: number): boolean {
-    if (this.inProcess.has(host.name)) return true;
+    if (host.name === this.manufacturer.hostName) return true;
     return at - Date.parse(host.last_seen) <= (this.options.hostDownAfterMs ?? HOST_DOWN_AFTER_MS);
+  }
+
+  /** The host as `vtpm hosts` shows it; undefined when no such host is known. */
+  async host(name: string): Promise<HostView | undefined> {
+    return (await this.list()).find((host) => host.name === name);
   }
 
   /** A remote agent is up: its traits and capabilities are recorded, and it learns where its sockets are. */

@@ -20,13 +20,13 @@ import { vaultKeyFrom } from '../vault/state-vault.js';
 import type { ControlPlane } from './control-plane.js';
 import { settleMigration } from './migrate.js';
 
-const isDestination = (record: VtpmRecord, host: string, instance: string) =>
+export const isDestination = (record: VtpmRecord, host: string, instance: string) =>
   record.status === 'migrating' &&
   record.migrating_to === host &&
   (record.migrating_instance === null || record.migrating_instance === instance);
 
 /** A running row without an instance (from before launches had ids, on a host not heard from since) hears its host. */
-const isServing = (record: VtpmRecord, host: string, instance: string) =>
+export const isServing = (record: VtpmRecord, host: string, instance: string) =>
   record.host === host && (record.instance === instance || (record.instance === null && record.status !== 'stopped'));
 
 export async function ingestStateChange(cp: ControlPlane, host: string, change: StateChange): Promise<void> {
@@ -112,7 +112,7 @@ async function namingHead(cp: ControlPlane, change: StateChange, refusal: StateC
  * During a live migration the exits decide its outcome (see migrate.ts).
  * An exit of any other launch than the one serving the vTPM changes nothing.
  */
-async function destinationHasGuest(cp: ControlPlane, record: VtpmRecord, destination: string): Promise<boolean> {
+export async function destinationHasGuest(cp: ControlPlane, record: VtpmRecord, destination: string): Promise<boolean> {
   if (cp.migrations.peek(record.vm).length > 0) return true;
   try {
     return await cp.fleet.agentFor(destination).guestConnected(record.vm);

@@ -5,13 +5,18 @@
  * between hosts by starting elsewhere; and a running vTPM follows its guest
  * through a live migration of real QEMUs, after which the guest's writes on
  * the new host are in the vault. Reports without the host's token are refused.
+ * A host that drops off is down; evacuated, its vTPM boots on another host
+ * with every write the vault acknowledged, and when the host comes back the
+ * swtpm it still ran is stopped.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { AgentUnderTest } from './support/agent.js';
 import {
   buildInitramfs,
@@ -19,6 +24,7 @@ import {
   GUEST_NV_DATA,
   launchGuest,
   responseCode,
+  responsesOf,
   type GuestReport,
 } from './support/guest.js';
 import { freePort } from './support/net.js';
@@ -32,6 +38,7 @@ let agent: AgentUnderTest | undefined;
 let agentDir = '';
 let localHost = '';
 const REMOTE = 'host-b';
+const exec = promisify(execFile);
 
 const context = serviceForFile(
   'vtpm-fleet',
@@ -299,6 +306,77 @@ describe('TLS between the control plane and an agent', () => {
       }
     },
   );
+});
+
+/** The swtpm processes serving `vm` on this machine, by pid. */
+async function swtpmsOf(vm: string): Promise<number[]> {
+  const { stdout } = await exec('ps', ['-eo', 'pid=,args=']);
+  return stdout
+    .split('\n')
+    .filter((line) => /\bswtpm socket\b/.test(line) && line.includes(vm))
+    .map((line) => Number.parseInt(line.trim(), 10));
+}
+
+describe('a host lost', () => {
+  it('is evacuated: its vTPM boots on another host with every acknowledged write; back, its stale swtpm is stopped', {
+    timeout: 300_000,
+  }, async () => {
+    const { service } = context;
+    const vm = randomUUID();
+    await service.json('create', '--vm', vm, '--version', '2.0');
+    const started = await service.json<StartedJson>('start', vm, '--host', REMOTE);
+    const lost = launchGuest({ kernel, initramfs, qemuArgs: started.qemu_args, commandSet: 'nv', holdSeconds: 600 });
+    lost.report.catch(() => undefined);
+    try {
+      while (!lost.holding()) await delay(200);
+      assert.equal(responseCode(responsesOf(lost.console())['3-write']!), 0, 'the guest on host-b wrote its NV index');
+      // Every write the guest made is acknowledged once the vault's history stops growing.
+      let history = '';
+      for (let quiet = 0; quiet < 4; ) {
+        const now = JSON.stringify(await service.json('history', vm));
+        quiet = now === history && now.includes('"sync"') ? quiet + 1 : 0;
+        history = now;
+        await delay(500);
+      }
+      const [stale] = await swtpmsOf(vm);
+      assert.ok(stale, 'host-b runs its swtpm');
+
+      // host-b drops off: its agent is frozen, its swtpm and its guest run on.
+      agent!.freeze();
+      try {
+        const deadline = Date.now() + 40_000;
+        const stateOfRemote = async () =>
+          (await service.json<Array<{ name: string; state: string }>>('hosts')).find((h) => h.name === REMOTE)?.state;
+        while ((await stateOfRemote()) !== 'down' && Date.now() < deadline) await delay(500);
+        assert.equal(await stateOfRemote(), 'down');
+
+        const evacuation = await service.json<{ vtpms: Array<{ vm: string; result: string; to: string }> }>(
+          'evacuate',
+          REMOTE,
+        );
+        const moved = evacuation.vtpms.find((v) => v.vm === vm);
+        assert.deepEqual([moved?.result, moved?.to], ['moved', localHost], JSON.stringify(evacuation));
+        const onLocal = await bootOn(vm, localHost);
+        assert.ok(
+          onLocal.responses['1-data']!.includes(GUEST_NV_DATA),
+          'on the other host, the guest reads what it wrote on the lost one',
+        );
+      } finally {
+        agent!.thaw();
+      }
+
+      // Back: the control plane stops the swtpm host-b still ran for a vTPM that is no longer its.
+      const deadline = Date.now() + 30_000;
+      while ((await swtpmsOf(vm)).includes(stale) && Date.now() < deadline) await delay(250);
+      assert.deepEqual(await swtpmsOf(vm), [], `the stale swtpm is stopped\n${service.log}`);
+      const events = await service.json<Array<{ operation: string; detail: { host?: string } }>>('events', '--vm', vm);
+      assert.ok(events.some((e) => e.operation === 'vtpm.fence' && e.detail.host === REMOTE));
+      assert.ok(events.some((e) => e.operation === 'vtpm.evacuate'));
+      assert.equal((await service.json<VtpmJson>('show', vm)).host, localHost);
+    } finally {
+      lost.kill('SIGKILL');
+    }
+  });
 });
 
 describe('host liveness', () => {

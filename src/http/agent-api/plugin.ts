@@ -9,6 +9,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { ExitBody, exitFromWire, fromWire, HelloBody, StateChangeBody } from '../../agent/remote/wire.js';
 import { bearerToken } from '../../api/patterns.js';
 import type { ControlPlane } from '../../orchestration/control-plane.js';
+import { fenceInBackground } from '../../orchestration/fence.js';
 import { ingestExit, ingestStateChange } from '../../orchestration/state-ingest.js';
 import { handleNotFound } from '../error-handler.js';
 
@@ -27,11 +28,13 @@ export const agentApi: FastifyPluginAsync<{ cp: ControlPlane }> = async (app, { 
     { schema: { ...hidden, body: HelloBody } },
     async (request, reply) => {
       await cp.fleet.reportedIn(request.params.name, request.body);
+      // A restarted agent took over the swtpms it found: some may serve vTPMs that moved meanwhile.
+      fenceInBackground(cp, request.params.name);
       return reply.status(204).send();
     },
   );
   app.post<ByHost>('/hosts/:name/heartbeat', { schema: hidden }, async (request, reply) => {
-    await cp.fleet.heartbeat(request.params.name);
+    if (await cp.fleet.heartbeat(request.params.name)) fenceInBackground(cp, request.params.name);
     return reply.status(204).send();
   });
   app.post<ByHost & { Body: Static<typeof StateChangeBody> }>(

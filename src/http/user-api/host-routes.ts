@@ -4,6 +4,8 @@ import type { FastifyInstance } from 'fastify';
 import { errorResponses as errors } from '../../api/errors.js';
 import {
   DisableHostBody,
+  EvacuateHostBody,
+  Evacuation,
   HostList,
   HostParams,
   HostStateChanged,
@@ -12,6 +14,7 @@ import {
   RegisterHostBody,
 } from '../../api/hosts.js';
 import type { ControlPlane } from '../../orchestration/control-plane.js';
+import { evacuateHost } from '../../orchestration/evacuate.js';
 import { listHosts, poolStatus, registerHost, setHostDisabled } from '../../orchestration/hosts.js';
 import { actorOf } from './plugin.js';
 
@@ -82,5 +85,21 @@ export function registerHostRoutes(app: FastifyInstance, cp: ControlPlane): void
       },
     },
     async (request) => setHostDisabled(cp, request.params.name, null, actorOf(request)),
+  );
+
+  app.post<{ Params: Static<typeof HostParams>; Body: EvacuateHostBody | undefined }>(
+    '/hosts/:name/evacuate',
+    {
+      schema: {
+        summary:
+          'Move every vTPM off a host that is down: each is fenced off it and stopped on another host, ' +
+          "ready to start from the vault's newest generation",
+        tags: ['hosts'],
+        params: HostParams,
+        body: EvacuateHostBody,
+        response: { 200: Evacuation, ...errors(400, 401, 403, 404, 409) },
+      },
+    },
+    async (request) => evacuateHost(cp, request.params.name, { to: request.body?.to }, actorOf(request)),
   );
 }

@@ -178,6 +178,13 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
     return cp;
   };
   await fleet.describeAll();
+  // The other hosts' agents heartbeat as remote agents do, until a test loses their host.
+  const heartbeats = setInterval(
+    () => {
+      for (const agent of others) if (!agent.lost) fleet.heartbeat(agent.hostName).catch(() => undefined);
+    },
+    Math.min(1_000, (options.hostDownAfterMs ?? 15_000) / 4),
+  );
   pool?.refill();
   while (pool && (await store.pool.count('2.0')) < poolSize) await delay(5);
   const opened: TestControlPlane = {
@@ -197,6 +204,7 @@ export async function openTestControlPlane(options: TestControlPlaneOptions = {}
       return opened.cp;
     },
     async close() {
+      clearInterval(heartbeats);
       await opened.settle();
       await opened.cp.retries.close();
       await pool?.close();

@@ -19,7 +19,7 @@ import type {
   VtpmExit,
 } from '../../agent/host-agent.js';
 import { devicePathsIn } from '../../agent/host-agent.js';
-import { StateConflictError } from '../../errors.js';
+import { StateConflictError, VtpmError } from '../../errors.js';
 import type { StateKind } from '../../store/index.js';
 import { digestOf } from '../../vault/state-vault.js';
 
@@ -105,7 +105,10 @@ export class FakeHostAgent implements HostAgent {
     if (!running) return;
     const copy = this.working.get(vm) ?? {};
     for (const [kind, data] of Object.entries(copy) as Array<[StateKind, Buffer]>) {
-      await this.report(vm, kind, data, true);
+      // A refused report (4xx: this swtpm no longer serves the vTPM) is dropped, as a real agent drops it.
+      await this.report(vm, kind, data, true).catch((error: unknown) => {
+        if (!(error instanceof VtpmError && error.status < 500)) throw error;
+      });
     }
     this.runningVtpms.delete(vm);
     for (const listener of this.exitListeners) listener({ vm, code, signal: null, instance: running.instance });
@@ -200,6 +203,9 @@ export class FakeHostAgent implements HostAgent {
     if (this.runningVtpms.has(vm)) throw new StateConflictError(`vTPM ${vm} is running on ${this.hostName}`, { vm });
     this.working.delete(vm);
   }
+
+  /** The host is lost to the control plane (a test says so): its heartbeats stop, its swtpms run on. */
+  lost = false;
 
   /** VMs whose guest is connected to their vTPM here (a test says so). */
   readonly connected = new Set<string>();

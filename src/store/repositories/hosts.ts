@@ -70,6 +70,11 @@ export class HostRepository {
     return result.numUpdatedRows > 0n;
   }
 
+  async get(name: string): Promise<HostRecord | undefined> {
+    const row = await this.db.selectFrom('hosts').selectAll().where('name', '=', name).executeTakeFirst();
+    return row && decodeHost(row);
+  }
+
   async list(): Promise<HostRecord[]> {
     return (await this.db.selectFrom('hosts').selectAll().orderBy('name').execute()).map(decodeHost);
   }

@@ -93,6 +93,15 @@ export class AgentUnderTest {
     }
   }
 
+  /** The host drops off the network as far as the control plane can tell: its agent freezes, its swtpms run on. */
+  freeze(): void {
+    this.process.kill('SIGSTOP');
+  }
+
+  thaw(): void {
+    this.process.kill('SIGCONT');
+  }
+
   async stop(): Promise<void> {
     if (this.process.exitCode !== null) return;
     const exited = new Promise((resolve) => this.process.once('exit', resolve));
