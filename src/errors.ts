@@ -105,7 +105,7 @@ export type HostRefusal =
   | { name: string; reason: 'missing_trait'; missing: string[] }
   | { name: string; reason: 'not_connected'; missing: string[] }
   | { name: string; reason: 'down'; missing: string[]; since: string }
-  | { name: string; reason: 'disabled'; missing: string[]; why: string }
+  | { name: string; reason: 'disabled' | 'draining'; missing: string[]; why: string }
   | { name: string; reason: 'full'; missing: string[]; vtpms: number; capacity: number };
 
 export class NoValidHostError extends VtpmError {
@@ -123,8 +123,8 @@ export class NoValidHostError extends VtpmError {
                 ? `${h.name} has no agent connected to this control plane`
                 : h.reason === 'down'
                   ? `${h.name} is down (its agent was last heard of at ${h.since})`
-                  : h.reason === 'disabled'
-                    ? `${h.name} is disabled (${h.why})`
+                  : h.reason === 'disabled' || h.reason === 'draining'
+                    ? `${h.name} is ${h.reason} (${h.why})`
                     : h.reason === 'full'
                       ? `${h.name} is full (${h.vtpms} of ${h.capacity} vTPMs)`
                       : `${h.name} lacks ${h.missing.join(', ')}`,

@@ -16,8 +16,10 @@ const Host = Type.Object({
   state: Type.Union([Type.Literal('up'), Type.Literal('down')], {
     description: "down: a remote host whose agent has not been heard of for the control plane's --host-down-after",
   }),
-  status: Type.Union([Type.Literal('enabled'), Type.Literal('disabled')], {
-    description: 'disabled: no new vTPM is placed there; those it holds keep running and starting there',
+  status: Type.Union([Type.Literal('enabled'), Type.Literal('disabled'), Type.Literal('draining')], {
+    description:
+      'disabled: no new vTPM is placed there; those it holds keep running and starting there. draining: ' +
+      'disabled, and its vTPMs move off it (a stopped one at once or at its next start, a running one with its VM)',
   }),
   disabled_reason: Type.Union([Type.String(), Type.Null()]),
   max_vtpms: Type.Union([Type.Integer(), Type.Null()], {
@@ -54,13 +56,13 @@ export const EvacuateHostBody = Type.Object({
 });
 export type EvacuateHostBody = Static<typeof EvacuateHostBody>;
 
-const EvacuatedVtpm = Type.Object({
+const VacatedVtpm = Type.Object({
   vm: Type.String(),
   result: Type.Union([Type.Literal('moved'), Type.Literal('stays'), Type.Literal('skipped')], {
     description:
       'moved: it is on `to` now (stopped, ready to start from the vault; running when a live migration there ' +
-      'completed); stays: a live migration to the lost host was abandoned, it runs where it ran; skipped: ' +
-      'left on the lost host, `reason` says why',
+      'completed); stays: it runs where it ran (an evacuation abandoned its live migration to the lost host; a ' +
+      'drained host keeps a running vTPM until its VM leaves); skipped: left on the host, `reason` says why',
   }),
   to: Type.Union([Type.String(), Type.Null()]),
   status: Type.String({ description: 'its status now' }),
@@ -69,12 +71,13 @@ const EvacuatedVtpm = Type.Object({
   }),
   reason: Type.String(),
 });
-export const Evacuation = Type.Object({
+/** What `vtpm evacuate` and `vtpm host drain` did with each vTPM of the host. */
+export const HostVacated = Type.Object({
   host: Type.String(),
-  vtpms: Type.Array(EvacuatedVtpm),
+  vtpms: Type.Array(VacatedVtpm),
 });
-export type Evacuation = Static<typeof Evacuation>;
-export type EvacuatedVtpm = Static<typeof EvacuatedVtpm>;
+export type HostVacated = Static<typeof HostVacated>;
+export type VacatedVtpm = Static<typeof VacatedVtpm>;
 
 export const PoolStatus = Type.Object({
   size: Type.Integer(),

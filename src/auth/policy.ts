@@ -154,7 +154,7 @@ const DEPLOYMENT_ACTIONS: Record<DeploymentOperation, string> = {
   list: 'list vTPMs',
   hosts: 'list hosts',
   'hosts-register': 'register hosts',
-  'hosts-manage': 'disable and enable hosts',
+  'hosts-manage': 'disable, drain and enable hosts',
   evacuate: 'evacuate hosts',
   pool: 'see the provisioning pool',
   users: 'manage users',

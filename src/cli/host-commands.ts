@@ -1,13 +1,13 @@
 /**
  * `vtpm host add` (register a host whose agent runs remotely), `vtpm host
- * disable|enable` (keep new vTPMs off a host, or not), `vtpm evacuate`
+ * disable|drain|enable` (keep new vTPMs off a host, move its vTPMs off it, or neither), `vtpm evacuate`
  * (move the vTPMs of a host that is down to others), `vtpm agent`
  * (run that agent), and `vtpm migrate` (move a running vTPM live to another
  * host, for the migration of its VM).
  */
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
-import type { Evacuation, HostList, HostStateChanged, PoolStatus, RegisteredHost } from '../api/hosts.js';
+import type { HostVacated, HostList, HostStateChanged, PoolStatus, RegisteredHost } from '../api/hosts.js';
 import type { Migration } from '../api/vtpms.js';
 import { InvalidArgumentError } from '../errors.js';
 import { client, emit, globals, vmPath, withClientOptions, withDataDir } from './context.js';
@@ -16,6 +16,16 @@ import { fields, table } from './output.js';
 import { positiveInteger } from './parsers.js';
 
 const DEFAULT_AGENT_LISTEN = '127.0.0.1:7391';
+
+/** What `vtpm evacuate` and `vtpm host drain` did with each vTPM, and the counts. */
+function vacatedTable(vacated: HostVacated): string {
+  const count = (result: string) => vacated.vtpms.filter((v) => v.result === result).length;
+  const rows = vacated.vtpms.map((v) => ({ ...v, to: v.to ?? '-', generation: v.generation ?? '-' }));
+  return [
+    table(rows, ['vm', 'result', 'to', 'status', 'generation', 'reason']),
+    `host ${vacated.host}: ${count('moved')} moved, ${count('stays')} stay, ${count('skipped')} skipped`,
+  ].join('\n');
+}
 
 export function registerHostCommands(program: Command): void {
   withClientOptions(program.command('pool'))
@@ -85,8 +95,24 @@ export function registerHostCommands(program: Command): void {
       emit(command, changed, () => `host ${changed.name}: ${changed.status}`);
     });
 
+  withClientOptions(host.command('drain'))
+    .description(
+      'disable the host and move its vTPMs off it: stopped ones now, running ones as their VMs migrate ' +
+        '(run it again for those stopped since) (admin)',
+    )
+    .argument('<name>', 'the host, as vtpm hosts names it')
+    .option('--reason <text>', 'why, for other admins (vtpm hosts shows it)')
+    .action(async (name: string, options: { reason?: string }, command: Command) => {
+      const drained = await (await client(command)).request<HostVacated>(
+        'POST',
+        `/v1/hosts/${encodeURIComponent(name)}/drain`,
+        options.reason === undefined ? {} : { reason: options.reason },
+      );
+      emit(command, drained, () => vacatedTable(drained));
+    });
+
   withClientOptions(host.command('enable'))
-    .description('place new vTPMs on the host again (admin)')
+    .description('place new vTPMs on the host again; ends a drain too (admin)')
     .argument('<name>', 'the host, as vtpm hosts names it')
     .action(async (name: string, _options: unknown, command: Command) => {
       const changed = await (await client(command)).request<HostStateChanged>(
@@ -104,20 +130,12 @@ export function registerHostCommands(program: Command): void {
     .argument('<host>', 'the host that is down, as vtpm hosts names it')
     .option('--to <host>', 'the one host to move them to (default: the scheduler places each)')
     .action(async (name: string, options: { to?: string }, command: Command) => {
-      const evacuation = await (await client(command)).request<Evacuation>(
+      const evacuation = await (await client(command)).request<HostVacated>(
         'POST',
         `/v1/hosts/${encodeURIComponent(name)}/evacuate`,
         options.to === undefined ? {} : { to: options.to },
       );
-      emit(command, evacuation, () => {
-        const moved = evacuation.vtpms.filter((v) => v.result === 'moved').length;
-        const skipped = evacuation.vtpms.filter((v) => v.result === 'skipped').length;
-        const rows = evacuation.vtpms.map((v) => ({ ...v, to: v.to ?? '-', generation: v.generation ?? '-' }));
-        return [
-          table(rows, ['vm', 'result', 'to', 'status', 'generation', 'reason']),
-          `host ${evacuation.host}: ${moved} moved, ${skipped} skipped, ${evacuation.vtpms.length} in all`,
-        ].join('\n');
-      });
+      emit(command, evacuation, () => vacatedTable(evacuation));
     });
 
   withDataDir(program.command('agent'), { caFile: true })

@@ -184,6 +184,12 @@ export class Fleet {
     return at - Date.parse(host.last_seen) <= (this.options.hostDownAfterMs ?? HOST_DOWN_AFTER_MS);
   }
 
+  /** False when the host is down or draining: a stopped vTPM of its starts on another host. */
+  async keepsItsVtpms(name: string): Promise<boolean> {
+    const host = await this.options.store.hosts.get(name);
+    return host === undefined || (!host.draining && this.isUp(host, Date.now()));
+  }
+
   /** The host as `vtpm hosts` shows it; undefined when no such host is known. */
   async host(name: string): Promise<HostView | undefined> {
     return (await this.list()).find((host) => host.name === name);
@@ -225,6 +231,7 @@ export class Fleet {
       connected: this.isConnected(h.name),
       downSince: this.isUp(h, at) ? null : h.last_seen,
       disabledReason: h.disabled_reason,
+      draining: h.draining,
       maxVtpms: h.max_vtpms,
     }));
     try {
@@ -250,6 +257,7 @@ export class Fleet {
               connected: true,
               downSince: null,
               disabledReason: null,
+              draining: false,
               maxVtpms: null,
             },
           ]
@@ -269,7 +277,7 @@ export class Fleet {
       last_seen: host.last_seen,
       agent_url: host.agent_url,
       state: this.isUp(host, at) ? 'up' : 'down',
-      status: host.disabled_reason === null ? 'enabled' : 'disabled',
+      status: host.disabled_reason === null ? 'enabled' : host.draining ? 'draining' : 'disabled',
       disabled_reason: host.disabled_reason,
       max_vtpms: host.max_vtpms,
     }));

@@ -20,6 +20,7 @@ const host = (name: string, traits: string[], vtpms: number, more: Partial<Candi
   connected: true,
   downSince: null,
   disabledReason: null,
+  draining: false,
   maxVtpms: null,
   ...more,
 });

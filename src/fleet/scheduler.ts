@@ -16,6 +16,8 @@ export interface Candidate {
   downSince: string | null;
   /** Set when an admin disabled the host (`vtpm host disable`): no new vTPM goes there. */
   disabledReason: string | null;
+  /** Disabled by `vtpm host drain`: its vTPMs are moving off it. */
+  draining: boolean;
   /** How many vTPMs it may hold; null: no limit. */
   maxVtpms: number | null;
 }
@@ -28,7 +30,7 @@ function refusalOf(host: Candidate, required: string[]): HostRefusal | undefined
   if (host.maxVtpms !== null && host.vtpms >= host.maxVtpms)
     return { name: host.name, reason: 'full', missing: [], vtpms: host.vtpms, capacity: host.maxVtpms };
   if (host.disabledReason !== null)
-    return { name: host.name, reason: 'disabled', missing: [], why: host.disabledReason };
+    return { name: host.name, reason: host.draining ? 'draining' : 'disabled', missing: [], why: host.disabledReason };
   return undefined;
 }
 

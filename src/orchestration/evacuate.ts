@@ -17,7 +17,7 @@
  * to its project (secret security `user`) moves for its project's token
  * only, and is named as skipped in an admin's evacuation.
  */
-import type { EvacuatedVtpm, Evacuation } from '../api/hosts.js';
+import type { VacatedVtpm, HostVacated } from '../api/hosts.js';
 import { decideOnVtpm, enforceOnDeployment, enforceOnVtpm, type Principal } from '../auth/policy.js';
 import { InvalidArgumentError, NotFoundError, StateConflictError, VtpmError } from '../errors.js';
 import type { VtpmRecord } from '../store/index.js';
@@ -34,13 +34,13 @@ export async function evacuateHost(
   host: string,
   options: { to?: string | undefined },
   actor: Principal,
-): Promise<Evacuation> {
+): Promise<HostVacated> {
   enforceOnDeployment(actor, 'evacuate');
   await requireDown(cp, host);
   if (options.to !== undefined) await requireDestination(cp, host, options.to);
   const held = await cp.store.vtpms.list({ host });
   const migratingHere = (await cp.store.vtpms.list({ statuses: ['migrating'] })).filter((r) => r.migrating_to === host);
-  const vtpms: EvacuatedVtpm[] = [];
+  const vtpms: VacatedVtpm[] = [];
   for (const record of [...held, ...migratingHere]) {
     const decision = decideOnVtpm(actor, 'operate', targetOf(record));
     if (decision === 'hide') continue;
@@ -96,7 +96,7 @@ function refusalOf(check: () => void): string {
   }
 }
 
-const skipped = (record: VtpmRecord, reason: string): EvacuatedVtpm => ({
+export const skipped = (record: VtpmRecord, reason: string): VacatedVtpm => ({
   vm: record.vm,
   result: 'skipped',
   to: null,
@@ -108,9 +108,9 @@ const skipped = (record: VtpmRecord, reason: string): EvacuatedVtpm => ({
 /** A vTPM that runs on after its migration is settled. */
 const running = (
   record: VtpmRecord,
-  where: Pick<EvacuatedVtpm, 'result' | 'to' | 'generation'>,
+  where: Pick<VacatedVtpm, 'result' | 'to' | 'generation'>,
   reason: string,
-): EvacuatedVtpm => ({ vm: record.vm, ...where, status: 'running', reason });
+): VacatedVtpm => ({ vm: record.vm, ...where, status: 'running', reason });
 
 /** Under the VM's lock, on the row as it is now; undefined when it is no longer the lost host's. */
 async function evacuateOne(
@@ -118,7 +118,7 @@ async function evacuateOne(
   vm: string,
   host: string,
   to: string | undefined,
-): Promise<EvacuatedVtpm | undefined> {
+): Promise<VacatedVtpm | undefined> {
   const record = await cp.store.vtpms.get(vm);
   if (!record || (record.host !== host && record.migrating_to !== host)) return undefined;
   if (record.status === 'migrating') return settleMigrationOf(cp, record, host, to);
@@ -146,7 +146,7 @@ async function settleMigrationOf(
   record: VtpmRecord,
   host: string,
   to: string | undefined,
-): Promise<EvacuatedVtpm | undefined> {
+): Promise<VacatedVtpm | undefined> {
   const destination = record.migrating_to!;
   if (destination === host) {
     await settleMigration(cp, record, destination, 'abandoned');
@@ -173,7 +173,13 @@ async function newestGeneration(cp: ControlPlane, vm: string): Promise<number | 
   return (await cp.store.generations.head(vm, 'tpm'))?.generation ?? null;
 }
 
-async function moveTo(cp: ControlPlane, record: VtpmRecord, destination: string): Promise<EvacuatedVtpm> {
+/** Moves the vTPM to `destination`, stopped; `operation` names the move in the audit log. */
+export async function moveTo(
+  cp: ControlPlane,
+  record: VtpmRecord,
+  destination: string,
+  operation = 'vtpm.evacuate',
+): Promise<VacatedVtpm> {
   const ran = MAY_RUN.has(record.status);
   if (ran) {
     cp.vaultKeys.drop(record.vm);
@@ -181,7 +187,7 @@ async function moveTo(cp: ControlPlane, record: VtpmRecord, destination: string)
   }
   const moved = await cp.audit.holding(async () => {
     await cp.audit.record({
-      operation: 'vtpm.evacuate',
+      operation,
       vm: record.vm,
       project: record.project,
       result: 'ok',
@@ -196,8 +202,8 @@ async function moveTo(cp: ControlPlane, record: VtpmRecord, destination: string)
   if (!moved) throw new StateConflictError(`vTPM ${record.vm} changed while it was evacuated`, { vm: record.vm });
   const generation = await newestGeneration(cp, record.vm);
   cp.logger.warn(
-    { vm: record.vm, from: record.host, to: destination, was: record.status, generation },
-    'vTPM evacuated',
+    { vm: record.vm, from: record.host, to: destination, was: record.status, generation, operation },
+    'vTPM moved off its host',
   );
   return {
     vm: record.vm,

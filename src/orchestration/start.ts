@@ -2,7 +2,8 @@
  * Start: the vTPM runs from the vault's newest generation, verified, never
  * from whatever a host's disk holds; on its host or on `scope.host`. A
  * stopped vTPM's state is in the vault, not on a host, so it may start on
- * any host that offers what it needs (a cold migration is just that). The
+ * any host that offers what it needs (a cold migration is just that), and
+ * starts elsewhere by itself when its host is down or draining. The
  * destination of a live migration under way answers with its socket: its
  * QEMU is the one being prepared.
  */
@@ -77,7 +78,12 @@ function startSteps(cp: ControlPlane, scope: HostScope): Array<Step<Starting>> {
     {
       name: 'choose-host',
       async run(s) {
-        if (scope.host === undefined || scope.host === s.origin) return;
+        if (scope.host === undefined) {
+          // Its state is in the vault: a host that is down or draining does not keep it from starting elsewhere.
+          if (!(await cp.fleet.keepsItsVtpms(s.origin))) s.host = await cp.fleet.place(specOf(s.record));
+          return;
+        }
+        if (scope.host === s.origin) return;
         await cp.fleet.requireHostFor(specOf(s.record), scope.host);
         s.host = scope.host;
       },

@@ -184,6 +184,14 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('hosts').addColumn('max_vtpms', 'integer').execute();
     },
   },
+  '0010_host_draining': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .alterTable('hosts')
+        .addColumn('draining', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -56,6 +56,8 @@ export interface HostTable {
   disabled_reason: string | null;
   /** How many vTPMs the host's agent says it may hold (`--max-vtpms`); null: no limit. */
   max_vtpms: number | null;
+  /** 1 while the host is drained (`vtpm host drain`): disabled, and its vTPMs are moving off it. */
+  draining: Generated<number>;
 }
 
 export interface UserTable {
@@ -181,9 +183,10 @@ export type VtpmPatch = Partial<
   >
 >;
 
-export type HostRecord = Omit<Selectable<HostTable>, 'traits' | 'capabilities'> & {
+export type HostRecord = Omit<Selectable<HostTable>, 'traits' | 'capabilities' | 'draining'> & {
   traits: string[];
   capabilities: unknown;
+  draining: boolean;
 };
 
 export type UserRecord = Omit<Selectable<UserTable>, 'roles'> & { roles: string[] };

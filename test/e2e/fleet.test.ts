@@ -150,6 +150,36 @@ describe('placement across the hosts', () => {
     const after = await service.json<Array<{ status: string; state: string }>>('hosts');
     assert.ok(after.every((h) => h.status === 'enabled' && h.state === 'up'));
   });
+
+  it('drains a host: its stopped vTPMs move off it, and it stays draining until enabled', async () => {
+    const { service } = context;
+    const vm = randomUUID();
+    await service.json('create', '--vm', vm, '--version', '2.0');
+    await service.json('start', vm, '--host', REMOTE);
+    await service.json('stop', vm);
+    assert.deepEqual(
+      [(await service.json<VtpmJson>('show', vm)).host, (await service.json<VtpmJson>('show', vm)).status],
+      [REMOTE, 'stopped'],
+    );
+    try {
+      const drained = await service.json<{ vtpms: Array<{ vm: string; result: string; to: string }> }>(
+        'host',
+        'drain',
+        REMOTE,
+        '--reason',
+        'retiring',
+      );
+      const moved = drained.vtpms.find((v) => v.vm === vm);
+      assert.deepEqual([moved?.result, moved?.to], ['moved', localHost], JSON.stringify(drained));
+      assert.equal((await service.json<VtpmJson>('show', vm)).host, localHost);
+      const hosts = await service.json<Array<{ name: string; status: string }>>('hosts');
+      assert.equal(hosts.find((h) => h.name === REMOTE)?.status, 'draining');
+      const table = await service.cli('hosts');
+      assert.match(table.stdout, /draining \(retiring\)/);
+    } finally {
+      assert.equal((await service.cli('host', 'enable', REMOTE)).code, 0);
+    }
+  });
 });
 
 describe('live migration', () => {

@@ -18,6 +18,7 @@ const OPERATIONS: Readonly<Record<string, string>> = {
   'POST /v1/hosts': 'host.add',
   'POST /v1/hosts/:name/disable': 'host.disable',
   'POST /v1/hosts/:name/enable': 'host.enable',
+  'POST /v1/hosts/:name/drain': 'host.drain',
   'POST /v1/hosts/:name/evacuate': 'host.evacuate',
   'POST /v1/keys/rotate': 'keys.rotate.request',
   'POST /v1/backup': 'deployment.backup',

@@ -5,7 +5,7 @@ import { errorResponses as errors } from '../../api/errors.js';
 import {
   DisableHostBody,
   EvacuateHostBody,
-  Evacuation,
+  HostVacated,
   HostList,
   HostParams,
   HostStateChanged,
@@ -14,6 +14,7 @@ import {
   RegisterHostBody,
 } from '../../api/hosts.js';
 import type { ControlPlane } from '../../orchestration/control-plane.js';
+import { drainHost } from '../../orchestration/drain.js';
 import { evacuateHost } from '../../orchestration/evacuate.js';
 import { listHosts, poolStatus, registerHost, setHostDisabled } from '../../orchestration/hosts.js';
 import { actorOf } from './plugin.js';
@@ -74,11 +75,28 @@ export function registerHostRoutes(app: FastifyInstance, cp: ControlPlane): void
       setHostDisabled(cp, request.params.name, request.body?.reason ?? 'disabled by an admin', actorOf(request)),
   );
 
+  app.post<{ Params: Static<typeof HostParams>; Body: Static<typeof DisableHostBody> | undefined }>(
+    '/hosts/:name/drain',
+    {
+      schema: {
+        summary:
+          'Disable the host and move its vTPMs off it: stopped ones at once, running ones as their VMs leave ' +
+          '(again to move those stopped since)',
+        tags: ['hosts'],
+        params: HostParams,
+        body: DisableHostBody,
+        response: { 200: HostVacated, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request) =>
+      drainHost(cp, request.params.name, request.body?.reason ?? 'drained by an admin', actorOf(request)),
+  );
+
   app.post<{ Params: Static<typeof HostParams> }>(
     '/hosts/:name/enable',
     {
       schema: {
-        summary: 'Place new vTPMs on the host again',
+        summary: 'Place new vTPMs on the host again (it ends a drain too)',
         tags: ['hosts'],
         params: HostParams,
         response: { 200: HostStateChanged, ...errors(400, 401, 403, 404) },
@@ -97,7 +115,7 @@ export function registerHostRoutes(app: FastifyInstance, cp: ControlPlane): void
         tags: ['hosts'],
         params: HostParams,
         body: EvacuateHostBody,
-        response: { 200: Evacuation, ...errors(400, 401, 403, 404, 409) },
+        response: { 200: HostVacated, ...errors(400, 401, 403, 404, 409) },
       },
     },
     async (request) => evacuateHost(cp, request.params.name, { to: request.body?.to }, actorOf(request)),

@@ -8,6 +8,7 @@ const decodeHost = (row: Selectable<HostTable>): HostRecord => ({
   ...row,
   traits: JSON.parse(row.traits),
   capabilities: JSON.parse(row.capabilities),
+  draining: row.draining === 1,
 });
 
 export class HostRepository {
@@ -60,11 +61,14 @@ export class HostRepository {
     await this.db.updateTable('hosts').set({ last_seen: now() }).where('name', '=', name).execute();
   }
 
-  /** Disables the host (`reason`) or enables it again (null); false when no such host is registered. */
-  async setDisabled(name: string, reason: string | null): Promise<boolean> {
+  /**
+   * Disables the host (`reason`), draining it too when asked, or enables it again (null); false when no such
+   * host is registered.
+   */
+  async setDisabled(name: string, reason: string | null, options: { draining?: boolean } = {}): Promise<boolean> {
     const result = await this.db
       .updateTable('hosts')
-      .set({ disabled_reason: reason })
+      .set({ disabled_reason: reason, draining: reason !== null && options.draining ? 1 : 0 })
       .where('name', '=', name)
       .executeTakeFirst();
     return result.numUpdatedRows > 0n;
