@@ -13,8 +13,9 @@ SERVICE_PACKAGES=(swtpm swtpm-tools qemu-system-x86 ovmf tpm2-tools libtss2-tcti
 # the swtpm that stands in for a host's TPM; OpenStack Barbican, which the Barbican tests run;
 # SoftHSM2, the HSM the PKCS#11 tests use; strace, under which a unit test checks that key files
 # are written durably (src/keys/files.test.ts); systemd-analyze and promtool (Prometheus), which check
-# the systemd units and alert rules in packaging/ (test/e2e/packaging.test.ts).
-TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libtss2-tcti-swtpm0 barbican-api softhsm2 strace systemd prometheus)
+# the systemd units and alert rules in packaging/ (test/e2e/packaging.test.ts); PostgreSQL, whose servers
+# the store tests and test/e2e/postgresql.test.ts start (src/store/testing/postgresql-server.ts).
+TEST_PACKAGES=(linux-image-cloud-amd64 busybox-static cpio libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libtss2-tcti-swtpm0 barbican-api softhsm2 strace systemd prometheus postgresql)
 
 NODE_MINIMUM=20.19.0
 

@@ -18,6 +18,7 @@ import { basename, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { adminTokenPath } from '../auth/admin-token-path.js';
 import { enforceOnDeployment, type Principal } from '../auth/policy.js';
+import { StateConflictError } from '../errors.js';
 import type { KeyFile } from '../keys/key-manager.js';
 import { readIfExists } from '../keys/files.js';
 import { withWiped } from '../keys/wiped.js';
@@ -66,6 +67,12 @@ export async function backupDeployment(
   actor: Principal,
 ): Promise<DeploymentBackup> {
   enforceOnDeployment(actor, 'backup');
+  if (!cp.store.isEmbedded)
+    throw new StateConflictError(
+      `vtpm backup copies the embedded SQLite database, and this deployment's is ${cp.store.description}: ` +
+        "back that up with PostgreSQL's own tools (continuous WAL archiving and pg_basebackup; " +
+        'docs/operations.md), and the data directory (keys, CA) with them',
+    );
   checkPassphrase(passphrase);
   let files = 0;
   const collect = async (keyFiles: KeyFile[]): Promise<Buffer> => {

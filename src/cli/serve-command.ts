@@ -36,6 +36,13 @@ export function registerServeCommand(program: Command, packageVersion: string): 
   withDataDir(program.command('serve'))
     .description("run the control plane and this host's agent (embedded defaults: SQLite, local key manager)")
     .option('--listen <host:port>', 'address to listen on', DEFAULT_LISTEN)
+    .addOption(
+      new Option(
+        '--db <uri>',
+        'the fleet database: postgresql://user@host[:port][,host2[:port]]/db[?target_session_attrs=read-write] ' +
+          '(password from ~/.pgpass or PGPASSWORD; default: SQLite in the data directory)',
+      ).env('VTPM_DB'),
+    )
     .option('--run-dir <dir>', 'where swtpm sockets and pid files go (env VTPM_RUN_DIR; default <data-dir>/run)')
     .option('--scratch-dir <dir>', 'memory file system for short-lived secret configuration', defaultScratchDir())
     .addOption(
@@ -129,6 +136,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
       async (
         options: {
           listen: string;
+          db?: string;
           runDir?: string;
           scratchDir: string;
           keyManager: string;
@@ -164,6 +172,7 @@ export function registerServeCommand(program: Command, packageVersion: string): 
         const logger = processLogger(options.logLevel, { service: 'vtpm' });
         const server = await startServer({
           dataDir,
+          database: options.db,
           listen: options.listen,
           runDir: options.runDir ?? defaultRunDir(dataDir),
           scratchDir: options.scratchDir,

@@ -25,7 +25,8 @@ import { controlPlane } from '../orchestration/control-plane.js';
 import { reconcile } from '../orchestration/reconcile.js';
 import { ingestExit, ingestStateChange } from '../orchestration/state-ingest.js';
 import { ProvisioningPool } from '../pool/provisioning-pool.js';
-import { openEmbeddedStore } from '../store/index.js';
+import { openStore } from '../store/index.js';
+import { uriCarriesPassword } from '../store/postgresql/connection-string.js';
 import { CertificateAuthority } from '../swtpm/certificate-authority.js';
 import { defaultCaName } from '../swtpm/ca-name.js';
 import type { RetentionPolicy } from '../vault/retention.js';
@@ -34,6 +35,8 @@ import { caPasswords } from './ca-passwords.js';
 
 export interface ServeOptions {
   dataDir: string;
+  /** A postgresql:// connection string; undefined: the embedded SQLite file in the data directory. */
+  database?: string | undefined;
   listen: string;
   runDir: string;
   scratchDir: string;
@@ -104,9 +107,15 @@ async function startLocked(options: ServeOptions, lock: DataDirLock): Promise<Ru
   const { logger } = options;
   const { host, port } = parseListen(options.listen);
   const https = options.tls && (await readTls(options.tls));
-  const store = await openEmbeddedStore(options.dataDir, (migration) =>
+  const store = await openStore(options.dataDir, options.database, (migration) =>
     logger.info({ migration }, 'database migration applied'),
   );
+  logger.info({ database: store.description }, 'database open');
+  if (options.database !== undefined && uriCarriesPassword(options.database))
+    logger.warn(
+      'the database password is in --db, where process lists and unit files show it: ' +
+        'put it in ~/.pgpass (or PGPASSWORD) and leave it out of the connection string',
+    );
   // A scratch directory of its own per process: two services on one host never share one.
   const scratchDir = join(options.scratchDir, `vtpm-${process.pid}-${randomBytes(4).toString('hex')}`);
   await checkScratchDir(scratchDir, logger);

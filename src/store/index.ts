@@ -1,8 +1,26 @@
 import { constants } from 'node:fs';
 import { chmod, open } from 'node:fs/promises';
 import { join } from 'node:path';
+import { InvalidArgumentError } from '../errors.js';
+import { isPostgresUri } from './postgresql/connection-string.js';
+import { postgresqlDialect } from './postgresql/postgresql-dialect.js';
 import { sqliteDialect } from './sqlite/sqlite-dialect.js';
 import { Store } from './store.js';
+
+/**
+ * The store `vtpm serve --db` names: a PostgreSQL connection string, or (by
+ * default) the embedded SQLite file in the data directory.
+ */
+export async function openStore(
+  dataDir: string,
+  database: string | undefined,
+  onMigration?: (migration: string) => void,
+): Promise<Store> {
+  if (database === undefined) return openEmbeddedStore(dataDir, onMigration);
+  if (!isPostgresUri(database))
+    throw new InvalidArgumentError('--db', 'a postgresql:// connection string (leave it out for embedded SQLite)');
+  return Store.open(postgresqlDialect(database), onMigration);
+}
 
 /**
  * Opens the embedded SQLite store in the data directory. SQLite gives its

@@ -1,13 +1,19 @@
 /**
  * Schema migrations, in order. Written with the portable subset of the
- * schema builder so that the same list serves SQLite and PostgreSQL.
+ * schema builder so that the same list serves SQLite and PostgreSQL; the
+ * little that differs (byte strings, numbered keys, triggers) is the
+ * StoreDialect's. A migration, once shipped, never changes what it makes on
+ * a database that already ran it.
  */
-import { DEFAULT_MIGRATION_TABLE, type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
+import { DEFAULT_MIGRATION_TABLE, type Kysely, type MigrationProvider, Migrator, sql } from 'kysely';
 import { SchemaTooNewError } from '../errors.js';
+import type { StoreDialect } from './dialect.js';
+
+type Migration = { up(db: Kysely<unknown>, dialect: StoreDialect): Promise<void> };
 
 const migrations: Record<string, Migration> = {
   '0001_initial': {
-    async up(db: Kysely<unknown>) {
+    async up(db, dialect) {
       await db.schema
         .createTable('vtpms')
         .addColumn('vm', 'varchar(36)', (c) => c.primaryKey())
@@ -18,7 +24,7 @@ const migrations: Record<string, Migration> = {
         .addColumn('status', 'varchar(16)', (c) => c.notNull())
         .addColumn('secret_ref', 'varchar(512)', (c) => c.notNull())
         .addColumn('spec_claims', 'text', (c) => c.notNull())
-        .addColumn('ek_certificates', 'blob')
+        .addColumn('ek_certificates', dialect.binaryType)
         .addColumn('socket', 'varchar(4096)')
         .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
         .addColumn('updated_at', 'varchar(32)', (c) => c.notNull())
@@ -31,9 +37,8 @@ const migrations: Record<string, Migration> = {
         .addColumn('capabilities', 'text', (c) => c.notNull())
         .addColumn('last_seen', 'varchar(32)', (c) => c.notNull())
         .execute();
-      await db.schema
-        .createTable('api_tokens')
-        .addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement())
+      await dialect
+        .addSerialKey(db.schema.createTable('api_tokens'), 'id')
         .addColumn('name', 'varchar(255)', (c) => c.notNull())
         .addColumn('project', 'varchar(255)', (c) => c.notNull())
         .addColumn('role', 'varchar(32)', (c) => c.notNull())
@@ -48,7 +53,7 @@ const migrations: Record<string, Migration> = {
     },
   },
   '0002_state_vault': {
-    async up(db: Kysely<unknown>) {
+    async up(db, dialect) {
       await db.schema
         .createTable('state_generations')
         .addColumn('vm', 'varchar(36)', (c) => c.notNull())
@@ -58,8 +63,8 @@ const migrations: Record<string, Migration> = {
         .addColumn('digest', 'varchar(64)', (c) => c.notNull())
         .addColumn('size', 'integer', (c) => c.notNull())
         .addColumn('reason', 'varchar(16)', (c) => c.notNull())
-        .addColumn('wrapped_key', 'blob', (c) => c.notNull())
-        .addColumn('ciphertext', 'blob', (c) => c.notNull())
+        .addColumn('wrapped_key', dialect.binaryType, (c) => c.notNull())
+        .addColumn('ciphertext', dialect.binaryType, (c) => c.notNull())
         .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
         .addPrimaryKeyConstraint('state_generations_pk', ['vm', 'kind', 'generation'])
         .execute();
@@ -74,7 +79,7 @@ const migrations: Record<string, Migration> = {
     },
   },
   '0003_firmware': {
-    async up(db: Kysely<unknown>) {
+    async up(db) {
       await db.schema
         .alterTable('vtpms')
         .addColumn('firmware', 'varchar(8)', (c) => c.notNull().defaultTo('bios'))
@@ -86,14 +91,14 @@ const migrations: Record<string, Migration> = {
     },
   },
   '0004_provisioning_pool': {
-    async up(db: Kysely<unknown>) {
+    async up(db, dialect) {
       await db.schema
         .createTable('pool_entries')
         .addColumn('id', 'varchar(36)', (c) => c.primaryKey())
         .addColumn('version', 'varchar(8)', (c) => c.notNull())
         .addColumn('secret_ref', 'varchar(512)', (c) => c.notNull())
-        .addColumn('state', 'blob', (c) => c.notNull())
-        .addColumn('ek_certificates', 'blob', (c) => c.notNull())
+        .addColumn('state', dialect.binaryType, (c) => c.notNull())
+        .addColumn('ek_certificates', dialect.binaryType, (c) => c.notNull())
         .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
         .execute();
       await db.schema
@@ -104,7 +109,7 @@ const migrations: Record<string, Migration> = {
     },
   },
   '0005_identities_and_audit': {
-    async up(db: Kysely<unknown>) {
+    async up(db, dialect) {
       await db.schema
         .createTable('users')
         .addColumn('name', 'varchar(255)', (c) => c.primaryKey())
@@ -129,9 +134,8 @@ const migrations: Record<string, Migration> = {
         .alterTable('vtpms')
         .addColumn('secret_security', 'varchar(16)', (c) => c.notNull().defaultTo('user'))
         .execute();
-      await db.schema
-        .createTable('audit_events')
-        .addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement())
+      await dialect
+        .addSerialKey(db.schema.createTable('audit_events'), 'seq')
         .addColumn('at', 'varchar(32)', (c) => c.notNull())
         .addColumn('actor', 'varchar(255)', (c) => c.notNull())
         .addColumn('actor_project', 'varchar(255)', (c) => c.notNull())
@@ -144,19 +148,11 @@ const migrations: Record<string, Migration> = {
         .addColumn('hash', 'varchar(64)', (c) => c.notNull())
         .execute();
       await db.schema.createIndex('audit_events_vm').on('audit_events').columns(['vm', 'seq']).execute();
-      // Append-only in the database itself (SQLite trigger syntax; each dialect brings its own).
-      for (const statement of ['UPDATE', 'DELETE']) {
-        await sql
-          .raw(
-            `CREATE TRIGGER audit_events_no_${statement.toLowerCase()} BEFORE ${statement} ON audit_events ` +
-              "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-          )
-          .execute(db);
-      }
+      await dialect.forbidChanges(db, 'audit_events', 'the audit log is append-only');
     },
   },
   '0006_secret_replacements': {
-    async up(db: Kysely<unknown>) {
+    async up(db) {
       await db.schema
         .createTable('secret_replacements')
         .addColumn('old_ref', 'varchar(512)', (c) => c.primaryKey())
@@ -166,26 +162,26 @@ const migrations: Record<string, Migration> = {
     },
   },
   '0007_remote_hosts_and_migrations': {
-    async up(db: Kysely<unknown>) {
+    async up(db) {
       await db.schema.alterTable('hosts').addColumn('agent_url', 'varchar(2048)').execute();
       await db.schema.alterTable('hosts').addColumn('agent_secret_ref', 'varchar(512)').execute();
       await db.schema.alterTable('vtpms').addColumn('migrating_to', 'varchar(255)').execute();
     },
   },
   '0008_swtpm_instances': {
-    async up(db: Kysely<unknown>) {
+    async up(db) {
       await db.schema.alterTable('vtpms').addColumn('instance', 'varchar(64)').execute();
       await db.schema.alterTable('vtpms').addColumn('migrating_instance', 'varchar(64)').execute();
     },
   },
   '0009_host_disabled_and_capacity': {
-    async up(db: Kysely<unknown>) {
+    async up(db) {
       await db.schema.alterTable('hosts').addColumn('disabled_reason', 'varchar(512)').execute();
       await db.schema.alterTable('hosts').addColumn('max_vtpms', 'integer').execute();
     },
   },
   '0010_host_draining': {
-    async up(db: Kysely<unknown>) {
+    async up(db) {
       await db.schema
         .alterTable('hosts')
         .addColumn('draining', 'integer', (c) => c.notNull().defaultTo(0))
@@ -194,7 +190,12 @@ const migrations: Record<string, Migration> = {
   },
 };
 
-const provider: MigrationProvider = { getMigrations: async () => migrations };
+const providerFor = (dialect: StoreDialect): MigrationProvider => ({
+  getMigrations: async () =>
+    Object.fromEntries(
+      Object.entries(migrations).map(([name, migration]) => [name, { up: (db) => migration.up(db, dialect) }]),
+    ),
+});
 
 /** A migration's name starts with its schema version, 0001 up. */
 const versionOf = (migration: string) => ({ version: Number.parseInt(migration, 10), migration });
@@ -211,7 +212,11 @@ export function requireKnownSchema(applied: readonly string[], where: string): v
 }
 
 /** Brings the schema to the latest migration; `onApplied` hears of each one run, in order. */
-export async function migrateToLatest(db: Kysely<unknown>, onApplied?: (migration: string) => void): Promise<void> {
+export async function migrateToLatest(
+  db: Kysely<unknown>,
+  dialect: StoreDialect,
+  onApplied?: (migration: string) => void,
+): Promise<void> {
   const tables = await db.introspection.getTables({ withInternalKyselyTables: true });
   if (tables.some((table) => table.name === DEFAULT_MIGRATION_TABLE)) {
     const rows = await sql<{ name: string }>`select name from ${sql.table(DEFAULT_MIGRATION_TABLE)}`.execute(db);
@@ -220,7 +225,7 @@ export async function migrateToLatest(db: Kysely<unknown>, onApplied?: (migratio
       'the database',
     );
   }
-  const { error, results } = await new Migrator({ db, provider }).migrateToLatest();
+  const { error, results } = await new Migrator({ db, provider: providerFor(dialect) }).migrateToLatest();
   for (const result of results ?? []) if (result.status === 'Success') onApplied?.(result.migrationName);
   if (error) {
     const failed = results?.find((r) => r.status === 'Error')?.migrationName ?? 'unknown';

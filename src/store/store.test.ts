@@ -1,7 +1,7 @@
 /**
  * The store's contract, written once and run against every dialect in
- * DIALECTS: a PostgreSQL entry added there runs the same suite. Each test
- * gets an empty database of its own.
+ * DIALECTS: SQLite, and a real PostgreSQL server started for this file. Each
+ * test gets an empty database of its own.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -17,7 +17,9 @@ import {
   type NewVtpm,
   type PoolEntry,
 } from './index.js';
+import { postgresqlDialect } from './postgresql/postgresql-dialect.js';
 import { sqliteDialect } from './sqlite/sqlite-dialect.js';
+import { PostgresServer } from './testing/postgresql-server.js';
 
 interface DialectUnderTest {
   name: string;
@@ -26,7 +28,11 @@ interface DialectUnderTest {
 }
 
 const roots: string[] = [];
-after(() => Promise.all(roots.map((root) => rm(root, { recursive: true, force: true }))));
+let postgres: PostgresServer | undefined;
+after(async () => {
+  await Promise.all(roots.map((root) => rm(root, { recursive: true, force: true })));
+  await postgres?.destroy();
+});
 
 const DIALECTS: DialectUnderTest[] = [
   {
@@ -35,6 +41,13 @@ const DIALECTS: DialectUnderTest[] = [
       const root = await mkdtemp(join(tmpdir(), 'vtpm-store-test-'));
       roots.push(root);
       return Store.open(sqliteDialect(join(root, 'vtpm.sqlite')));
+    },
+  },
+  {
+    name: 'postgresql',
+    open: async () => {
+      postgres ??= await PostgresServer.start();
+      return Store.open(postgresqlDialect(postgres.uri(await postgres.createDatabase())));
     },
   },
 ];
@@ -186,6 +199,29 @@ for (const dialect of DIALECTS) {
     });
 
     describe('generations', () => {
+      it('lets exactly one of concurrent writers commit a generation number', async () => {
+        assert.equal(await store.generations.append(generation('vm-1', 1)), true);
+        for (const n of [1, 2]) {
+          const writers = Array.from({ length: 8 }, (_, i) =>
+            store.generations.append(generation('vm-1', n + 1, { digest: `d${n + 1}-writer-${i}` })),
+          );
+          const committed = (await Promise.all(writers)).filter(Boolean);
+          assert.equal(committed.length, 1);
+        }
+        const head = await store.generations.head('vm-1', 'tpm');
+        assert.equal(head?.generation, 3);
+        assert.equal((await store.generations.get('vm-1', 'tpm', 3))?.digest, head?.digest);
+        assert.equal((await store.generations.list('vm-1')).length, 3);
+      });
+
+      it('lets exactly one of concurrent writers commit the first generation', async () => {
+        const writers = Array.from({ length: 8 }, (_, i) =>
+          store.generations.append(generation('vm-2', 1, { digest: `d1-writer-${i}` })),
+        );
+        assert.equal((await Promise.all(writers)).filter(Boolean).length, 1);
+        assert.equal((await store.generations.list('vm-2')).length, 1);
+      });
+
       it('appends generations, moving the head, and hands back what was stored', async () => {
         assert.equal(await store.generations.head('vm-1', 'tpm'), undefined);
         assert.equal(await store.generations.append(generation('vm-1', 1)), true);
@@ -391,6 +427,14 @@ for (const dialect of DIALECTS) {
         assert.equal(second.previous_hash, first.hash);
         assert.ok(second.seq > first.seq);
         assert.deepEqual(await store.audit.list({ limit: 10 }), [first, second]);
+      });
+
+      it('chains concurrent appends into one line: no two events follow the same one', async () => {
+        await Promise.all(Array.from({ length: 50 }, (_, i) => store.audit.append(sealAs(`op-${i}`, 'vm-1', 'p1'))));
+        const events = await store.audit.list({ limit: 100 });
+        assert.equal(events.length, 50);
+        for (const [i, event] of events.entries())
+          assert.equal(event.previous_hash, i === 0 ? '' : events[i - 1]?.hash);
       });
 
       it('lists from a sequence number, by VM or project, newest first when asked', async () => {

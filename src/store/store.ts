@@ -35,7 +35,7 @@ export class Store {
     this.generations = new GenerationRepository(db);
     this.hosts = new HostRepository(db);
     this.identity = new IdentityRepository(db, dialect);
-    this.audit = new AuditRepository(db);
+    this.audit = new AuditRepository(db, dialect);
     this.pool = new PoolRepository(db, dialect);
     this.secrets = new SecretRepository(db);
     this.settings = new SettingRepository(db);
@@ -44,7 +44,7 @@ export class Store {
   /** Opens the database and brings its schema to the latest migration, telling `onMigration` of each one run. */
   static async open(dialect: StoreDialect, onMigration?: (migration: string) => void): Promise<Store> {
     const db = new Kysely<Database>({ dialect: dialect.kysely });
-    await migrateToLatest(db as Kysely<unknown>, onMigration).catch(async (error: unknown) => {
+    await migrateToLatest(db as Kysely<unknown>, dialect, onMigration).catch(async (error: unknown) => {
       await db.destroy();
       throw error;
     });
@@ -54,6 +54,16 @@ export class Store {
   /** Runs `work` on repositories whose every statement is part of one transaction: all of it lands, or none. */
   transaction<T>(work: (store: Store) => Promise<T>): Promise<T> {
     return this.db.transaction().execute((trx) => work(new Store(trx, this.dialect)));
+  }
+
+  /** Which database this is, for logs and errors (never with its password). */
+  get description(): string {
+    return this.dialect.description;
+  }
+
+  /** Whether the store is the embedded SQLite file, which `vtpm backup` copies itself. */
+  get isEmbedded(): boolean {
+    return this.dialect.name === 'sqlite';
   }
 
   /** The database answers a query (what `/readyz` asks). */

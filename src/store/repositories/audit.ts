@@ -1,5 +1,6 @@
 /** The audit log's rows; hashing and verifying the chain is src/audit's business. */
 import type { Kysely } from 'kysely';
+import type { StoreDialect } from '../dialect.js';
 import type { AuditEvent, AuditRow, Database } from '../schema.js';
 import { atomically } from './atomically.js';
 
@@ -13,15 +14,19 @@ export interface AuditFilter {
 }
 
 export class AuditRepository {
-  constructor(private readonly db: Kysely<Database>) {}
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly dialect: StoreDialect,
+  ) {}
 
   /**
    * Appends an event chained to the newest one; `seal` computes the entry's
-   * hash from the previous hash. Reading that hash in the insert's transaction
-   * serialises appends on SQLite (one writer); PostgreSQL will need a lock here.
+   * hash from the previous hash. Appends take turns until each commits, so
+   * that two never chain to the same entry.
    */
   async append(seal: (previousHash: string) => AuditRow): Promise<AuditEvent> {
     return atomically(this.db, async (trx) => {
+      await this.dialect.lockUntilCommit(trx, 'audit_events');
       const last = await trx
         .selectFrom('audit_events')
         .select('hash')

@@ -34,17 +34,29 @@ export class GenerationRepository {
   /**
    * Appends a generation and moves the head to it, in one transaction, only if
    * the head is still at `generation - 1`: two writers can never both commit
-   * the same number. Returns false when the head had moved.
+   * the same number. Returns false when the head had moved. The head moves
+   * first, by a conditional write: on a database with concurrent writers the
+   * second writer waits for the first's commit and then finds the head moved.
    */
   async append(row: NewGeneration): Promise<boolean> {
     return atomically(this.db, async (trx) => {
-      const head = await trx
-        .selectFrom('state_heads')
-        .select('generation')
-        .where('vm', '=', row.vm)
-        .where('kind', '=', row.kind)
-        .executeTakeFirst();
-      if ((head?.generation ?? 0) !== row.generation - 1) return false;
+      const moved =
+        row.generation === 1
+          ? await trx
+              .insertInto('state_heads')
+              .values({ vm: row.vm, kind: row.kind, generation: 1, digest: row.digest })
+              .onConflict((c) => c.columns(['vm', 'kind']).doNothing())
+              .executeTakeFirst()
+              .then((result) => Number(result.numInsertedOrUpdatedRows ?? 0n))
+          : await trx
+              .updateTable('state_heads')
+              .set({ generation: row.generation, digest: row.digest })
+              .where('vm', '=', row.vm)
+              .where('kind', '=', row.kind)
+              .where('generation', '=', row.generation - 1)
+              .executeTakeFirst()
+              .then((result) => Number(result.numUpdatedRows));
+      if (moved !== 1) return false;
       await trx
         .insertInto('state_generations')
         .values({
@@ -60,19 +72,6 @@ export class GenerationRepository {
           created_at: now(),
         })
         .execute();
-      if (head) {
-        await trx
-          .updateTable('state_heads')
-          .set({ generation: row.generation, digest: row.digest })
-          .where('vm', '=', row.vm)
-          .where('kind', '=', row.kind)
-          .execute();
-      } else {
-        await trx
-          .insertInto('state_heads')
-          .values({ vm: row.vm, kind: row.kind, generation: row.generation, digest: row.digest })
-          .execute();
-      }
       return true;
     });
   }
@@ -126,6 +125,7 @@ export class GenerationRepository {
 
   /** Deletes these generations of a kind (retention's choice; never the head). */
   async remove(vm: string, kind: StateKind, generations: readonly number[]): Promise<void> {
+    if (generations.length === 0) return;
     await this.db
       .deleteFrom('state_generations')
       .where('vm', '=', vm)

@@ -103,6 +103,8 @@ export class VtpmRepository {
   }
 
   async list(filter: { host?: string; statuses?: VtpmStatus[] } = {}): Promise<VtpmRecord[]> {
+    // An empty IN list is an SQL syntax error on PostgreSQL (SQLite takes it); nothing is in no status.
+    if (filter.statuses?.length === 0) return [];
     let query = this.db.selectFrom('vtpms').selectAll().orderBy('created_at').orderBy('vm');
     if (filter.host !== undefined) query = query.where('host', '=', filter.host);
     if (filter.statuses !== undefined) query = query.where('status', 'in', filter.statuses);
@@ -114,6 +116,7 @@ export class VtpmRepository {
    * Returns the updated record, or undefined if it was not in an expected state.
    */
   async update(vm: string, patch: VtpmPatch, from?: VtpmStatus[]): Promise<VtpmRecord | undefined> {
+    if (from?.length === 0) return undefined;
     let query = this.db.updateTable('vtpms').set(encodeVtpmPatch(patch, now())).where('vm', '=', vm);
     if (from !== undefined) query = query.where('status', 'in', from);
     // The row as the update left it, from the update itself: no second read, no window for another writer.

@@ -1,6 +1,6 @@
 /** The embedded database: one SQLite file in the data directory, in WAL mode, each statement prepared once. */
 import Sqlite from 'better-sqlite3';
-import { type CompiledQuery, type DatabaseConnection, type Driver, SqliteDialect } from 'kysely';
+import { type CompiledQuery, type DatabaseConnection, type Driver, SqliteDialect, sql } from 'kysely';
 import { DatabaseUnavailableError } from '../../errors.js';
 import type { StoreDialect } from '../dialect.js';
 import { StatementCache } from './statement-cache.js';
@@ -73,5 +73,20 @@ export function sqliteDialect(path: string, options: { busyTimeoutMs?: number } 
       onCreateConnection: typingErrors,
     }),
     isUniqueViolation: (error) => UNIQUE_VIOLATIONS.has((error as { code?: unknown } | null)?.code as string),
+    binaryType: 'blob',
+    addSerialKey: (table, column) => table.addColumn(column, 'integer', (c) => c.primaryKey().autoIncrement()),
+    forbidChanges: async (db, table, message) => {
+      for (const statement of ['UPDATE', 'DELETE']) {
+        await sql
+          .raw(
+            `CREATE TRIGGER ${table}_no_${statement.toLowerCase()} BEFORE ${statement} ON ${table} ` +
+              `BEGIN SELECT RAISE(ABORT, '${message}'); END`,
+          )
+          .execute(db);
+      }
+    },
+    // SQLite has one writer at a time, and kysely's driver one connection: transactions already take turns.
+    lockUntilCommit: async () => {},
+    description: `SQLite database ${path}`,
   };
 }
