@@ -10,10 +10,9 @@
  */
 import type { HostVacated, VacatedVtpm } from '../api/hosts.js';
 import { enforceOnDeployment, type Principal } from '../auth/policy.js';
-import { NotFoundError, VtpmError } from '../errors.js';
+import { NotFoundError } from '../errors.js';
 import type { ControlPlane } from './control-plane.js';
-import { moveTo, skipped } from './evacuate.js';
-import { specOf } from './vtpm-records.js';
+import { placeAndMove } from './evacuate.js';
 
 export async function drainHost(
   cp: ControlPlane,
@@ -48,12 +47,5 @@ async function drainOne(cp: ControlPlane, vm: string, host: string): Promise<Vac
         'once stopped, its next start places it elsewhere',
     };
   }
-  let destination: string;
-  try {
-    destination = await cp.fleet.place(specOf(record));
-  } catch (error) {
-    if (error instanceof VtpmError) return skipped(record, error.message);
-    throw error;
-  }
-  return moveTo(cp, record, destination, 'vtpm.drain');
+  return placeAndMove(cp, record, undefined, 'vtpm.drain');
 }

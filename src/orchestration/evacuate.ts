@@ -96,7 +96,7 @@ function refusalOf(check: () => void): string {
   }
 }
 
-export const skipped = (record: VtpmRecord, reason: string): VacatedVtpm => ({
+const skipped = (record: VtpmRecord, reason: string): VacatedVtpm => ({
   vm: record.vm,
   result: 'skipped',
   to: null,
@@ -125,6 +125,19 @@ async function evacuateOne(
   if (!MAY_RUN.has(record.status) && record.status !== 'stopped') {
     return skipped(record, `it is ${record.status}: that operation finishes first (then evacuate again)`);
   }
+  return placeAndMove(cp, record, to);
+}
+
+/**
+ * Moves the vTPM, stopped, to `to` or where the scheduler places it; skipped with the reason when no host
+ * takes it. `operation` names the move in the audit log.
+ */
+export async function placeAndMove(
+  cp: ControlPlane,
+  record: VtpmRecord,
+  to: string | undefined,
+  operation = 'vtpm.evacuate',
+): Promise<VacatedVtpm> {
   let destination: string;
   try {
     destination = to ?? (await cp.fleet.place(specOf(record)));
@@ -133,7 +146,7 @@ async function evacuateOne(
     if (error instanceof VtpmError) return skipped(record, error.message);
     throw error;
   }
-  return moveTo(cp, record, destination);
+  return moveTo(cp, record, destination, operation);
 }
 
 /**
@@ -173,12 +186,11 @@ async function newestGeneration(cp: ControlPlane, vm: string): Promise<number | 
   return (await cp.store.generations.head(vm, 'tpm'))?.generation ?? null;
 }
 
-/** Moves the vTPM to `destination`, stopped; `operation` names the move in the audit log. */
-export async function moveTo(
+async function moveTo(
   cp: ControlPlane,
   record: VtpmRecord,
   destination: string,
-  operation = 'vtpm.evacuate',
+  operation: string,
 ): Promise<VacatedVtpm> {
   const ran = MAY_RUN.has(record.status);
   if (ran) {

@@ -42,14 +42,8 @@ async function typingErrors(connection: DatabaseConnection): Promise<void> {
     });
 }
 
-/** Two 32-bit halves of a lock's name, as pg_advisory_xact_lock(int, int) takes them. */
-const LOCK_SPACE = 0x76_74_70_6d; // "vtpm"
-
-function lockKey(name: string): number {
-  let hash = 0;
-  for (const char of name) hash = (Math.imul(hash, 31) + (char.codePointAt(0) ?? 0)) | 0;
-  return hash;
-}
+/** The first key of the service's advisory locks ("vtpm"), so that they cannot meet another program's. */
+const LOCK_SPACE = 0x76_74_70_6d;
 
 export function postgresqlDialect(uri: string): StoreDialect {
   const target = parsePostgresUri(uri);
@@ -76,7 +70,7 @@ export function postgresqlDialect(uri: string): StoreDialect {
         .execute(db);
     },
     lockUntilCommit: async (trx, name) => {
-      await sql`SELECT pg_advisory_xact_lock(${LOCK_SPACE}, ${lockKey(name)})`.execute(trx);
+      await sql`SELECT pg_advisory_xact_lock(${LOCK_SPACE}, hashtext(${name}))`.execute(trx);
     },
     description: describeTarget(target),
   };
